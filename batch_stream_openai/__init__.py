@@ -1,0 +1,46 @@
+"""Fire many OpenAI / LiteLLM requests from a pool of worker processes; stream each result.
+
+Example::
+
+    from batch_stream_openai import OpenAIRequest, stream_batch
+
+    for index, result in stream_batch(requests, max_concurrency=50):
+        ...
+"""
+
+from .api import run_batch, stream_batch
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    BatchStreamError,
+    EmptyResponseError,
+    PoolClosedError,
+    PoolError,
+    ProviderNotInstalledError,
+    RequestError,
+    ResultTransferError,
+    WorkerCrashedError,
+    WorkerStartupError,
+)
+from .pool import BatchPool
+from .request import OpenAIRequest
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "BatchPool",
+    "BatchStreamError",
+    "EmptyResponseError",
+    "OpenAIRequest",
+    "PoolClosedError",
+    "PoolError",
+    "ProviderNotInstalledError",
+    "RequestError",
+    "ResultTransferError",
+    "WorkerCrashedError",
+    "WorkerStartupError",
+    "run_batch",
+    "stream_batch",
+]

@@ -1,0 +1,159 @@
+"""Every exception batch-stream-openai raises or yields, in one place.
+
+The hierarchy::
+
+    BatchStreamError                 root of everything below
+     +-- RequestError                one request failed; yielded for its index, never raised
+     |    +-- APIError               the provider answered with an error status
+     |    +-- APITimeoutError        no answer within `timeout` on the last attempt
+     |    +-- APIConnectionError     the connection failed or was dropped
+     |    +-- EmptyResponseError     the provider answered but with no text (refusal, tool call)
+     |    +-- ProviderNotInstalledError   the model needs the `[litellm]` extra
+     |    +-- ResultTransferError    the result could not cross the process boundary
+     |    +-- WorkerCrashedError     the request's worker died again and again
+     +-- PoolError                   the pool itself cannot work; raised to the caller
+          +-- WorkerStartupError     workers exit before they are ready
+          +-- PoolClosedError        the pool was used after close()
+
+Every exception here survives pickling with all its fields, so a worker can send it to
+the parent as plain data; SDK exceptions hold httpx objects and do not (openai#2629).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "BatchStreamError",
+    "EmptyResponseError",
+    "PoolClosedError",
+    "PoolError",
+    "ProviderNotInstalledError",
+    "RequestError",
+    "ResultTransferError",
+    "WorkerCrashedError",
+    "WorkerStartupError",
+]
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class BatchStreamError(Exception):
+    """Root of every exception of this library."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only constructors break the default `cls(*args)` unpickling.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class RequestError(BatchStreamError):
+    """One request failed; the pool yields it for that index and goes on.
+
+    Parameters:
+        message: what went wrong, safe to log (no API key).
+        index: position of the request in the caller's iterable.
+        attempts: how many times the request was sent.
+        retryable: whether another attempt might have succeeded (e.g. 429, 503).
+    """
+
+    def __init__(
+        self, message: str, *, index: int = -1, attempts: int = 0, retryable: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.index = index
+        self.attempts = attempts
+        self.retryable = retryable
+
+    def __str__(self) -> str:
+        return f"request {self.index}: {self.message} (attempts: {self.attempts})"
+
+
+class APIError(RequestError):
+    """The provider answered with an error status.
+
+    Parameters:
+        status_code: the HTTP status (e.g. 400, 429, 503).
+        code: the provider's error code when it gave one (e.g. ``"insufficient_quota"``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        code: str | None = None,
+        index: int = -1,
+        attempts: int = 0,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message, index=index, attempts=attempts, retryable=retryable)
+        self.status_code = status_code
+        self.code = code
+
+    def __str__(self) -> str:
+        return (
+            f"request {self.index}: HTTP {self.status_code}: {self.message} "
+            f"(attempts: {self.attempts})"
+        )
+
+
+class APIConnectionError(RequestError):
+    """The connection to the provider failed or was dropped."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The provider did not answer within the configured `timeout`."""
+
+
+class EmptyResponseError(RequestError):
+    """The provider answered without text (a refusal, a tool call, a filtered answer)."""
+
+
+class ProviderNotInstalledError(RequestError):
+    """The model routes through LiteLLM, which is not installed."""
+
+
+class ResultTransferError(RequestError):
+    """The result (or its exception) could not be pickled across the process boundary."""
+
+
+class WorkerCrashedError(RequestError):
+    """The worker running this request died, as did the workers it was re-sent to.
+
+    Parameters:
+        exitcode: the last worker's exit code; negative means killed by that signal.
+    """
+
+    def __init__(
+        self, message: str, *, exitcode: int | None, index: int = -1, attempts: int = 0
+    ) -> None:
+        super().__init__(message, index=index, attempts=attempts, retryable=False)
+        self.exitcode = exitcode
+
+
+class PoolError(BatchStreamError):
+    """The pool cannot serve requests; raised to the caller, not yielded."""
+
+
+class WorkerStartupError(PoolError):
+    """Worker processes exit before they are ready; `cause` is what the last one said."""
+
+    def __init__(self, message: str, *, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"{self.args[0]}\n{self.cause}" if self.cause else str(self.args[0])
+
+
+class PoolClosedError(PoolError):
+    """The pool was used after it was closed."""

@@ -1,0 +1,402 @@
+"""Parent side: worker lifecycle, dispatch, the in-flight ledger, and the result stream.
+
+Data flow (one batch)::
+
+    caller's iterable                                     +--------- worker 0 ----------+
+         |  pulled lazily, one item per free slot     +-->| reader thread -> asyncio    |
+         v                                            |   | loop: provider call + retry |
+    BatchPool.stream() --- ledger: index -> worker ---+   | -> outbox thread            |
+         ^    task pipe per worker (lists of Task) ---+   +-----------------------------+
+         |                                            +-->          worker 1 ...
+         |    result pipe per worker (lists of Outcome)          |
+         +--- multiprocessing.connection.wait(pipes + sentinels) <+
+         |
+    caller: for index, value in stream: ...
+
+- **Caller**: iterates the generator. Dispatch happens between the items it takes, so a
+  slow caller slows dispatch (bounded memory) but never the requests already in flight.
+- **Dispatcher** (the generator, in the caller's thread): keeps at most `max_concurrency`
+  requests in the ledger (sent, or waiting to be re-sent), so at most that many HTTP
+  requests are in flight across all workers. Reads the input lazily, one item per free
+  slot: memory does not grow with the batch.
+- **Task pipes** (parent -> one worker): carry at most `max_concurrency` tasks in all.
+- **Result pipes** (one worker -> parent): at most what that worker owes; a worker
+  killed mid-write tears only its own pipe, which the parent then discards.
+- **Workers** (`worker.py`): run everything they are given concurrently; the parent's
+  ledger is what bounds them. A worker that exits for any reason while owing results is
+  replaced, and what it owed is re-sent; an index whose workers keep dying yields
+  `WorkerCrashedError`. Every index is yielded exactly once.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import multiprocessing
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from typing import Any
+
+import cloudpickle
+import psutil
+
+from .config import ClientConfig, RetryPolicy, WorkerConfig
+from .errors import PoolClosedError, WorkerCrashedError, WorkerStartupError
+from .processes import WorkerProcess
+from .protocol import Cancel, Outcome, Ready, StartupFailed, Task
+from .request import OpenAIRequest
+
+__all__ = ["BatchPool", "PoolState", "default_workers"]
+
+Result = tuple[int, "str | Exception"]
+
+# Times an index may be re-sent after its worker died while running it; a request that
+# kills every worker it lands on must not take the pool down with it.
+MAX_CRASHES_PER_REQUEST = 3
+# Workers in a row that may exit before becoming ready before the pool gives up: a broken
+# environment fails fast instead of respawning forever.
+MAX_STARTUP_FAILURES = 3
+# How often the dispatcher wakes up with nothing to read, to notice silent deaths.
+_POLL_INTERVAL_S = 1.0
+# Time close() gives workers to exit on their own before terminating them.
+_CLOSE_GRACE_S = 1.0
+
+_MAIN_GUARD_HINT = (
+    "Worker processes are started with the 'spawn' method and re-import your main module. "
+    "If your script calls batch_stream_openai at module level, put that code under "
+    "`if __name__ == \"__main__\":`."
+)
+
+
+class PoolState(enum.Enum):
+    """Lifecycle of a `BatchPool`."""
+
+    CREATED = "created"  # no worker started yet; the first batch starts them
+    RUNNING = "running"  # workers started; batches can stream one after the other
+    CLOSED = "closed"  # close() was called; the pool cannot be used again
+
+
+def default_workers(max_concurrency: int) -> int:
+    """Worker processes for a pool: one per physical core, fewer for small concurrency.
+
+    One process keeps ~25 requests busy cheaply; past that the SDK's CPU cost per
+    request wants more cores. Each worker costs ~60 MB, so memory caps the count too.
+    """
+    cores = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+    by_memory = max(1, psutil.virtual_memory().available // (256 * 2**20))
+    by_concurrency = -(-max_concurrency // 25)
+    return int(max(1, min(cores, by_memory, by_concurrency)))
+
+
+@dataclass
+class _Assignment:
+    """A ledger entry: a request owed to the caller and where it currently runs."""
+
+    request: OpenAIRequest
+    worker: WorkerProcess | None = None  # None while waiting to be (re-)sent
+    crashes: int = 0  # workers that died while running it
+
+
+@dataclass
+class _Batch:
+    """The state of one `stream()` call."""
+
+    id: int
+    source: Iterator[tuple[int, Any]]  # enumerate(caller's iterable)
+    ledger: dict[int, _Assignment] = field(default_factory=dict)  # {index: <_Assignment>}
+    owed_by: dict[WorkerProcess, set[int]] = field(default_factory=dict)  # {worker: {index}}
+    resend: deque[int] = field(default_factory=deque)  # indices whose worker died
+    exhausted: bool = False
+
+
+class BatchPool:
+    """A pool of worker processes that streams many batches of requests.
+
+    Example::
+
+        with BatchPool(workers=2, max_concurrency=64) as pool:
+            for index, result in pool.stream(requests):
+                ...
+            results = pool.run(more_requests)
+
+    Parameters:
+        max_concurrency: requests in flight at most, across all workers together.
+        workers: worker processes; default `default_workers(max_concurrency)`.
+        base_url: OpenAI-compatible endpoint; default ``OPENAI_BASE_URL`` or the SDK's.
+        api_key: OpenAI API key; default ``OPENAI_API_KEY``. Never logged.
+        timeout: seconds one attempt of one request may take.
+        max_retries: retries after the first attempt, for retryable errors only.
+        start_method: ``"spawn"`` (default) or ``"forkserver"``; never ``"fork"``.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int = 5,
+        workers: int | None = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 600.0,
+        max_retries: int = 5,
+        start_method: str = "spawn",
+    ) -> None:
+        _check_int("max_concurrency", max_concurrency, minimum=1)
+        if workers is not None:
+            _check_int("workers", workers, minimum=1)
+        _check_int("max_retries", max_retries, minimum=0)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if start_method not in ("spawn", "forkserver"):
+            raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
+        self.max_concurrency = max_concurrency
+        self.workers = workers or default_workers(max_concurrency)
+        config = WorkerConfig(
+            client=ClientConfig(
+                api_key=api_key,
+                base_url=base_url,
+                timeout=float(timeout),
+                max_connections=max_concurrency,
+            ),
+            retry=RetryPolicy(max_attempts=max_retries + 1),
+        )
+        self._config_blob: bytes = cloudpickle.dumps(config)
+        self._context = multiprocessing.get_context(start_method)
+        self._state = PoolState.CREATED
+        self._processes: list[WorkerProcess] = []
+        self._slots = itertools.count()
+        self._batch_ids = itertools.count(1)
+        self._streaming = False
+        self._startup_failures = 0
+        self._last_startup_error = ""
+        self._finalizer = weakref.finalize(self, _stop_all, self._processes)
+
+    def __repr__(self) -> str:
+        return (
+            f"<BatchPool {self._state.value} workers={self.workers} "
+            f"max_concurrency={self.max_concurrency} pids={self.pids}>"
+        )
+
+    def __enter__(self) -> BatchPool:
+        self._check_open("__enter__")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def state(self) -> PoolState:
+        """Where the pool is in its lifecycle."""
+        return self._state
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the live workers."""
+        return [p.pid for p in self._processes if p.pid is not None]
+
+    def close(self) -> None:
+        """Stop every worker (within about a second) and release the pool. Idempotent."""
+        if self._state is PoolState.CLOSED:
+            return
+        self._state = PoolState.CLOSED
+        self._finalizer()
+
+    def run(self, requests: Iterable[OpenAIRequest]) -> list[str | Exception]:
+        """Send every request and return the results in input order."""
+        results: dict[int, str | Exception] = {}
+        for index, value in self.stream(requests):
+            results[index] = value
+        return [results[index] for index in range(len(results))]
+
+    def stream(self, requests: Iterable[OpenAIRequest]) -> Iterator[Result]:
+        """Send every request; yield ``(index, str | Exception)`` in completion order.
+
+        A failed request yields its Exception and the batch goes on. A list is checked
+        whole before any worker starts; any other iterable is read lazily and checked
+        item by item. Closing the generator early cancels what is still in flight.
+        """
+        self._check_open("stream")
+        if isinstance(requests, Sequence):
+            for index, request in enumerate(requests):
+                _check_request(index, request)
+        elif not isinstance(requests, Iterable):
+            raise TypeError(
+                f"requests must be an iterable of OpenAIRequest, got {type(requests).__name__}"
+            )
+        return self._stream(iter(requests))
+
+    def _stream(self, requests: Iterator[OpenAIRequest]) -> Iterator[Result]:
+        self._check_open("stream")
+        if self._streaming:
+            raise RuntimeError(
+                "this BatchPool is already streaming a batch; finish or close that "
+                "generator before starting another"
+            )
+        self._streaming = True
+        batch = _Batch(next(self._batch_ids), enumerate(requests))
+        try:
+            self._start_workers()
+            self._dispatch(batch)
+            while batch.ledger:
+                done = self._collect(batch)
+                self._dispatch(batch)
+                yield from done
+        finally:
+            self._streaming = False
+            if batch.ledger and self._state is PoolState.RUNNING:
+                for process in self._processes:
+                    process.send([Cancel(batch.id)])
+
+    def _check_open(self, operation: str) -> None:
+        if self._state is PoolState.CLOSED:
+            raise PoolClosedError(f"Cannot call {operation}() on a closed BatchPool")
+
+    def _start_workers(self) -> None:
+        if self._state is PoolState.CREATED:
+            if getattr(multiprocessing.current_process(), "_inheriting", False):
+                raise RuntimeError(_MAIN_GUARD_HINT)
+            self._state = PoolState.RUNNING
+            for _ in range(self.workers):
+                self._spawn()
+
+    def _spawn(self) -> WorkerProcess:
+        process = WorkerProcess(self._context, self._config_blob, next(self._slots))
+        self._processes.append(process)
+        return process
+
+    def _dispatch(self, batch: _Batch) -> None:
+        """Send re-sends first, then new requests while the ledger has room."""
+        outgoing: dict[WorkerProcess, list[Any]] = {}
+
+        def assign(index: int) -> None:
+            process = min(self._processes, key=lambda p: len(batch.owed_by.get(p, ())))
+            batch.ledger[index].worker = process
+            batch.owed_by.setdefault(process, set()).add(index)
+            task = Task(batch.id, index, batch.ledger[index].request)
+            outgoing.setdefault(process, []).append(task)
+
+        while batch.resend:
+            assign(batch.resend.popleft())
+        while not batch.exhausted and len(batch.ledger) < self.max_concurrency:
+            try:
+                index, request = next(batch.source)
+            except StopIteration:
+                batch.exhausted = True
+                break
+            _check_request(index, request)
+            batch.ledger[index] = _Assignment(request)
+            assign(index)
+        for process, tasks in outgoing.items():
+            process.send(tasks)  # a dead worker is noticed by _collect, which re-sends
+
+    def _collect(self, batch: _Batch) -> list[Result]:
+        """Wait for outcomes or deaths; return the results now owed to the caller."""
+        self._check_open("stream")
+        by_channel = {p.result_channel: p for p in self._processes}
+        by_sentinel = {p.sentinel: p for p in self._processes}
+        done: list[Result] = []
+        exited: list[WorkerProcess] = []
+        for ready in wait([*by_channel, *by_sentinel], timeout=_POLL_INTERVAL_S):
+            process = by_channel.get(ready)  # type: ignore[call-overload]
+            if process is None:
+                exited.append(by_sentinel[ready])  # type: ignore[index]
+                continue
+            messages = process.receive()
+            if messages is None:
+                exited.append(process)
+            else:
+                self._handle(process, messages, batch, done)
+        for process in dict.fromkeys(exited):
+            self._replace(process, batch, done)
+        return done
+
+    def _handle(
+        self, process: WorkerProcess, messages: list[Any], batch: _Batch, done: list[Result]
+    ) -> None:
+        for message in messages:
+            if isinstance(message, Outcome):
+                entry = batch.ledger.get(message.index)
+                # Outcomes of a cancelled batch, or of a task since re-sent elsewhere, are owed
+                # to nobody: yielding them would break exactly-once.
+                if message.batch != batch.id or entry is None or entry.worker is not process:
+                    continue
+                del batch.ledger[message.index]
+                batch.owed_by[process].discard(message.index)
+                done.append((message.index, message.value()))
+            elif isinstance(message, Ready):
+                process.ready = True
+                self._startup_failures = 0
+            elif isinstance(message, StartupFailed):
+                self._last_startup_error = message.error
+
+    def _replace(self, process: WorkerProcess, batch: _Batch, done: list[Result]) -> None:
+        """A worker exited: keep what it finished, re-send what it owed, start another."""
+        self._handle(process, process.drain(), batch, done)
+        process.process.join(0.5)
+        exitcode = process.process.exitcode
+        self._processes.remove(process)
+        process.stop(time.monotonic())
+        for index in sorted(batch.owed_by.pop(process, ())):
+            entry = batch.ledger[index]
+            entry.worker = None
+            if process.ready:
+                entry.crashes += 1
+            if entry.crashes > MAX_CRASHES_PER_REQUEST:
+                del batch.ledger[index]
+                done.append((index, _crash_error(index, exitcode, entry.crashes)))
+            else:
+                batch.resend.append(index)
+        if not process.ready:
+            self._startup_failures += 1
+            if self._startup_failures >= MAX_STARTUP_FAILURES:
+                cause = self._last_startup_error or (
+                    f"the last worker exited with code {exitcode}. {_MAIN_GUARD_HINT}"
+                )
+                raise WorkerStartupError(
+                    f"{self._startup_failures} worker processes in a row exited before they "
+                    "were ready",
+                    cause=cause,
+                )
+        self._spawn()
+
+
+def _stop_all(processes: list[WorkerProcess]) -> None:
+    for process in processes:
+        process.request_stop()
+    deadline = time.monotonic() + _CLOSE_GRACE_S
+    for process in processes:
+        process.stop(deadline)
+    processes.clear()
+
+
+def _crash_error(index: int, exitcode: int | None, crashes: int) -> WorkerCrashedError:
+    if exitcode is not None and exitcode < 0:
+        how = f"was killed by signal {-exitcode}"
+        if -exitcode == 9:
+            how += " (SIGKILL: often the out-of-memory killer)"
+    else:
+        how = f"exited with code {exitcode}"
+    return WorkerCrashedError(
+        f"the worker running this request {how}; {crashes} workers died running it",
+        exitcode=exitcode,
+        index=index,
+        attempts=crashes,
+    )
+
+
+def _check_request(index: int, request: object) -> None:
+    if not isinstance(request, OpenAIRequest):
+        raise TypeError(
+            f"requests[{index}] must be an OpenAIRequest, got {type(request).__name__}"
+        )
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+

@@ -1,0 +1,78 @@
+"""The messages parent and workers exchange; see the diagram at the top of `pool.py`.
+
+Each message is a small frozen dataclass. Both directions send a list of messages per
+pipe write, so that under load one system call and one pickle carry many items.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ResultTransferError
+from .request import OpenAIRequest
+
+__all__ = ["Cancel", "Outcome", "Ready", "StartupFailed", "Task"]
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """Parent -> worker: run `request`, the `index`-th of batch `batch`."""
+
+    batch: int
+    index: int
+    request: OpenAIRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Parent -> worker: drop every task of batch `batch`; the caller stopped listening."""
+
+    batch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Worker -> parent: imports done, client built; tasks are being served."""
+
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartupFailed:
+    """Worker -> parent, just before exiting: why the worker could not start."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Worker -> parent: the result of one task.
+
+    The value travels pickled inside `payload`, so that a value which fails to unpickle
+    in the parent costs that index an error, never the whole message.
+    """
+
+    batch: int
+    index: int
+    payload: bytes
+
+    @classmethod
+    def of(cls, batch: int, index: int, value: Any) -> Outcome:
+        """Pickle `value`; a value that cannot be pickled becomes a ResultTransferError."""
+        try:
+            payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # any pickling failure, whatever its type
+            error = ResultTransferError(
+                f"the result ({type(value).__name__}) cannot be pickled: {exc!r}", index=index
+            )
+            payload = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
+        return cls(batch, index, payload)
+
+    def value(self) -> Any:
+        """Unpickle the value; a failure becomes a ResultTransferError for this index."""
+        try:
+            return pickle.loads(self.payload)
+        except Exception as exc:
+            return ResultTransferError(f"the result cannot be unpickled: {exc!r}", index=self.index)
