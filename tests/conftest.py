@@ -1,0 +1,76 @@
+"""Shared fixtures: the bundled fake server (one per session) and a leak check per test."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import psutil
+import pytest
+
+from batch_stream_openai.testing import FakeOpenAIServer
+
+TEST_API_KEY = "sk-test-0123456789abcdef"
+# Processes that outlive a test on purpose (the session's server), by pid.
+_SESSION_PROCESSES: set[int] = set()
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[FakeOpenAIServer]:
+    """The bundled OpenAI-compatible server on 127.0.0.1, shared by the whole session."""
+    with FakeOpenAIServer() as fake:
+        _SESSION_PROCESSES.add(fake.pid)
+        yield fake
+
+
+@pytest.fixture
+def fake(server: FakeOpenAIServer) -> Iterator[FakeOpenAIServer]:
+    """The session server, with counters, records and settings reset for this test."""
+    server.reset()
+    server.configure(latency=0.0)
+    yield server
+
+
+@pytest.fixture
+def pool_options(fake: FakeOpenAIServer) -> dict[str, Any]:
+    """Keyword arguments pointing a pool at the fake server."""
+    return {"base_url": fake.base_url, "api_key": TEST_API_KEY}
+
+
+def worker_children(exclude: set[int]) -> list[psutil.Process]:
+    """Live child processes of this test process, except those in `exclude`."""
+    exclude = exclude | _SESSION_PROCESSES
+    children = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.pid in exclude or child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if "resource_tracker" in " ".join(child.cmdline()):
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        children.append(child)
+    return children
+
+
+def wait_for_no_workers(exclude: set[int], timeout: float = 3.0) -> list[psutil.Process]:
+    """Poll until no worker child is alive; return those still alive at the deadline."""
+    deadline = time.monotonic() + timeout
+    while (alive := worker_children(exclude)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_workers() -> Iterator[None]:
+    """Every test must leave no worker process behind."""
+    yield
+    leaked = wait_for_no_workers({os.getpid(), *_SESSION_PROCESSES})
+    described = [(p.pid, " ".join(p.cmdline())[:200]) for p in leaked]
+    for process in leaked:
+        process.kill()
+    assert not leaked, f"worker processes left behind: {described}"

@@ -1,0 +1,55 @@
+"""Providers: request shapes for each API, and the LiteLLM route."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+
+import pytest
+
+from batch_stream_openai import OpenAIRequest, ProviderNotInstalledError, run_batch
+from batch_stream_openai.config import ClientConfig
+from batch_stream_openai.providers import Provider, responses_text_format
+from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
+
+
+def test_chat_json_schema_converts_to_the_responses_shape() -> None:
+    chat_shape = {
+        "type": "json_schema",
+        "json_schema": {"name": "n", "schema": {"type": "object"}, "strict": True},
+    }
+    assert responses_text_format(chat_shape) == {
+        "type": "json_schema",
+        "name": "n",
+        "schema": {"type": "object"},
+        "strict": True,
+    }
+    assert responses_text_format({"type": "json_object"}) == {"type": "json_object"}
+
+
+@pytest.mark.timeout(90)
+def test_non_openai_models_route_through_litellm(
+    fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if importlib.util.find_spec("litellm") is None:  # not imported here: it costs ~5 s
+        pytest.skip("the [litellm] extra is not installed")
+    # LiteLLM's OpenAI-compatible provider (vLLM) reads its endpoint from the environment,
+    # which the worker processes inherit.
+    monkeypatch.setenv("HOSTED_VLLM_API_BASE", fake.base_url)
+    monkeypatch.setenv("HOSTED_VLLM_API_KEY", "sk-vllm-test")
+    requests = [OpenAIRequest("s", f"via litellm {i}", model="hosted_vllm/llama") for i in range(3)]
+    results = run_batch(requests, api_key="sk-unused-by-this-route")
+    assert results == [expected_answer("s", f"via litellm {i}") for i in range(3)]
+    bodies = [r.body for r in fake.requests()]
+    assert {b["model"] for b in bodies} == {"llama"}
+    assert all(r.path == "/v1/chat/completions" for r in fake.requests())
+
+
+def test_without_litellm_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "litellm", None)  # what an absent package looks like
+    provider = Provider(ClientConfig(api_key="sk-test"))
+    request = OpenAIRequest("s", "u", model="gemini/gemini-2.0-flash")
+    hint = r"pip install batch-stream-openai\[litellm\]"
+    with pytest.raises(ProviderNotInstalledError, match=hint):
+        asyncio.run(provider.complete(request))
