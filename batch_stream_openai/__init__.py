@@ -8,7 +8,7 @@ Example::
         ...
 """
 
-from .api import run_batch, stream_batch
+from .api import arun_batch, astream_batch, run_batch, stream_batch
 from .errors import (
     APIConnectionError,
     APIError,
@@ -17,6 +17,7 @@ from .errors import (
     EmptyResponseError,
     PoolClosedError,
     PoolError,
+    PostprocessError,
     ProviderNotInstalledError,
     RequestError,
     ResultTransferError,
@@ -36,11 +37,14 @@ __all__ = [
     "OpenAIRequest",
     "PoolClosedError",
     "PoolError",
+    "PostprocessError",
     "ProviderNotInstalledError",
     "RequestError",
     "ResultTransferError",
     "WorkerCrashedError",
     "WorkerStartupError",
+    "arun_batch",
+    "astream_batch",
     "run_batch",
     "stream_batch",
 ]

@@ -89,9 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-concurrency", type=int, default=50)
     demo.add_argument("--workers", type=int, default=None, help="worker processes")
     demo.add_argument("--model", default="gpt-4o-mini")
-    demo.add_argument(
-        "--latency", type=float, default=0.1, help="local server latency, seconds"
-    )
+    demo.add_argument("--latency", type=float, default=0.1, help="local server latency, seconds")
     demo.set_defaults(handler=_demo)
 
     serve = commands.add_parser("serve", help="run the bundled OpenAI-compatible test server")

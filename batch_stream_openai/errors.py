@@ -9,6 +9,7 @@ The hierarchy::
      |    +-- APIConnectionError     the connection failed or was dropped
      |    +-- EmptyResponseError     the provider answered but with no text (refusal, tool call)
      |    +-- ProviderNotInstalledError   the model needs the `[litellm]` extra
+     |    +-- PostprocessError       the caller's postprocess raised in the worker
      |    +-- ResultTransferError    the result could not cross the process boundary
      |    +-- WorkerCrashedError     the request's worker died again and again
      +-- PoolError                   the pool itself cannot work; raised to the caller
@@ -31,7 +32,9 @@ __all__ = [
     "EmptyResponseError",
     "PoolClosedError",
     "PoolError",
+    "PostprocessError",
     "ProviderNotInstalledError",
+    "RemoteTraceback",
     "RequestError",
     "ResultTransferError",
     "WorkerCrashedError",
@@ -39,10 +42,23 @@ __all__ = [
 ]
 
 
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process, shown as its cause."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
 def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
     exc = cls.__new__(cls)
     exc.args = args
     exc.__dict__.update(state)
+    if state.get("remote_traceback"):
+        exc.__cause__ = RemoteTraceback(state["remote_traceback"])
     return exc
 
 
@@ -120,6 +136,28 @@ class EmptyResponseError(RequestError):
 
 class ProviderNotInstalledError(RequestError):
     """The model routes through LiteLLM, which is not installed."""
+
+
+class PostprocessError(RequestError):
+    """The `postprocess` callable raised; its traceback from the worker is the cause.
+
+    Parameters:
+        exception_type: the name of the exception `postprocess` raised.
+        remote_traceback: its formatted traceback, as seen in the worker.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exception_type: str,
+        remote_traceback: str = "",
+        index: int = -1,
+        attempts: int = 0,
+    ) -> None:
+        super().__init__(message, index=index, attempts=attempts, retryable=False)
+        self.exception_type = exception_type
+        self.remote_traceback = remote_traceback
 
 
 class ResultTransferError(RequestError):

@@ -30,13 +30,14 @@ Data flow (one batch)::
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import itertools
 import multiprocessing
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any
@@ -46,13 +47,15 @@ import psutil
 
 from .config import ClientConfig, RetryPolicy, WorkerConfig
 from .errors import PoolClosedError, WorkerCrashedError, WorkerStartupError
-from .processes import WorkerProcess
-from .protocol import Cancel, Outcome, Ready, StartupFailed, Task
+from .processes import Worker, WorkerProcess, WorkerThread
+from .protocol import BatchOptions, Cancel, Outcome, Ready, StartupFailed, Task
 from .request import OpenAIRequest
 
-__all__ = ["BatchPool", "PoolState", "default_workers"]
+__all__ = ["BatchPool", "PoolState", "default_workers", "in_input_order"]
 
-Result = tuple[int, "str | Exception"]
+# (index, value): the text or the Exception, or what `postprocess` made of the text.
+Result = tuple[int, Any]
+Postprocess = Callable[[str], Any]
 
 # Times an index may be re-sent after its worker died while running it; a request that
 # kills every worker it lands on must not take the pool down with it.
@@ -68,7 +71,7 @@ _CLOSE_GRACE_S = 1.0
 _MAIN_GUARD_HINT = (
     "Worker processes are started with the 'spawn' method and re-import your main module. "
     "If your script calls batch_stream_openai at module level, put that code under "
-    "`if __name__ == \"__main__\":`."
+    '`if __name__ == "__main__":`.'
 )
 
 
@@ -97,7 +100,7 @@ class _Assignment:
     """A ledger entry: a request owed to the caller and where it currently runs."""
 
     request: OpenAIRequest
-    worker: WorkerProcess | None = None  # None while waiting to be (re-)sent
+    worker: Worker | None = None  # None while waiting to be (re-)sent
     crashes: int = 0  # workers that died while running it
 
 
@@ -105,10 +108,10 @@ class _Assignment:
 class _Batch:
     """The state of one `stream()` call."""
 
-    id: int
+    options: BatchOptions
     source: Iterator[tuple[int, Any]]  # enumerate(caller's iterable)
     ledger: dict[int, _Assignment] = field(default_factory=dict)  # {index: <_Assignment>}
-    owed_by: dict[WorkerProcess, set[int]] = field(default_factory=dict)  # {worker: {index}}
+    owed_by: dict[Worker, set[int]] = field(default_factory=dict)  # {worker: {3, 8, ...}}
     resend: deque[int] = field(default_factory=deque)  # indices whose worker died
     exhausted: bool = False
 
@@ -130,7 +133,14 @@ class BatchPool:
         api_key: OpenAI API key; default ``OPENAI_API_KEY``. Never logged.
         timeout: seconds one attempt of one request may take.
         max_retries: retries after the first attempt, for retryable errors only.
+        postprocess: a callable applied to each answer's text inside the workers, so
+            CPU-heavy parsing runs on every core; lambdas and closures work (cloudpickle).
+            What it returns is what the stream yields; what it raises becomes that index's
+            `PostprocessError`. `stream()` and `run()` can override it per batch.
         start_method: ``"spawn"`` (default) or ``"forkserver"``; never ``"fork"``.
+
+    ``workers=0`` runs the same worker code in a thread of this process instead: no
+    subprocess, same results, one core (for debugging, or where subprocesses are banned).
     """
 
     def __init__(
@@ -142,18 +152,21 @@ class BatchPool:
         api_key: str | None = None,
         timeout: float = 600.0,
         max_retries: int = 5,
+        postprocess: Postprocess | None = None,
         start_method: str = "spawn",
     ) -> None:
         _check_int("max_concurrency", max_concurrency, minimum=1)
         if workers is not None:
-            _check_int("workers", workers, minimum=1)
+            _check_int("workers", workers, minimum=0)
+        _check_postprocess(postprocess)
         _check_int("max_retries", max_retries, minimum=0)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if start_method not in ("spawn", "forkserver"):
             raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
         self.max_concurrency = max_concurrency
-        self.workers = workers or default_workers(max_concurrency)
+        self.workers = default_workers(max_concurrency) if workers is None else workers
+        self.postprocess = postprocess
         config = WorkerConfig(
             client=ClientConfig(
                 api_key=api_key,
@@ -166,7 +179,8 @@ class BatchPool:
         self._config_blob: bytes = cloudpickle.dumps(config)
         self._context = multiprocessing.get_context(start_method)
         self._state = PoolState.CREATED
-        self._processes: list[WorkerProcess] = []
+        self._processes: list[Worker] = []
+        self._options: BatchOptions | None = None  # of the batch streaming now
         self._slots = itertools.count()
         self._batch_ids = itertools.count(1)
         self._streaming = False
@@ -204,21 +218,54 @@ class BatchPool:
         self._state = PoolState.CLOSED
         self._finalizer()
 
-    def run(self, requests: Iterable[OpenAIRequest]) -> list[str | Exception]:
+    def run(
+        self, requests: Iterable[OpenAIRequest], *, postprocess: Postprocess | None = None
+    ) -> list[Any]:
         """Send every request and return the results in input order."""
-        results: dict[int, str | Exception] = {}
-        for index, value in self.stream(requests):
-            results[index] = value
-        return [results[index] for index in range(len(results))]
+        return in_input_order(self.stream(requests, postprocess=postprocess))
 
-    def stream(self, requests: Iterable[OpenAIRequest]) -> Iterator[Result]:
+    def stream(
+        self, requests: Iterable[OpenAIRequest], *, postprocess: Postprocess | None = None
+    ) -> Iterator[Result]:
         """Send every request; yield ``(index, str | Exception)`` in completion order.
 
         A failed request yields its Exception and the batch goes on. A list is checked
         whole before any worker starts; any other iterable is read lazily and checked
         item by item. Closing the generator early cancels what is still in flight.
+        `postprocess` overrides the pool's for this batch.
         """
+        chunks = self._chunks(requests, postprocess)
+        return (result for chunk in chunks for result in chunk)
+
+    async def astream(
+        self, requests: Iterable[OpenAIRequest], *, postprocess: Postprocess | None = None
+    ) -> AsyncIterator[Result]:
+        """`stream()` for callers inside an event loop: waiting never blocks the loop.
+
+        The waiting happens in a thread, one hop per group of results that arrived together.
+        """
+        loop = asyncio.get_running_loop()
+        chunks = self._chunks(requests, postprocess)
+        try:
+            while (chunk := await loop.run_in_executor(None, next, chunks, None)) is not None:
+                for result in chunk:
+                    yield result
+        finally:
+            await loop.run_in_executor(None, chunks.close)
+
+    async def arun(
+        self, requests: Iterable[OpenAIRequest], *, postprocess: Postprocess | None = None
+    ) -> list[Any]:
+        """`run()` for callers inside an event loop."""
+        stream = self.astream(requests, postprocess=postprocess)
+        return in_input_order([result async for result in stream])
+
+    def _chunks(
+        self, requests: Iterable[OpenAIRequest], postprocess: Postprocess | None
+    ) -> Generator[list[Result], None, None]:
+        """Check the arguments now, then return the generator of result groups."""
         self._check_open("stream")
+        _check_postprocess(postprocess)
         if isinstance(requests, Sequence):
             for index, request in enumerate(requests):
                 _check_request(index, request)
@@ -226,9 +273,13 @@ class BatchPool:
             raise TypeError(
                 f"requests must be an iterable of OpenAIRequest, got {type(requests).__name__}"
             )
-        return self._stream(iter(requests))
+        postprocess = postprocess or self.postprocess
+        blob = cloudpickle.dumps(postprocess) if postprocess is not None else None
+        return self._stream_chunks(iter(requests), blob)
 
-    def _stream(self, requests: Iterator[OpenAIRequest]) -> Iterator[Result]:
+    def _stream_chunks(
+        self, requests: Iterator[OpenAIRequest], postprocess_blob: bytes | None
+    ) -> Generator[list[Result], None, None]:
         self._check_open("stream")
         if self._streaming:
             raise RuntimeError(
@@ -236,19 +287,24 @@ class BatchPool:
                 "generator before starting another"
             )
         self._streaming = True
-        batch = _Batch(next(self._batch_ids), enumerate(requests))
+        batch = _Batch(BatchOptions(next(self._batch_ids), postprocess_blob), enumerate(requests))
+        self._options = batch.options
         try:
             self._start_workers()
+            for process in self._processes:
+                process.send([batch.options])
             self._dispatch(batch)
             while batch.ledger:
                 done = self._collect(batch)
                 self._dispatch(batch)
-                yield from done
+                if done:
+                    yield done
         finally:
             self._streaming = False
+            self._options = None
             if batch.ledger and self._state is PoolState.RUNNING:
                 for process in self._processes:
-                    process.send([Cancel(batch.id)])
+                    process.send([Cancel(batch.options.batch)])
 
     def _check_open(self, operation: str) -> None:
         if self._state is PoolState.CLOSED:
@@ -259,23 +315,26 @@ class BatchPool:
             if getattr(multiprocessing.current_process(), "_inheriting", False):
                 raise RuntimeError(_MAIN_GUARD_HINT)
             self._state = PoolState.RUNNING
-            for _ in range(self.workers):
+            for _ in range(max(1, self.workers)):
                 self._spawn()
 
-    def _spawn(self) -> WorkerProcess:
-        process = WorkerProcess(self._context, self._config_blob, next(self._slots))
+    def _spawn(self) -> Worker:
+        kind = WorkerProcess if self.workers else WorkerThread
+        process = kind(self._context, self._config_blob, next(self._slots))
         self._processes.append(process)
+        if self._options is not None:
+            process.send([self._options])
         return process
 
     def _dispatch(self, batch: _Batch) -> None:
         """Send re-sends first, then new requests while the ledger has room."""
-        outgoing: dict[WorkerProcess, list[Any]] = {}
+        outgoing: dict[Worker, list[Any]] = {}
 
         def assign(index: int) -> None:
             process = min(self._processes, key=lambda p: len(batch.owed_by.get(p, ())))
             batch.ledger[index].worker = process
             batch.owed_by.setdefault(process, set()).add(index)
-            task = Task(batch.id, index, batch.ledger[index].request)
+            task = Task(batch.options.batch, index, batch.ledger[index].request)
             outgoing.setdefault(process, []).append(task)
 
         while batch.resend:
@@ -298,11 +357,11 @@ class BatchPool:
         by_channel = {p.result_channel: p for p in self._processes}
         by_sentinel = {p.sentinel: p for p in self._processes}
         done: list[Result] = []
-        exited: list[WorkerProcess] = []
+        exited: list[Worker] = []
         for ready in wait([*by_channel, *by_sentinel], timeout=_POLL_INTERVAL_S):
             process = by_channel.get(ready)  # type: ignore[call-overload]
             if process is None:
-                exited.append(by_sentinel[ready])  # type: ignore[index]
+                exited.append(by_sentinel[ready])
                 continue
             messages = process.receive()
             if messages is None:
@@ -314,14 +373,15 @@ class BatchPool:
         return done
 
     def _handle(
-        self, process: WorkerProcess, messages: list[Any], batch: _Batch, done: list[Result]
+        self, process: Worker, messages: list[Any], batch: _Batch, done: list[Result]
     ) -> None:
         for message in messages:
             if isinstance(message, Outcome):
                 entry = batch.ledger.get(message.index)
                 # Outcomes of a cancelled batch, or of a task since re-sent elsewhere, are owed
                 # to nobody: yielding them would break exactly-once.
-                if message.batch != batch.id or entry is None or entry.worker is not process:
+                stale = message.batch != batch.options.batch
+                if stale or entry is None or entry.worker is not process:
                     continue
                 del batch.ledger[message.index]
                 batch.owed_by[process].discard(message.index)
@@ -332,11 +392,11 @@ class BatchPool:
             elif isinstance(message, StartupFailed):
                 self._last_startup_error = message.error
 
-    def _replace(self, process: WorkerProcess, batch: _Batch, done: list[Result]) -> None:
+    def _replace(self, process: Worker, batch: _Batch, done: list[Result]) -> None:
         """A worker exited: keep what it finished, re-send what it owed, start another."""
         self._handle(process, process.drain(), batch, done)
-        process.process.join(0.5)
-        exitcode = process.process.exitcode
+        process.join(0.5)
+        exitcode = process.exitcode
         self._processes.remove(process)
         process.stop(time.monotonic())
         for index in sorted(batch.owed_by.pop(process, ())):
@@ -363,7 +423,7 @@ class BatchPool:
         self._spawn()
 
 
-def _stop_all(processes: list[WorkerProcess]) -> None:
+def _stop_all(processes: list[Worker]) -> None:
     for process in processes:
         process.request_stop()
     deadline = time.monotonic() + _CLOSE_GRACE_S
@@ -389,9 +449,18 @@ def _crash_error(index: int, exitcode: int | None, crashes: int) -> WorkerCrashe
 
 def _check_request(index: int, request: object) -> None:
     if not isinstance(request, OpenAIRequest):
-        raise TypeError(
-            f"requests[{index}] must be an OpenAIRequest, got {type(request).__name__}"
-        )
+        raise TypeError(f"requests[{index}] must be an OpenAIRequest, got {type(request).__name__}")
+
+
+def _check_postprocess(postprocess: object) -> None:
+    if postprocess is not None and not callable(postprocess):
+        raise TypeError(f"postprocess must be callable, got {type(postprocess).__name__}")
+
+
+def in_input_order(results: Iterable[Result]) -> list[Any]:
+    """The values of ``(index, value)`` pairs, in index order."""
+    by_index = dict(results)
+    return [by_index[index] for index in range(len(by_index))]
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:
@@ -399,4 +468,3 @@ def _check_int(name: str, value: object, *, minimum: int) -> None:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
-

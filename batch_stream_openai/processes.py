@@ -1,20 +1,25 @@
-"""One worker process seen from the parent: start it, feed it, read it, stop it.
+"""A worker seen from the parent: start it, feed it, read it, stop it.
 
 Each worker has its own two pipes, so a worker killed while writing can only tear its
 own result pipe; no lock is shared between workers (unlike `multiprocessing.Queue`,
 which a process killed while holding its lock can wedge for everyone).
+
+`WorkerProcess` is the normal worker; `WorkerThread` runs the very same worker code in a
+thread of the parent (``workers=0``: debugging, or where subprocesses are forbidden).
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
+import threading
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Any
 
-__all__ = ["WorkerProcess"]
+__all__ = ["Worker", "WorkerProcess", "WorkerThread"]
 
 
 def _worker_entry(*args: Any) -> None:
@@ -24,48 +29,38 @@ def _worker_entry(*args: Any) -> None:
     worker.main(*args)
 
 
-class WorkerProcess:
-    """A started worker process and the parent's ends of its pipes.
+class Worker:
+    """What the pool needs of any worker: its pipes, its liveness, its stopping."""
 
-    Parameters:
-        context: the multiprocessing context (``spawn`` or ``forkserver``).
-        config_blob: the cloudpickled `WorkerConfig`.
-        slot: a stable number for the worker's name.
-    """
-
-    def __init__(self, context: BaseContext, config_blob: bytes, slot: int) -> None:
-        task_reader, self._task_writer = context.Pipe(duplex=False)
-        self._result_reader, result_writer = context.Pipe(duplex=False)
-        self.process: multiprocessing.process.BaseProcess = context.Process(  # type: ignore[attr-defined]
-            target=_worker_entry,
-            args=(task_reader, result_writer, config_blob),
-            name=f"batch-stream-openai-worker-{slot}",
-            daemon=True,
-        )
-        self.process.start()
-        # Our copies of the child's ends must go, or we would never see EOF when it dies.
-        task_reader.close()
-        result_writer.close()
+    def __init__(self, context: BaseContext) -> None:
+        self._task_reader, self._task_writer = context.Pipe(duplex=False)
+        self._result_reader, self._result_writer = context.Pipe(duplex=False)
         self.ready = False
         self.started_at = time.monotonic()
 
     def __repr__(self) -> str:
         state = "ready" if self.ready else "starting"
-        return f"<WorkerProcess pid={self.process.pid} {state} exitcode={self.process.exitcode}>"
+        return f"<{type(self).__name__} pid={self.pid} {state} exitcode={self.exitcode}>"
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid
+        """The worker's process id (the parent's own for a thread)."""
+        raise NotImplementedError
+
+    @property
+    def exitcode(self) -> int | None:
+        """None while running; the exit code (negative: killed by that signal) after."""
+        raise NotImplementedError
+
+    @property
+    def sentinel(self) -> Any:
+        """Ready for `multiprocessing.connection.wait` when the worker has exited."""
+        raise NotImplementedError
 
     @property
     def result_channel(self) -> Connection:
         """What `multiprocessing.connection.wait` watches for outcomes."""
         return self._result_reader
-
-    @property
-    def sentinel(self) -> int:
-        """Ready for `wait` when the process has exited."""
-        return self.process.sentinel
 
     def send(self, messages: list[Any]) -> bool:
         """Send messages; False when the worker is gone (its death is handled elsewhere)."""
@@ -99,8 +94,57 @@ class WorkerProcess:
         with contextlib.suppress(OSError):
             self._task_writer.close()
 
+    def join(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the worker to exit."""
+        raise NotImplementedError
+
     def stop(self, deadline: float) -> None:
-        """Make sure the process is gone by `deadline` (monotonic): wait, terminate, kill."""
+        """Make sure the worker is gone by `deadline` (monotonic), forcibly if need be."""
+        raise NotImplementedError
+
+
+class WorkerProcess(Worker):
+    """A worker process (``spawn`` or ``forkserver``).
+
+    Parameters:
+        context: the multiprocessing context.
+        config_blob: the cloudpickled `WorkerConfig`.
+        slot: a stable number for the process name.
+    """
+
+    def __init__(self, context: BaseContext, config_blob: bytes, slot: int) -> None:
+        super().__init__(context)
+        self.process: multiprocessing.process.BaseProcess = context.Process(  # type: ignore[attr-defined]
+            target=_worker_entry,
+            args=(self._task_reader, self._result_writer, config_blob),
+            name=f"batch-stream-openai-worker-{slot}",
+            daemon=True,
+        )
+        self.process.start()
+        self._pid: int | None = self.process.pid
+        # Our copies of the child's ends must go, or we would never see EOF when it dies.
+        self._task_reader.close()
+        self._result_writer.close()
+        self._sentinel: int = self.process.sentinel
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def exitcode(self) -> int | None:
+        code: int | None = self.process.exitcode
+        return code
+
+    @property
+    def sentinel(self) -> int:
+        return self._sentinel
+
+    def join(self, timeout: float) -> None:
+        self.process.join(timeout)
+
+    def stop(self, deadline: float) -> None:
+        """Wait until `deadline`, then SIGTERM, then SIGKILL."""
         self.request_stop()
         self.process.join(max(0.0, deadline - time.monotonic()))
         if self.process.is_alive():
@@ -111,5 +155,60 @@ class WorkerProcess:
             self.process.join(1.0)
         with contextlib.suppress(OSError):
             self._result_reader.close()
-        with contextlib.suppress(ValueError):
-            self.process.close()
+
+
+class WorkerThread(Worker):
+    """The worker code in a daemon thread of the parent, over the same pipes.
+
+    Parameters:
+        context: the multiprocessing context (only its `Pipe` is used).
+        config_blob: the cloudpickled `WorkerConfig`.
+        slot: a stable number for the thread name.
+    """
+
+    def __init__(self, context: BaseContext, config_blob: bytes, slot: int) -> None:
+        super().__init__(context)
+        # Closing `_exited_writer` when the thread ends makes `_exited_reader` readable.
+        self._exited_reader, self._exited_writer = context.Pipe(duplex=False)
+        self._exitcode: int | None = None
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(config_blob,),
+            name=f"batch-stream-openai-worker-{slot}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(self, config_blob: bytes) -> None:
+        try:
+            _worker_entry(self._task_reader, self._result_writer, config_blob)
+            self._exitcode = 0
+        except BaseException:
+            self._exitcode = 1
+            raise
+        finally:
+            self._result_writer.close()
+            self._exited_writer.close()
+
+    @property
+    def pid(self) -> int | None:
+        return os.getpid()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._exitcode
+
+    @property
+    def sentinel(self) -> Connection:
+        return self._exited_reader
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def stop(self, deadline: float) -> None:
+        """Wait until `deadline`; a thread cannot be killed, so a stuck one is left behind."""
+        self.request_stop()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        for conn in (self._result_reader, self._exited_reader, self._task_reader):
+            with contextlib.suppress(OSError):
+                conn.close()

@@ -13,7 +13,19 @@ from typing import Any
 from .errors import ResultTransferError
 from .request import OpenAIRequest
 
-__all__ = ["Cancel", "Outcome", "Ready", "StartupFailed", "Task"]
+__all__ = ["BatchOptions", "Cancel", "Outcome", "Ready", "StartupFailed", "Task"]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOptions:
+    """Parent -> worker, before the first task of a batch: how to treat its results.
+
+    `postprocess` is the caller's callable, cloudpickled (so lambdas and closures work),
+    or None to return the text as is.
+    """
+
+    batch: int
+    postprocess: bytes | None
 
 
 @dataclass(frozen=True, slots=True)

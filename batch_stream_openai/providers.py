@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx2
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from . import errors
 from .config import ClientConfig
@@ -35,7 +36,7 @@ def responses_text_format(response_format: dict[str, Any]) -> dict[str, Any]:
     return converted
 
 
-def chat_messages(request: OpenAIRequest) -> list[dict[str, str]]:
+def chat_messages(request: OpenAIRequest) -> list[ChatCompletionMessageParam]:
     """The Chat Completions `messages` list for a request."""
     return [
         {"role": "system", "content": request.system_prompt},
@@ -103,9 +104,11 @@ class Provider:
         if request.reasoning_effort is not None:
             options["reasoning_effort"] = request.reasoning_effort
         completion = await self._openai_client().chat.completions.create(
-            model=model, messages=chat_messages(request), **options  # type: ignore[arg-type]
+            model=model,
+            messages=chat_messages(request),
+            **options,
         )
-        content = completion.choices[0].message.content if completion.choices else None
+        content: str | None = completion.choices[0].message.content if completion.choices else None
         if content is None:
             raise errors.EmptyResponseError(
                 f"the model returned no text (finish_reason: "

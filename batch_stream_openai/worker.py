@@ -15,6 +15,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
@@ -22,13 +23,13 @@ from typing import Any
 import cloudpickle
 
 from .config import WorkerConfig
-from .errors import RequestError
-from .protocol import Cancel, Outcome, Ready, StartupFailed, Task
+from .errors import PostprocessError, RequestError
+from .protocol import BatchOptions, Cancel, Outcome, Ready, StartupFailed, Task
 from .providers import Provider
 from .request import OpenAIRequest
 from .retry import build_retrying, to_request_error
 
-__all__ = ["RequestRunner", "main"]
+__all__ = ["RequestRunner", "apply_postprocess", "main"]
 
 # Outcomes per pipe write: large enough to amortise the system call under load, small
 # enough that one message stays well below a megabyte for ordinary answers.
@@ -122,6 +123,88 @@ def _read_tasks(
             return
 
 
+Postprocess = Callable[[str], Any]
+
+
+def apply_postprocess(postprocess: Postprocess, index: int, text: str) -> Any:
+    """`postprocess(text)`, or a PostprocessError carrying the worker-side traceback."""
+    try:
+        return postprocess(text)
+    except BaseException as exc:  # SystemExit from user code must not end the worker
+        return PostprocessError(
+            f"postprocess raised {type(exc).__name__}: {exc}",
+            exception_type=type(exc).__name__,
+            remote_traceback=traceback.format_exc(),
+            index=index,
+        )
+
+
+def _load_postprocess(options: BatchOptions) -> Postprocess | None:
+    if options.postprocess is None:
+        return None
+    try:
+        loaded: Postprocess = cloudpickle.loads(options.postprocess)
+    except Exception as exc:
+        error = PostprocessError(
+            f"postprocess could not be loaded in the worker: {exc!r}",
+            exception_type=type(exc).__name__,
+            remote_traceback=traceback.format_exc(),
+        )
+
+        def fail(_text: str) -> Any:
+            raise error
+
+        return fail
+    return loaded
+
+
+class _Server:
+    """The worker's event-loop side: start, cancel and finish tasks."""
+
+    def __init__(self, runner: RequestRunner, outbox: _Outbox) -> None:
+        self._runner = runner
+        self._outbox = outbox
+        self._running: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._batch = 0
+        self._postprocess: Postprocess | None = None
+        # One thread: postprocess is CPU-bound Python, so more threads would only contend
+        # for the GIL; its job is to keep the event loop free while it runs.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="postprocess")
+
+    def handle(self, messages: list[Any]) -> None:
+        for message in messages:
+            if isinstance(message, Task):
+                key = (message.batch, message.index)
+                self._running[key] = job = asyncio.get_running_loop().create_task(
+                    self._run(message)
+                )
+                job.add_done_callback(partial(_forget, self._running, key))
+            elif isinstance(message, BatchOptions):
+                self._batch = message.batch
+                self._postprocess = _load_postprocess(message)
+            elif isinstance(message, Cancel):
+                for key in [key for key in self._running if key[0] == message.batch]:
+                    self._running.pop(key).cancel()
+
+    async def _run(self, task: Task) -> None:
+        value: Any = await self._runner.run(task.index, task.request)
+        if self._postprocess is not None and task.batch == self._batch and isinstance(value, str):
+            value = await asyncio.get_running_loop().run_in_executor(
+                self._executor, apply_postprocess, self._postprocess, task.index, value
+            )
+            if isinstance(value, PostprocessError):
+                value.attempts = 1
+        self._outbox.put(Outcome.of(task.batch, task.index, value))
+
+    async def aclose(self) -> None:
+        jobs = list(self._running.values())
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        await self._runner.aclose()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 def _forget(running: dict[tuple[int, int], Any], key: tuple[int, int], _job: object) -> None:
     running.pop(key, None)
 
@@ -131,34 +214,25 @@ async def _serve(task_conn: Connection, outbox: _Outbox, runner: RequestRunner) 
     inbox: asyncio.Queue[Any] = asyncio.Queue()
     reader = threading.Thread(target=_read_tasks, args=(task_conn, loop, inbox), daemon=True)
     reader.start()
-    running: dict[tuple[int, int], asyncio.Task[None]] = {}
-
-    async def run_task(task: Task) -> None:
-        value = await runner.run(task.index, task.request)
-        outbox.put(Outcome.of(task.batch, task.index, value))
-
+    server = _Server(runner, outbox)
     outbox.put(Ready(os.getpid()))
-    while (message := await inbox.get()) is not None:
-        if isinstance(message, Exception):
-            raise message
-        for item in message:
-            if isinstance(item, Task):
-                key = (item.batch, item.index)
-                running[key] = job = loop.create_task(run_task(item))
-                job.add_done_callback(partial(_forget, running, key))
-            elif isinstance(item, Cancel):
-                for key in [key for key in running if key[0] == item.batch]:
-                    running.pop(key).cancel()
-    for job in running.values():
-        job.cancel()
-    await asyncio.gather(*running.values(), return_exceptions=True)
-    await runner.aclose()
+    try:
+        while (messages := await inbox.get()) is not None:
+            if isinstance(messages, Exception):
+                raise messages
+            server.handle(messages)
+    finally:
+        await server.aclose()
 
 
 def main(task_conn: Connection, result_conn: Connection, config_blob: bytes) -> None:
-    """Worker process entry point: serve tasks until the parent closes the task pipe."""
-    # Ctrl-C reaches the whole process group; the parent decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Worker entry point: serve tasks until the parent closes the task pipe.
+
+    Runs in a worker process, or in a thread of the parent for ``workers=0``.
+    """
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C reaches the whole process group; the parent decides when workers stop.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     outbox = _Outbox(result_conn)
     try:
         config: WorkerConfig = cloudpickle.loads(config_blob)
@@ -168,5 +242,7 @@ def main(task_conn: Connection, result_conn: Connection, config_blob: bytes) -> 
         outbox.put(StartupFailed(traceback.format_exc()))
         outbox.close()
         sys.exit(_STARTUP_FAILED_EXIT_CODE)
-    asyncio.run(_serve(task_conn, outbox, runner))
-    outbox.close()
+    try:
+        asyncio.run(_serve(task_conn, outbox, runner))
+    finally:
+        outbox.close()

@@ -20,7 +20,7 @@ GOOD = OpenAIRequest("s", "u", model="gpt-4o-mini")
     [
         ({"max_concurrency": 0}, ValueError, "max_concurrency must be >= 1, got 0"),
         ({"max_concurrency": 2.5}, TypeError, "max_concurrency must be an int"),
-        ({"workers": 0}, ValueError, "workers must be >= 1"),
+        ({"workers": -1}, ValueError, "workers must be >= 0"),
         ({"max_retries": -1}, ValueError, "max_retries must be >= 0"),
         ({"timeout": 0}, ValueError, "timeout must be a positive number"),
     ],
