@@ -34,6 +34,7 @@ import asyncio
 import enum
 import itertools
 import multiprocessing
+import signal
 import time
 import weakref
 from collections import deque
@@ -63,6 +64,7 @@ MAX_CRASHES_PER_REQUEST = 3
 # Workers in a row that may exit before becoming ready before the pool gives up: a broken
 # environment fails fast instead of respawning forever.
 MAX_STARTUP_FAILURES = 3
+_KILLED_FROM_OUTSIDE = (-signal.SIGKILL, -signal.SIGTERM)
 # How often the dispatcher wakes up with nothing to read, to notice silent deaths.
 _POLL_INTERVAL_S = 1.0
 # Time close() gives workers to exit on their own before terminating them.
@@ -409,7 +411,9 @@ class BatchPool:
                 done.append((index, _crash_error(index, exitcode, entry.crashes)))
             else:
                 batch.resend.append(index)
-        if not process.ready:
+        # Killed from outside while starting (the test of a chaos script, an operator) says
+        # nothing about whether workers can start; exiting or crashing by itself does.
+        if not process.ready and exitcode not in _KILLED_FROM_OUTSIDE:
             self._startup_failures += 1
             if self._startup_failures >= MAX_STARTUP_FAILURES:
                 cause = self._last_startup_error or (
