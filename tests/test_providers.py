@@ -8,9 +8,19 @@ import sys
 
 import pytest
 
-from batch_stream_openai import OpenAIRequest, ProviderNotInstalledError, run_batch
+from batch_stream_openai import (
+    EmptyResponseError,
+    OpenAIRequest,
+    ProviderNotInstalledError,
+    run_batch,
+)
 from batch_stream_openai.config import ClientConfig
-from batch_stream_openai.providers import Provider, responses_text_format
+from batch_stream_openai.providers import (
+    Provider,
+    chat_text,
+    responses_text,
+    responses_text_format,
+)
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
 
@@ -53,3 +63,29 @@ def test_without_litellm_the_error_names_the_extra(monkeypatch: pytest.MonkeyPat
     hint = r"pip install batch-stream-openai\[litellm\]"
     with pytest.raises(ProviderNotInstalledError, match=hint):
         asyncio.run(provider.complete(request))
+
+
+def test_responses_text_joins_every_output_text_part_like_the_sdk() -> None:
+    response = {
+        "output": [
+            {"type": "reasoning", "summary": []},
+            {
+                "type": "message",
+                "content": [
+                    {"type": "output_text", "text": "Hello, "},
+                    {"type": "refusal", "refusal": "no"},
+                    {"type": "output_text", "text": "world"},
+                ],
+            },
+        ],
+        "error": None,
+    }
+    assert responses_text(response) == "Hello, world"
+
+
+def test_answers_without_text_are_empty_response_errors() -> None:
+    refusal = {"choices": [{"message": {"content": None}, "finish_reason": "content_filter"}]}
+    with pytest.raises(EmptyResponseError, match="content_filter"):
+        chat_text(refusal)
+    with pytest.raises(EmptyResponseError, match="the response failed"):
+        responses_text({"error": {"code": "server_error", "message": "boom"}, "output": []})
