@@ -3,68 +3,87 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any, TypedDict
+from collections.abc import AsyncIterator, Generator, Iterable
+from typing import Any
 
 from typing_extensions import Unpack
 
-from .pool import BatchPool, Postprocess, Result, in_input_order
-from .request import OpenAIRequest
+from .pool import BatchPool, Postprocess, StreamOptions, in_input_order
+from .request import AnyRequest
+from .stream import BatchStream, ResultPair
 
-__all__ = ["PoolOptions", "arun_batch", "astream_batch", "run_batch", "stream_batch"]
+__all__ = ["BatchArguments", "arun_batch", "astream_batch", "run_batch", "stream_batch"]
 
 
-class PoolOptions(TypedDict, total=False):
-    """Keyword arguments every batch function passes to `BatchPool` (see its docstring)."""
+class BatchArguments(StreamOptions, total=False):
+    """Keyword arguments of the batch functions: `BatchPool`'s and `BatchPool.stream`'s."""
 
     workers: int | None
     base_url: str | None
     api_key: str | None
     timeout: float
     max_retries: int
-    postprocess: Postprocess | None
+    rpm: float | None
+    tpm: float | None
+    adaptive: bool
     start_method: str
 
 
+_STREAM_KEYS = frozenset(StreamOptions.__annotations__)
+
+
+def _pool_for(max_concurrency: int, options: BatchArguments) -> tuple[BatchPool, StreamOptions]:
+    """A pool for one batch; the per-batch options go to its stream."""
+    pool_options: dict[str, Any] = {k: v for k, v in options.items() if k not in _STREAM_KEYS}
+    stream_options: Any = {k: v for k, v in options.items() if k in _STREAM_KEYS}
+    postprocess: Postprocess | None = stream_options.pop("postprocess", None)
+    pool = BatchPool(max_concurrency=max_concurrency, postprocess=postprocess, **pool_options)
+    return pool, stream_options
+
+
 def stream_batch(
-    requests: Iterable[OpenAIRequest], *, max_concurrency: int = 5, **options: Unpack[PoolOptions]
-) -> Iterator[Result]:
+    requests: Iterable[AnyRequest], *, max_concurrency: int = 5, **options: Unpack[BatchArguments]
+) -> BatchStream:
     """Fire the requests concurrently; yield ``(index, str | Exception)`` as each completes.
 
     Example::
 
-        for index, result in stream_batch(requests, max_concurrency=50):
+        stream = stream_batch(requests, max_concurrency=50)
+        for index, result in stream:
             if isinstance(result, Exception):
                 print(index, "failed:", result)
+        print(stream.summary)
 
     Results come in completion order. A failed request yields its Exception and the
     batch goes on. Arguments are checked now (and a list of requests, whole); the worker
-    processes start on the first iteration and stop when the generator ends or is closed.
-    Other keyword arguments are those of `BatchPool`.
+    processes start on the first iteration and stop when the stream ends or is closed.
+    Keyword arguments are those of `BatchPool` and `BatchPool.stream`.
     """
-    pool = BatchPool(max_concurrency=max_concurrency, **options)
-    return _stream_and_close(pool, pool.stream(requests))
+    pool, stream_options = _pool_for(max_concurrency, options)
+    chunks, summary = pool.open_stream(requests, **stream_options)
+    return BatchStream(_closing(pool, chunks), summary)
 
 
-def _stream_and_close(pool: BatchPool, results: Iterator[Result]) -> Iterator[Result]:
+def _closing(
+    pool: BatchPool, chunks: Generator[list[ResultPair], None, None]
+) -> Generator[list[ResultPair], None, None]:
     with pool:
-        yield from results
+        yield from chunks
 
 
 def run_batch(
-    requests: Iterable[OpenAIRequest], *, max_concurrency: int = 5, **options: Unpack[PoolOptions]
+    requests: Iterable[AnyRequest], *, max_concurrency: int = 5, **options: Unpack[BatchArguments]
 ) -> list[Any]:
     """Fire the requests concurrently; return ``str | Exception`` per request, in input order.
 
-    Keyword arguments are those of `BatchPool`.
+    Keyword arguments are those of `stream_batch`.
     """
-    with BatchPool(max_concurrency=max_concurrency, **options) as pool:
-        return pool.run(requests)
+    return in_input_order(stream_batch(requests, max_concurrency=max_concurrency, **options))
 
 
 async def astream_batch(
-    requests: Iterable[OpenAIRequest], *, max_concurrency: int = 5, **options: Unpack[PoolOptions]
-) -> AsyncIterator[Result]:
+    requests: Iterable[AnyRequest], *, max_concurrency: int = 5, **options: Unpack[BatchArguments]
+) -> AsyncIterator[ResultPair]:
     """`stream_batch` for code already inside an event loop; never blocks that loop.
 
     Example::
@@ -72,9 +91,9 @@ async def astream_batch(
         async for index, result in astream_batch(requests, max_concurrency=50):
             ...
     """
-    pool = BatchPool(max_concurrency=max_concurrency, **options)
+    pool, stream_options = _pool_for(max_concurrency, options)
     try:
-        async for result in pool.astream(requests):
+        async for result in pool.astream(requests, **stream_options):
             yield result
     finally:
         # Joining workers takes a moment: not on the caller's loop.
@@ -82,7 +101,7 @@ async def astream_batch(
 
 
 async def arun_batch(
-    requests: Iterable[OpenAIRequest], *, max_concurrency: int = 5, **options: Unpack[PoolOptions]
+    requests: Iterable[AnyRequest], *, max_concurrency: int = 5, **options: Unpack[BatchArguments]
 ) -> list[Any]:
     """`run_batch` for code already inside an event loop; never blocks that loop."""
     stream = astream_batch(requests, max_concurrency=max_concurrency, **options)

@@ -41,26 +41,32 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, TypedDict
 
 import cloudpickle
 import psutil
+from typing_extensions import Unpack
 
 from .config import ClientConfig, RetryPolicy, WorkerConfig
 from .errors import PoolClosedError, WorkerCrashedError, WorkerStartupError
+from .limits import Budget, estimate_tokens
 from .processes import Worker, WorkerProcess, WorkerThread
-from .protocol import BatchOptions, Cancel, Outcome, Ready, StartupFailed, Task
-from .request import OpenAIRequest
+from .progress import ProgressBar
+from .protocol import BatchOptions, Cancel, Outcome, Ready, StartupFailed, Task, Throttled
+from .request import AnyRequest, OpenAIRequest, RawRequest
+from .results import BatchSummary, Result
+from .stream import BatchStream, ResultPair
 
-__all__ = ["BatchPool", "PoolState", "default_workers", "in_input_order"]
+__all__ = ["BatchPool", "PoolState", "StreamOptions", "default_workers", "in_input_order"]
 
-# (index, value): the text or the Exception, or what `postprocess` made of the text.
-Result = tuple[int, Any]
 Postprocess = Callable[[str], Any]
 
 # Times an index may be re-sent after its worker died while running it; a request that
 # kills every worker it lands on must not take the pool down with it.
 MAX_CRASHES_PER_REQUEST = 3
+# A request whose worker died this many times runs with no other suspect on its worker.
+# One death proves nothing (an OOM kill, an operator); two in a row make it a suspect.
+_QUARANTINE_AFTER_CRASHES = 2
 # Workers in a row that may exit before becoming ready before the pool gives up: a broken
 # environment fails fast instead of respawning forever.
 MAX_STARTUP_FAILURES = 3
@@ -101,7 +107,8 @@ def default_workers(max_concurrency: int) -> int:
 class _Assignment:
     """A ledger entry: a request owed to the caller and where it currently runs."""
 
-    request: OpenAIRequest
+    request: AnyRequest
+    tokens: int = 0  # estimated, spent from the token budget when sent
     worker: Worker | None = None  # None while waiting to be (re-)sent
     crashes: int = 0  # workers that died while running it
 
@@ -112,10 +119,27 @@ class _Batch:
 
     options: BatchOptions
     source: Iterator[tuple[int, Any]]  # enumerate(caller's iterable)
+    summary: BatchSummary
     ledger: dict[int, _Assignment] = field(default_factory=dict)  # {index: <_Assignment>}
     owed_by: dict[Worker, set[int]] = field(default_factory=dict)  # {worker: {3, 8, ...}}
-    resend: deque[int] = field(default_factory=deque)  # indices whose worker died
+    resend: deque[int] = field(default_factory=deque)  # indices whose worker died once
+    quarantine: deque[int] = field(default_factory=deque)  # ... twice or more
+    suspect_on: dict[Worker, int] = field(default_factory=dict)  # {worker: quarantined index}
+    waiting: tuple[int, Any] | None = None  # read from the source, held back by the budget
+    wake_at: float = 0.0  # when the budget lets the waiting request go (monotonic)
     exhausted: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.exhausted and self.waiting is None and not self.ledger
+
+
+class StreamOptions(TypedDict, total=False):
+    """Per-batch keyword arguments of `BatchPool.stream` and friends."""
+
+    postprocess: Postprocess | None
+    return_results: bool
+    progress: bool
 
 
 class BatchPool:
@@ -139,6 +163,12 @@ class BatchPool:
             CPU-heavy parsing runs on every core; lambdas and closures work (cloudpickle).
             What it returns is what the stream yields; what it raises becomes that index's
             `PostprocessError`. `stream()` and `run()` can override it per batch.
+        rpm: requests per minute at most, across all workers (None: no limit).
+        tpm: tokens per minute at most, across all workers, estimated from the prompts and
+            corrected by the usage each answer reports (None: no limit).
+        adaptive: on 429s halve the concurrency (growing back by one per window of
+            successes) and wait what the server asks; pause while the
+            ``x-ratelimit-remaining-*`` headers say a budget is spent. False: fixed.
         start_method: ``"spawn"`` (default) or ``"forkserver"``; never ``"fork"``.
 
     ``workers=0`` runs the same worker code in a thread of this process instead: no
@@ -155,6 +185,9 @@ class BatchPool:
         timeout: float = 600.0,
         max_retries: int = 5,
         postprocess: Postprocess | None = None,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        adaptive: bool = True,
         start_method: str = "spawn",
     ) -> None:
         _check_int("max_concurrency", max_concurrency, minimum=1)
@@ -162,13 +195,16 @@ class BatchPool:
             _check_int("workers", workers, minimum=0)
         _check_postprocess(postprocess)
         _check_int("max_retries", max_retries, minimum=0)
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        _check_positive("timeout", timeout)
+        for name, limit in (("rpm", rpm), ("tpm", tpm)):
+            if limit is not None:
+                _check_positive(name, limit)
         if start_method not in ("spawn", "forkserver"):
             raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
         self.max_concurrency = max_concurrency
         self.workers = default_workers(max_concurrency) if workers is None else workers
         self.postprocess = postprocess
+        self.budget = Budget(max_concurrency, rpm, tpm, adaptive)
         config = WorkerConfig(
             client=ClientConfig(
                 api_key=api_key,
@@ -220,34 +256,37 @@ class BatchPool:
         self._state = PoolState.CLOSED
         self._finalizer()
 
-    def run(
-        self, requests: Iterable[OpenAIRequest], *, postprocess: Postprocess | None = None
-    ) -> list[Any]:
-        """Send every request and return the results in input order."""
-        return in_input_order(self.stream(requests, postprocess=postprocess))
-
     def stream(
-        self, requests: Iterable[OpenAIRequest], *, postprocess: Postprocess | None = None
-    ) -> Iterator[Result]:
+        self, requests: Iterable[AnyRequest], **options: Unpack[StreamOptions]
+    ) -> BatchStream:
         """Send every request; yield ``(index, str | Exception)`` in completion order.
 
         A failed request yields its Exception and the batch goes on. A list is checked
         whole before any worker starts; any other iterable is read lazily and checked
-        item by item. Closing the generator early cancels what is still in flight.
-        `postprocess` overrides the pool's for this batch.
+        item by item. Closing the stream early cancels what is still in flight.
+
+        Parameters:
+            postprocess: overrides the pool's for this batch.
+            return_results: yield `Result` objects (text, parsed JSON, usage, latency,
+                attempts, ids, error) instead of ``str | Exception``.
+            progress: show a progress bar on stderr.
         """
-        chunks = self._chunks(requests, postprocess)
-        return (result for chunk in chunks for result in chunk)
+        chunks, summary = self.open_stream(requests, **options)
+        return BatchStream(chunks, summary)
+
+    def run(self, requests: Iterable[AnyRequest], **options: Unpack[StreamOptions]) -> list[Any]:
+        """Send every request and return the results in input order (`stream` options)."""
+        return in_input_order(self.stream(requests, **options))
 
     async def astream(
-        self, requests: Iterable[OpenAIRequest], *, postprocess: Postprocess | None = None
-    ) -> AsyncIterator[Result]:
+        self, requests: Iterable[AnyRequest], **options: Unpack[StreamOptions]
+    ) -> AsyncIterator[ResultPair]:
         """`stream()` for callers inside an event loop: waiting never blocks the loop.
 
         The waiting happens in a thread, one hop per group of results that arrived together.
         """
         loop = asyncio.get_running_loop()
-        chunks = self._chunks(requests, postprocess)
+        chunks, _summary = self.open_stream(requests, **options)
         try:
             while (chunk := await loop.run_in_executor(None, next, chunks, None)) is not None:
                 for result in chunk:
@@ -256,17 +295,18 @@ class BatchPool:
             await loop.run_in_executor(None, chunks.close)
 
     async def arun(
-        self, requests: Iterable[OpenAIRequest], *, postprocess: Postprocess | None = None
+        self, requests: Iterable[AnyRequest], **options: Unpack[StreamOptions]
     ) -> list[Any]:
         """`run()` for callers inside an event loop."""
-        stream = self.astream(requests, postprocess=postprocess)
+        stream = self.astream(requests, **options)
         return in_input_order([result async for result in stream])
 
-    def _chunks(
-        self, requests: Iterable[OpenAIRequest], postprocess: Postprocess | None
-    ) -> Generator[list[Result], None, None]:
-        """Check the arguments now, then return the generator of result groups."""
+    def open_stream(
+        self, requests: Iterable[AnyRequest], **options: Unpack[StreamOptions]
+    ) -> tuple[Generator[list[ResultPair], None, None], BatchSummary]:
+        """Check the arguments now; return the generator of result groups and its summary."""
         self._check_open("stream")
+        postprocess = options.get("postprocess")
         _check_postprocess(postprocess)
         if isinstance(requests, Sequence):
             for index, request in enumerate(requests):
@@ -276,12 +316,22 @@ class BatchPool:
                 f"requests must be an iterable of OpenAIRequest, got {type(requests).__name__}"
             )
         postprocess = postprocess or self.postprocess
-        blob = cloudpickle.dumps(postprocess) if postprocess is not None else None
-        return self._stream_chunks(iter(requests), blob)
+        batch = _Batch(
+            BatchOptions(
+                next(self._batch_ids),
+                cloudpickle.dumps(postprocess) if postprocess is not None else None,
+                rich=bool(options.get("return_results")),
+            ),
+            enumerate(requests),
+            BatchSummary(),
+        )
+        total = len(requests) if isinstance(requests, Sequence) else None
+        progress = ProgressBar(batch.summary, total) if options.get("progress") else None
+        return self._stream_chunks(batch, progress), batch.summary
 
     def _stream_chunks(
-        self, requests: Iterator[OpenAIRequest], postprocess_blob: bytes | None
-    ) -> Generator[list[Result], None, None]:
+        self, batch: _Batch, progress: ProgressBar | None
+    ) -> Generator[list[ResultPair], None, None]:
         self._check_open("stream")
         if self._streaming:
             raise RuntimeError(
@@ -289,19 +339,23 @@ class BatchPool:
                 "generator before starting another"
             )
         self._streaming = True
-        batch = _Batch(BatchOptions(next(self._batch_ids), postprocess_blob), enumerate(requests))
         self._options = batch.options
         try:
             self._start_workers()
             for process in self._processes:
                 process.send([batch.options])
             self._dispatch(batch)
-            while batch.ledger:
+            while not batch.finished:
                 done = self._collect(batch)
                 self._dispatch(batch)
+                if progress is not None:
+                    progress.update(in_flight=len(batch.ledger))
                 if done:
                     yield done
         finally:
+            batch.summary.finished_at = time.monotonic()
+            if progress is not None:
+                progress.close()
             self._streaming = False
             self._options = None
             if batch.ledger and self._state is PoolState.RUNNING:
@@ -329,11 +383,12 @@ class BatchPool:
         return process
 
     def _dispatch(self, batch: _Batch) -> None:
-        """Send re-sends first, then new requests while the ledger has room."""
+        """Send re-sends first, then new requests while the ledger and the budget allow."""
         outgoing: dict[Worker, list[Any]] = {}
 
-        def assign(index: int) -> None:
-            process = min(self._processes, key=lambda p: len(batch.owed_by.get(p, ())))
+        def assign(index: int, process: Worker | None = None) -> None:
+            if process is None:
+                process = min(self._processes, key=lambda p: len(batch.owed_by.get(p, ())))
             batch.ledger[index].worker = process
             batch.owed_by.setdefault(process, set()).add(index)
             task = Task(batch.options.batch, index, batch.ledger[index].request)
@@ -341,26 +396,51 @@ class BatchPool:
 
         while batch.resend:
             assign(batch.resend.popleft())
-        while not batch.exhausted and len(batch.ledger) < self.max_concurrency:
-            try:
-                index, request = next(batch.source)
-            except StopIteration:
-                batch.exhausted = True
+        self._release_quarantine(batch, assign)
+        budget = self.budget
+        while len(batch.ledger) < budget.concurrency():
+            if batch.waiting is None:
+                try:
+                    batch.waiting = next(batch.source)
+                except StopIteration:
+                    batch.exhausted = True
+                    break
+                _check_request(*batch.waiting)
+            index, request = batch.waiting
+            tokens = estimate_tokens(request) if budget.counts_tokens else 0
+            if (wait := budget.delay(tokens)) > 0:
+                batch.wake_at = time.monotonic() + wait
                 break
-            _check_request(index, request)
-            batch.ledger[index] = _Assignment(request)
+            budget.spend(tokens)
+            batch.waiting = None
+            batch.ledger[index] = _Assignment(request, tokens)
             assign(index)
         for process, tasks in outgoing.items():
             process.send(tasks)  # a dead worker is noticed by _collect, which re-sends
 
-    def _collect(self, batch: _Batch) -> list[Result]:
+    def _release_quarantine(self, batch: _Batch, assign: Callable[[int, Worker], None]) -> None:
+        """Send quarantined requests one per worker, so a poison request kills no innocent
+        request twice: only those that shared a worker with it when they were still fresh."""
+        while batch.quarantine:
+            free = [p for p in self._processes if p not in batch.suspect_on]
+            if not free:
+                return
+            index = batch.quarantine.popleft()
+            worker = min(free, key=lambda p: len(batch.owed_by.get(p, ())))
+            batch.suspect_on[worker] = index
+            assign(index, worker)
+
+    def _collect(self, batch: _Batch) -> list[ResultPair]:
         """Wait for outcomes or deaths; return the results now owed to the caller."""
         self._check_open("stream")
         by_channel = {p.result_channel: p for p in self._processes}
         by_sentinel = {p.sentinel: p for p in self._processes}
-        done: list[Result] = []
+        timeout = _POLL_INTERVAL_S
+        if batch.waiting is not None:
+            timeout = min(timeout, max(0.0, batch.wake_at - time.monotonic()))
+        done: list[ResultPair] = []
         exited: list[Worker] = []
-        for ready in wait([*by_channel, *by_sentinel], timeout=_POLL_INTERVAL_S):
+        for ready in wait([*by_channel, *by_sentinel], timeout=timeout):
             process = by_channel.get(ready)  # type: ignore[call-overload]
             if process is None:
                 exited.append(by_sentinel[ready])
@@ -375,7 +455,7 @@ class BatchPool:
         return done
 
     def _handle(
-        self, process: Worker, messages: list[Any], batch: _Batch, done: list[Result]
+        self, process: Worker, messages: list[Any], batch: _Batch, done: list[ResultPair]
     ) -> None:
         for message in messages:
             if isinstance(message, Outcome):
@@ -387,19 +467,36 @@ class BatchPool:
                     continue
                 del batch.ledger[message.index]
                 batch.owed_by[process].discard(message.index)
-                done.append((message.index, message.value()))
+                if batch.suspect_on.get(process) == message.index:
+                    del batch.suspect_on[process]
+                value = message.value()
+                self._account(batch, entry, message, value)
+                done.append((message.index, value))
+            elif isinstance(message, Throttled):
+                batch.summary.rate_limited += 1
+                self.budget.on_throttled(message.retry_after_s)
             elif isinstance(message, Ready):
                 process.ready = True
                 self._startup_failures = 0
             elif isinstance(message, StartupFailed):
                 self._last_startup_error = message.error
 
-    def _replace(self, process: Worker, batch: _Batch, done: list[Result]) -> None:
+    def _account(self, batch: _Batch, entry: _Assignment, outcome: Outcome, value: Any) -> None:
+        error = value.error if isinstance(value, Result) else value
+        error = error if isinstance(error, BaseException) else None
+        batch.summary.add(error, outcome.attempts, outcome.usage)
+        if error is None:
+            used = outcome.usage.total_tokens if outcome.usage is not None else None
+            pause = outcome.rate_limits.pause_s() if outcome.rate_limits is not None else 0.0
+            self.budget.on_answer(entry.tokens, used, pause)
+
+    def _replace(self, process: Worker, batch: _Batch, done: list[ResultPair]) -> None:
         """A worker exited: keep what it finished, re-send what it owed, start another."""
         self._handle(process, process.drain(), batch, done)
         process.join(0.5)
         exitcode = process.exitcode
         self._processes.remove(process)
+        batch.suspect_on.pop(process, None)
         process.stop(time.monotonic())
         for index in sorted(batch.owed_by.pop(process, ())):
             entry = batch.ledger[index]
@@ -408,7 +505,12 @@ class BatchPool:
                 entry.crashes += 1
             if entry.crashes > MAX_CRASHES_PER_REQUEST:
                 del batch.ledger[index]
-                done.append((index, _crash_error(index, exitcode, entry.crashes)))
+                error = _crash_error(index, exitcode, entry.crashes)
+                batch.summary.add(error, entry.crashes, None)
+                rich = Result(index, attempts=entry.crashes, error=error)
+                done.append((index, rich if batch.options.rich else error))
+            elif entry.crashes >= _QUARANTINE_AFTER_CRASHES:
+                batch.quarantine.append(index)
             else:
                 batch.resend.append(index)
         # Killed from outside while starting (the test of a chaos script, an operator) says
@@ -452,8 +554,16 @@ def _crash_error(index: int, exitcode: int | None, crashes: int) -> WorkerCrashe
 
 
 def _check_request(index: int, request: object) -> None:
-    if not isinstance(request, OpenAIRequest):
-        raise TypeError(f"requests[{index}] must be an OpenAIRequest, got {type(request).__name__}")
+    if not isinstance(request, (OpenAIRequest, RawRequest)):
+        raise TypeError(
+            f"requests[{index}] must be an OpenAIRequest or RawRequest, "
+            f"got {type(request).__name__}"
+        )
+
+
+def _check_positive(name: str, value: object) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def _check_postprocess(postprocess: object) -> None:
@@ -461,7 +571,7 @@ def _check_postprocess(postprocess: object) -> None:
         raise TypeError(f"postprocess must be callable, got {type(postprocess).__name__}")
 
 
-def in_input_order(results: Iterable[Result]) -> list[Any]:
+def in_input_order(results: Iterable[ResultPair]) -> list[Any]:
     """The values of ``(index, value)`` pairs, in index order."""
     by_index = dict(results)
     return [by_index[index] for index in range(len(by_index))]

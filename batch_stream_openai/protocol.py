@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ResultTransferError
-from .request import OpenAIRequest
+from .request import AnyRequest
+from .results import RateLimitHeaders, Usage
 
-__all__ = ["BatchOptions", "Cancel", "Outcome", "Ready", "StartupFailed", "Task"]
+__all__ = ["BatchOptions", "Cancel", "Outcome", "Ready", "StartupFailed", "Task", "Throttled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,7 @@ class BatchOptions:
 
     batch: int
     postprocess: bytes | None
+    rich: bool = False  # send `Result` objects instead of bare values
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +36,7 @@ class Task:
 
     batch: int
     index: int
-    request: OpenAIRequest
+    request: AnyRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,13 @@ class Ready:
     """Worker -> parent: imports done, client built; tasks are being served."""
 
     pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Throttled:
+    """Worker -> parent, at once: a 429 arrived; `retry_after_s` is what the server asked."""
+
+    retry_after_s: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +78,20 @@ class Outcome:
     batch: int
     index: int
     payload: bytes
+    attempts: int = 1
+    usage: Usage | None = None  # for the batch summary and the token budget
+    rate_limits: RateLimitHeaders | None = None  # the answer's x-ratelimit-* headers
 
     @classmethod
-    def of(cls, batch: int, index: int, value: Any) -> Outcome:
+    def of(
+        cls,
+        batch: int,
+        index: int,
+        value: Any,
+        attempts: int = 1,
+        usage: Usage | None = None,
+        rate_limits: RateLimitHeaders | None = None,
+    ) -> Outcome:
         """Pickle `value`; a value that cannot be pickled becomes a ResultTransferError."""
         try:
             payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
@@ -80,7 +100,7 @@ class Outcome:
                 f"the result ({type(value).__name__}) cannot be pickled: {exc!r}", index=index
             )
             payload = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
-        return cls(batch, index, payload)
+        return cls(batch, index, payload, attempts, usage, rate_limits)
 
     def value(self) -> Any:
         """Unpickle the value; a failure becomes a ResultTransferError for this index."""

@@ -1,4 +1,4 @@
-"""The call itself: one `OpenAIRequest` in, the answer's text out.
+"""The call itself: one request in, one answer (text, body, headers) out.
 
 OpenAI models go through one long-lived `AsyncOpenAI` client (aiohttp transport when
 available, SDK retries off: ours are in `retry.py`); anything else goes through
@@ -9,40 +9,30 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
 import openai
-from openai.types.chat import ChatCompletionMessageParam
 
 from . import errors
 from .config import ClientConfig
-from .request import OpenAIRequest, openai_model_name
+from .request import CHAT_ENDPOINT, AnyRequest, http_call, openai_model_name
+from .results import RateLimitHeaders
 
-__all__ = ["Provider", "chat_messages", "chat_text", "responses_text", "responses_text_format"]
+__all__ = ["Answer", "Provider", "chat_text", "responses_text"]
 
 _LITELLM_EXTRA_HINT = "pip install batch-stream-openai[litellm]"
 
 
-def responses_text_format(response_format: dict[str, Any]) -> dict[str, Any]:
-    """Convert a Chat Completions `response_format` to the Responses API `text.format`."""
-    if response_format.get("type") != "json_schema":
-        return dict(response_format)
-    schema = response_format["json_schema"]
-    converted: dict[str, Any] = {"type": "json_schema", "name": schema["name"]}
-    converted["schema"] = schema["schema"]
-    for optional in ("strict", "description"):
-        if optional in schema:
-            converted[optional] = schema[optional]
-    return converted
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One successful answer: its text and what came with it."""
 
-
-def chat_messages(request: OpenAIRequest) -> list[ChatCompletionMessageParam]:
-    """The Chat Completions `messages` list for a request."""
-    return [
-        {"role": "system", "content": request.system_prompt},
-        {"role": "user", "content": request.user_prompt},
-    ]
+    text: str
+    body: dict[str, Any]
+    request_id: str | None = None
+    rate_limits: RateLimitHeaders | None = None
 
 
 def chat_text(completion: dict[str, Any]) -> str:
@@ -69,12 +59,12 @@ def responses_text(response: dict[str, Any]) -> str:
 
 
 class Provider:
-    """Turns requests into text for one worker; owns that worker's clients.
+    """Sends requests for one worker and owns that worker's clients.
 
     Example::
 
         provider = Provider(ClientConfig(base_url="http://127.0.0.1:8000/v1"))
-        text = await provider.complete(OpenAIRequest("Be brief.", "Hi", api="chat"))
+        answer = await provider.complete(OpenAIRequest("Be brief.", "Hi", api="chat"))
         await provider.aclose()
     """
 
@@ -93,14 +83,24 @@ class Provider:
         if self._client is not None:
             await self._client.close()
 
-    async def complete(self, request: OpenAIRequest) -> str:
-        """Send one request (one attempt) and return the answer's text."""
-        sdk_model = openai_model_name(request.model)
+    async def complete(self, request: AnyRequest) -> Answer:
+        """Send one request (one attempt) and return the answer."""
+        endpoint, body = http_call(request)
+        sdk_model = openai_model_name(body["model"])
         if sdk_model is None:
-            return await self._complete_litellm(request)
-        if request.api == "chat":
-            return await self._complete_chat(request, sdk_model)
-        return await self._complete_responses(request, sdk_model)
+            return await self._complete_litellm(endpoint, body)
+        if sdk_model != body["model"]:
+            body = {**body, "model": sdk_model}
+        # The SDK's low-level `post` keeps its auth, headers, transport and error classes
+        # but skips validating the params against its TypedDicts and building pydantic
+        # models: that halves its CPU cost per request (1.10 -> 0.55 ms, see BENCHMARKS.md).
+        response = await self._openai_client().post(
+            endpoint.removeprefix("/v1"), cast_to=httpx2.Response, body=body
+        )
+        data: dict[str, Any] = json.loads(response.content)
+        text = chat_text(data) if endpoint == CHAT_ENDPOINT else responses_text(data)
+        headers = response.headers
+        return Answer(text, data, headers.get("x-request-id"), RateLimitHeaders.parse(headers))
 
     def _openai_client(self) -> openai.AsyncOpenAI:
         if self._client is None:
@@ -121,53 +121,18 @@ class Provider:
             )
         return self._client
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        # The SDK's low-level `post` keeps its auth, headers, transport and error classes
-        # but skips validating the params against its TypedDicts and building pydantic
-        # models: that halves its CPU cost per request (1.10 -> 0.55 ms, scripts/bench.py).
-        response = await self._openai_client().post(path, cast_to=httpx2.Response, body=body)
-        data: dict[str, Any] = json.loads(response.content)
-        return data
-
-    async def _complete_chat(self, request: OpenAIRequest, model: str) -> str:
-        body: dict[str, Any] = {"model": model, "messages": chat_messages(request)}
-        if request.response_format is not None:
-            body["response_format"] = request.response_format
-        if request.reasoning_effort is not None:
-            body["reasoning_effort"] = request.reasoning_effort
-        return chat_text(await self._post("/chat/completions", body))
-
-    async def _complete_responses(self, request: OpenAIRequest, model: str) -> str:
-        body: dict[str, Any] = {
-            "model": model,
-            "instructions": request.system_prompt,
-            "input": request.user_prompt,
-        }
-        if request.response_format is not None:
-            body["text"] = {"format": responses_text_format(request.response_format)}
-        if request.reasoning_effort is not None:
-            body["reasoning"] = {"effort": request.reasoning_effort}
-        return responses_text(await self._post("/responses", body))
-
-    async def _complete_litellm(self, request: OpenAIRequest) -> str:
+    async def _complete_litellm(self, endpoint: str, body: dict[str, Any]) -> Answer:
+        if endpoint != CHAT_ENDPOINT:
+            raise errors.RequestError(
+                f"model {body['model']!r} routes through LiteLLM, which takes "
+                f"{CHAT_ENDPOINT} requests only (use api='chat')"
+            )
         litellm = self._litellm or self._import_litellm()
-        options: dict[str, Any] = {}
-        if request.response_format is not None:
-            options["response_format"] = request.response_format
-        if request.reasoning_effort is not None:
-            options["reasoning_effort"] = request.reasoning_effort
         completion = await litellm.acompletion(
-            model=request.model,
-            messages=chat_messages(request),
-            timeout=self._config.timeout,
-            num_retries=0,
-            max_retries=0,
-            **options,
+            **body, timeout=self._config.timeout, num_retries=0, max_retries=0
         )
-        content = completion.choices[0].message.content
-        if content is None:
-            raise errors.EmptyResponseError("the model returned no text")
-        return str(content)
+        data: dict[str, Any] = completion.model_dump()
+        return Answer(chat_text(data), data)
 
     def _import_litellm(self) -> Any:
         # Without this, importing litellm tries to download a model cost map.

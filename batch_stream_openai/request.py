@@ -1,16 +1,37 @@
-"""`OpenAIRequest`: one prompt to send, validated on construction, and the routing rule."""
+"""What to send: `OpenAIRequest` (prompts) and `RawRequest` (a body as given), validated.
+
+Both become one HTTP call, ``(endpoint, body)``, through `http_call`; the routing rule
+(`openai_model_name`) says whether the OpenAI SDK or LiteLLM sends it.
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
-__all__ = ["API_NAMES", "REASONING_EFFORTS", "OpenAIRequest", "openai_model_name"]
+__all__ = [
+    "API_NAMES",
+    "CHAT_ENDPOINT",
+    "REASONING_EFFORTS",
+    "RESPONSES_ENDPOINT",
+    "AnyRequest",
+    "OpenAIRequest",
+    "RawRequest",
+    "chat_body",
+    "http_call",
+    "openai_model_name",
+    "responses_text_format",
+    "wants_json",
+]
 
 API_NAMES = ("responses", "chat")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+CHAT_ENDPOINT = "/v1/chat/completions"
+RESPONSES_ENDPOINT = "/v1/responses"
+_ENDPOINTS = (CHAT_ENDPOINT, RESPONSES_ENDPOINT)
 _RESPONSE_FORMAT_TYPES = ("json_schema", "json_object", "text")
+_JSON_FORMATS = ("json_schema", "json_object")
 
 # gpt-*, o1*, o3*, o4*, chatgpt-*, and fine-tunes of those ("ft:gpt-4o-mini:org::id").
 _OPENAI_MODEL = re.compile(r"^(ft:)?(gpt-|o1|o3|o4|chatgpt-)")
@@ -40,6 +61,11 @@ class OpenAIRequest:
             converted for the Responses API.
         reasoning_effort: for reasoning models: ``"minimal"``, ``"low"``, ``"medium"``,
             ``"high"`` (and ``"none"``/``"xhigh"`` where the model supports them).
+        temperature: sampling temperature.
+        max_output_tokens: cap on the answer's tokens (``max_completion_tokens`` for Chat).
+        seed: sampling seed (Chat Completions only).
+        metadata: string key/value pairs stored with the request by the provider.
+        extra_body: more body fields, sent as given (they win over the fields above).
     """
 
     system_prompt: str
@@ -48,13 +74,16 @@ class OpenAIRequest:
     api: Literal["responses", "chat"] = "responses"
     response_format: dict[str, Any] | None = None
     reasoning_effort: str | None = None
+    temperature: float | None = None
+    max_output_tokens: int | None = None
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+    extra_body: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        _check_str("system_prompt", self.system_prompt)
-        _check_str("user_prompt", self.user_prompt)
-        _check_str("model", self.model)
-        if not self.model.strip():
-            raise ValueError("OpenAIRequest.model must be a non-empty model name")
+        _check_type("system_prompt", self.system_prompt, str)
+        _check_type("user_prompt", self.user_prompt, str)
+        _check_model(self.model, "OpenAIRequest.model")
         if self.api not in API_NAMES:
             raise ValueError(f"OpenAIRequest.api must be 'responses' or 'chat', got {self.api!r}")
         if self.reasoning_effort is not None and self.reasoning_effort not in REASONING_EFFORTS:
@@ -64,11 +93,64 @@ class OpenAIRequest:
             )
         if self.response_format is not None:
             _check_response_format(self.response_format)
+        if self.temperature is not None:
+            _check_type("temperature", self.temperature, (int, float))
+        if self.max_output_tokens is not None:
+            _check_type("max_output_tokens", self.max_output_tokens, int)
+            if self.max_output_tokens < 1:
+                raise ValueError("OpenAIRequest.max_output_tokens must be >= 1")
+        if self.seed is not None:
+            _check_type("seed", self.seed, int)
+            if self.api != "chat":
+                raise ValueError("OpenAIRequest.seed is only supported with api='chat'")
+        if self.metadata is not None:
+            _check_type("metadata", self.metadata, dict)
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.metadata.items()):
+                raise TypeError("OpenAIRequest.metadata must map str to str")
+        if self.extra_body is not None:
+            _check_type("extra_body", self.extra_body, dict)
 
     @property
     def uses_openai_sdk(self) -> bool:
         """True when the model is served by the OpenAI SDK rather than LiteLLM."""
         return openai_model_name(self.model) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RawRequest:
+    """A request body sent as given to an endpoint, as in an OpenAI Batch API input line.
+
+    Example::
+
+        RawRequest("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [...]})
+
+    Parameters:
+        url: ``"/v1/chat/completions"`` or ``"/v1/responses"``.
+        body: the JSON body; it must name its ``model``.
+        custom_id: the caller's id for this request, carried along untouched.
+    """
+
+    url: str
+    body: dict[str, Any]
+    custom_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.url not in _ENDPOINTS:
+            raise ValueError(
+                f"RawRequest.url must be one of {', '.join(_ENDPOINTS)}, got {self.url!r}"
+            )
+        _check_type("body", self.body, dict, owner="RawRequest")
+        _check_model(self.body.get("model"), "RawRequest.body['model']")
+        if self.body.get("stream"):
+            raise ValueError("RawRequest.body['stream'] is not supported: answers are collected")
+
+    @property
+    def model(self) -> str:
+        """The body's model."""
+        return str(self.body["model"])
+
+
+AnyRequest: TypeAlias = OpenAIRequest | RawRequest
 
 
 def openai_model_name(model: str) -> str | None:
@@ -78,9 +160,90 @@ def openai_model_name(model: str) -> str | None:
     return model if _OPENAI_MODEL.match(model) else None
 
 
-def _check_str(field: str, value: object) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f"OpenAIRequest.{field} must be a str, got {type(value).__name__}")
+def http_call(request: AnyRequest) -> tuple[str, dict[str, Any]]:
+    """The ``(endpoint, body)`` that sends `request` to an OpenAI-compatible API."""
+    if isinstance(request, RawRequest):
+        return request.url, request.body
+    if request.api == "chat":
+        return CHAT_ENDPOINT, chat_body(request)
+    body: dict[str, Any] = {
+        "model": request.model,
+        "instructions": request.system_prompt,
+        "input": request.user_prompt,
+    }
+    if request.response_format is not None:
+        body["text"] = {"format": responses_text_format(request.response_format)}
+    if request.reasoning_effort is not None:
+        body["reasoning"] = {"effort": request.reasoning_effort}
+    if request.max_output_tokens is not None:
+        body["max_output_tokens"] = request.max_output_tokens
+    return RESPONSES_ENDPOINT, _with_common_options(body, request)
+
+
+def chat_body(request: OpenAIRequest) -> dict[str, Any]:
+    """The Chat Completions body of a request (also what LiteLLM takes)."""
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": [
+            {"role": "system", "content": request.system_prompt},
+            {"role": "user", "content": request.user_prompt},
+        ],
+    }
+    if request.response_format is not None:
+        body["response_format"] = request.response_format
+    if request.reasoning_effort is not None:
+        body["reasoning_effort"] = request.reasoning_effort
+    if request.max_output_tokens is not None:
+        body["max_completion_tokens"] = request.max_output_tokens
+    if request.seed is not None:
+        body["seed"] = request.seed
+    return _with_common_options(body, request)
+
+
+def _with_common_options(body: dict[str, Any], request: OpenAIRequest) -> dict[str, Any]:
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.metadata is not None:
+        body["metadata"] = request.metadata
+    if request.extra_body:
+        body.update(request.extra_body)
+    return body
+
+
+def responses_text_format(response_format: dict[str, Any]) -> dict[str, Any]:
+    """Convert a Chat Completions `response_format` to the Responses API `text.format`."""
+    if response_format.get("type") != "json_schema":
+        return dict(response_format)
+    schema = response_format["json_schema"]
+    converted: dict[str, Any] = {"type": "json_schema", "name": schema["name"]}
+    converted["schema"] = schema["schema"]
+    for optional in ("strict", "description"):
+        if optional in schema:
+            converted[optional] = schema[optional]
+    return converted
+
+
+def wants_json(endpoint: str, body: dict[str, Any]) -> bool:
+    """Whether the body asks for structured (JSON) output."""
+    if endpoint == CHAT_ENDPOINT:
+        fmt = body.get("response_format")
+    else:
+        text = body.get("text")
+        fmt = text.get("format") if isinstance(text, dict) else None
+    return isinstance(fmt, dict) and fmt.get("type") in _JSON_FORMATS
+
+
+def _check_type(
+    field: str, value: object, kind: type | tuple[type, ...], owner: str = "OpenAIRequest"
+) -> None:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise TypeError(f"{owner}.{field} must be a {names}, got {type(value).__name__}")
+
+
+def _check_model(model: object, where: str) -> None:
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"{where} must be a non-empty model name, got {model!r}")
 
 
 def _check_response_format(response_format: object) -> None:

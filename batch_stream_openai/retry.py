@@ -96,10 +96,23 @@ class wait_retry_after(wait_base):
 
 
 def build_retrying(
-    policy: RetryPolicy, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+    policy: RetryPolicy,
+    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    on_retry: Callable[[BaseException], None] | None = None,
 ) -> AsyncRetrying:
-    """The tenacity controller for one request; `sleep` is injectable for tests."""
+    """The tenacity controller for one request; `sleep` is injectable for tests.
+
+    `on_retry` is called with each failure that will be retried, before the wait.
+    """
+
+    def before_sleep(state: RetryCallState) -> None:
+        if on_retry is not None and state.outcome is not None:
+            exc = state.outcome.exception()
+            if exc is not None:
+                on_retry(exc)
+
     return AsyncRetrying(
+        before_sleep=before_sleep,
         retry=retry_if_exception(is_retryable),
         stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.deadline),
         wait=wait_retry_after(

@@ -8,14 +8,18 @@ outbox thread pickles outcomes and writes them, many per pipe write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import queue
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
@@ -24,12 +28,13 @@ import cloudpickle
 
 from .config import WorkerConfig
 from .errors import PostprocessError, RequestError
-from .protocol import BatchOptions, Cancel, Outcome, Ready, StartupFailed, Task
-from .providers import Provider
-from .request import OpenAIRequest
-from .retry import build_retrying, to_request_error
+from .protocol import BatchOptions, Cancel, Outcome, Ready, StartupFailed, Task, Throttled
+from .providers import Answer, Provider
+from .request import AnyRequest, http_call, wants_json
+from .results import Result, Usage, usage_of
+from .retry import build_retrying, retry_after_seconds, status_code_of, to_request_error
 
-__all__ = ["RequestRunner", "apply_postprocess", "main"]
+__all__ = ["Finished", "RequestRunner", "apply_postprocess", "main"]
 
 # Outcomes per pipe write: large enough to amortise the system call under load, small
 # enough that one message stays well below a megabyte for ordinary answers.
@@ -37,19 +42,38 @@ _MAX_OUTCOMES_PER_MESSAGE = 256
 _STARTUP_FAILED_EXIT_CODE = 3
 
 
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """How one request ended: its answer or its error, after how many attempts and when."""
+
+    answer: Answer | None
+    error: RequestError | None
+    attempts: int
+    latency_s: float
+
+
 class RequestRunner:
-    """Runs one request to its final value: the provider call, retries, error conversion.
+    """Runs one request to its end: the provider call, retries, error conversion.
 
     Shared by every backend, so a request behaves the same wherever its worker runs.
+
+    Parameters:
+        config: the pool's worker configuration.
+        sleep: the wait between attempts (injectable for tests).
+        on_retry: called with each failure that will be retried, before the wait.
     """
 
     def __init__(
-        self, config: WorkerConfig, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+        self,
+        config: WorkerConfig,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        on_retry: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._provider = Provider(config.client)
         self._policy = config.retry
         self._secret = config.client.resolved_api_key
         self._sleep = sleep
+        self._on_retry = on_retry
 
     def open(self) -> None:
         """Build the clients, so a broken setup fails at start-up, not per request."""
@@ -59,15 +83,18 @@ class RequestRunner:
         """Close the clients' connections."""
         await self._provider.aclose()
 
-    async def run(self, index: int, request: OpenAIRequest) -> str | RequestError:
-        """The text of the answer, or the picklable error that ends this request."""
-        retrying = build_retrying(self._policy, self._sleep)
+    async def run(self, index: int, request: AnyRequest) -> Finished:
+        """Send the request, retrying what is worth retrying; never raises."""
+        retrying = build_retrying(self._policy, self._sleep, self._on_retry)
+        started = time.monotonic()
         try:
-            text: str = await retrying(self._provider.complete, request)
+            answer: Answer = await retrying(self._provider.complete, request)
         except Exception as exc:  # every failure becomes this index's result
             attempts = int(retrying.statistics.get("attempt_number", 1))
-            return to_request_error(exc, index=index, attempts=attempts, secret=self._secret)
-        return text
+            error = to_request_error(exc, index=index, attempts=attempts, secret=self._secret)
+            return Finished(None, error, attempts, time.monotonic() - started)
+        attempts = int(retrying.statistics.get("attempt_number", 1))
+        return Finished(answer, None, attempts, time.monotonic() - started)
 
 
 class _Outbox:
@@ -165,7 +192,7 @@ class _Server:
         self._runner = runner
         self._outbox = outbox
         self._running: dict[tuple[int, int], asyncio.Task[None]] = {}
-        self._batch = 0
+        self._options = BatchOptions(0, None)
         self._postprocess: Postprocess | None = None
         # One thread: postprocess is CPU-bound Python, so more threads would only contend
         # for the GIL; its job is to keep the event loop free while it runs.
@@ -180,21 +207,26 @@ class _Server:
                 )
                 job.add_done_callback(partial(_forget, self._running, key))
             elif isinstance(message, BatchOptions):
-                self._batch = message.batch
+                self._options = message
                 self._postprocess = _load_postprocess(message)
             elif isinstance(message, Cancel):
                 for key in [key for key in self._running if key[0] == message.batch]:
                     self._running.pop(key).cancel()
 
     async def _run(self, task: Task) -> None:
-        value: Any = await self._runner.run(task.index, task.request)
-        if self._postprocess is not None and task.batch == self._batch and isinstance(value, str):
-            value = await asyncio.get_running_loop().run_in_executor(
-                self._executor, apply_postprocess, self._postprocess, task.index, value
+        finished = await self._runner.run(task.index, task.request)
+        answer = finished.answer
+        output: Any = finished.error if answer is None else answer.text
+        if answer is not None and self._postprocess is not None:
+            output = await asyncio.get_running_loop().run_in_executor(
+                self._executor, apply_postprocess, self._postprocess, task.index, answer.text
             )
-            if isinstance(value, PostprocessError):
-                value.attempts = 1
-        self._outbox.put(Outcome.of(task.batch, task.index, value))
+        usage = usage_of(answer.body) if answer is not None else None
+        value = _rich_result(task, finished, output, usage) if self._options.rich else output
+        rate_limits = answer.rate_limits if answer is not None else None
+        self._outbox.put(
+            Outcome.of(task.batch, task.index, value, finished.attempts, usage, rate_limits)
+        )
 
     async def aclose(self) -> None:
         jobs = list(self._running.values())
@@ -203,6 +235,40 @@ class _Server:
         await asyncio.gather(*jobs, return_exceptions=True)
         await self._runner.aclose()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _rich_result(task: Task, finished: Finished, output: Any, usage: Usage | None) -> Result:
+    answer = finished.answer
+    error = output if isinstance(output, RequestError) else finished.error
+    if answer is None:
+        return Result(
+            task.index,
+            usage=usage,
+            latency_s=finished.latency_s,
+            attempts=finished.attempts,
+            status_code=getattr(error, "status_code", 0),
+            error=error,
+        )
+    endpoint, body = http_call(task.request)
+    parsed = None
+    if wants_json(endpoint, body):
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(answer.text)
+    return Result(
+        task.index,
+        text=answer.text,
+        parsed=parsed,
+        output=None if error is not None else output,
+        usage=usage,
+        latency_s=finished.latency_s,
+        attempts=finished.attempts,
+        model=answer.body.get("model"),
+        response_id=answer.body.get("id"),
+        request_id=answer.request_id,
+        status_code=200,
+        body=answer.body,
+        error=error,
+    )
 
 
 def _forget(running: dict[tuple[int, int], Any], key: tuple[int, int], _job: object) -> None:
@@ -225,6 +291,12 @@ async def _serve(task_conn: Connection, outbox: _Outbox, runner: RequestRunner) 
         await server.aclose()
 
 
+def _report_throttling(outbox: _Outbox, exc: BaseException) -> None:
+    # The parent's dispatcher slows down on 429s as they happen, not when requests end.
+    if status_code_of(exc) == 429:
+        outbox.put(Throttled(retry_after_seconds(exc)))
+
+
 def main(task_conn: Connection, result_conn: Connection, config_blob: bytes) -> None:
     """Worker entry point: serve tasks until the parent closes the task pipe.
 
@@ -236,7 +308,7 @@ def main(task_conn: Connection, result_conn: Connection, config_blob: bytes) -> 
     outbox = _Outbox(result_conn)
     try:
         config: WorkerConfig = cloudpickle.loads(config_blob)
-        runner = RequestRunner(config)
+        runner = RequestRunner(config, on_retry=partial(_report_throttling, outbox))
         runner.open()
     except Exception:  # report any start-up failure, then exit
         outbox.put(StartupFailed(traceback.format_exc()))

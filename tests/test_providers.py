@@ -15,12 +15,8 @@ from batch_stream_openai import (
     run_batch,
 )
 from batch_stream_openai.config import ClientConfig
-from batch_stream_openai.providers import (
-    Provider,
-    chat_text,
-    responses_text,
-    responses_text_format,
-)
+from batch_stream_openai.providers import Provider, chat_text, responses_text
+from batch_stream_openai.request import responses_text_format
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
 

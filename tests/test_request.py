@@ -30,7 +30,7 @@ def test_requests_are_frozen_and_picklable() -> None:
     ("kwargs", "error", "field"),
     [
         ({"model": ""}, ValueError, "model"),
-        ({"model": 3}, TypeError, "model"),
+        ({"model": 3}, ValueError, "model"),
         ({"api": "completions"}, ValueError, "api"),
         ({"reasoning_effort": "extreme"}, ValueError, "reasoning_effort"),
         ({"response_format": "json"}, TypeError, "response_format"),

@@ -1,0 +1,39 @@
+"""A tqdm progress bar for one batch: done, failed, retried, in flight, tokens per second."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .results import BatchSummary
+
+__all__ = ["ProgressBar"]
+
+
+class ProgressBar:
+    """Shows a batch's progress on stderr; refreshed as groups of results arrive.
+
+    Parameters:
+        summary: the batch's live counts.
+        total: the number of requests when known (a list), else None.
+    """
+
+    def __init__(self, summary: BatchSummary, total: int | None) -> None:
+        from tqdm.auto import tqdm
+
+        self._summary = summary
+        self._bar: Any = tqdm(total=total, unit="req", desc="batch", dynamic_ncols=True)
+
+    def update(self, in_flight: int) -> None:
+        """Move the bar to the summary's counts."""
+        summary = self._summary
+        self._bar.update(summary.done - self._bar.n)
+        self._bar.set_postfix(
+            failed=summary.failed,
+            retried=summary.retries,
+            in_flight=in_flight,
+            tok_s=f"{summary.tokens_per_s:.0f}",
+            refresh=False,
+        )
+
+    def close(self) -> None:
+        self._bar.close()
