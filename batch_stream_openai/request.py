@@ -164,7 +164,7 @@ def http_call(request: AnyRequest) -> tuple[str, dict[str, Any]]:
     """The ``(endpoint, body)`` that sends `request` to an OpenAI-compatible API."""
     if isinstance(request, RawRequest):
         return request.url, request.body
-    if request.api == "chat":
+    if request.api == "chat" or not request.uses_openai_sdk:  # LiteLLM takes the chat shape
         return CHAT_ENDPOINT, chat_body(request)
     body: dict[str, Any] = {
         "model": request.model,
