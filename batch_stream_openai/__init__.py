@@ -25,22 +25,29 @@ from .errors import (
     WorkerStartupError,
 )
 from .pool import BatchPool
-from .request import OpenAIRequest
+from .request import OpenAIRequest, RawRequest
+from .results import BatchSummary, Result, Usage
+from .stream import BatchStream
 
 __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
     "BatchPool",
+    "BatchStream",
     "BatchStreamError",
+    "BatchSummary",
     "EmptyResponseError",
     "OpenAIRequest",
     "PoolClosedError",
     "PoolError",
     "PostprocessError",
     "ProviderNotInstalledError",
+    "RawRequest",
     "RequestError",
+    "Result",
     "ResultTransferError",
+    "Usage",
     "WorkerCrashedError",
     "WorkerStartupError",
     "arun_batch",

@@ -384,6 +384,8 @@ class BatchPool:
 
     def _dispatch(self, batch: _Batch) -> None:
         """Send re-sends first, then new requests while the ledger and the budget allow."""
+        if not any(process.ready for process in self._processes):
+            return  # paced requests must not pile up in pipes while workers start
         outgoing: dict[Worker, list[Any]] = {}
 
         def assign(index: int, process: Worker | None = None) -> None:

@@ -81,18 +81,22 @@ def retry_after_seconds(exc: BaseException) -> float | None:
 
 
 class wait_retry_after(wait_base):
-    """Wait what the server asked for, else fall back to another wait strategy."""
+    """Wait at least what the server asked for, and at least the jittered backoff.
 
-    def __init__(self, fallback: wait_base) -> None:
-        self.fallback = fallback
+    Many requests rejected at once are all told the same short wait; taken as is, they
+    would all come back together and be rejected together. The jittered backoff, which
+    grows with each attempt, spreads them out.
+    """
+
+    def __init__(self, backoff: wait_base) -> None:
+        self.backoff = backoff
 
     def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome is not None else None
         asked = retry_after_seconds(exc) if exc is not None else None
-        if asked is None:
-            return float(self.fallback(retry_state))
-        return min(asked, _MAX_RETRY_AFTER_S)
+        backoff = float(self.backoff(retry_state))
+        return backoff if asked is None else max(min(asked, _MAX_RETRY_AFTER_S), backoff)
 
 
 def build_retrying(

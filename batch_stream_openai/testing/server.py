@@ -248,9 +248,16 @@ class ServerSettings:
 
     Parameters:
         latency: Seconds added before every API answer.
+        rpm: Requests per minute the server accepts (0: no limit), enforced like the real
+            API: a bucket holding one second's worth, refilled continuously; over it the
+            server answers 429 with ``retry-after-ms``. Every answer then carries the
+            ``x-ratelimit-*`` headers.
+        tpm: Tokens per minute (prompt + answer, characters / 4), enforced the same way.
     """
 
     latency: float = 0.0
+    rpm: float = 0.0
+    tpm: float = 0.0
 
     def update(self, values: Mapping[str, Any]) -> None:
         """Validate and apply ``values`` (field name -> new value); all-or-nothing.
@@ -364,11 +371,49 @@ def _responses_prompts(body: dict[str, Any]) -> tuple[str, str, int]:
     return system_prompt, user, len(system_prompt) + len(user)
 
 
+class _Bucket:
+    """A token bucket refilled at ``per_minute / 60`` per second, holding one second's worth."""
+
+    def __init__(self) -> None:
+        self.level = 0.0
+        self.updated = time.monotonic()
+        self.per_minute = 0.0
+
+    def _refill(self, per_minute: float) -> float:
+        capacity = max(1.0, per_minute / 60)
+        now = time.monotonic()
+        if per_minute != self.per_minute:  # a new limit starts full
+            self.per_minute, self.level = per_minute, capacity
+        else:
+            self.level = min(capacity, self.level + (now - self.updated) * per_minute / 60)
+        self.updated = now
+        return capacity
+
+    def take(self, per_minute: float, cost: float) -> float:
+        """Take `cost`; return 0, or the seconds until it could be taken (nothing taken)."""
+        self._refill(per_minute)
+        if self.level >= min(cost, max(1.0, per_minute / 60)):
+            self.level -= cost
+            return 0.0
+        return (min(cost, max(1.0, per_minute / 60)) - self.level) * 60 / per_minute
+
+    def headers(self, kind: str, per_minute: float) -> dict[str, str]:
+        capacity = self._refill(per_minute)
+        reset = max(0.0, capacity - self.level) * 60 / per_minute
+        return {
+            f"x-ratelimit-limit-{kind}": str(int(per_minute)),
+            f"x-ratelimit-remaining-{kind}": str(max(0, int(self.level))),
+            f"x-ratelimit-reset-{kind}": f"{reset * 1000:.0f}ms",
+        }
+
+
 class _State:
     """Mutable server state; only touched from the event loop thread."""
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
+        self.request_bucket = _Bucket()
+        self.token_bucket = _Bucket()
         self.ids = itertools.count(1)
         self.epoch = 0
         self.requests = 0
@@ -468,6 +513,9 @@ class _App:
                     slow_body = d.value
                 elif fault is None and d.kind in _FAULT_KINDS:
                     fault = d
+        limited = self._rate_limit(prompt_chars)
+        if limited is not None:
+            return limited
         if latency > 0:
             await asyncio.sleep(latency)
         if fault is not None:
@@ -491,10 +539,35 @@ class _App:
             text = expected_answer(system, user, structured)
             payload = self._responses_payload(body, text, prompt_chars)
         data = json.dumps(payload).encode()
-        headers = {"x-request-id": f"req_{payload['id']}"}
+        headers = {"x-request-id": f"req_{payload['id']}", **self._rate_limit_headers()}
         if slow_body > 0:
             return await _slow_response(request, data, headers, slow_body)
         return web.Response(body=data, content_type=_JSON, headers=headers)
+
+    def _rate_limit(self, prompt_chars: int) -> web.Response | None:
+        """The 429 answer when the request is over the server's RPM/TPM budget, else None."""
+        settings, state = self.state.settings, self.state
+        waits = []
+        if settings.rpm > 0:
+            waits.append(state.request_bucket.take(settings.rpm, 1))
+        if settings.tpm > 0:
+            # The answer is about as long as the prompt for these echo answers.
+            waits.append(state.token_bucket.take(settings.tpm, 2 * _tokens(prompt_chars)))
+        wait = max(waits, default=0.0)
+        if wait <= 0:
+            return None
+        headers = {"retry-after-ms": f"{wait * 1000:.0f}", **self._rate_limit_headers()}
+        body = _error_body(429, "Rate limit reached (fake server budget).")
+        return web.Response(status=429, body=body, content_type=_JSON, headers=headers)
+
+    def _rate_limit_headers(self) -> dict[str, str]:
+        settings, state = self.state.settings, self.state
+        headers: dict[str, str] = {}
+        if settings.rpm > 0:
+            headers.update(state.request_bucket.headers("requests", settings.rpm))
+        if settings.tpm > 0:
+            headers.update(state.token_bucket.headers("tokens", settings.tpm))
+        return headers
 
     def _count(self, user: str, directives: tuple[Directive, ...]) -> int:
         """Return how many earlier requests carried this exact user prompt (if needed)."""
@@ -780,6 +853,8 @@ class FakeOpenAIServer:
         host: Interface the server binds.
         port: TCP port; 0 (default) picks a free one.
         startup_timeout: Seconds to wait for the child to report it is listening.
+        rpm: Requests per minute the server accepts, 0 for no limit (see `ServerSettings`).
+        tpm: Tokens per minute the server accepts, 0 for no limit.
     """
 
     def __init__(
@@ -789,9 +864,11 @@ class FakeOpenAIServer:
         port: int = 0,
         *,
         startup_timeout: float = 15.0,
+        rpm: float = 0.0,
+        tpm: float = 0.0,
     ) -> None:
         self._settings = ServerSettings()
-        self._settings.update({"latency": latency})
+        self._settings.update({"latency": latency, "rpm": rpm, "tpm": tpm})
         self._host = host
         self._requested_port = port
         self._startup_timeout = startup_timeout
