@@ -48,7 +48,7 @@ import psutil
 from typing_extensions import Unpack
 
 from .config import ClientConfig, RetryPolicy, WorkerConfig
-from .errors import PoolClosedError, WorkerCrashedError, WorkerStartupError
+from .errors import PoolClosedError, RequestError, WorkerCrashedError, WorkerStartupError
 from .limits import Budget, estimate_tokens
 from .processes import Worker, WorkerProcess, WorkerThread
 from .progress import ProgressBar
@@ -107,7 +107,7 @@ def default_workers(max_concurrency: int) -> int:
 class _Assignment:
     """A ledger entry: a request owed to the caller and where it currently runs."""
 
-    request: AnyRequest
+    payload: bytes  # the pickled request, kept for re-sends
     tokens: int = 0  # estimated, spent from the token budget when sent
     worker: Worker | None = None  # None while waiting to be (re-)sent
     crashes: int = 0  # workers that died while running it
@@ -344,14 +344,16 @@ class BatchPool:
             self._start_workers()
             for process in self._processes:
                 process.send([batch.options])
-            self._dispatch(batch)
-            while not batch.finished:
-                done = self._collect(batch)
-                self._dispatch(batch)
+            done = self._dispatch(batch)
+            while True:
                 if progress is not None:
                     progress.update(in_flight=len(batch.ledger))
                 if done:
                     yield done
+                if batch.finished:
+                    break
+                done = self._collect(batch)
+                done += self._dispatch(batch)
         finally:
             batch.summary.finished_at = time.monotonic()
             if progress is not None:
@@ -382,10 +384,14 @@ class BatchPool:
             process.send([self._options])
         return process
 
-    def _dispatch(self, batch: _Batch) -> None:
-        """Send re-sends first, then new requests while the ledger and the budget allow."""
+    def _dispatch(self, batch: _Batch) -> list[ResultPair]:
+        """Send re-sends first, then new requests while the ledger and the budget allow.
+
+        Returns the results of requests that failed before they could be sent.
+        """
+        unsendable: list[ResultPair] = []
         if not any(process.ready for process in self._processes):
-            return  # paced requests must not pile up in pipes while workers start
+            return unsendable  # paced requests must not pile up in pipes while workers start
         outgoing: dict[Worker, list[Any]] = {}
 
         def assign(index: int, process: Worker | None = None) -> None:
@@ -393,7 +399,7 @@ class BatchPool:
                 process = min(self._processes, key=lambda p: len(batch.owed_by.get(p, ())))
             batch.ledger[index].worker = process
             batch.owed_by.setdefault(process, set()).add(index)
-            task = Task(batch.options.batch, index, batch.ledger[index].request)
+            task = Task(batch.options.batch, index, batch.ledger[index].payload)
             outgoing.setdefault(process, []).append(task)
 
         while batch.resend:
@@ -413,12 +419,22 @@ class BatchPool:
             if (wait := budget.delay(tokens)) > 0:
                 batch.wake_at = time.monotonic() + wait
                 break
-            budget.spend(tokens)
             batch.waiting = None
-            batch.ledger[index] = _Assignment(request, tokens)
+            try:
+                payload = Task.pickle_request(request)
+            except RequestError as error:
+                error.index = index
+                batch.summary.add(error, 0, None)
+                unsendable.append(
+                    (index, Result(index, error=error) if batch.options.rich else error)
+                )
+                continue
+            budget.spend(tokens)
+            batch.ledger[index] = _Assignment(payload, tokens)
             assign(index)
         for process, tasks in outgoing.items():
             process.send(tasks)  # a dead worker is noticed by _collect, which re-sends
+        return unsendable
 
     def _release_quarantine(self, batch: _Batch, assign: Callable[[int, Worker], None]) -> None:
         """Send quarantined requests one per worker, so a poison request kills no innocent

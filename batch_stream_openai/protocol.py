@@ -32,11 +32,33 @@ class BatchOptions:
 
 @dataclass(frozen=True, slots=True)
 class Task:
-    """Parent -> worker: run `request`, the `index`-th of batch `batch`."""
+    """Parent -> worker: run the request pickled in `payload`, the `index`-th of `batch`.
+
+    The request travels pickled on its own, so that one which cannot be pickled (or
+    unpickled in the worker) fails its own index, not the message carrying many tasks.
+    """
 
     batch: int
     index: int
-    request: AnyRequest
+    payload: bytes
+
+    @staticmethod
+    def pickle_request(request: AnyRequest) -> bytes:
+        """The payload of a request; raises ResultTransferError naming why it cannot go."""
+        try:
+            return pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise ResultTransferError(f"the request cannot be pickled: {exc!r}") from None
+
+    def request(self) -> AnyRequest:
+        """The request; raises ResultTransferError when it cannot be unpickled here."""
+        try:
+            request: AnyRequest = pickle.loads(self.payload)
+        except Exception as exc:
+            raise ResultTransferError(
+                f"the request cannot be unpickled in the worker: {exc!r}", index=self.index
+            ) from None
+        return request
 
 
 @dataclass(frozen=True, slots=True)

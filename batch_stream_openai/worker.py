@@ -214,7 +214,12 @@ class _Server:
                     self._running.pop(key).cancel()
 
     async def _run(self, task: Task) -> None:
-        finished = await self._runner.run(task.index, task.request)
+        try:
+            request = task.request()
+        except RequestError as error:
+            self._outbox.put(Outcome.of(task.batch, task.index, error, attempts=0))
+            return
+        finished = await self._runner.run(task.index, request)
         answer = finished.answer
         output: Any = finished.error if answer is None else answer.text
         if answer is not None and self._postprocess is not None:
@@ -222,7 +227,11 @@ class _Server:
                 self._executor, apply_postprocess, self._postprocess, task.index, answer.text
             )
         usage = usage_of(answer.body) if answer is not None else None
-        value = _rich_result(task, finished, output, usage) if self._options.rich else output
+        value = (
+            _rich_result(task.index, request, finished, output, usage)
+            if self._options.rich
+            else output
+        )
         rate_limits = answer.rate_limits if answer is not None else None
         self._outbox.put(
             Outcome.of(task.batch, task.index, value, finished.attempts, usage, rate_limits)
@@ -237,25 +246,27 @@ class _Server:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _rich_result(task: Task, finished: Finished, output: Any, usage: Usage | None) -> Result:
+def _rich_result(
+    index: int, request: AnyRequest, finished: Finished, output: Any, usage: Usage | None
+) -> Result:
     answer = finished.answer
     error = output if isinstance(output, RequestError) else finished.error
     if answer is None:
         return Result(
-            task.index,
+            index,
             usage=usage,
             latency_s=finished.latency_s,
             attempts=finished.attempts,
             status_code=getattr(error, "status_code", 0),
             error=error,
         )
-    endpoint, body = http_call(task.request)
+    endpoint, body = http_call(request)
     parsed = None
     if wants_json(endpoint, body):
         with contextlib.suppress(ValueError):
             parsed = json.loads(answer.text)
     return Result(
-        task.index,
+        index,
         text=answer.text,
         parsed=parsed,
         output=None if error is not None else output,
