@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Generator, Iterable
+from collections.abc import AsyncIterator, Callable, Generator, Iterable
 from typing import Any
 
 from typing_extensions import Unpack
@@ -26,6 +26,8 @@ class BatchArguments(StreamOptions, total=False):
     rpm: float | None
     tpm: float | None
     adaptive: bool
+    hang_timeout: float | None
+    initializer: Callable[[], object] | None
     start_method: str
 
 

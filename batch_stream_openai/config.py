@@ -6,6 +6,7 @@ This module imports nothing heavy: the parent process never needs the `openai` p
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["ClientConfig", "RetryPolicy", "WorkerConfig", "mask_secret"]
@@ -64,7 +65,15 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """What every worker of a pool is started with."""
+    """What every worker of a pool is started with (shipped with cloudpickle).
+
+    Parameters:
+        client: how to build the worker's HTTP client.
+        retry: how hard each request is tried.
+        initializer: called once in each worker before it serves (load a tokenizer, set
+            up logging); if it raises, the worker reports the traceback and exits.
+    """
 
     client: ClientConfig
     retry: RetryPolicy
+    initializer: Callable[[], object] | None = None

@@ -52,7 +52,16 @@ from .errors import PoolClosedError, RequestError, WorkerCrashedError, WorkerSta
 from .limits import Budget, estimate_tokens
 from .processes import Worker, WorkerProcess, WorkerThread
 from .progress import ProgressBar
-from .protocol import BatchOptions, Cancel, Outcome, Ready, StartupFailed, Task, Throttled
+from .protocol import (
+    BatchOptions,
+    Cancel,
+    Heartbeat,
+    Outcome,
+    Ready,
+    StartupFailed,
+    Task,
+    Throttled,
+)
 from .request import AnyRequest, OpenAIRequest, RawRequest
 from .results import BatchSummary, Result
 from .stream import BatchStream, ResultPair
@@ -71,6 +80,14 @@ _QUARANTINE_AFTER_CRASHES = 2
 # environment fails fast instead of respawning forever.
 MAX_STARTUP_FAILURES = 3
 _KILLED_FROM_OUTSIDE = (-signal.SIGKILL, -signal.SIGTERM)
+# A worker that has not said it is ready after this long is treated as hung.
+_STARTUP_TIMEOUT_S = 60.0
+# Time a worker ended by the watchdog gets between SIGTERM and SIGKILL.
+_KILL_GRACE_S = 2.0
+# Respawns allowed per window (at least this many, and 4 per worker): a request or a
+# machine that kills every worker slows to this pace instead of forking without end.
+_RESPAWN_WINDOW_S = 10.0
+_MIN_RESPAWNS_PER_WINDOW = 8
 # How often the dispatcher wakes up with nothing to read, to notice silent deaths.
 _POLL_INTERVAL_S = 1.0
 # Time close() gives workers to exit on their own before terminating them.
@@ -169,6 +186,11 @@ class BatchPool:
         adaptive: on 429s halve the concurrency (growing back by one per window of
             successes) and wait what the server asks; pause while the
             ``x-ratelimit-remaining-*`` headers say a budget is spent. False: fixed.
+        hang_timeout: seconds a worker that owes results may stay silent (event loop
+            blocked) or spend in one postprocess call before it is terminated, then
+            killed, and its requests re-sent. None: never.
+        initializer: called once in each worker before it serves; cloudpickled. If it
+            raises, workers cannot start and the batch fails with its traceback.
         start_method: ``"spawn"`` (default) or ``"forkserver"``; never ``"fork"``.
 
     ``workers=0`` runs the same worker code in a thread of this process instead: no
@@ -188,6 +210,8 @@ class BatchPool:
         rpm: float | None = None,
         tpm: float | None = None,
         adaptive: bool = True,
+        hang_timeout: float | None = 30.0,
+        initializer: Callable[[], object] | None = None,
         start_method: str = "spawn",
     ) -> None:
         _check_int("max_concurrency", max_concurrency, minimum=1)
@@ -196,15 +220,19 @@ class BatchPool:
         _check_postprocess(postprocess)
         _check_int("max_retries", max_retries, minimum=0)
         _check_positive("timeout", timeout)
-        for name, limit in (("rpm", rpm), ("tpm", tpm)):
+        for name, limit in (("rpm", rpm), ("tpm", tpm), ("hang_timeout", hang_timeout)):
             if limit is not None:
                 _check_positive(name, limit)
+        _check_api_key(api_key)
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {type(initializer).__name__}")
         if start_method not in ("spawn", "forkserver"):
             raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
         self.max_concurrency = max_concurrency
         self.workers = default_workers(max_concurrency) if workers is None else workers
         self.postprocess = postprocess
         self.budget = Budget(max_concurrency, rpm, tpm, adaptive)
+        self.hang_timeout = hang_timeout
         config = WorkerConfig(
             client=ClientConfig(
                 api_key=api_key,
@@ -213,9 +241,14 @@ class BatchPool:
                 max_connections=max_concurrency,
             ),
             retry=RetryPolicy(max_attempts=max_retries + 1),
+            initializer=initializer,
         )
         self._config_blob: bytes = cloudpickle.dumps(config)
         self._context = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            # Workers fork from a server that has imported the SDK once: a respawn after a
+            # crash costs milliseconds instead of the ~0.5 s of imports.
+            self._context.set_forkserver_preload(["batch_stream_openai.worker"])
         self._state = PoolState.CREATED
         self._processes: list[Worker] = []
         self._options: BatchOptions | None = None  # of the batch streaming now
@@ -224,6 +257,8 @@ class BatchPool:
         self._streaming = False
         self._startup_failures = 0
         self._last_startup_error = ""
+        self._respawns: deque[float] = deque()  # monotonic times of recent respawns
+        self._spawns_owed = 0  # respawns held back by the rate limit
         self._finalizer = weakref.finalize(self, _stop_all, self._processes)
 
     def __repr__(self) -> str:
@@ -343,6 +378,7 @@ class BatchPool:
         try:
             self._start_workers()
             for process in self._processes:
+                process.last_heard = time.monotonic()  # idle between batches is not hung
                 process.send([batch.options])
             done = self._dispatch(batch)
             while True:
@@ -456,6 +492,8 @@ class BatchPool:
         timeout = _POLL_INTERVAL_S
         if batch.waiting is not None:
             timeout = min(timeout, max(0.0, batch.wake_at - time.monotonic()))
+        if self._spawns_owed:
+            timeout = min(timeout, max(0.0, self._respawn_delay()))
         done: list[ResultPair] = []
         exited: list[Worker] = []
         for ready in wait([*by_channel, *by_sentinel], timeout=timeout):
@@ -467,10 +505,33 @@ class BatchPool:
             if messages is None:
                 exited.append(process)
             else:
+                process.last_heard = time.monotonic()
                 self._handle(process, messages, batch, done)
         for process in dict.fromkeys(exited):
             self._replace(process, batch, done)
+        self._watch(batch)
+        self._pay_owed_spawns()
         return done
+
+    def _watch(self, batch: _Batch) -> None:
+        """End workers that owe results but stopped answering; `_collect` sees them exit."""
+        if self.hang_timeout is None:
+            return
+        now = time.monotonic()
+        for process in self._processes:
+            if not process.ready:
+                silent_for = now - process.started_at
+                limit = max(self.hang_timeout, _STARTUP_TIMEOUT_S)
+            elif batch.owed_by.get(process):
+                silent_for = now - process.last_heard
+                limit = self.hang_timeout
+            else:
+                continue
+            if silent_for > limit:
+                process.abort(f"it sent nothing for {silent_for:.0f} s", _KILL_GRACE_S)
+            elif process.postprocess_busy_s > self.hang_timeout:
+                busy = process.postprocess_busy_s
+                process.abort(f"one postprocess call ran for {busy:.0f} s", _KILL_GRACE_S)
 
     def _handle(
         self, process: Worker, messages: list[Any], batch: _Batch, done: list[ResultPair]
@@ -490,6 +551,8 @@ class BatchPool:
                 value = message.value()
                 self._account(batch, entry, message, value)
                 done.append((message.index, value))
+            elif isinstance(message, Heartbeat):
+                process.postprocess_busy_s = message.postprocess_busy_s
             elif isinstance(message, Throttled):
                 batch.summary.rate_limited += 1
                 self.budget.on_throttled(message.retry_after_s)
@@ -523,7 +586,7 @@ class BatchPool:
                 entry.crashes += 1
             if entry.crashes > MAX_CRASHES_PER_REQUEST:
                 del batch.ledger[index]
-                error = _crash_error(index, exitcode, entry.crashes)
+                error = _crash_error(index, exitcode, entry.crashes, process.hung)
                 batch.summary.add(error, entry.crashes, None)
                 rich = Result(index, attempts=entry.crashes, error=error)
                 done.append((index, rich if batch.options.rich else error))
@@ -544,7 +607,24 @@ class BatchPool:
                     "were ready",
                     cause=cause,
                 )
-        self._spawn()
+        self._spawns_owed += 1
+        self._pay_owed_spawns()
+
+    def _respawn_delay(self) -> float:
+        """Seconds until the respawn rate limit allows another respawn."""
+        window_start = time.monotonic() - _RESPAWN_WINDOW_S
+        while self._respawns and self._respawns[0] < window_start:
+            self._respawns.popleft()
+        if len(self._respawns) < max(_MIN_RESPAWNS_PER_WINDOW, 4 * self.workers):
+            return 0.0
+        return self._respawns[0] - window_start
+
+    def _pay_owed_spawns(self) -> None:
+        """Start the replacements the rate limit now allows (a crash storm waits here)."""
+        while self._spawns_owed and self._respawn_delay() == 0:
+            self._spawns_owed -= 1
+            self._respawns.append(time.monotonic())
+            self._spawn()
 
 
 def _stop_all(processes: list[Worker]) -> None:
@@ -556,11 +636,25 @@ def _stop_all(processes: list[Worker]) -> None:
     processes.clear()
 
 
-def _crash_error(index: int, exitcode: int | None, crashes: int) -> WorkerCrashedError:
-    if exitcode is not None and exitcode < 0:
-        how = f"was killed by signal {-exitcode}"
-        if -exitcode == 9:
-            how += " (SIGKILL: often the out-of-memory killer)"
+_SIGNAL_CAUSES = {
+    signal.SIGKILL: "SIGKILL: often the out-of-memory killer, or an operator",
+    signal.SIGSEGV: "SIGSEGV: a crash in native code, e.g. a C extension in postprocess",
+    signal.SIGABRT: "SIGABRT: native code aborted",
+    signal.SIGTERM: "SIGTERM",
+    signal.SIGBUS: "SIGBUS: a bad memory access in native code",
+}
+
+
+def _crash_error(
+    index: int, exitcode: int | None, crashes: int, hung: str | None
+) -> WorkerCrashedError:
+    if hung is not None:
+        how = f"stopped responding ({hung}) and was ended by the watchdog"
+    elif exitcode is not None and exitcode < 0:
+        cause = _SIGNAL_CAUSES.get(signal.Signals(-exitcode), signal.Signals(-exitcode).name)
+        how = f"was killed by signal {-exitcode} ({cause})"
+    elif exitcode == 0:
+        how = "exited with code 0 while it still owed results (sys.exit or os._exit in user code?)"
     else:
         how = f"exited with code {exitcode}"
     return WorkerCrashedError(
@@ -577,6 +671,16 @@ def _check_request(index: int, request: object) -> None:
             f"requests[{index}] must be an OpenAIRequest or RawRequest, "
             f"got {type(request).__name__}"
         )
+
+
+def _check_api_key(api_key: object) -> None:
+    if api_key is None:
+        return
+    if not isinstance(api_key, str):
+        raise TypeError(f"api_key must be a str, got {type(api_key).__name__}")
+    # Never echo the key: the message names the problem only.
+    if not api_key or any(c.isspace() or not c.isprintable() for c in api_key):
+        raise ValueError("api_key must be a non-empty string without spaces or control characters")
 
 
 def _check_positive(name: str, value: object) -> None:

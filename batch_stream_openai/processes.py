@@ -37,6 +37,10 @@ class Worker:
         self._result_reader, self._result_writer = context.Pipe(duplex=False)
         self.ready = False
         self.started_at = time.monotonic()
+        self.last_heard = self.started_at  # any message from the worker counts
+        self.postprocess_busy_s = 0.0  # from its last heartbeat
+        self.hung: str | None = None  # why the watchdog ended it, once it did
+        self._aborted_at: float | None = None
 
     def __repr__(self) -> str:
         state = "ready" if self.ready else "starting"
@@ -102,6 +106,21 @@ class Worker:
         """Make sure the worker is gone by `deadline` (monotonic), forcibly if need be."""
         raise NotImplementedError
 
+    def abort(self, reason: str, grace: float) -> None:
+        """End a hung worker: SIGTERM now, SIGKILL if it is still there `grace` s later.
+
+        Call again on later polls to escalate; its exit then shows on `sentinel`.
+        """
+        now = time.monotonic()
+        if self._aborted_at is None:
+            self.hung, self._aborted_at = reason, now
+            self._signal(kill=False)
+        elif now - self._aborted_at > grace:
+            self._signal(kill=True)
+
+    def _signal(self, kill: bool) -> None:
+        raise NotImplementedError
+
 
 class WorkerProcess(Worker):
     """A worker process (``spawn`` or ``forkserver``).
@@ -146,6 +165,9 @@ class WorkerProcess(Worker):
     def stop(self, deadline: float) -> None:
         """Wait until `deadline`, then SIGTERM, then SIGKILL."""
         self.request_stop()
+        # Closed first, so a worker blocked writing a large result gets EPIPE and exits.
+        with contextlib.suppress(OSError):
+            self._result_reader.close()
         self.process.join(max(0.0, deadline - time.monotonic()))
         if self.process.is_alive():
             self.process.terminate()
@@ -153,8 +175,13 @@ class WorkerProcess(Worker):
         if self.process.is_alive():
             self.process.kill()
             self.process.join(1.0)
-        with contextlib.suppress(OSError):
-            self._result_reader.close()
+
+    def _signal(self, kill: bool) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
 
 
 class WorkerThread(Worker):
@@ -204,6 +231,9 @@ class WorkerThread(Worker):
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
+
+    def _signal(self, kill: bool) -> None:
+        pass  # a thread cannot be ended from outside; closing its pipes is all we can do
 
     def stop(self, deadline: float) -> None:
         """Wait until `deadline`; a thread cannot be killed, so a stuck one is left behind."""

@@ -14,7 +14,17 @@ from .errors import ResultTransferError
 from .request import AnyRequest
 from .results import RateLimitHeaders, Usage
 
-__all__ = ["BatchOptions", "Cancel", "Outcome", "Ready", "StartupFailed", "Task", "Throttled"]
+__all__ = [
+    "HEARTBEAT_INTERVAL_S",
+    "BatchOptions",
+    "Cancel",
+    "Heartbeat",
+    "Outcome",
+    "Ready",
+    "StartupFailed",
+    "Task",
+    "Throttled",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +83,20 @@ class Ready:
     """Worker -> parent: imports done, client built; tasks are being served."""
 
     pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Worker -> parent, from the event loop every `HEARTBEAT_INTERVAL_S`: still alive.
+
+    `postprocess_busy_s` is how long the running postprocess call has taken so far, so
+    the parent can tell a stuck postprocess from a busy one.
+    """
+
+    postprocess_busy_s: float
+
+
+HEARTBEAT_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,17 @@ import cloudpickle
 
 from .config import WorkerConfig
 from .errors import PostprocessError, RequestError
-from .protocol import BatchOptions, Cancel, Outcome, Ready, StartupFailed, Task, Throttled
+from .protocol import (
+    HEARTBEAT_INTERVAL_S,
+    BatchOptions,
+    Cancel,
+    Heartbeat,
+    Outcome,
+    Ready,
+    StartupFailed,
+    Task,
+    Throttled,
+)
 from .providers import Answer, Provider
 from .request import AnyRequest, http_call, wants_json
 from .results import Result, Usage, usage_of
@@ -194,6 +204,7 @@ class _Server:
         self._running: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._options = BatchOptions(0, None)
         self._postprocess: Postprocess | None = None
+        self._postprocess_started: float | None = None  # monotonic; None when idle
         # One thread: postprocess is CPU-bound Python, so more threads would only contend
         # for the GIL; its job is to keep the event loop free while it runs.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="postprocess")
@@ -224,7 +235,7 @@ class _Server:
         output: Any = finished.error if answer is None else answer.text
         if answer is not None and self._postprocess is not None:
             output = await asyncio.get_running_loop().run_in_executor(
-                self._executor, apply_postprocess, self._postprocess, task.index, answer.text
+                self._executor, self._timed_postprocess, self._postprocess, task.index, answer.text
             )
         usage = usage_of(answer.body) if answer is not None else None
         value = (
@@ -236,6 +247,25 @@ class _Server:
         self._outbox.put(
             Outcome.of(task.batch, task.index, value, finished.attempts, usage, rate_limits)
         )
+
+    def _timed_postprocess(self, postprocess: Postprocess, index: int, text: str) -> Any:
+        self._postprocess_started = time.monotonic()
+        try:
+            return apply_postprocess(postprocess, index, text)
+        finally:
+            self._postprocess_started = None
+
+    async def beat(self) -> None:
+        """Tell the parent every `HEARTBEAT_INTERVAL_S` that this loop is alive.
+
+        Sent from the loop itself, so a blocked loop falls silent; a stuck postprocess
+        (in its thread) shows as a growing `postprocess_busy_s`.
+        """
+        while True:
+            started = self._postprocess_started
+            busy = time.monotonic() - started if started is not None else 0.0
+            self._outbox.put(Heartbeat(busy))
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     async def aclose(self) -> None:
         jobs = list(self._running.values())
@@ -293,12 +323,14 @@ async def _serve(task_conn: Connection, outbox: _Outbox, runner: RequestRunner) 
     reader.start()
     server = _Server(runner, outbox)
     outbox.put(Ready(os.getpid()))
+    heartbeat = loop.create_task(server.beat())
     try:
         while (messages := await inbox.get()) is not None:
             if isinstance(messages, Exception):
                 raise messages
             server.handle(messages)
     finally:
+        heartbeat.cancel()
         await server.aclose()
 
 
@@ -319,6 +351,8 @@ def main(task_conn: Connection, result_conn: Connection, config_blob: bytes) -> 
     outbox = _Outbox(result_conn)
     try:
         config: WorkerConfig = cloudpickle.loads(config_blob)
+        if config.initializer is not None:
+            config.initializer()
         runner = RequestRunner(config, on_retry=partial(_report_throttling, outbox))
         runner.open()
     except Exception:  # report any start-up failure, then exit
