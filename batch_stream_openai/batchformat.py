@@ -123,6 +123,7 @@ def parse_input_line(raw: bytes, number: int, default_model: str | None) -> Inpu
         return LineError(number, f"invalid JSON: {exc}")
     if not isinstance(data, dict):
         return LineError(number, f"expected a JSON object, got {type(data).__name__}")
+    request: AnyRequest
     try:
         if any(key in data for key in ("method", "url", "body")):
             custom_id, request = _batch_api_request(data, default_model)
@@ -248,14 +249,12 @@ class OutputState:
 
     Parameters:
         done: `id_key` -> ``x_request_sha256`` of the latest line.
-        failed: the digests whose latest line is an error.
-        lines: complete lines in the file.
+        failed: the `id_key`s whose latest line is an error.
         torn_bytes: bytes of a torn last line cut away (0: none).
     """
 
     done: dict[int, str] = field(default_factory=dict)
     failed: set[int] = field(default_factory=set)
-    lines: int = 0
     torn_bytes: int = 0
 
     def add(self, raw: bytes) -> None:
@@ -272,7 +271,6 @@ class OutputState:
             self.failed.discard(key)
         else:
             self.failed.add(key)
-        self.lines += 1
 
 
 def recover_output(output: IO[bytes], name: str) -> OutputState:

@@ -1,18 +1,30 @@
-"""Command line: ``batch-stream-openai demo`` and ``batch-stream-openai serve``."""
+"""Command line: ``batch-stream-openai run``, ``demo`` and ``serve``.
+
+Exit codes of ``run``: 0 done (failed requests are in the output file), 1 an unexpected
+error (I/O, workers that cannot start), 2 invalid input or usage, 75 partial after SIGTERM
+(re-run to resume), 130 Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from .api import stream_batch
+from .errors import PoolError
 from .request import OpenAIRequest
 
-__all__ = ["main"]
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_PARTIAL", "EXIT_USAGE", "main"]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # also argparse's
+EXIT_PARTIAL = 75  # EX_TEMPFAIL: stopped by SIGTERM, run again to finish
+EXIT_INTERRUPTED = 130
 
 _LOCAL_DEMO_SIZE = 300
 _REAL_API_DEMO_SIZE = 10  # a real key costs money: keep the default small
@@ -74,6 +86,149 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from .batchfile import BatchFileError, run_batch_file
+
+    try:
+        report = run_batch_file(
+            args.input,
+            args.output,
+            model=args.model,
+            shard=args.shard,
+            retry_failed=args.retry_failed,
+            resend_changed=args.resend_changed,
+            skip_invalid=args.skip_invalid,
+            grace=args.grace,
+            max_concurrency=args.max_concurrency,
+            workers=args.workers,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            base_url=args.base_url,
+            timeout=args.timeout,
+            max_retries=args.max_retries,
+            progress=sys.stderr.isatty(),
+        )
+    except BatchFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, PoolError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    for error in report.errors:
+        print(f"skipped {args.input}:{error.number}: {error.message}", file=sys.stderr)
+    print(report, file=sys.stderr)
+    if report.failed:
+        print(
+            "failed requests are in the output ('error'); --retry-failed sends them again",
+            file=sys.stderr,
+        )
+    if not report.complete:
+        print(f"exit {EXIT_PARTIAL}: re-run the same command to resume", file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdecimal() and count.isdecimal() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return int(index), int(count)
+
+
+def _number(
+    kind: Callable[[str], float], minimum: float, *, inclusive: bool = True
+) -> Callable[[str], float]:
+    """An argparse type: a finite number at least `minimum` (above it if not `inclusive`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            bound = ">=" if inclusive else ">"
+            raise argparse.ArgumentTypeError(f"must be {bound} {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser(
+        "run",
+        help="send an OpenAI Batch API JSONL file; resumable, preemptible, shardable",
+        description=(
+            "Send every line of INPUT (Batch API lines, or prompt lines with OpenAIRequest "
+            "fields) and append one Batch API output line per custom_id to OUTPUT. Running "
+            "the same command again sends only what OUTPUT lacks. Exit codes: 0 done "
+            "(failed requests are in OUTPUT), 1 error, 2 invalid input or usage, "
+            "75 partial after SIGTERM (run again to resume), 130 Ctrl-C."
+        ),
+    )
+    run.add_argument("input", metavar="INPUT.jsonl", help="the requests, one JSON per line")
+    run.add_argument("-o", "--output", metavar="OUTPUT.jsonl", required=True)
+    run.add_argument("--model", help="model of lines that name none")
+    run.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="I/N",
+        help="send only the lines with sha256(custom_id) %% N == I",
+    )
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="send again the custom_ids whose latest output line is an error",
+    )
+    run.add_argument(
+        "--resend-changed",
+        action="store_true",
+        help="send again done custom_ids whose request changed (default: error)",
+    )
+    run.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="report invalid lines and send the others (default: send nothing)",
+    )
+    run.add_argument(
+        "--max-concurrency",
+        type=_number(int, 1),
+        default=50,
+        help="requests in flight at most (default: 50)",
+    )
+    run.add_argument(
+        "--workers", type=_number(int, 0), help="worker processes (default: one per core)"
+    )
+    run.add_argument(
+        "--rpm", type=_number(float, 0, inclusive=False), help="requests per minute at most"
+    )
+    run.add_argument(
+        "--tpm", type=_number(float, 0, inclusive=False), help="tokens per minute at most"
+    )
+    run.add_argument("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL)")
+    run.add_argument(
+        "--timeout",
+        type=_number(float, 0, inclusive=False),
+        default=600.0,
+        help="seconds one attempt may take (default: 600)",
+    )
+    run.add_argument(
+        "--max-retries",
+        type=_number(int, 0),
+        default=5,
+        help="retries of a retryable error (default: 5)",
+    )
+    run.add_argument(
+        "--grace",
+        type=_number(float, 0),
+        default=30.0,
+        help="seconds requests in flight get after SIGTERM (default: 30)",
+    )
+    run.set_defaults(handler=_run)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="batch-stream-openai",
@@ -97,6 +252,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--latency", type=float, default=0.0)
     serve.set_defaults(handler=_serve)
+
+    _add_run_command(commands)
     return parser
 
 

@@ -99,6 +99,8 @@ class APIError(RequestError):
     Parameters:
         status_code: the HTTP status (e.g. 400, 429, 503).
         code: the provider's error code when it gave one (e.g. ``"insufficient_quota"``).
+        body: the error answer's JSON, e.g. ``{"error": {"message": ..., "type": ...}}``.
+        request_id: the ``x-request-id`` of the failed HTTP request.
     """
 
     def __init__(
@@ -107,6 +109,8 @@ class APIError(RequestError):
         *,
         status_code: int,
         code: str | None = None,
+        body: dict[str, Any] | None = None,
+        request_id: str | None = None,
         index: int = -1,
         attempts: int = 0,
         retryable: bool = False,
@@ -114,6 +118,8 @@ class APIError(RequestError):
         super().__init__(message, index=index, attempts=attempts, retryable=retryable)
         self.status_code = status_code
         self.code = code
+        self.body = body
+        self.request_id = request_id
 
     def __str__(self) -> str:
         return (

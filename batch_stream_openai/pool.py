@@ -73,7 +73,7 @@ Postprocess = Callable[[str], Any]
 # Times an index may be re-sent after its worker died while running it; a request that
 # kills every worker it lands on must not take the pool down with it.
 MAX_CRASHES_PER_REQUEST = 3
-# A request whose worker died this many times runs with no other suspect on its worker.
+# A request whose worker died this many times runs alone on a worker set apart for it.
 # One death proves nothing (an OOM kill, an operator); two in a row make it a suspect.
 _QUARANTINE_AFTER_CRASHES = 2
 # Workers in a row that may exit before becoming ready before the pool gives up: a broken
@@ -86,7 +86,7 @@ _STARTUP_TIMEOUT_S = 60.0
 _KILL_GRACE_S = 2.0
 # Respawns allowed per window (at least this many, and 4 per worker): a request or a
 # machine that kills every worker slows to this pace instead of forking without end.
-_RESPAWN_WINDOW_S = 10.0
+_RESPAWN_WINDOW_S = 1.0
 _MIN_RESPAWNS_PER_WINDOW = 8
 # How often the dispatcher wakes up with nothing to read, to notice silent deaths.
 _POLL_INTERVAL_S = 1.0
@@ -141,7 +141,9 @@ class _Batch:
     owed_by: dict[Worker, set[int]] = field(default_factory=dict)  # {worker: {3, 8, ...}}
     resend: deque[int] = field(default_factory=deque)  # indices whose worker died once
     quarantine: deque[int] = field(default_factory=deque)  # ... twice or more
-    suspect_on: dict[Worker, int] = field(default_factory=dict)  # {worker: quarantined index}
+    # Workers set apart for one quarantined request: {worker: index}, or {worker: None}
+    # while it finishes its other requests first.
+    isolating: dict[Worker, int | None] = field(default_factory=dict)
     waiting: tuple[int, Any] | None = None  # read from the source, held back by the budget
     wake_at: float = 0.0  # when the budget lets the waiting request go (monotonic)
     exhausted: bool = False
@@ -432,17 +434,18 @@ class BatchPool:
 
         def assign(index: int, process: Worker | None = None) -> None:
             if process is None:
-                process = min(self._processes, key=lambda p: len(batch.owed_by.get(p, ())))
+                process = min(open_workers, key=lambda p: len(batch.owed_by.get(p, ())))
             batch.ledger[index].worker = process
             batch.owed_by.setdefault(process, set()).add(index)
             task = Task(batch.options.batch, index, batch.ledger[index].payload)
             outgoing.setdefault(process, []).append(task)
 
-        while batch.resend:
-            assign(batch.resend.popleft())
         self._release_quarantine(batch, assign)
+        open_workers = [p for p in self._processes if p not in batch.isolating]
+        while batch.resend and open_workers:
+            assign(batch.resend.popleft())
         budget = self.budget
-        while len(batch.ledger) < budget.concurrency():
+        while open_workers and len(batch.ledger) < budget.concurrency():
             if batch.waiting is None:
                 try:
                     batch.waiting = next(batch.source)
@@ -473,15 +476,25 @@ class BatchPool:
         return unsendable
 
     def _release_quarantine(self, batch: _Batch, assign: Callable[[int, Worker], None]) -> None:
-        """Send quarantined requests one per worker, so a poison request kills no innocent
-        request twice: only those that shared a worker with it when they were still fresh."""
+        """Run each quarantined request alone on a worker set apart for it.
+
+        A poison request then kills nobody else, and an innocent one that twice shared a
+        worker with a poison cannot meet it a third time. One worker at a time is drained
+        (it takes no new work and finishes what it has) before its suspect is sent.
+        """
         while batch.quarantine:
-            free = [p for p in self._processes if p not in batch.suspect_on]
-            if not free:
-                return
+            draining = [p for p, index in batch.isolating.items() if index is None]
+            if not draining:
+                candidates = [p for p in self._processes if p.ready and p not in batch.isolating]
+                if not candidates:
+                    return
+                draining = [min(candidates, key=lambda p: len(batch.owed_by.get(p, ())))]
+                batch.isolating[draining[0]] = None
+            worker = draining[0]
+            if batch.owed_by.get(worker):
+                return  # still finishing its other requests
             index = batch.quarantine.popleft()
-            worker = min(free, key=lambda p: len(batch.owed_by.get(p, ())))
-            batch.suspect_on[worker] = index
+            batch.isolating[worker] = index
             assign(index, worker)
 
     def _collect(self, batch: _Batch) -> list[ResultPair]:
@@ -546,8 +559,8 @@ class BatchPool:
                     continue
                 del batch.ledger[message.index]
                 batch.owed_by[process].discard(message.index)
-                if batch.suspect_on.get(process) == message.index:
-                    del batch.suspect_on[process]
+                if batch.isolating.get(process) == message.index:
+                    del batch.isolating[process]
                 value = message.value()
                 self._account(batch, entry, message, value)
                 done.append((message.index, value))
@@ -577,7 +590,7 @@ class BatchPool:
         process.join(0.5)
         exitcode = process.exitcode
         self._processes.remove(process)
-        batch.suspect_on.pop(process, None)
+        batch.isolating.pop(process, None)
         process.stop(time.monotonic())
         for index in sorted(batch.owed_by.pop(process, ())):
             entry = batch.ledger[index]

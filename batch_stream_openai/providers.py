@@ -17,10 +17,10 @@ import openai
 
 from . import errors
 from .config import ClientConfig
-from .request import CHAT_ENDPOINT, AnyRequest, http_call, openai_model_name
+from .request import CHAT_ENDPOINT, AnyRequest, RawRequest, http_call, openai_model_name
 from .results import RateLimitHeaders
 
-__all__ = ["Answer", "Provider", "chat_text", "responses_text"]
+__all__ = ["Answer", "Provider", "answer_text", "chat_text", "responses_text"]
 
 _LITELLM_EXTRA_HINT = "pip install batch-stream-openai[litellm]"
 
@@ -58,6 +58,16 @@ def responses_text(response: dict[str, Any]) -> str:
     )
 
 
+def answer_text(request: AnyRequest, endpoint: str, body: dict[str, Any]) -> str:
+    """The text of an answer; a raw request's answer without text (a tool call) gives ""."""
+    try:
+        return chat_text(body) if endpoint == CHAT_ENDPOINT else responses_text(body)
+    except errors.EmptyResponseError:
+        if isinstance(request, RawRequest):
+            return ""  # its caller reads the whole body, which is what was asked for
+        raise
+
+
 class Provider:
     """Sends requests for one worker and owns that worker's clients.
 
@@ -88,7 +98,7 @@ class Provider:
         endpoint, body = http_call(request)
         sdk_model = openai_model_name(body["model"])
         if sdk_model is None:
-            return await self._complete_litellm(endpoint, body)
+            return await self._complete_litellm(request, endpoint, body)
         if sdk_model != body["model"]:
             body = {**body, "model": sdk_model}
         # The SDK's low-level `post` keeps its auth, headers, transport and error classes
@@ -98,9 +108,13 @@ class Provider:
             endpoint.removeprefix("/v1"), cast_to=httpx2.Response, body=body
         )
         data: dict[str, Any] = json.loads(response.content)
-        text = chat_text(data) if endpoint == CHAT_ENDPOINT else responses_text(data)
         headers = response.headers
-        return Answer(text, data, headers.get("x-request-id"), RateLimitHeaders.parse(headers))
+        return Answer(
+            answer_text(request, endpoint, data),
+            data,
+            headers.get("x-request-id"),
+            RateLimitHeaders.parse(headers),
+        )
 
     def _openai_client(self) -> openai.AsyncOpenAI:
         if self._client is None:
@@ -121,7 +135,9 @@ class Provider:
             )
         return self._client
 
-    async def _complete_litellm(self, endpoint: str, body: dict[str, Any]) -> Answer:
+    async def _complete_litellm(
+        self, request: AnyRequest, endpoint: str, body: dict[str, Any]
+    ) -> Answer:
         if endpoint != CHAT_ENDPOINT:
             raise errors.RequestError(
                 f"model {body['model']!r} routes through LiteLLM, which takes "
@@ -132,7 +148,7 @@ class Provider:
             **body, timeout=self._config.timeout, num_retries=0, max_retries=0
         )
         data: dict[str, Any] = completion.model_dump()
-        return Answer(chat_text(data), data)
+        return Answer(answer_text(request, endpoint, data), data)
 
     def _import_litellm(self) -> Any:
         # Without this, importing litellm tries to download a model cost map.

@@ -144,7 +144,18 @@ def to_request_error(
     status = status_code_of(exc)
     common: dict[str, Any] = {"index": index, "attempts": attempts, "retryable": retryable}
     if status is not None:
-        return errors.APIError(message, status_code=status, code=_error_code(exc), **common)
+        body = getattr(exc, "body", None)
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None) or {}
+        return errors.APIError(
+            message,
+            status_code=status,
+            code=_error_code(exc),
+            # The SDK keeps only the inner "error" object; the wire shape wraps it.
+            body={"error": body} if isinstance(body, dict) else None,
+            request_id=headers.get("x-request-id"),
+            **common,
+        )
     if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError)):
         return errors.APITimeoutError(message or "request timed out", **common)
     if isinstance(exc, (openai.APIConnectionError, ConnectionError)):

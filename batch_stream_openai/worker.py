@@ -287,7 +287,9 @@ def _rich_result(
             usage=usage,
             latency_s=finished.latency_s,
             attempts=finished.attempts,
+            request_id=getattr(error, "request_id", None),
             status_code=getattr(error, "status_code", 0),
+            body=getattr(error, "body", None),
             error=error,
         )
     endpoint, body = http_call(request)
@@ -346,8 +348,10 @@ def main(task_conn: Connection, result_conn: Connection, config_blob: bytes) -> 
     Runs in a worker process, or in a thread of the parent for ``workers=0``.
     """
     if threading.current_thread() is threading.main_thread():
-        # Ctrl-C reaches the whole process group; the parent decides when workers stop.
+        # Ctrl-C and a scheduler's SIGTERM reach the whole process group; the parent
+        # decides when workers stop (closing their pipe), so in-flight work can drain.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     outbox = _Outbox(result_conn)
     try:
         config: WorkerConfig = cloudpickle.loads(config_blob)

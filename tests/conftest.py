@@ -49,7 +49,9 @@ def worker_children(exclude: set[int]) -> list[psutil.Process]:
         try:
             if child.pid in exclude or child.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if "resource_tracker" in " ".join(child.cmdline()):
+            command = " ".join(child.cmdline())
+            # multiprocessing's own helpers live as long as this process, by design.
+            if "resource_tracker" in command or "multiprocessing.forkserver" in command:
                 continue
         except psutil.NoSuchProcess:
             continue

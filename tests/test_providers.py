@@ -15,8 +15,8 @@ from batch_stream_openai import (
     run_batch,
 )
 from batch_stream_openai.config import ClientConfig
-from batch_stream_openai.providers import Provider, chat_text, responses_text
-from batch_stream_openai.request import responses_text_format
+from batch_stream_openai.providers import Provider, answer_text, chat_text, responses_text
+from batch_stream_openai.request import CHAT_ENDPOINT, RawRequest, responses_text_format
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
 
@@ -85,3 +85,11 @@ def test_answers_without_text_are_empty_response_errors() -> None:
         chat_text(refusal)
     with pytest.raises(EmptyResponseError, match="the response failed"):
         responses_text({"error": {"code": "server_error", "message": "boom"}, "output": []})
+
+
+def test_a_raw_request_answered_without_text_keeps_its_body() -> None:
+    tool_call = {"choices": [{"message": {"content": None, "tool_calls": [{"id": "c1"}]}}]}
+    raw = RawRequest("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": []})
+    assert answer_text(raw, CHAT_ENDPOINT, tool_call) == ""
+    with pytest.raises(EmptyResponseError):
+        answer_text(OpenAIRequest("s", "u", api="chat"), CHAT_ENDPOINT, tool_call)

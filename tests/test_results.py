@@ -60,6 +60,9 @@ def test_result_fields_match_what_the_server_returned(
     assert retried.ok and retried.attempts == 2
     assert isinstance(refused.error, APIError) and refused.error.status_code == 400
     assert refused.text is None and refused.status_code == 400 and refused.attempts == 1
+    assert refused.body is not None
+    assert refused.body["error"]["message"] == "Injected fault: HTTP 400"
+    assert refused.request_id is not None and refused.request_id.startswith("req_fault_")
 
 
 def test_summary_counts_the_batch(pool_options: dict[str, Any]) -> None:

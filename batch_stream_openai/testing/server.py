@@ -698,13 +698,17 @@ class _App:
         return web.Response(body=json.dumps(result).encode(), content_type=_JSON)
 
 
+_FAULT_IDS = itertools.count(1)
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.Response(status=status, body=_error_body(status, message), content_type=_JSON)
 
 
 def _fault_response(fault: Directive) -> web.Response:
     status = int(fault.value)
-    headers: dict[str, str] = {}
+    # Like the real API, errors carry a request id too.
+    headers: dict[str, str] = {"x-request-id": f"req_fault_{next(_FAULT_IDS)}"}
     if fault.retry_after is not None:
         headers["retry-after"] = fault.retry_after
     if fault.retry_after_ms is not None:

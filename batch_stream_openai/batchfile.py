@@ -1,0 +1,432 @@
+"""`run_batch_file`: an OpenAI Batch API JSONL file through the worker pool, resumable.
+
+One run makes two passes over the input, streaming it (what it keeps per line, digests of
+``custom_id``s and of requests, takes about 300 bytes):
+
+1. **Check**: every line is parsed and validated, and ``custom_id``s are checked for
+   duplicates, before any request is sent. The output file (append-only) says which
+   ``custom_id``s are done; a done line whose request changed since is an error.
+2. **Send**: the lines still to do go to `stream_batch`, read lazily, one per free slot;
+   each result is appended as one Batch API output line as soon as it arrives.
+
+A torn last output line (a write cut short by ``kill -9``) is cut away on start. SIGTERM
+stops reading new lines; requests in flight get ``grace`` seconds to finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import fcntl
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from typing_extensions import Unpack
+
+from .api import BatchArguments, stream_batch
+from .batchformat import (
+    InputLine,
+    LineError,
+    OutputState,
+    custom_id_digest,
+    id_key,
+    output_line,
+    read_input,
+    recover_output,
+)
+from .request import AnyRequest
+from .results import BatchSummary
+
+__all__ = [
+    "BatchFileError",
+    "ChangedRequestsError",
+    "FileRunReport",
+    "InvalidInputError",
+    "run_batch_file",
+]
+
+_LISTED = 20  # invalid lines and changed ids kept for messages
+
+
+class BatchFileError(Exception):
+    """The input or output file cannot be used as given."""
+
+
+class InvalidInputError(BatchFileError):
+    """Input lines that cannot be sent.
+
+    Parameters:
+        errors: the first invalid lines.
+        count: how many lines are invalid in all.
+    """
+
+    def __init__(self, path: Path, errors: list[LineError], count: int) -> None:
+        listed = "\n".join(f"  {path}:{error.number}: {error.message}" for error in errors)
+        more = f"\n  ... and {count - len(errors)} more" if count > len(errors) else ""
+        super().__init__(
+            f"{count} invalid line(s) in {path}; nothing was sent (skip_invalid, "
+            f"--skip-invalid, sends the valid ones):\n{listed}{more}"
+        )
+        self.errors = errors
+        self.count = count
+
+
+class ChangedRequestsError(BatchFileError):
+    """``custom_id``s already in the output whose request has changed since.
+
+    Parameters:
+        custom_ids: the first of them.
+        count: how many in all.
+    """
+
+    def __init__(self, path: Path, custom_ids: list[str], count: int) -> None:
+        more = f" and {count - len(custom_ids)} more" if count > len(custom_ids) else ""
+        super().__init__(
+            f"{count} custom_id(s) already in {path} were sent with a different request "
+            f"({', '.join(map(repr, custom_ids))}{more}); nothing was sent. Use a new output "
+            "file, or resend them with resend_changed (--resend-changed): their new lines win"
+        )
+        self.custom_ids = custom_ids
+        self.count = count
+
+
+@dataclass
+class FileRunReport:
+    """What one `run_batch_file` call did.
+
+    Parameters:
+        input_path: the input file.
+        output_path: the output file.
+        lines: non-blank input lines.
+        invalid: invalid lines (skipped with ``skip_invalid``).
+        errors: the first invalid lines.
+        other_shards: valid lines that belong to other shards.
+        already_done: lines skipped because the output already holds them.
+        changed: the first done ``custom_id``s whose request changed (sent again with
+            ``resend_changed``, else an error).
+        changed_count: how many in all.
+        to_send: lines this run had to send.
+        written: output lines this run wrote.
+        failed: of those, the errors.
+        torn_bytes: bytes of a torn last output line cut away on start (0: none).
+        preempted: SIGTERM arrived.
+        summary: the stream's `BatchSummary` (retries, tokens, wall time).
+    """
+
+    input_path: Path
+    output_path: Path
+    lines: int = 0
+    invalid: int = 0
+    errors: list[LineError] = field(default_factory=list)
+    other_shards: int = 0
+    already_done: int = 0
+    changed: list[str] = field(default_factory=list)
+    changed_count: int = 0
+    to_send: int = 0
+    written: int = 0
+    failed: int = 0
+    torn_bytes: int = 0
+    preempted: bool = False
+    summary: BatchSummary | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every line this run had to send has its output line."""
+        return self.written == self.to_send
+
+    def __str__(self) -> str:
+        counts = [
+            (self.invalid, "invalid (skipped)"),
+            (self.other_shards, "in other shards"),
+            (self.already_done, "already done"),
+            (self.to_send, "to send"),
+        ]
+        notes = [
+            f"{self.input_path}: {self.lines} lines; "
+            + ", ".join(f"{count} {what}" for count, what in counts if count)
+        ]
+        if self.torn_bytes:
+            notes.append(f"{self.output_path}: cut a torn last line away ({self.torn_bytes} bytes)")
+        if self.summary is not None:
+            notes.append(f"sent {self.summary}")
+        notes.append(f"{self.output_path}: {self.written} new lines, {self.failed} of them errors")
+        if not self.complete:
+            notes.append(f"partial: {self.to_send - self.written} lines still to send")
+        return "\n".join(notes)
+
+
+class _Decision(enum.Enum):
+    SEND = "send"
+    DONE = "done"
+    CHANGED = "changed"
+    OTHER_SHARD = "other shard"
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """Which valid lines this run sends."""
+
+    state: OutputState
+    shard: tuple[int, int] | None
+    retry_failed: bool
+    resend_changed: bool
+
+    def decide(self, line: InputLine) -> _Decision:
+        digest = custom_id_digest(line.custom_id)
+        if self.shard is not None and digest % self.shard[1] != self.shard[0]:
+            return _Decision.OTHER_SHARD
+        key = id_key(digest)
+        previous = self.state.done.get(key)
+        if previous is None or (self.retry_failed and key in self.state.failed):
+            return _Decision.SEND
+        if previous == line.request_sha256:
+            return _Decision.DONE
+        return _Decision.SEND if self.resend_changed else _Decision.CHANGED
+
+
+class _GraceExpired(BaseException):
+    """Raised by SIGALRM when the grace period is over (a BaseException: never swallowed)."""
+
+
+class _Preemption:
+    """SIGTERM stops new requests; after ``grace`` seconds, SIGALRM cuts the stream short."""
+
+    def __init__(self, grace: float | None) -> None:
+        self.grace = grace
+        self.requested = False  # SIGTERM arrived: send nothing new
+        self.expired = False
+        self.holding = False  # writing a line: the alarm must not tear it
+        self._sending = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle SIGTERM (main thread only; ``grace=None``: leave it alone)."""
+        if self.grace is None or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous_term = signal.signal(signal.SIGTERM, self._on_term)
+        previous_alarm = signal.signal(signal.SIGALRM, self._on_alarm)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous_term)
+            signal.signal(signal.SIGALRM, previous_alarm)
+
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[None]:
+        """The stretch where the grace period runs and may end in `_GraceExpired`."""
+        self._sending = True
+        self._arm()
+        try:
+            yield
+        finally:
+            self._sending = False
+            if self.requested:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _arm(self) -> None:
+        if self.requested and self._sending and self.grace is not None:
+            signal.setitimer(signal.ITIMER_REAL, max(self.grace, 0.001))
+
+    def _on_term(self, signum: int, frame: FrameType | None) -> None:
+        if not self.requested:
+            self.requested = True
+            self._arm()
+
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
+        self.expired = True
+        if not self.holding:
+            raise _GraceExpired
+
+    def write(self, output: IO[bytes], data: bytes) -> None:
+        """Append one line whole, even if the grace period ends meanwhile."""
+        self.holding = True
+        output.write(data)
+        output.flush()
+        self.holding = False
+        if self.expired:
+            raise _GraceExpired
+
+
+def run_batch_file(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    model: str | None = None,
+    shard: tuple[int, int] | None = None,
+    retry_failed: bool = False,
+    resend_changed: bool = False,
+    skip_invalid: bool = False,
+    grace: float | None = 30.0,
+    max_concurrency: int = 50,
+    **options: Unpack[BatchArguments],
+) -> FileRunReport:
+    """Send every line of a Batch API JSONL file not yet in the output; append the results.
+
+    Example::
+
+        report = run_batch_file("in.jsonl", "out.jsonl", model="gpt-4o-mini", rpm=500)
+        print(report)
+        if not report.complete:  # SIGTERM: run it again later to finish
+            ...
+
+    Re-running with the same output file sends only what it lacks. Output lines follow
+    the Batch API output format; a ``custom_id`` may have several (``retry_failed``,
+    ``resend_changed``): the latest wins.
+
+    Parameters:
+        input_path: Batch API input lines, or prompt lines (`OpenAIRequest` fields).
+        output_path: the output JSONL file; created, or appended to.
+        model: the model of lines that name none.
+        shard: ``(i, n)``: only the lines whose ``sha256(custom_id) % n == i``.
+        retry_failed: send again the ``custom_id``s whose latest output line is an error.
+        resend_changed: send again done ``custom_id``s whose request changed (else
+            `ChangedRequestsError`).
+        skip_invalid: skip invalid lines (listed in the report) instead of raising
+            `InvalidInputError`.
+        grace: seconds requests in flight get after SIGTERM, which stops new ones
+            (main thread only); None leaves SIGTERM alone.
+        max_concurrency: requests in flight at most.
+        options: the other keyword arguments of `stream_batch` (``workers``, ``rpm``,
+            ``base_url``, ``progress``, ...).
+
+    Raises:
+        BatchFileError: the files cannot be used as given (nothing was sent); its
+            subclasses `InvalidInputError` and `ChangedRequestsError` list the lines.
+    """
+    report = FileRunReport(Path(input_path), Path(output_path))
+    _check_arguments(report.input_path, report.output_path, shard)
+    preemption = _Preemption(grace)
+    with preemption.installed(), _locked(report.output_path) as output:
+        try:
+            state = recover_output(output, str(report.output_path))
+        except ValueError as exc:
+            raise BatchFileError(str(exc)) from None
+        report.torn_bytes = state.torn_bytes
+        selection = _Selection(state, shard, retry_failed, resend_changed)
+        invalid = _check_input(report, model, selection, skip_invalid)
+        lines = _lines_to_send(report.input_path, model, selection, invalid)
+        if report.to_send and not preemption.requested:
+            with contextlib.suppress(_GraceExpired), preemption.sending():
+                _send(lines, output, preemption, report, max_concurrency, options)
+        report.preempted = preemption.requested
+    return report
+
+
+def _check_arguments(input_path: Path, output_path: Path, shard: tuple[int, int] | None) -> None:
+    if not input_path.is_file():
+        raise BatchFileError(f"{input_path}: no such file")
+    if output_path.exists() and output_path.samefile(input_path):
+        raise BatchFileError("the output file must not be the input file")
+    if shard is not None and not 0 <= shard[0] < shard[1]:
+        raise BatchFileError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[IO[bytes]]:
+    """The output file, opened to read and append, locked against a second run."""
+    with path.open("a+b") as output:
+        try:
+            fcntl.flock(output.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BatchFileError(f"{path} is being written by another run") from None
+        except OSError:
+            pass  # a file system without locks (Lustre mounted without `flock`): go on
+        try:
+            yield output
+        finally:
+            output.flush()
+            os.fsync(output.fileno())
+
+
+def _check_input(
+    report: FileRunReport, model: str | None, selection: _Selection, skip_invalid: bool
+) -> set[int]:
+    """First pass: validate every line and count what to send; the invalid line numbers."""
+    seen: set[int] = set()
+    invalid: set[int] = set()
+    for item in read_input(report.input_path, model):
+        report.lines += 1
+        if isinstance(item, InputLine) and not _first_use(item.custom_id, seen):
+            item = LineError(item.number, f"duplicate custom_id {item.custom_id!r}")
+        if isinstance(item, LineError):
+            invalid.add(item.number)
+            report.invalid += 1
+            if len(report.errors) < _LISTED:
+                report.errors.append(item)
+        else:
+            _count(report, selection.decide(item), item.custom_id)
+    if report.invalid and not skip_invalid:
+        raise InvalidInputError(report.input_path, report.errors, report.invalid)
+    if report.changed_count:
+        raise ChangedRequestsError(report.output_path, report.changed, report.changed_count)
+    return invalid
+
+
+def _first_use(custom_id: str, seen: set[int]) -> bool:
+    key = id_key(custom_id_digest(custom_id))
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
+def _count(report: FileRunReport, decision: _Decision, custom_id: str) -> None:
+    if decision is _Decision.SEND:
+        report.to_send += 1
+    elif decision is _Decision.DONE:
+        report.already_done += 1
+    elif decision is _Decision.OTHER_SHARD:
+        report.other_shards += 1
+    else:
+        report.changed_count += 1
+        if len(report.changed) < _LISTED:
+            report.changed.append(custom_id)
+
+
+def _lines_to_send(
+    input_path: Path, model: str | None, selection: _Selection, invalid: set[int]
+) -> Iterator[InputLine]:
+    """Second pass: the lines the first pass chose, read again one at a time."""
+    for item in read_input(input_path, model):
+        if item.number in invalid:
+            continue
+        if isinstance(item, LineError):
+            raise BatchFileError(f"{input_path} changed during the run: {item}")
+        if selection.decide(item) is _Decision.SEND:
+            yield item
+
+
+def _send(
+    lines: Iterator[InputLine],
+    output: IO[bytes],
+    preemption: _Preemption,
+    report: FileRunReport,
+    max_concurrency: int,
+    options: BatchArguments,
+) -> None:
+    """Stream the lines through the pool; append each result as it arrives."""
+    in_flight: dict[int, InputLine] = {}
+
+    def requests() -> Iterator[AnyRequest]:
+        for index, line in enumerate(lines):
+            if preemption.requested:
+                return
+            in_flight[index] = line
+            yield line.request
+
+    stream_options: BatchArguments = {**options, "return_results": True}
+    stream = stream_batch(requests(), max_concurrency=max_concurrency, **stream_options)
+    report.summary = stream.summary
+    with stream:
+        for index, result in stream:
+            line = in_flight.pop(index)
+            preemption.write(output, output_line(line.custom_id, line.request_sha256, result))
+            report.written += 1
+            report.failed += result.error is not None

@@ -1,0 +1,376 @@
+"""`batch-stream-openai run`: Batch API JSONL files end to end, through the command itself.
+
+Each test runs ``python -m batch_stream_openai.cli run`` against the session's fake server
+and checks the output file line by line, and the server's own record of what it answered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from batch_stream_openai.testing import FakeOpenAIServer
+
+from .conftest import TEST_API_KEY
+
+CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
+OUTPUT_KEYS = {"id", "custom_id", "response", "error", "x_request_sha256"}
+ERROR_KEYS = {"type", "code", "message", "attempts"}
+
+
+def _command(fake: FakeOpenAIServer, source: Path, output: Path, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "batch_stream_openai.cli",
+        "run",
+        str(source),
+        "-o",
+        str(output),
+        "--base-url",
+        fake.base_url,
+        "--workers",
+        "1",
+        *args,
+    ]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OPENAI_API_KEY=TEST_API_KEY)
+    env.pop("OPENAI_BASE_URL", None)
+    return env
+
+
+def _run(
+    fake: FakeOpenAIServer, source: Path, output: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    command = _command(fake, source, output, *args)
+    return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=60)
+
+
+def _start(fake: FakeOpenAIServer, source: Path, output: Path, *args: str) -> subprocess.Popen[str]:
+    command = _command(fake, source, output, *args)
+    return subprocess.Popen(
+        command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _prompt_line(user: str, custom_id: str | None = None, api: str = "chat") -> dict[str, Any]:
+    line: dict[str, Any] = {"system_prompt": "Be brief.", "user_prompt": user, "api": api}
+    if custom_id is not None:
+        line["custom_id"] = custom_id
+    return line
+
+
+def _batch_line(custom_id: str, user: str, url: str, model: str | None) -> dict[str, Any]:
+    if url == CHAT:
+        body: dict[str, Any] = {"messages": [{"role": "user", "content": user}]}
+    else:
+        body = {"input": user}
+    if model is not None:
+        body["model"] = model
+    return {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
+
+
+def _write(path: Path, lines: Iterable[dict[str, Any] | str]) -> Path:
+    with path.open("w") as out:
+        for line in lines:
+            out.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+    return path
+
+
+def _prompt_file(path: Path, count: int, directive: str = "") -> Path:
+    return _write(path, (_prompt_line(f"q{i} {directive}", f"id-{i}") for i in range(count)))
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _latest(path: Path) -> dict[str, dict[str, Any]]:
+    """The latest output line of each custom_id."""
+    return {record["custom_id"]: record for record in _records(path)}
+
+
+def _complete_lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _user_prompt(body: dict[str, Any]) -> str:
+    return str(body["messages"][-1]["content"] if "messages" in body else body["input"])
+
+
+def _answered_ok(fake: FakeOpenAIServer) -> Counter[str]:
+    """How many 200 answers the server sent, per user prompt."""
+    return Counter(_user_prompt(r.body) for r in fake.requests() if r.status == 200)
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def _descendants(process: subprocess.Popen[str]) -> list[psutil.Process]:
+    return psutil.Process(process.pid).children(recursive=True)
+
+
+def _assert_gone(processes: list[psutil.Process]) -> None:
+    """The run's worker processes exit on their own, even when the run was killed."""
+    _gone, alive = psutil.wait_procs(processes, timeout=10)
+    for process in alive:
+        process.kill()
+    assert not alive, f"left behind: {alive}"
+
+
+@pytest.mark.timeout(60)
+def test_mixed_file_yields_each_custom_id_once_as_batch_api_output(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    lines: list[dict[str, Any]] = []
+    expected: dict[str, tuple[int, str, str]] = {}  # custom_id -> (status, object, model)
+    for i in range(2000):
+        failing = i % 50 == 7
+        user = f"question {i}" + (" [[status=400]]" if failing else "")
+        url = CHAT if i % 2 == 0 else RESPONSES
+        if i % 4 < 2:  # Batch API lines, a quarter of them without a model: --model's
+            custom_id, model = f"batch-{i}", "gpt-4.1-mini" if i % 8 < 2 else "gpt-4o-mini"
+            lines.append(_batch_line(custom_id, user, url, None if i % 8 < 2 else model))
+        else:  # prompt lines, without a model; half of them without a custom_id
+            custom_id, model = f"line-{i + 1}" if i % 8 < 4 else f"prompt-{i}", "gpt-4.1-mini"
+            api = "chat" if url == CHAT else "responses"
+            lines.append(_prompt_line(user, None if i % 8 < 4 else custom_id, api))
+        obj = "chat.completion" if url == CHAT else "response"
+        expected[custom_id] = (400 if failing else 200, obj, model)
+    source = _write(tmp_path / "in.jsonl", lines)
+    output = tmp_path / "out.jsonl"
+
+    done = _run(fake, source, output, "--model", "gpt-4.1-mini")
+
+    assert done.returncode == 0, done.stderr
+    records = _records(output)
+    assert sorted(r["custom_id"] for r in records) == sorted(expected)
+    for record in records:
+        status, obj, model = expected[record["custom_id"]]
+        assert set(record) == OUTPUT_KEYS
+        assert record["id"].startswith("batch_req_")
+        assert len(record["x_request_sha256"]) == 16
+        response = record["response"]
+        assert response["status_code"] == status
+        if status == 200:
+            assert record["error"] is None
+            assert isinstance(response["request_id"], str)
+            assert response["body"]["object"] == obj
+            assert response["body"]["model"] == model
+        else:
+            assert set(record["error"]) == ERROR_KEYS
+            assert record["error"]["type"] == "APIError"
+            assert record["error"]["attempts"] == 1
+            assert isinstance(record["error"]["message"], str)
+    assert "40 of them errors" in done.stderr
+    assert fake.stats().requests == 2000
+
+
+@pytest.mark.timeout(60)
+def test_kill_9_then_resume_completes_without_sending_a_done_request_twice(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    source = _prompt_file(tmp_path / "in.jsonl", 300, "[[latency=0.1]]")
+    output = tmp_path / "out.jsonl"
+    process = _start(fake, source, output, "--max-concurrency", "10")
+    _wait_for(lambda: _complete_lines(output) >= 30)
+    children = _descendants(process)
+    process.kill()
+    process.communicate(timeout=10)
+    _assert_gone(children)
+    if output.read_bytes().endswith(b"\n"):  # no write was cut short: cut one ourselves
+        with output.open("ab") as out:
+            out.write(b'{"id":"batch_req_torn","custom_id":"id-')
+    written = {json.loads(line)["custom_id"] for line in output.read_bytes().splitlines()[:-1]}
+    assert 30 <= len(written) < 300
+
+    resumed = _run(fake, source, output, "--max-concurrency", "10")
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert "cut a torn last line away" in resumed.stderr
+    custom_ids = [record["custom_id"] for record in _records(output)]
+    assert sorted(custom_ids) == sorted(f"id-{i}" for i in range(300))
+    answered = _answered_ok(fake)
+    assert all(answered[f"q{custom_id[3:]} [[latency=0.1]]"] == 1 for custom_id in written)
+    assert sum(answered.values()) <= 300 + 10  # at most the requests in flight were lost
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_drains_in_flight_requests_exits_75_and_a_rerun_finishes(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    source = _prompt_file(tmp_path / "in.jsonl", 200, "[[latency=0.1]]")
+    output = tmp_path / "out.jsonl"
+    process = _start(fake, source, output, "--max-concurrency", "10")
+    _wait_for(lambda: _complete_lines(output) >= 20)
+    second = _run(fake, source, output)
+    assert second.returncode == 2
+    assert "is being written by another run" in second.stderr
+    process.send_signal(signal.SIGTERM)
+    _stdout, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 75, stderr
+    assert "re-run the same command to resume" in stderr
+    partial = _records(output)
+    assert 20 <= len(partial) < 200
+    # Drained: every request the server answered is in the file.
+    assert Counter(f"q{r['custom_id'][3:]} [[latency=0.1]]" for r in partial) == _answered_ok(fake)
+
+    resumed = _run(fake, source, output, "--max-concurrency", "10")
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(r["custom_id"] for r in _records(output)) == sorted(f"id-{i}" for i in range(200))
+    assert set(_answered_ok(fake).values()) == {1}
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_cancels_what_is_still_in_flight_after_the_grace_period(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    lines = [_prompt_line("stuck [[hang]]", "stuck")]
+    lines += [_prompt_line(f"q{i}", f"id-{i}") for i in range(11)]
+    source = _write(tmp_path / "in.jsonl", lines)
+    output = tmp_path / "out.jsonl"
+    process = _start(fake, source, output, "--grace", "0.5")
+    _wait_for(lambda: _complete_lines(output) == 11)
+    children = _descendants(process)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _stdout, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 75, stderr
+    assert time.monotonic() - signalled < 10
+    assert "stuck" not in {r["custom_id"] for r in _records(output)}
+    _assert_gone(children)
+
+
+@pytest.mark.timeout(60)
+def test_shards_split_the_file_into_disjoint_parts_that_make_the_whole(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    source = _prompt_file(tmp_path / "in.jsonl", 300)
+    outputs = [tmp_path / f"out.{i}.jsonl" for i in range(3)]
+    processes = [
+        _start(fake, source, output, "--shard", f"{i}/3") for i, output in enumerate(outputs)
+    ]
+    for process in processes:
+        _stdout, stderr = process.communicate(timeout=50)
+        assert process.returncode == 0, stderr
+
+    shards = [{r["custom_id"] for r in _records(output)} for output in outputs]
+    assert sum(map(len, shards)) == 300
+    assert set().union(*shards) == {f"id-{i}" for i in range(300)}
+    for i, shard in enumerate(shards):
+        assert all(int(hashlib.sha256(c.encode()).hexdigest(), 16) % 3 == i for c in shard)
+
+
+@pytest.mark.timeout(60)
+def test_each_invalid_line_is_named_and_skip_invalid_sends_the_others(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    good = _batch_line("a", "hi", CHAT, "gpt-4o-mini")
+    source = _write(
+        tmp_path / "in.jsonl",
+        [
+            good,  # 1
+            '{"custom_id": "b", "method": ',  # 2: malformed JSON
+            {"custom_id": "c", "method": "POST", "url": CHAT},  # 3: no body
+            "",  # 4: blank lines are skipped
+            {**good, "url": "/v1/embeddings"},  # 5
+            {**good, "custom_id": "f", "method": "GET"},  # 6
+            _batch_line("a", "again", RESPONSES, "gpt-4o-mini"),  # 7
+            {"system_prompt": "s", "user_prompt": "u", "temprature": 0.5},  # 8: a typo
+            {"system_prompt": "s", "user_prompt": "u", "temperature": "hot"},  # 9
+            _batch_line("j", "no model", RESPONSES, None),  # 10: and no --model
+            _prompt_line("fine", "k"),  # 11
+        ],
+    )
+    output = tmp_path / "out.jsonl"
+
+    rejected = _run(fake, source, output)
+
+    assert rejected.returncode == 2
+    for number, words in [
+        (2, "invalid JSON"),
+        (3, "missing 'body'"),
+        (5, "unsupported url '/v1/embeddings'"),
+        (6, "method must be 'POST'"),
+        (7, "duplicate custom_id 'a'"),
+        (8, "unknown key 'temprature'"),
+        (9, "OpenAIRequest.temperature must be"),
+        (10, "body has no 'model'"),
+    ]:
+        assert f"in.jsonl:{number}: {words}" in rejected.stderr
+    assert "8 invalid line(s)" in rejected.stderr
+    assert fake.stats().requests == 0
+    assert _complete_lines(output) == 0
+
+    skipped = _run(fake, source, output, "--skip-invalid")
+
+    assert skipped.returncode == 0, skipped.stderr
+    assert "skipped" in skipped.stderr and "in.jsonl:10:" in skipped.stderr
+    assert sorted(_latest(output)) == ["a", "k"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("shard", ["3/3", "1", "2/1", "a/b"])
+def test_a_bad_shard_is_a_usage_error(fake: FakeOpenAIServer, tmp_path: Path, shard: str) -> None:
+    source = _prompt_file(tmp_path / "in.jsonl", 1)
+    result = _run(fake, source, tmp_path / "out.jsonl", "--shard", shard)
+    assert result.returncode == 2
+    assert "I/N" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_retry_failed_resends_only_failures_and_a_changed_request_is_reported(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    users = [f"q{i}" + (" [[status=400 times=1]]" if i in (2, 5) else "") for i in range(10)]
+    source = _write(
+        tmp_path / "in.jsonl", [_prompt_line(u, f"id-{i}") for i, u in enumerate(users)]
+    )
+    output = tmp_path / "out.jsonl"
+    first = _run(fake, source, output)
+    assert first.returncode == 0, first.stderr
+    assert {c for c, r in _latest(output).items() if r["error"]} == {"id-2", "id-5"}
+
+    def sent_by(*args: str) -> list[str]:
+        before = len(fake.requests())
+        result = _run(fake, source, output, *args)
+        assert result.returncode == 0, result.stderr
+        return sorted(_user_prompt(r.body) for r in fake.requests()[before:])
+
+    assert sent_by("--retry-failed") == [users[2], users[5]]
+    assert all(record["error"] is None for record in _latest(output).values())
+    assert len(_records(output)) == 12  # appended: the latest line per custom_id wins
+    assert sent_by() == []
+    assert sent_by("--retry-failed") == []
+
+    users[0] = "q0 reworded"
+    _write(source, [_prompt_line(u, f"id-{i}") for i, u in enumerate(users)])
+    before = len(fake.requests())
+    changed = _run(fake, source, output)
+    assert changed.returncode == 2
+    assert "'id-0'" in changed.stderr and "different request" in changed.stderr
+    assert len(fake.requests()) == before
+
+    assert sent_by("--resend-changed") == ["q0 reworded"]
