@@ -29,6 +29,8 @@ class BatchArguments(StreamOptions, total=False):
     hang_timeout: float | None
     initializer: Callable[[], object] | None
     start_method: str
+    backend: str
+    ray_address: str | None
 
 
 _STREAM_KEYS = frozenset(StreamOptions.__annotations__)

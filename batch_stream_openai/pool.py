@@ -40,6 +40,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.connection import wait
 from typing import Any, TypedDict
 
@@ -194,6 +195,11 @@ class BatchPool:
         initializer: called once in each worker before it serves; cloudpickled. If it
             raises, workers cannot start and the batch fails with its traceback.
         start_method: ``"spawn"`` (default) or ``"forkserver"``; never ``"fork"``.
+        backend: ``"local"`` (worker processes on this machine) or ``"ray"`` (one Ray
+            async actor per worker, spread across the cluster's nodes; needs the ``[ray]``
+            extra). The dispatcher, ledger, budgets and streaming stay here either way.
+        ray_address: the Ray cluster to join (``"auto"``, ``"ray://host:10001"``); None
+            starts or joins a local one. Only with ``backend="ray"``.
 
     ``workers=0`` runs the same worker code in a thread of this process instead: no
     subprocess, same results, one core (for debugging, or where subprocesses are banned).
@@ -215,6 +221,8 @@ class BatchPool:
         hang_timeout: float | None = 30.0,
         initializer: Callable[[], object] | None = None,
         start_method: str = "spawn",
+        backend: str = "local",
+        ray_address: str | None = None,
     ) -> None:
         _check_int("max_concurrency", max_concurrency, minimum=1)
         if workers is not None:
@@ -230,6 +238,8 @@ class BatchPool:
             raise TypeError(f"initializer must be callable, got {type(initializer).__name__}")
         if start_method not in ("spawn", "forkserver"):
             raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
+        if backend not in ("local", "ray"):
+            raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
         self.max_concurrency = max_concurrency
         self.workers = default_workers(max_concurrency) if workers is None else workers
         self.postprocess = postprocess
@@ -251,6 +261,7 @@ class BatchPool:
             # Workers fork from a server that has imported the SDK once: a respawn after a
             # crash costs milliseconds instead of the ~0.5 s of imports.
             self._context.set_forkserver_preload(["batch_stream_openai.worker"])
+        self._new_worker = self._worker_factory(backend, ray_address)
         self._state = PoolState.CREATED
         self._processes: list[Worker] = []
         self._options: BatchOptions | None = None  # of the batch streaming now
@@ -414,9 +425,17 @@ class BatchPool:
             for _ in range(max(1, self.workers)):
                 self._spawn()
 
-    def _spawn(self) -> Worker:
+    def _worker_factory(self, backend: str, ray_address: str | None) -> Callable[[int], Worker]:
+        """How this pool starts a worker, given its slot number."""
+        if backend == "ray":
+            from .ray_backend import RayWorker  # Ray is imported only when chosen
+
+            return partial(RayWorker, self._config_blob, address=ray_address)
         kind = WorkerProcess if self.workers else WorkerThread
-        process = kind(self._context, self._config_blob, next(self._slots))
+        return partial(kind, self._context, self._config_blob)
+
+    def _spawn(self) -> Worker:
+        process = self._new_worker(next(self._slots))
         self._processes.append(process)
         if self._options is not None:
             process.send([self._options])

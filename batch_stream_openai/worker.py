@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
 import cloudpickle
 
@@ -44,7 +44,15 @@ from .request import AnyRequest, http_call, wants_json
 from .results import Result, Usage, usage_of
 from .retry import build_retrying, retry_after_seconds, status_code_of, to_request_error
 
-__all__ = ["Finished", "RequestRunner", "apply_postprocess", "main"]
+__all__ = [
+    "Finished",
+    "Outbox",
+    "RequestRunner",
+    "TaskServer",
+    "apply_postprocess",
+    "main",
+    "report_throttling",
+]
 
 # Outcomes per pipe write: large enough to amortise the system call under load, small
 # enough that one message stays well below a megabyte for ordinary answers.
@@ -195,10 +203,21 @@ def _load_postprocess(options: BatchOptions) -> Postprocess | None:
     return loaded
 
 
-class _Server:
-    """The worker's event-loop side: start, cancel and finish tasks."""
+class Outbox(Protocol):
+    """Where a worker puts the messages for the parent (a pipe here, a queue on Ray)."""
 
-    def __init__(self, runner: RequestRunner, outbox: _Outbox) -> None:
+    def put(self, message: Any) -> None: ...
+
+
+class TaskServer:
+    """The worker's event-loop side: start, cancel and finish tasks; every backend's core.
+
+    Parameters:
+        runner: sends each request (provider call, retries).
+        outbox: receives Outcome, Heartbeat and Throttled messages for the parent.
+    """
+
+    def __init__(self, runner: RequestRunner, outbox: Outbox) -> None:
         self._runner = runner
         self._outbox = outbox
         self._running: dict[tuple[int, int], asyncio.Task[None]] = {}
@@ -210,6 +229,7 @@ class _Server:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="postprocess")
 
     def handle(self, messages: list[Any]) -> None:
+        """Act on messages from the parent: Task, BatchOptions, Cancel. Call in the loop."""
         for message in messages:
             if isinstance(message, Task):
                 key = (message.batch, message.index)
@@ -268,6 +288,7 @@ class _Server:
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     async def aclose(self) -> None:
+        """Cancel every running task and close the clients."""
         jobs = list(self._running.values())
         for job in jobs:
             job.cancel()
@@ -323,7 +344,7 @@ async def _serve(task_conn: Connection, outbox: _Outbox, runner: RequestRunner) 
     inbox: asyncio.Queue[Any] = asyncio.Queue()
     reader = threading.Thread(target=_read_tasks, args=(task_conn, loop, inbox), daemon=True)
     reader.start()
-    server = _Server(runner, outbox)
+    server = TaskServer(runner, outbox)
     outbox.put(Ready(os.getpid()))
     heartbeat = loop.create_task(server.beat())
     try:
@@ -336,8 +357,8 @@ async def _serve(task_conn: Connection, outbox: _Outbox, runner: RequestRunner) 
         await server.aclose()
 
 
-def _report_throttling(outbox: _Outbox, exc: BaseException) -> None:
-    # The parent's dispatcher slows down on 429s as they happen, not when requests end.
+def report_throttling(outbox: Outbox, exc: BaseException) -> None:
+    """`RequestRunner`'s `on_retry` hook: tell the parent about each 429 as it happens."""
     if status_code_of(exc) == 429:
         outbox.put(Throttled(retry_after_seconds(exc)))
 
@@ -357,7 +378,7 @@ def main(task_conn: Connection, result_conn: Connection, config_blob: bytes) -> 
         config: WorkerConfig = cloudpickle.loads(config_blob)
         if config.initializer is not None:
             config.initializer()
-        runner = RequestRunner(config, on_retry=partial(_report_throttling, outbox))
+        runner = RequestRunner(config, on_retry=partial(report_throttling, outbox))
         runner.open()
     except Exception:  # report any start-up failure, then exit
         outbox.put(StartupFailed(traceback.format_exc()))
