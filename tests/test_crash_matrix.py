@@ -17,6 +17,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -50,40 +51,29 @@ def answered(fake: FakeOpenAIServer, marker: str) -> int:
 # -- postprocess callables that misbehave on purpose ----------------------------------------
 
 
-def segfault_on_poison(text: str) -> str:
-    if "poison" in text:
-        ctypes.string_at(0)  # reads address 0: SIGSEGV
-    return text
+def on_poison(action: Callable[[], object]) -> Callable[[str], str]:
+    """A postprocess that runs `action` on answers to the "poison" prompt (by value)."""
+
+    def postprocess(text: str) -> str:
+        if "poison" in text:
+            action()
+        return text
+
+    return postprocess
 
 
-def exit_zero_on_poison(text: str) -> str:
-    if "poison" in text:
-        os._exit(0)
-    return text
+def _raise(exc: BaseException) -> None:
+    raise exc
 
 
-def sys_exit_on_poison(text: str) -> str:
-    if "poison" in text:
-        sys.exit(3)
-    return text
-
-
-def memory_error_on_poison(text: str) -> str:
-    if "poison" in text:
-        raise MemoryError("pretend the worker ran out of memory")
-    return text
-
-
-def hang_on_poison(text: str) -> str:
-    if "poison" in text:
-        time.sleep(3600)
-    return text
-
-
-def openai_error_on_poison(text: str) -> str:
-    if "poison" in text:
-        raise openai.APIConnectionError(request=None)  # type: ignore[arg-type]
-    return text
+segfault_on_poison = on_poison(lambda: ctypes.string_at(0))  # reads address 0: SIGSEGV
+exit_zero_on_poison = on_poison(lambda: os._exit(0))
+sys_exit_on_poison = on_poison(lambda: sys.exit(3))
+memory_error_on_poison = on_poison(lambda: _raise(MemoryError("pretend we ran out")))
+hang_on_poison = on_poison(lambda: time.sleep(3600))
+openai_error_on_poison = on_poison(
+    lambda: _raise(openai.APIConnectionError(request=None))  # type: ignore[arg-type]
+)
 
 
 def die_soon_on_killer(text: str) -> str:
@@ -171,12 +161,12 @@ def test_a_poison_that_kills_its_worker_fails_alone_and_names_the_cause(
         (memory_error_on_poison, "MemoryError"),
         (openai_error_on_poison, "APIConnectionError"),
     ],
+    ids=["sys-exit", "memory-error", "openai-error"],
 )
 def test_exits_and_errors_raised_by_user_code_do_not_end_the_worker(
     postprocess: Any, exception_type: str, pool_options: dict[str, Any]
 ) -> None:
     with BatchPool(workers=2, max_concurrency=4, postprocess=postprocess, **pool_options) as pool:
-        pids = set(pool.pids) or None
         results = pool.run([ask("poison"), ask("fine")])
         pids = set(pool.pids)
         assert pool.run([ask("fine again")]) == [expected_answer(SYSTEM, "fine again")]
