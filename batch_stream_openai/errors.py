@@ -22,6 +22,7 @@ the parent as plain data; SDK exceptions hold httpx objects and do not (openai#2
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 __all__ = [
@@ -182,6 +183,36 @@ class WorkerCrashedError(RequestError):
     ) -> None:
         super().__init__(message, index=index, attempts=attempts, retryable=False)
         self.exitcode = exitcode
+
+    @classmethod
+    def describe(
+        cls, index: int, exitcode: int | None, crashes: int, hung: str | None
+    ) -> WorkerCrashedError:
+        """The error for a request whose last worker ended so: what happened, likely why."""
+        if hung is not None:
+            how = f"stopped responding ({hung}) and was ended by the watchdog"
+        elif exitcode is not None and exitcode < 0:
+            name = signal.Signals(-exitcode)
+            how = f"was killed by signal {-exitcode} ({_SIGNAL_CAUSES.get(name, name.name)})"
+        elif exitcode == 0:
+            how = "exited with code 0 while it still owed results (sys.exit or os._exit?)"
+        else:
+            how = f"exited with code {exitcode}"
+        return cls(
+            f"the worker running this request {how}; {crashes} workers died running it",
+            exitcode=exitcode,
+            index=index,
+            attempts=crashes,
+        )
+
+
+_SIGNAL_CAUSES = {
+    signal.SIGKILL: "SIGKILL: often the out-of-memory killer, or an operator",
+    signal.SIGSEGV: "SIGSEGV: a crash in native code, e.g. a C extension in postprocess",
+    signal.SIGABRT: "SIGABRT: native code aborted",
+    signal.SIGTERM: "SIGTERM",
+    signal.SIGBUS: "SIGBUS: a bad memory access in native code",
+}
 
 
 class PoolError(BatchStreamError):

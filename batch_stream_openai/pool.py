@@ -34,14 +34,12 @@ import asyncio
 import enum
 import itertools
 import multiprocessing
-import signal
 import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from multiprocessing.connection import wait
 from typing import Any, TypedDict
 
 import cloudpickle
@@ -49,7 +47,7 @@ import psutil
 from typing_extensions import Unpack
 
 from .config import ClientConfig, RetryPolicy, WorkerConfig
-from .errors import PoolClosedError, RequestError, WorkerCrashedError, WorkerStartupError
+from .errors import PoolClosedError, RequestError, WorkerCrashedError
 from .limits import Budget, estimate_tokens
 from .processes import Worker, WorkerProcess, WorkerThread
 from .progress import ProgressBar
@@ -63,9 +61,11 @@ from .protocol import (
     Task,
     Throttled,
 )
-from .request import AnyRequest, OpenAIRequest, RawRequest
+from .request import AnyRequest
 from .results import BatchSummary, Result
 from .stream import BatchStream, ResultPair
+from .validation import check_api_key, check_callable, check_int, check_positive, check_request
+from .workerset import MAIN_GUARD_HINT, WorkerSet, stop_workers
 
 __all__ = ["BatchPool", "PoolState", "StreamOptions", "default_workers", "in_input_order"]
 
@@ -77,28 +77,8 @@ MAX_CRASHES_PER_REQUEST = 3
 # A request whose worker died this many times runs alone on a worker set apart for it.
 # One death proves nothing (an OOM kill, an operator); two in a row make it a suspect.
 _QUARANTINE_AFTER_CRASHES = 2
-# Workers in a row that may exit before becoming ready before the pool gives up: a broken
-# environment fails fast instead of respawning forever.
-MAX_STARTUP_FAILURES = 3
-_KILLED_FROM_OUTSIDE = (-signal.SIGKILL, -signal.SIGTERM)
-# A worker that has not said it is ready after this long is treated as hung.
-_STARTUP_TIMEOUT_S = 60.0
-# Time a worker ended by the watchdog gets between SIGTERM and SIGKILL.
-_KILL_GRACE_S = 2.0
-# Respawns allowed per window (at least this many, and 4 per worker): a request or a
-# machine that kills every worker slows to this pace instead of forking without end.
-_RESPAWN_WINDOW_S = 1.0
-_MIN_RESPAWNS_PER_WINDOW = 8
-# How often the dispatcher wakes up with nothing to read, to notice silent deaths.
+# How often the dispatcher wakes up with nothing to read, to notice silent workers.
 _POLL_INTERVAL_S = 1.0
-# Time close() gives workers to exit on their own before terminating them.
-_CLOSE_GRACE_S = 1.0
-
-_MAIN_GUARD_HINT = (
-    "Worker processes are started with the 'spawn' method and re-import your main module. "
-    "If your script calls batch_stream_openai at module level, put that code under "
-    '`if __name__ == "__main__":`.'
-)
 
 
 class PoolState(enum.Enum):
@@ -224,18 +204,17 @@ class BatchPool:
         backend: str = "local",
         ray_address: str | None = None,
     ) -> None:
-        _check_int("max_concurrency", max_concurrency, minimum=1)
+        check_int("max_concurrency", max_concurrency, minimum=1)
         if workers is not None:
-            _check_int("workers", workers, minimum=0)
-        _check_postprocess(postprocess)
-        _check_int("max_retries", max_retries, minimum=0)
-        _check_positive("timeout", timeout)
+            check_int("workers", workers, minimum=0)
+        check_callable("postprocess", postprocess)
+        check_callable("initializer", initializer)
+        check_int("max_retries", max_retries, minimum=0)
+        check_positive("timeout", timeout)
         for name, limit in (("rpm", rpm), ("tpm", tpm), ("hang_timeout", hang_timeout)):
             if limit is not None:
-                _check_positive(name, limit)
-        _check_api_key(api_key)
-        if initializer is not None and not callable(initializer):
-            raise TypeError(f"initializer must be callable, got {type(initializer).__name__}")
+                check_positive(name, limit)
+        check_api_key(api_key)
         if start_method not in ("spawn", "forkserver"):
             raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
         if backend not in ("local", "ray"):
@@ -244,7 +223,6 @@ class BatchPool:
         self.workers = default_workers(max_concurrency) if workers is None else workers
         self.postprocess = postprocess
         self.budget = Budget(max_concurrency, rpm, tpm, adaptive)
-        self.hang_timeout = hang_timeout
         config = WorkerConfig(
             client=ClientConfig(
                 api_key=api_key,
@@ -261,18 +239,13 @@ class BatchPool:
             # Workers fork from a server that has imported the SDK once: a respawn after a
             # crash costs milliseconds instead of the ~0.5 s of imports.
             self._context.set_forkserver_preload(["batch_stream_openai.worker"])
-        self._new_worker = self._worker_factory(backend, ray_address)
+        self._workers = WorkerSet(
+            self._worker_factory(backend, ray_address), max(1, self.workers), hang_timeout
+        )
         self._state = PoolState.CREATED
-        self._processes: list[Worker] = []
-        self._options: BatchOptions | None = None  # of the batch streaming now
-        self._slots = itertools.count()
         self._batch_ids = itertools.count(1)
         self._streaming = False
-        self._startup_failures = 0
-        self._last_startup_error = ""
-        self._respawns: deque[float] = deque()  # monotonic times of recent respawns
-        self._spawns_owed = 0  # respawns held back by the rate limit
-        self._finalizer = weakref.finalize(self, _stop_all, self._processes)
+        self._finalizer = weakref.finalize(self, stop_workers, self._workers.workers)
 
     def __repr__(self) -> str:
         return (
@@ -295,7 +268,7 @@ class BatchPool:
     @property
     def pids(self) -> list[int]:
         """Process ids of the live workers."""
-        return [p.pid for p in self._processes if p.pid is not None]
+        return [worker.pid for worker in self._workers.workers if worker.pid is not None]
 
     def close(self) -> None:
         """Stop every worker (within about a second) and release the pool. Idempotent."""
@@ -355,10 +328,10 @@ class BatchPool:
         """Check the arguments now; return the generator of result groups and its summary."""
         self._check_open("stream")
         postprocess = options.get("postprocess")
-        _check_postprocess(postprocess)
+        check_callable("postprocess", postprocess)
         if isinstance(requests, Sequence):
             for index, request in enumerate(requests):
-                _check_request(index, request)
+                check_request(index, request)
         elif not isinstance(requests, Iterable):
             raise TypeError(
                 f"requests must be an iterable of OpenAIRequest, got {type(requests).__name__}"
@@ -387,12 +360,9 @@ class BatchPool:
                 "generator before starting another"
             )
         self._streaming = True
-        self._options = batch.options
         try:
             self._start_workers()
-            for process in self._processes:
-                process.last_heard = time.monotonic()  # idle between batches is not hung
-                process.send([batch.options])
+            self._workers.greet([batch.options])
             done = self._dispatch(batch)
             while True:
                 if progress is not None:
@@ -408,10 +378,9 @@ class BatchPool:
             if progress is not None:
                 progress.close()
             self._streaming = False
-            self._options = None
+            self._workers.greet([])
             if batch.ledger and self._state is PoolState.RUNNING:
-                for process in self._processes:
-                    process.send([Cancel(batch.options.batch)])
+                self._workers.broadcast([Cancel(batch.options.batch)])
 
     def _check_open(self, operation: str) -> None:
         if self._state is PoolState.CLOSED:
@@ -420,10 +389,9 @@ class BatchPool:
     def _start_workers(self) -> None:
         if self._state is PoolState.CREATED:
             if getattr(multiprocessing.current_process(), "_inheriting", False):
-                raise RuntimeError(_MAIN_GUARD_HINT)
+                raise RuntimeError(MAIN_GUARD_HINT)
             self._state = PoolState.RUNNING
-            for _ in range(max(1, self.workers)):
-                self._spawn()
+            self._workers.start()
 
     def _worker_factory(self, backend: str, ray_address: str | None) -> Callable[[int], Worker]:
         """How this pool starts a worker, given its slot number."""
@@ -434,20 +402,13 @@ class BatchPool:
         kind = WorkerProcess if self.workers else WorkerThread
         return partial(kind, self._context, self._config_blob)
 
-    def _spawn(self) -> Worker:
-        process = self._new_worker(next(self._slots))
-        self._processes.append(process)
-        if self._options is not None:
-            process.send([self._options])
-        return process
-
     def _dispatch(self, batch: _Batch) -> list[ResultPair]:
         """Send re-sends first, then new requests while the ledger and the budget allow.
 
         Returns the results of requests that failed before they could be sent.
         """
         unsendable: list[ResultPair] = []
-        if not any(process.ready for process in self._processes):
+        if not self._workers.any_ready:
             return unsendable  # paced requests must not pile up in pipes while workers start
         outgoing: dict[Worker, list[Any]] = {}
 
@@ -460,7 +421,7 @@ class BatchPool:
             outgoing.setdefault(process, []).append(task)
 
         self._release_quarantine(batch, assign)
-        open_workers = [p for p in self._processes if p not in batch.isolating]
+        open_workers = [p for p in self._workers.workers if p not in batch.isolating]
         while batch.resend and open_workers:
             assign(batch.resend.popleft())
         budget = self.budget
@@ -471,7 +432,7 @@ class BatchPool:
                 except StopIteration:
                     batch.exhausted = True
                     break
-                _check_request(*batch.waiting)
+                check_request(*batch.waiting)
             index, request = batch.waiting
             tokens = estimate_tokens(request) if budget.counts_tokens else 0
             if (wait := budget.delay(tokens)) > 0:
@@ -504,7 +465,9 @@ class BatchPool:
         while batch.quarantine:
             draining = [p for p, index in batch.isolating.items() if index is None]
             if not draining:
-                candidates = [p for p in self._processes if p.ready and p not in batch.isolating]
+                candidates = [
+                    p for p in self._workers.workers if p.ready and p not in batch.isolating
+                ]
                 if not candidates:
                     return
                 draining = [min(candidates, key=lambda p: len(batch.owed_by.get(p, ())))]
@@ -519,54 +482,21 @@ class BatchPool:
     def _collect(self, batch: _Batch) -> list[ResultPair]:
         """Wait for outcomes or deaths; return the results now owed to the caller."""
         self._check_open("stream")
-        by_channel = {p.result_channel: p for p in self._processes}
-        by_sentinel = {p.sentinel: p for p in self._processes}
         timeout = _POLL_INTERVAL_S
         if batch.waiting is not None:
-            timeout = min(timeout, max(0.0, batch.wake_at - time.monotonic()))
-        if self._spawns_owed:
-            timeout = min(timeout, max(0.0, self._respawn_delay()))
+            timeout = min(timeout, batch.wake_at - time.monotonic())
         done: list[ResultPair] = []
-        exited: list[Worker] = []
-        for ready in wait([*by_channel, *by_sentinel], timeout=timeout):
-            process = by_channel.get(ready)  # type: ignore[call-overload]
-            if process is None:
-                exited.append(by_sentinel[ready])
-                continue
-            messages = process.receive()
-            if messages is None:
-                exited.append(process)
-            else:
-                process.last_heard = time.monotonic()
-                self._handle(process, messages, batch, done)
-        for process in dict.fromkeys(exited):
-            self._replace(process, batch, done)
-        self._watch(batch)
-        self._pay_owed_spawns()
+        heard, exited = self._workers.listen(timeout)
+        for worker, messages in heard:
+            self._handle(worker, messages, batch, done)
+        for worker in exited:
+            self._replace(worker, batch, done)
+        self._workers.watch(lambda worker: bool(batch.owed_by.get(worker)))
+        self._workers.pay_owed_spawns()
         return done
 
-    def _watch(self, batch: _Batch) -> None:
-        """End workers that owe results but stopped answering; `_collect` sees them exit."""
-        if self.hang_timeout is None:
-            return
-        now = time.monotonic()
-        for process in self._processes:
-            if not process.ready:
-                silent_for = now - process.started_at
-                limit = max(self.hang_timeout, _STARTUP_TIMEOUT_S)
-            elif batch.owed_by.get(process):
-                silent_for = now - process.last_heard
-                limit = self.hang_timeout
-            else:
-                continue
-            if silent_for > limit:
-                process.abort(f"it sent nothing for {silent_for:.0f} s", _KILL_GRACE_S)
-            elif process.postprocess_busy_s > self.hang_timeout:
-                busy = process.postprocess_busy_s
-                process.abort(f"one postprocess call ran for {busy:.0f} s", _KILL_GRACE_S)
-
     def _handle(
-        self, process: Worker, messages: list[Any], batch: _Batch, done: list[ResultPair]
+        self, worker: Worker, messages: list[Any], batch: _Batch, done: list[ResultPair]
     ) -> None:
         for message in messages:
             if isinstance(message, Outcome):
@@ -574,25 +504,24 @@ class BatchPool:
                 # Outcomes of a cancelled batch, or of a task since re-sent elsewhere, are owed
                 # to nobody: yielding them would break exactly-once.
                 stale = message.batch != batch.options.batch
-                if stale or entry is None or entry.worker is not process:
+                if stale or entry is None or entry.worker is not worker:
                     continue
                 del batch.ledger[message.index]
-                batch.owed_by[process].discard(message.index)
-                if batch.isolating.get(process) == message.index:
-                    del batch.isolating[process]
+                batch.owed_by[worker].discard(message.index)
+                if batch.isolating.get(worker) == message.index:
+                    del batch.isolating[worker]
                 value = message.value()
                 self._account(batch, entry, message, value)
                 done.append((message.index, value))
             elif isinstance(message, Heartbeat):
-                process.postprocess_busy_s = message.postprocess_busy_s
+                worker.postprocess_busy_s = message.postprocess_busy_s
             elif isinstance(message, Throttled):
                 batch.summary.rate_limited += 1
                 self.budget.on_throttled(message.retry_after_s)
             elif isinstance(message, Ready):
-                process.ready = True
-                self._startup_failures = 0
+                self._workers.on_ready(worker)
             elif isinstance(message, StartupFailed):
-                self._last_startup_error = message.error
+                self._workers.on_startup_failed(message.error)
 
     def _account(self, batch: _Batch, entry: _Assignment, outcome: Outcome, value: Any) -> None:
         error = value.error if isinstance(value, Result) else value
@@ -603,22 +532,19 @@ class BatchPool:
             pause = outcome.rate_limits.pause_s() if outcome.rate_limits is not None else 0.0
             self.budget.on_answer(entry.tokens, used, pause)
 
-    def _replace(self, process: Worker, batch: _Batch, done: list[ResultPair]) -> None:
+    def _replace(self, worker: Worker, batch: _Batch, done: list[ResultPair]) -> None:
         """A worker exited: keep what it finished, re-send what it owed, start another."""
-        self._handle(process, process.drain(), batch, done)
-        process.join(0.5)
-        exitcode = process.exitcode
-        self._processes.remove(process)
-        batch.isolating.pop(process, None)
-        process.stop(time.monotonic())
-        for index in sorted(batch.owed_by.pop(process, ())):
+        self._handle(worker, worker.drain(), batch, done)
+        exitcode = self._workers.remove(worker)
+        batch.isolating.pop(worker, None)
+        for index in sorted(batch.owed_by.pop(worker, ())):
             entry = batch.ledger[index]
             entry.worker = None
-            if process.ready:
+            if worker.ready:
                 entry.crashes += 1
             if entry.crashes > MAX_CRASHES_PER_REQUEST:
                 del batch.ledger[index]
-                error = _crash_error(index, exitcode, entry.crashes, process.hung)
+                error = WorkerCrashedError.describe(index, exitcode, entry.crashes, worker.hung)
                 batch.summary.add(error, entry.crashes, None)
                 rich = Result(index, attempts=entry.crashes, error=error)
                 done.append((index, rich if batch.options.rich else error))
@@ -626,113 +552,10 @@ class BatchPool:
                 batch.quarantine.append(index)
             else:
                 batch.resend.append(index)
-        # Killed from outside while starting (the test of a chaos script, an operator) says
-        # nothing about whether workers can start; exiting or crashing by itself does.
-        if not process.ready and exitcode not in _KILLED_FROM_OUTSIDE:
-            self._startup_failures += 1
-            if self._startup_failures >= MAX_STARTUP_FAILURES:
-                cause = self._last_startup_error or (
-                    f"the last worker exited with code {exitcode}. {_MAIN_GUARD_HINT}"
-                )
-                raise WorkerStartupError(
-                    f"{self._startup_failures} worker processes in a row exited before they "
-                    "were ready",
-                    cause=cause,
-                )
-        self._spawns_owed += 1
-        self._pay_owed_spawns()
-
-    def _respawn_delay(self) -> float:
-        """Seconds until the respawn rate limit allows another respawn."""
-        window_start = time.monotonic() - _RESPAWN_WINDOW_S
-        while self._respawns and self._respawns[0] < window_start:
-            self._respawns.popleft()
-        if len(self._respawns) < max(_MIN_RESPAWNS_PER_WINDOW, 4 * self.workers):
-            return 0.0
-        return self._respawns[0] - window_start
-
-    def _pay_owed_spawns(self) -> None:
-        """Start the replacements the rate limit now allows (a crash storm waits here)."""
-        while self._spawns_owed and self._respawn_delay() == 0:
-            self._spawns_owed -= 1
-            self._respawns.append(time.monotonic())
-            self._spawn()
-
-
-def _stop_all(processes: list[Worker]) -> None:
-    for process in processes:
-        process.request_stop()
-    deadline = time.monotonic() + _CLOSE_GRACE_S
-    for process in processes:
-        process.stop(deadline)
-    processes.clear()
-
-
-_SIGNAL_CAUSES = {
-    signal.SIGKILL: "SIGKILL: often the out-of-memory killer, or an operator",
-    signal.SIGSEGV: "SIGSEGV: a crash in native code, e.g. a C extension in postprocess",
-    signal.SIGABRT: "SIGABRT: native code aborted",
-    signal.SIGTERM: "SIGTERM",
-    signal.SIGBUS: "SIGBUS: a bad memory access in native code",
-}
-
-
-def _crash_error(
-    index: int, exitcode: int | None, crashes: int, hung: str | None
-) -> WorkerCrashedError:
-    if hung is not None:
-        how = f"stopped responding ({hung}) and was ended by the watchdog"
-    elif exitcode is not None and exitcode < 0:
-        cause = _SIGNAL_CAUSES.get(signal.Signals(-exitcode), signal.Signals(-exitcode).name)
-        how = f"was killed by signal {-exitcode} ({cause})"
-    elif exitcode == 0:
-        how = "exited with code 0 while it still owed results (sys.exit or os._exit in user code?)"
-    else:
-        how = f"exited with code {exitcode}"
-    return WorkerCrashedError(
-        f"the worker running this request {how}; {crashes} workers died running it",
-        exitcode=exitcode,
-        index=index,
-        attempts=crashes,
-    )
-
-
-def _check_request(index: int, request: object) -> None:
-    if not isinstance(request, (OpenAIRequest, RawRequest)):
-        raise TypeError(
-            f"requests[{index}] must be an OpenAIRequest or RawRequest, "
-            f"got {type(request).__name__}"
-        )
-
-
-def _check_api_key(api_key: object) -> None:
-    if api_key is None:
-        return
-    if not isinstance(api_key, str):
-        raise TypeError(f"api_key must be a str, got {type(api_key).__name__}")
-    # Never echo the key: the message names the problem only.
-    if not api_key or any(c.isspace() or not c.isprintable() for c in api_key):
-        raise ValueError("api_key must be a non-empty string without spaces or control characters")
-
-
-def _check_positive(name: str, value: object) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-
-
-def _check_postprocess(postprocess: object) -> None:
-    if postprocess is not None and not callable(postprocess):
-        raise TypeError(f"postprocess must be callable, got {type(postprocess).__name__}")
+        self._workers.replace(worker, exitcode)
 
 
 def in_input_order(results: Iterable[ResultPair]) -> list[Any]:
     """The values of ``(index, value)`` pairs, in index order."""
     by_index = dict(results)
     return [by_index[index] for index in range(len(by_index))]
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
