@@ -74,8 +74,8 @@ Postprocess = Callable[[str], Any]
 # Times an index may be re-sent after its worker died while running it; a request that
 # kills every worker it lands on must not take the pool down with it.
 MAX_CRASHES_PER_REQUEST = 3
-# A request whose worker died this many times runs alone on a worker set apart for it.
-# One death proves nothing (an OOM kill, an operator); two in a row make it a suspect.
+# A request whose worker died this many times becomes a suspect: it runs only beside fresh
+# requests. One death proves nothing (an OOM kill, an operator); two make it a suspect.
 _QUARANTINE_AFTER_CRASHES = 2
 # How often the dispatcher wakes up with nothing to read, to notice silent workers.
 _POLL_INTERVAL_S = 1.0
@@ -122,9 +122,7 @@ class _Batch:
     owed_by: dict[Worker, set[int]] = field(default_factory=dict)  # {worker: {3, 8, ...}}
     resend: deque[int] = field(default_factory=deque)  # indices whose worker died once
     quarantine: deque[int] = field(default_factory=deque)  # ... twice or more
-    # Workers set apart for one quarantined request: {worker: index}, or {worker: None}
-    # while it finishes its other requests first.
-    isolating: dict[Worker, int | None] = field(default_factory=dict)
+    suspect_on: dict[Worker, int] = field(default_factory=dict)  # {worker: quarantined index}
     waiting: tuple[int, Any] | None = None  # read from the source, held back by the budget
     wake_at: float = 0.0  # when the budget lets the waiting request go (monotonic)
     exhausted: bool = False
@@ -412,20 +410,21 @@ class BatchPool:
             return unsendable  # paced requests must not pile up in pipes while workers start
         outgoing: dict[Worker, list[Any]] = {}
 
-        def assign(index: int, process: Worker | None = None) -> None:
-            if process is None:
-                process = min(open_workers, key=lambda p: len(batch.owed_by.get(p, ())))
+        def assign(index: int, among: list[Worker]) -> Worker:
+            process = min(among, key=lambda p: len(batch.owed_by.get(p, ())))
             batch.ledger[index].worker = process
             batch.owed_by.setdefault(process, set()).add(index)
             task = Task(batch.options.batch, index, batch.ledger[index].payload)
             outgoing.setdefault(process, []).append(task)
+            return process
 
         self._release_quarantine(batch, assign)
-        open_workers = [p for p in self._workers.workers if p not in batch.isolating]
-        while batch.resend and open_workers:
-            assign(batch.resend.popleft())
+        workers = self._workers.workers
+        without_suspect = [p for p in workers if p not in batch.suspect_on]
+        while batch.resend and without_suspect:
+            assign(batch.resend.popleft(), without_suspect)
         budget = self.budget
-        while open_workers and len(batch.ledger) < budget.concurrency():
+        while workers and len(batch.ledger) < budget.concurrency():
             if batch.waiting is None:
                 try:
                     batch.waiting = next(batch.source)
@@ -450,34 +449,33 @@ class BatchPool:
                 continue
             budget.spend(tokens)
             batch.ledger[index] = _Assignment(payload, tokens)
-            assign(index)
+            assign(index, workers)
         for process, tasks in outgoing.items():
             process.send(tasks)  # a dead worker is noticed by _collect, which re-sends
         return unsendable
 
-    def _release_quarantine(self, batch: _Batch, assign: Callable[[int, Worker], None]) -> None:
-        """Run each quarantined request alone on a worker set apart for it.
+    def _release_quarantine(
+        self, batch: _Batch, assign: Callable[[int, list[Worker]], Worker]
+    ) -> None:
+        """Send each quarantined request to a worker with no other request that ever crashed.
 
-        A poison request then kills nobody else, and an innocent one that twice shared a
-        worker with a poison cannot meet it a third time. One worker at a time is drained
-        (it takes no new work and finishes what it has) before its suspect is sent.
+        There it shares its worker only with fresh requests, so a poison (which is a
+        suspect itself after two deaths) can kill an innocent suspect at most while still
+        fresh: a poison cannot take innocents with it again and again, and random worker
+        deaths cost no throughput (nothing waits for a worker to drain).
         """
         while batch.quarantine:
-            draining = [p for p, index in batch.isolating.items() if index is None]
-            if not draining:
-                candidates = [
-                    p for p in self._workers.workers if p.ready and p not in batch.isolating
-                ]
-                if not candidates:
-                    return
-                draining = [min(candidates, key=lambda p: len(batch.owed_by.get(p, ())))]
-                batch.isolating[draining[0]] = None
-            worker = draining[0]
-            if batch.owed_by.get(worker):
-                return  # still finishing its other requests
+            clean = [
+                p
+                for p in self._workers.workers
+                if p.ready
+                and p not in batch.suspect_on
+                and not any(batch.ledger[i].crashes for i in batch.owed_by.get(p, ()))
+            ]
+            if not clean:
+                return
             index = batch.quarantine.popleft()
-            batch.isolating[worker] = index
-            assign(index, worker)
+            batch.suspect_on[assign(index, clean)] = index
 
     def _collect(self, batch: _Batch) -> list[ResultPair]:
         """Wait for outcomes or deaths; return the results now owed to the caller."""
@@ -508,8 +506,8 @@ class BatchPool:
                     continue
                 del batch.ledger[message.index]
                 batch.owed_by[worker].discard(message.index)
-                if batch.isolating.get(worker) == message.index:
-                    del batch.isolating[worker]
+                if batch.suspect_on.get(worker) == message.index:
+                    del batch.suspect_on[worker]
                 value = message.value()
                 self._account(batch, entry, message, value)
                 done.append((message.index, value))
@@ -536,7 +534,7 @@ class BatchPool:
         """A worker exited: keep what it finished, re-send what it owed, start another."""
         self._handle(worker, worker.drain(), batch, done)
         exitcode = self._workers.remove(worker)
-        batch.isolating.pop(worker, None)
+        batch.suspect_on.pop(worker, None)
         for index in sorted(batch.owed_by.pop(worker, ())):
             entry = batch.ledger[index]
             entry.worker = None
