@@ -51,6 +51,7 @@ __all__ = [
     "TaskServer",
     "apply_postprocess",
     "main",
+    "open_runner",
     "report_throttling",
 ]
 
@@ -363,6 +364,19 @@ def report_throttling(outbox: Outbox, exc: BaseException) -> None:
         outbox.put(Throttled(retry_after_seconds(exc)))
 
 
+def open_runner(config_blob: bytes, outbox: Outbox) -> RequestRunner:
+    """A worker's start-up, the same on every backend: config, initializer, clients.
+
+    Raises whatever went wrong; the caller reports it to the parent as `StartupFailed`.
+    """
+    config: WorkerConfig = cloudpickle.loads(config_blob)
+    if config.initializer is not None:
+        config.initializer()
+    runner = RequestRunner(config, on_retry=partial(report_throttling, outbox))
+    runner.open()
+    return runner
+
+
 def main(task_conn: Connection, result_conn: Connection, config_blob: bytes) -> None:
     """Worker entry point: serve tasks until the parent closes the task pipe.
 
@@ -375,11 +389,7 @@ def main(task_conn: Connection, result_conn: Connection, config_blob: bytes) -> 
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     outbox = _Outbox(result_conn)
     try:
-        config: WorkerConfig = cloudpickle.loads(config_blob)
-        if config.initializer is not None:
-            config.initializer()
-        runner = RequestRunner(config, on_retry=partial(report_throttling, outbox))
-        runner.open()
+        runner = open_runner(config_blob, outbox)
     except Exception:  # report any start-up failure, then exit
         outbox.put(StartupFailed(traceback.format_exc()))
         outbox.close()
