@@ -217,6 +217,8 @@ class BatchPool:
             raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
         if backend not in ("local", "ray"):
             raise ValueError(f"backend must be 'local' or 'ray', got {backend!r}")
+        if backend == "ray" and workers == 0:
+            raise ValueError("workers=0 (in-process mode) needs backend='local'")
         self.max_concurrency = max_concurrency
         self.workers = default_workers(max_concurrency) if workers is None else workers
         self.postprocess = postprocess

@@ -23,6 +23,10 @@ GOOD = OpenAIRequest("s", "u", model="gpt-4o-mini")
         ({"workers": -1}, ValueError, "workers must be >= 0"),
         ({"max_retries": -1}, ValueError, "max_retries must be >= 0"),
         ({"timeout": 0}, ValueError, "timeout must be a positive number"),
+        ({"backend": "dask"}, ValueError, "backend must be 'local' or 'ray'"),
+        ({"backend": "ray", "workers": 0}, ValueError, r"workers=0 \(in-process mode\)"),
+        ({"rpm": -5}, ValueError, "rpm must be a positive number"),
+        ({"postprocess": "upper"}, TypeError, "postprocess must be callable"),
     ],
 )
 def test_bad_arguments_raise_at_the_call(kwargs: dict[str, Any], error: type, message: str) -> None:
