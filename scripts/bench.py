@@ -47,6 +47,7 @@ import httpx2
 import memory
 import openai
 import psutil
+from benchmarks_md import owned_sections
 from memory import API_KEY, MODEL, SYSTEM, chat_request
 from openai.types.chat import ChatCompletionMessageParam
 
@@ -1104,6 +1105,8 @@ fake server on 127.0.0.1. Written by `scripts/bench.py` (section E by
 {memory_section}
 
 {render_f(report)}
+
+{owned_sections(markdown, exclude=frozenset({"memory"}))}
 """
 
 

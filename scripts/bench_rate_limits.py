@@ -3,7 +3,7 @@
 Usage: ``python scripts/bench_rate_limits.py [--requests 600] [--rpm 3000] [--runs 3]``.
 The bundled server enforces the RPM budget like the real API (a bucket of one second's
 worth, 429 with ``retry-after-ms`` and ``x-ratelimit-*`` headers). Prints a markdown table
-of medians; `measure()` returns the rows for scripts/bench.py.
+of medians and writes it to its own section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -12,8 +12,13 @@ import argparse
 import statistics
 import time
 
+from benchmarks_md import save_section
+
 from batch_stream_openai import BatchPool, OpenAIRequest
 from batch_stream_openai.testing import FakeOpenAIServer
+
+TITLE = "## G. Rate limits: fixed vs adaptive concurrency"
+COMMAND = "python scripts/bench_rate_limits.py"
 
 CONCURRENCY = 100
 LATENCY_S = 0.05
@@ -23,8 +28,7 @@ def _one_run(server: FakeOpenAIServer, requests: int, adaptive: bool) -> tuple[f
     """Wall seconds, 429s answered by the server, and failed requests, for one batch."""
     server.reset()
     batch = [
-        OpenAIRequest("s", f"limited {i}", model="gpt-4o-mini", api="chat")
-        for i in range(requests)
+        OpenAIRequest("s", f"limited {i}", model="gpt-4o-mini", api="chat") for i in range(requests)
     ]
     with BatchPool(
         max_concurrency=CONCURRENCY,
@@ -88,7 +92,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     rows = measure(args.requests, args.rpm, args.runs)
-    print(as_markdown(rows, args.requests, args.rpm))
+    table = as_markdown(rows, args.requests, args.rpm)
+    print(table)
+    save_section("rate-limits", f"{TITLE}\n\nCommand: `{COMMAND}`\n\n{table}")
 
 
 if __name__ == "__main__":

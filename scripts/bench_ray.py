@@ -1,6 +1,7 @@
 """Throughput of the Ray backend against worker processes, on this machine and on 2 nodes.
 
-Usage: ``python scripts/bench_ray.py [--requests 5000] [--runs 3]``
+Usage: ``python scripts/bench_ray.py [--requests 5000] [--runs 3]``; prints its table and writes
+it to its own section of BENCHMARKS.md.
 
 Against the bundled `FakeOpenAIServer` (latency 0, so the figures are the cost of the
 pool itself), each run streams the same chat requests through a pool of 2 workers with
@@ -28,6 +29,7 @@ from typing import Any
 
 import psutil
 import ray
+from benchmarks_md import save_section
 from ray.cluster_utils import Cluster
 
 from batch_stream_openai import BatchPool, OpenAIRequest
@@ -117,7 +119,7 @@ def table(setups: dict[str, Runs], total: int, command: str) -> str:
     """The markdown section: one row per setup, ratios against local processes."""
     local = statistics.median(setups[LOCAL].rates)
     lines = [
-        "### Ray backend",
+        "## I. Ray backend vs local processes",
         "",
         f"{total:,} chat requests to the bundled server (latency 0), {WORKERS} workers, "
         f"`max_concurrency={CONCURRENCY}`, median of {len(setups[LOCAL].rates)} runs on "
@@ -143,7 +145,9 @@ def main() -> None:
         setups = on_one_machine(server.base_url, args.requests, args.runs)
         setups[RAY_CLUSTER] = on_two_nodes(server.base_url, args.requests, args.runs)
     command = " ".join(["python scripts/bench_ray.py", *sys.argv[1:]])
-    print(table(setups, args.requests, command))
+    markdown = table(setups, args.requests, command)
+    print(markdown)
+    save_section("ray", markdown)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Usage: ``python scripts/bench_recovery.py [--runs 3]``. Every case runs a batch against the
 bundled server with the failure and the same batch without it, in the same run; the cost of
-the failure is the difference of the median walls. Prints a markdown table; `measure()`
-returns its rows for scripts/bench.py.
+the failure is the difference of the median walls. Prints a markdown table and writes it
+to its own section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -20,8 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks_md import save_section
+
 from batch_stream_openai import BatchPool, OpenAIRequest, WorkerStartupError
 from batch_stream_openai.testing import FakeOpenAIServer
+
+TITLE = "## H. Recovery from failures (the crash matrix, timed)"
+COMMAND = "python scripts/bench_recovery.py"
 
 REQUESTS = 2000
 LATENCY_S = 0.05
@@ -183,7 +188,9 @@ def as_markdown(rows: list[tuple[str, str, float]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    print(as_markdown(measure(parser.parse_args().runs)))
+    table = as_markdown(measure(parser.parse_args().runs))
+    print(table)
+    save_section("recovery", f"{TITLE}\n\nCommand: `{COMMAND}`\n\n{table}")
 
 
 if __name__ == "__main__":

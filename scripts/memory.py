@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from benchmarks_md import save_section
 
 from batch_stream_openai import OpenAIRequest, stream_batch
 from batch_stream_openai.pool import default_workers
@@ -304,14 +305,8 @@ def load(markdown: Path = MARKDOWN) -> dict[str, Any] | None:
 
 def save(results: dict[str, Any], markdown: Path = MARKDOWN) -> None:
     """Replace section E in BENCHMARKS.md (append it, or create the file, if missing)."""
-    section = render(results)
-    text = markdown.read_text() if markdown.exists() else "# Benchmarks\n"
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        text = head + section + rest.split(SECTION_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    markdown.write_text(text)
+    body = render(results).removeprefix(SECTION_START).removesuffix(SECTION_END)
+    save_section("memory", body, markdown)
 
 
 def _log(message: str) -> None:
