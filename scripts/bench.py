@@ -890,16 +890,16 @@ def limits_throughput(report: Report, scenario: Scenario, name: str) -> str:
         f"other processes on the machine {lib.others:.0%}: {lib.busy:.0%} of the "
         f"{CORES * 100}% this box has. "
     )
-    if lib.busy > 0.85 * CORES:
-        text += (
-            f"The machine is CPU-saturated, so the bottleneck is the cores shared by workers "
-            f"and server: {total_ms:.2f} ms of CPU per request (parent + workers + server) "
-            f"caps it near {CORES * 1000 / total_ms:,.0f} req/s here. "
-        )
     if lib.others > OTHERS_NOTICE:
         text += (
-            f"Other processes took {lib.others:.0%} of a core during these runs, so every "
-            f"figure here is pessimistic, the multi-process ones most. "
+            f"Other processes took {lib.others:.0%} of a core during these runs: the figures "
+            f"here are pessimistic, the multi-process ones most (they need both cores). "
+        )
+    elif lib.busy > 0.85 * CORES:
+        text += (
+            f"The machine is CPU-saturated by the workers and the server: {total_ms:.2f} ms of "
+            f"CPU per request (parent + workers + server) caps it near "
+            f"{CORES * 1000 / total_ms:,.0f} req/s on {CORES} cores. "
         )
     text += f"Best worker count here: {best}."
     startup = report.d.pool.get(report.default_workers, (0.0, 0.0))
@@ -914,20 +914,27 @@ def limits_consumer(report: Report, floor: float) -> str:
     b = report.b
     base = b.summaries[ASYNCIO]
     lib = b.summaries[library_label(report.default_workers)]
-    extra = base.parent * base.wall - floor
-    return (
+    base_cpu, lib_cpu = base.parent * base.wall, lib.parent * lib.wall
+    text = (
         f"**What limits it.** Nothing can beat the floor: the consumer is Python code in the "
         f"caller's thread. The asyncio baseline runs the consumer on its own event loop, so "
-        f"while a result is being consumed no response is read or request sent; its process "
-        f"spent {base.parent * base.wall:.1f} s of CPU, the floor plus {extra:.1f} s of SDK "
-        f"work on the same core, and its wall is the sum ({base.wall / floor:.2f}x the floor). "
-        f"The threads baseline shares one GIL between the consumer and {MAX_THREADS} HTTP "
-        f"threads. With the library the parent ran at {lib.parent:.0%} of a core (the "
-        f"consumer, plus dispatch between results) while the workers ({lib.workers:.0%}) and "
-        f"the server ({lib.server:.0%}) used the other core: wall / floor = "
-        f"{lib.wall / floor:.3f}; what is above 1 is pool start-up and the dispatch work in the "
-        f"parent's thread."
+        f"while a result is being consumed no response is read and no request sent; its "
+        f"process spent {base_cpu:.1f} s of CPU, the floor plus {base_cpu - floor:.1f} s of SDK "
+        f"work on the same core ({base.wall / floor:.2f}x the floor). The threads baseline "
+        f"shares one GIL between the consumer and {MAX_THREADS} HTTP threads. With the library "
+        f"the caller's process spent {lib_cpu:.1f} s of CPU: the floor plus "
+        f"{lib_cpu - floor:.1f} s of dispatch and result handling; the workers "
+        f"({lib.workers:.0%} of a core) and the server ({lib.server:.0%}) ran beside it. "
+        f"Of its wall ({lib.wall:.1f} s), {lib.wall - lib_cpu:.1f} s is time the caller's "
+        f"thread was not running: pool start-up (~{report.d.pool[report.default_workers][0]:.1f}"
+        f" s, section D), waiting for results, or waiting for a CPU"
     )
+    if lib.others > OTHERS_NOTICE:
+        text += (
+            f": other processes took {lib.others:.0%} of a core during these runs, so the "
+            f"caller only got {lib.parent:.0%} of one"
+        )
+    return text + "."
 
 
 def limits_startup(report: Report) -> str:
@@ -942,9 +949,22 @@ def limits_startup(report: Report) -> str:
         f"interpreter that does, after the parent has started: the two in sequence take "
         f"{d.cold['import batch_stream_openai'] + d.cold['import openai']:.2f} s, and the first "
         f"result came at {lib:.2f} s ({d.cold[ASYNCIO]:.2f} s for the single-process "
-        f"baseline, which pays one interpreter and `import openai`). The workers start in "
-        f"parallel, so up to {CORES} workers cost about the same as one; more compete for the "
-        f"same cores (pool table)."
+        f"baseline, which pays one interpreter and `import openai`). "
+    ) + _pool_growth(d.pool)
+
+
+def _pool_growth(pool: dict[int, tuple[float, float]]) -> str:
+    """How start-up grows with the worker count, from the pool table."""
+    one, most = pool[1][0], max(pool)
+    alike = max(w for w in pool if pool[w][0] <= 1.2 * one)
+    same = (
+        f"up to {alike} workers start in about the time of one"
+        if alike > 1
+        else "every extra worker adds start-up time"
+    )
+    return (
+        f"Pool start-up ({one:.2f} s for one worker): {same}; {most} take "
+        f"{pool[most][0]:.2f} s, their imports competing for {CORES} cores."
     )
 
 

@@ -122,9 +122,12 @@ def spawn_parent(code: str, *args: str) -> subprocess.Popen[str]:
 
 
 PARENT_STREAMING = """
-    import sys
+    import signal, sys
     from batch_stream_openai import BatchPool, OpenAIRequest
     if __name__ == "__main__":
+        # A terminal's Ctrl-C: whoever started this test run (a background CI job) may have
+        # left SIGINT ignored, which children inherit.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         pool = BatchPool(workers=2, max_concurrency=8, base_url={base_url!r}, api_key="sk-test")
         requests = [OpenAIRequest("s", f"[[latency={{0.05 if i == 0 else 30}}]] {{i}}",
                                   model="gpt-4o-mini") for i in range(50)]
@@ -169,7 +172,10 @@ def test_interrupts_stop_the_parent_and_every_worker(fake: FakeOpenAIServer, how
         os.killpg(parent.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     else:
         parent.send_signal(signal.SIGTERM)
-    stdout, stderr = parent.communicate(timeout=10)
+    try:
+        stdout, stderr = parent.communicate(timeout=10)
+    finally:
+        parent.kill()
     _gone, alive = psutil.wait_procs(workers, timeout=3)
     assert not alive
     assert time.monotonic() - sent_at < 5
