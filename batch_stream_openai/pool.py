@@ -267,8 +267,12 @@ class BatchPool:
 
     @property
     def pids(self) -> list[int]:
-        """Process ids of the live workers."""
-        return [worker.pid for worker in self._workers.workers if worker.pid is not None]
+        """Process ids of the live workers (a worker known to have exited is left out)."""
+        return [
+            worker.pid
+            for worker in self._workers.workers
+            if worker.pid is not None and worker.exitcode is None
+        ]
 
     def close(self) -> None:
         """Stop every worker (within about a second) and release the pool. Idempotent."""

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 from benchmarks_md import save_section
 
 from batch_stream_openai import BatchPool, OpenAIRequest, WorkerStartupError
@@ -73,20 +74,27 @@ def _at(results: int, action: Callable[[BatchPool], None]) -> Callable[[BatchPoo
     return fault
 
 
+def _signal_worker(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal one of our workers only: a dead worker's pid may already be someone else's."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        process = psutil.Process(pid)
+        if os.getpid() in {parent.pid for parent in process.parents()}:
+            process.send_signal(sig)
+
+
 def _kill_one(pool: BatchPool) -> None:
-    os.kill(pool.pids[0], signal.SIGKILL)
+    _signal_worker(pool.pids[0])
 
 
 def _freeze_one(pool: BatchPool) -> None:
-    os.kill(pool.pids[0], signal.SIGSTOP)
+    _signal_worker(pool.pids[0], signal.SIGSTOP)
 
 
 def _chaos(pool: BatchPool, stop: threading.Event) -> None:
     rng = random.Random(1)
     while not stop.wait(0.2):
         if pids := pool.pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(rng.choice(pids), signal.SIGKILL)
+            _signal_worker(rng.choice(pids))
 
 
 def _chaos_batch(server: FakeOpenAIServer, requests: list[OpenAIRequest]) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -57,6 +58,23 @@ def worker_children(exclude: set[int]) -> list[psutil.Process]:
             continue
         children.append(child)
     return children
+
+
+def signal_worker(pid: int, sig: int = signal.SIGKILL) -> bool:
+    """Signal a worker process of this test run, and never anything else.
+
+    A pid read from a pool may belong to a worker that just died; once reaped, the pid can
+    be reused by any process on the machine. psutil checks the process is still the same
+    one when it sends the signal; the parent check makes sure it is one of ours.
+    """
+    try:
+        process = psutil.Process(pid)
+        if os.getpid() not in {parent.pid for parent in process.parents()}:
+            return False
+        process.send_signal(sig)
+    except psutil.NoSuchProcess:
+        return False
+    return True
 
 
 def wait_for_no_workers(exclude: set[int], timeout: float = 3.0) -> list[psutil.Process]:

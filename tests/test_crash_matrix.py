@@ -35,6 +35,8 @@ from batch_stream_openai import (
 )
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
+from .conftest import signal_worker
+
 SYSTEM = "You are terse."
 START_METHODS = ["spawn", "forkserver"]
 
@@ -85,14 +87,13 @@ def die_soon_on_killer(text: str) -> str:
 
 
 def kill_a_sibling_sometimes(text: str) -> str:
+    """Now and then SIGKILL another worker (forkserver pools: the parent is the forkserver,
+    whose children are all workers)."""
     if random.random() < 0.02:
-        siblings = [
-            p
-            for p in psutil.Process(os.getppid()).children()
-            if p.pid != os.getpid() and "spawn_main" in " ".join(p.cmdline())
-        ]
+        forkserver = psutil.Process(os.getppid())
+        siblings = [p for p in forkserver.children() if p.pid != os.getpid()]
         if siblings:
-            os.kill(random.choice(siblings).pid, signal.SIGKILL)
+            random.choice(siblings).send_signal(signal.SIGKILL)
     return text
 
 
@@ -267,7 +268,8 @@ def test_a_frozen_worker_that_ignores_sigterm_is_killed_and_its_requests_rerun(
             assert result == expected_answer(SYSTEM, f"f{index}")
             if sum(seen.values()) == 1:
                 frozen = pool.pids[0]
-                os.kill(frozen, signal.SIGSTOP)  # silent: no heartbeat, SIGTERM stays pending
+                # Silent: no heartbeat, and a SIGTERM stays pending.
+                assert signal_worker(frozen, signal.SIGSTOP)
                 frozen_at = time.monotonic()
         assert frozen not in pool.pids
     assert seen == Counter(range(40))
@@ -290,7 +292,7 @@ def test_killing_most_workers_at_once_loses_nothing(
             assert isinstance(result, (str, WorkerCrashedError))
             if sum(seen.values()) == 100:
                 for pid in pool.pids[:3]:
-                    os.kill(pid, signal.SIGKILL)
+                    assert signal_worker(pid)
     assert seen == Counter(range(600))
 
 
@@ -304,9 +306,13 @@ def test_workers_killing_each_other_lose_nothing(pool_options: dict[str, Any]) -
         start_method="forkserver",
         **pool_options,
     ) as pool:
+        first_workers = set(pool.pids)
         for index, _result in pool.stream(ask(f"k{i}") for i in range(1500)):
             seen[index] += 1
+            first_workers = first_workers or set(pool.pids)
+        replaced = first_workers - set(pool.pids)
     assert seen == Counter(range(1500))
+    assert replaced  # the workers did kill each other
 
 
 @pytest.mark.timeout(120)
@@ -383,12 +389,9 @@ def _kill_randomly(pool: BatchPool, stop: threading.Event, kills: list[int]) -> 
     while not stop.wait(0.2):
         pids = pool.pids
         if pids:
-            with_pid = rng.choice(pids)
-            try:
-                os.kill(with_pid, signal.SIGKILL)
-                kills.append(with_pid)
-            except ProcessLookupError:
-                pass
+            victim = rng.choice(pids)
+            if signal_worker(victim):
+                kills.append(victim)
 
 
 @pytest.mark.timeout(240)

@@ -23,6 +23,8 @@ from batch_stream_openai import (
 )
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
+from .conftest import signal_worker
+
 SYSTEM = "You are terse."
 
 
@@ -49,7 +51,7 @@ def test_a_killed_worker_is_replaced_and_its_requests_resent(
             assert result == expected_answer(SYSTEM, f"k{index}")
             if sum(seen.values()) == 20:
                 victim = pool.pids[0]
-                os.kill(victim, signal.SIGKILL)
+                assert signal_worker(victim)
                 killed_at = time.monotonic()
         assert seen == Counter(range(200))
         assert victim not in pool.pids
@@ -102,7 +104,7 @@ def test_random_kills_under_load_lose_and_duplicate_nothing(
                 ok += 1
             if len(seen) % (total // (kills_wanted + 1)) == 0 and kills < kills_wanted:
                 with_pid = [pid for pid in pool.pids]
-                os.kill(rng.choice(with_pid), signal.SIGKILL)
+                signal_worker(rng.choice(with_pid))
                 kills += 1
     assert kills == kills_wanted
     assert seen == Counter(range(total))
