@@ -41,6 +41,8 @@ from .conftest import wait_for_no_workers  # noqa: E402
 
 SYSTEM = "You are terse."
 
+LOOPBACK = "127.0.0.1"
+
 
 def ask(user: str) -> OpenAIRequest:
     return OpenAIRequest(SYSTEM, user, model="gpt-4o-mini", api="chat")
@@ -144,7 +146,13 @@ def local_ray() -> Iterator[None]:
 
     ``address="local"``: never join a cluster that another run started on this machine.
     """
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _node_ip_address=LOOPBACK,
+    )
     yield
     shut_down_ray()
 
@@ -270,6 +278,8 @@ class TestOnALocalRay:
 @pytest.fixture
 def two_nodes() -> Iterator[Cluster]:
     """A simulated cluster: a head and one more node, 1 CPU each, on this machine."""
+    # The simulated nodes talk over this machine's own interface address (bound to
+    # 127.0.0.1, the head's GCS did not come up here); nothing leaves the machine.
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
     )
