@@ -12,7 +12,6 @@ import contextlib
 import math
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 
 from .api import stream_batch
@@ -56,26 +55,20 @@ def _demo(args: argparse.Namespace) -> int:
             server = stack.enter_context(FakeOpenAIServer(latency=args.latency))
             base_url, api_key = server.base_url, "sk-demo-local-server"
             print(f"No OPENAI_API_KEY set: using the bundled local server at {base_url}")
-        started = time.perf_counter()
-        ok = failed = 0
-        for index, result in stream_batch(
+        stream = stream_batch(
             _demo_requests(count, args.model, local),
             max_concurrency=args.max_concurrency,
             workers=args.workers,
             base_url=base_url,
             api_key=api_key,
-        ):
+            progress=sys.stderr.isatty(),
+        )
+        for index, result in stream:
             if isinstance(result, Exception):
-                failed += 1
                 print(f"[{index:4d}] failed: {result}")
             else:
-                ok += 1
                 print(f"[{index:4d}] {result[:70]}")
-        wall = time.perf_counter() - started
-    print(
-        f"{count} requests: {ok} ok, {failed} failed in {wall:.2f} s "
-        f"({count / wall:.0f} requests/s, max_concurrency={args.max_concurrency})"
-    )
+    print(stream.summary)
     return 0
 
 

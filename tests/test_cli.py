@@ -374,3 +374,18 @@ def test_retry_failed_resends_only_failures_and_a_changed_request_is_reported(
     assert len(fake.requests()) == before
 
     assert sent_by("--resend-changed") == ["q0 reworded"]
+
+
+@pytest.mark.timeout(60)
+def test_the_demo_runs_against_the_bundled_server_without_a_key() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    out = subprocess.run(
+        [sys.executable, "-m", "batch_stream_openai.cli", "demo", "-n", "20", "--latency", "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=50,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "No OPENAI_API_KEY set: using the bundled local server" in out.stdout
+    assert "20 requests: 19 ok, 1 failed (APIError: 1)" in out.stdout.splitlines()[-1]
