@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from typing import Any
 
-__all__ = ["Worker", "WorkerProcess", "WorkerThread"]
+__all__ = ["PipeSentinelWorker", "Worker", "WorkerProcess", "WorkerThread"]
 
 
 def _worker_entry(*args: Any) -> None:
@@ -184,7 +184,38 @@ class WorkerProcess(Worker):
                 self.process.terminate()
 
 
-class WorkerThread(Worker):
+class PipeSentinelWorker(Worker):
+    """A worker that is not a process of ours (a thread, a Ray actor): its end shows on a
+    pipe it closes, which `multiprocessing.connection.wait` watches like a process sentinel.
+    """
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self._exited_reader, self._exited_writer = context.Pipe(duplex=False)
+        self._exitcode: int | None = None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._exitcode
+
+    @property
+    def sentinel(self) -> Connection:
+        return self._exited_reader
+
+    def _mark_exited(self, exitcode: int) -> None:
+        """Record the exit and make it visible: no more results, sentinel readable."""
+        self._exitcode = exitcode
+        for conn in (self._result_writer, self._exited_writer):
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def _close_parent_ends(self, *extra: Connection) -> None:
+        for conn in (self._result_reader, self._exited_reader, *extra):
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
+class WorkerThread(PipeSentinelWorker):
     """The worker code in a daemon thread of the parent, over the same pipes.
 
     Parameters:
@@ -195,9 +226,6 @@ class WorkerThread(Worker):
 
     def __init__(self, context: BaseContext, config_blob: bytes, slot: int) -> None:
         super().__init__(context)
-        # Closing `_exited_writer` when the thread ends makes `_exited_reader` readable.
-        self._exited_reader, self._exited_writer = context.Pipe(duplex=False)
-        self._exitcode: int | None = None
         self._thread = threading.Thread(
             target=self._run,
             args=(config_blob,),
@@ -207,27 +235,16 @@ class WorkerThread(Worker):
         self._thread.start()
 
     def _run(self, config_blob: bytes) -> None:
+        exitcode = 1
         try:
             _worker_entry(self._task_reader, self._result_writer, config_blob)
-            self._exitcode = 0
-        except BaseException:
-            self._exitcode = 1
-            raise
+            exitcode = 0
         finally:
-            self._result_writer.close()
-            self._exited_writer.close()
+            self._mark_exited(exitcode)
 
     @property
     def pid(self) -> int | None:
         return os.getpid()
-
-    @property
-    def exitcode(self) -> int | None:
-        return self._exitcode
-
-    @property
-    def sentinel(self) -> Connection:
-        return self._exited_reader
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
@@ -239,6 +256,4 @@ class WorkerThread(Worker):
         """Wait until `deadline`; a thread cannot be killed, so a stuck one is left behind."""
         self.request_stop()
         self._thread.join(max(0.0, deadline - time.monotonic()))
-        for conn in (self._result_reader, self._exited_reader, self._task_reader):
-            with contextlib.suppress(OSError):
-                conn.close()
+        self._close_parent_ends(self._task_reader)

@@ -51,12 +51,10 @@ try:
 except ImportError as exc:
     raise ImportError("backend='ray' needs Ray: pip install 'batch-stream-openai[ray]'") from exc
 
-from .processes import Worker
+from .processes import PipeSentinelWorker
 from .protocol import Ready, StartupFailed
 
 if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
-
     from .worker import TaskServer
 
 __all__ = ["ACTOR_NAME_PREFIX", "RayWorker", "WorkerActor"]
@@ -229,7 +227,7 @@ def _daemon(target: Callable[[], None], name: str) -> threading.Thread:
     return thread
 
 
-class RayWorker(Worker):
+class RayWorker(PipeSentinelWorker):
     """A worker that is a Ray actor, seen by the pool through the usual pipes.
 
     Parameters:
@@ -244,10 +242,7 @@ class RayWorker(Worker):
         _connect(address)
         context = multiprocessing.get_context("spawn")  # only its `Pipe` is used
         super().__init__(context)
-        # Closing `_exited_writer` when the actor is gone makes `_exited_reader` readable.
-        self._exited_reader, self._exited_writer = context.Pipe(duplex=False)
         self._pid: int | None = None
-        self._exitcode: int | None = None
         self.node_id: str | None = None  # the Ray node the actor runs on, once started
         self.name = f"{ACTOR_NAME_PREFIX}{slot}-{uuid.uuid4().hex[:8]}"
         self._actor: Any = _RemoteWorkerActor.options(
@@ -265,14 +260,6 @@ class RayWorker(Worker):
         """The actor's process id (on its node), once started."""
         return self._pid
 
-    @property
-    def exitcode(self) -> int | None:
-        return self._exitcode
-
-    @property
-    def sentinel(self) -> Connection:
-        return self._exited_reader
-
     def join(self, timeout: float) -> None:
         self._result_pump.join(timeout)
 
@@ -281,9 +268,7 @@ class RayWorker(Worker):
         self.request_stop()
         self._result_pump.join(max(0.0, deadline - time.monotonic()))
         self._kill()
-        for conn in (self._result_reader, self._exited_reader):
-            with contextlib.suppress(OSError):
-                conn.close()
+        self._close_parent_ends()
 
     def _signal(self, kill: bool) -> None:
         self._kill()  # an actor has no SIGTERM: the watchdog's first step kills it
@@ -308,12 +293,11 @@ class RayWorker(Worker):
 
     def _pump_results(self) -> None:
         """Thread: relay the actor's messages until it is gone, then show its exit."""
+        exitcode = 1
         try:
-            self._exitcode = self._relay_results()
+            exitcode = self._relay_results()
         finally:
-            for conn in (self._result_writer, self._exited_writer):
-                with contextlib.suppress(OSError):
-                    conn.close()
+            self._mark_exited(exitcode)
 
     def _relay_results(self) -> int:
         """Start the actor and relay its messages; return its exit code."""
