@@ -17,7 +17,14 @@ import openai
 
 from . import errors
 from .config import ClientConfig
-from .request import CHAT_ENDPOINT, AnyRequest, RawRequest, http_call, openai_model_name
+from .request import (
+    CHAT_ENDPOINT,
+    AnyRequest,
+    RawRequest,
+    http_call,
+    openai_model_name,
+    wants_json,
+)
 from .results import RateLimitHeaders
 
 __all__ = ["Answer", "Provider", "answer_text", "chat_text", "responses_text"]
@@ -33,6 +40,7 @@ class Answer:
     body: dict[str, Any]
     request_id: str | None = None
     rate_limits: RateLimitHeaders | None = None
+    json_requested: bool = False  # the body asked for structured (JSON) output
 
 
 def chat_text(completion: dict[str, Any]) -> str:
@@ -114,6 +122,7 @@ class Provider:
             data,
             headers.get("x-request-id"),
             RateLimitHeaders.parse(headers),
+            wants_json(endpoint, body),
         )
 
     def _openai_client(self) -> openai.AsyncOpenAI:
@@ -148,7 +157,9 @@ class Provider:
             **body, timeout=self._config.timeout, num_retries=0, max_retries=0
         )
         data: dict[str, Any] = completion.model_dump()
-        return Answer(answer_text(request, endpoint, data), data)
+        return Answer(
+            answer_text(request, endpoint, data), data, json_requested=wants_json(endpoint, body)
+        )
 
     def _import_litellm(self) -> Any:
         # Without this, importing litellm tries to download a model cost map.

@@ -40,7 +40,7 @@ from .protocol import (
     Throttled,
 )
 from .providers import Answer, Provider
-from .request import AnyRequest, http_call, wants_json
+from .request import AnyRequest
 from .results import Result, Usage, usage_of
 from .retry import build_retrying, retry_after_seconds, status_code_of, to_request_error
 
@@ -259,11 +259,7 @@ class TaskServer:
                 self._executor, self._timed_postprocess, self._postprocess, task.index, answer.text
             )
         usage = usage_of(answer.body) if answer is not None else None
-        value = (
-            _rich_result(task.index, request, finished, output, usage)
-            if self._options.rich
-            else output
-        )
+        value = _rich_result(task.index, finished, output, usage) if self._options.rich else output
         rate_limits = answer.rate_limits if answer is not None else None
         self._outbox.put(
             Outcome.of(task.batch, task.index, value, finished.attempts, usage, rate_limits)
@@ -298,9 +294,7 @@ class TaskServer:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _rich_result(
-    index: int, request: AnyRequest, finished: Finished, output: Any, usage: Usage | None
-) -> Result:
+def _rich_result(index: int, finished: Finished, output: Any, usage: Usage | None) -> Result:
     answer = finished.answer
     error = output if isinstance(output, RequestError) else finished.error
     if answer is None:
@@ -314,9 +308,8 @@ def _rich_result(
             body=getattr(error, "body", None),
             error=error,
         )
-    endpoint, body = http_call(request)
     parsed = None
-    if wants_json(endpoint, body):
+    if answer.json_requested:
         with contextlib.suppress(ValueError):
             parsed = json.loads(answer.text)
     return Result(
