@@ -13,6 +13,7 @@ from .errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
+    BatchFileError,
     BatchStreamError,
     EmptyResponseError,
     PoolClosedError,
@@ -27,12 +28,14 @@ from .errors import (
 from .pool import BatchPool
 from .request import OpenAIRequest, RawRequest
 from .results import BatchSummary, Result, Usage
-from .stream import BatchStream
+from .stream import AsyncBatchStream, BatchStream
 
 __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "AsyncBatchStream",
+    "BatchFileError",
     "BatchPool",
     "BatchStream",
     "BatchStreamError",

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Generator, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from typing import Any
 
 from typing_extensions import Unpack
 
-from .pool import BatchPool, Postprocess, StreamOptions, in_input_order
+from .pool import BatchPool, StreamOptions, in_input_order
+from .protocol import Postprocess
 from .request import AnyRequest
-from .stream import BatchStream, ResultPair
+from .stream import AsyncBatchStream, BatchStream, ResultPair
 
 __all__ = ["BatchArguments", "arun_batch", "astream_batch", "run_batch", "stream_batch"]
 
@@ -85,21 +86,33 @@ def run_batch(
     return in_input_order(stream_batch(requests, max_concurrency=max_concurrency, **options))
 
 
-async def astream_batch(
+def astream_batch(
     requests: Iterable[AnyRequest], *, max_concurrency: int = 5, **options: Unpack[BatchArguments]
-) -> AsyncIterator[ResultPair]:
+) -> AsyncBatchStream:
     """`stream_batch` for code already inside an event loop; never blocks that loop.
 
     Example::
 
-        async for index, result in astream_batch(requests, max_concurrency=50):
+        stream = astream_batch(requests, max_concurrency=50)
+        async for index, result in stream:
             ...
+        print(stream.summary)
     """
     pool, stream_options = _pool_for(max_concurrency, options)
     try:
-        async for result in pool.astream(requests, **stream_options):
+        stream = pool.astream(requests, **stream_options)
+    except BaseException:
+        pool.close()
+        raise
+    return AsyncBatchStream(_aclosing(pool, stream), stream.summary)
+
+
+async def _aclosing(pool: BatchPool, stream: AsyncBatchStream) -> AsyncGenerator[ResultPair, None]:
+    try:
+        async for result in stream:
             yield result
     finally:
+        await stream.aclose()
         # Joining workers takes a moment: not on the caller's loop.
         await asyncio.get_running_loop().run_in_executor(None, pool.close)
 

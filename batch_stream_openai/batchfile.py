@@ -10,7 +10,9 @@ One run makes two passes over the input, streaming it (what it keeps per line, d
    each result is appended as one Batch API output line as soon as it arrives.
 
 A torn last output line (a write cut short by ``kill -9``) is cut away on start. SIGTERM
-stops reading new lines; requests in flight get ``grace`` seconds to finish.
+stops reading new lines; requests in flight get ``grace`` seconds to finish. When a run
+ends, however it ends, the output holds each ``custom_id`` once: lines superseded by a
+later one (``retry_failed``, ``resend_changed``) are dropped by an atomic rewrite.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ from .batchformat import (
     InputLine,
     LineError,
     OutputState,
+    compact_output,
     custom_id_digest,
     id_key,
     output_line,
     read_input,
     recover_output,
 )
+from .errors import BatchFileError
 from .request import AnyRequest
 from .results import BatchSummary
 
@@ -54,10 +58,6 @@ __all__ = [
 _LISTED = 20  # invalid lines and changed ids kept for messages
 
 
-class BatchFileError(Exception):
-    """The input or output file cannot be used as given."""
-
-
 class InvalidInputError(BatchFileError):
     """Input lines that cannot be sent.
 
@@ -70,8 +70,8 @@ class InvalidInputError(BatchFileError):
         listed = "\n".join(f"  {path}:{error.number}: {error.message}" for error in errors)
         more = f"\n  ... and {count - len(errors)} more" if count > len(errors) else ""
         super().__init__(
-            f"{count} invalid line(s) in {path}; nothing was sent (skip_invalid, "
-            f"--skip-invalid, sends the valid ones):\n{listed}{more}"
+            f"{count} invalid line(s) in {path}; nothing was sent (skip_invalid=True "
+            f"sends the valid ones):\n{listed}{more}"
         )
         self.errors = errors
         self.count = count
@@ -90,7 +90,7 @@ class ChangedRequestsError(BatchFileError):
         super().__init__(
             f"{count} custom_id(s) already in {path} were sent with a different request "
             f"({', '.join(map(repr, custom_ids))}{more}); nothing was sent. Use a new output "
-            "file, or resend them with resend_changed (--resend-changed): their new lines win"
+            "file, or send them again with resend_changed=True: their new lines replace the old"
         )
         self.custom_ids = custom_ids
         self.count = count
@@ -108,6 +108,7 @@ class FileRunReport:
         errors: the first invalid lines.
         other_shards: valid lines that belong to other shards.
         already_done: lines skipped because the output already holds them.
+        already_failed: of those, the ones whose output line is an error.
         changed: the first done ``custom_id``s whose request changed (sent again with
             ``resend_changed``, else an error).
         changed_count: how many in all.
@@ -115,6 +116,8 @@ class FileRunReport:
         written: output lines this run wrote.
         failed: of those, the errors.
         torn_bytes: bytes of a torn last output line cut away on start (0: none).
+        superseded: output lines dropped at the end because a later line has the same
+            ``custom_id`` (0: none).
         preempted: SIGTERM arrived.
         summary: the stream's `BatchSummary` (retries, tokens, wall time).
     """
@@ -126,36 +129,51 @@ class FileRunReport:
     errors: list[LineError] = field(default_factory=list)
     other_shards: int = 0
     already_done: int = 0
+    already_failed: int = 0
     changed: list[str] = field(default_factory=list)
     changed_count: int = 0
     to_send: int = 0
     written: int = 0
     failed: int = 0
     torn_bytes: int = 0
+    superseded: int = 0
     preempted: bool = False
     summary: BatchSummary | None = None
+    to_openai: int = field(default=0, repr=False)  # lines to send that need an OpenAI key
 
     @property
     def complete(self) -> bool:
         """Every line this run had to send has its output line."""
         return self.written == self.to_send
 
+    @property
+    def failed_in_output(self) -> int:
+        """Error lines the output holds for this run's lines: earlier runs' and this one's."""
+        return self.already_failed + self.failed
+
     def __str__(self) -> str:
+        if not self.lines:
+            return f"{self.input_path}: no lines (the file is empty); nothing to send"
+        done = f"{self.already_done} already done"
+        if self.already_failed:
+            done += f" ({self.already_failed} of them errors)"
         counts = [
-            (self.invalid, "invalid (skipped)"),
-            (self.other_shards, "in other shards"),
-            (self.already_done, "already done"),
-            (self.to_send, "to send"),
+            (self.invalid, f"{self.invalid} invalid (skipped)"),
+            (self.other_shards, f"{self.other_shards} in other shards"),
+            (self.already_done, done),
+            (True, f"{self.to_send} to send"),
         ]
-        notes = [
-            f"{self.input_path}: {self.lines} lines; "
-            + ", ".join(f"{count} {what}" for count, what in counts if count)
-        ]
+        notes = [f"{self.input_path}: {self.lines} lines; " + ", ".join(t for n, t in counts if n)]
         if self.torn_bytes:
             notes.append(f"{self.output_path}: cut a torn last line away ({self.torn_bytes} bytes)")
         if self.summary is not None:
             notes.append(f"sent {self.summary}")
         notes.append(f"{self.output_path}: {self.written} new lines, {self.failed} of them errors")
+        if self.superseded:
+            notes.append(
+                f"{self.output_path}: rewritten with one line per custom_id "
+                f"({self.superseded} superseded lines dropped)"
+            )
         if not self.complete:
             notes.append(f"partial: {self.to_send - self.written} lines still to send")
         return "\n".join(notes)
@@ -176,6 +194,10 @@ class _Selection:
     shard: tuple[int, int] | None
     retry_failed: bool
     resend_changed: bool
+
+    def failed(self, custom_id: str) -> bool:
+        """Whether the output's line for `custom_id` is an error."""
+        return id_key(custom_id_digest(custom_id)) in self.state.failed
 
     def decide(self, line: InputLine) -> _Decision:
         digest = custom_id_digest(line.custom_id)
@@ -277,8 +299,9 @@ def run_batch_file(
             ...
 
     Re-running with the same output file sends only what it lacks. Output lines follow
-    the Batch API output format; a ``custom_id`` may have several (``retry_failed``,
-    ``resend_changed``): the latest wins.
+    the Batch API output format, one per ``custom_id``: when a line is sent again
+    (``retry_failed``, ``resend_changed``), its new line replaces the old one when the run
+    ends (the file is rewritten atomically; until then the new line is appended).
 
     Parameters:
         input_path: Batch API input lines, or prompt lines (`OpenAIRequest` fields).
@@ -304,24 +327,35 @@ def run_batch_file(
     _check_arguments(report.input_path, report.output_path, shard)
     preemption = _Preemption(grace)
     with preemption.installed(), _locked(report.output_path) as output:
+        for stale in report.output_path.parent.glob(f".{report.output_path.name}.*.compacting"):
+            stale.unlink(missing_ok=True)  # a rewrite cut short: the output itself is whole
         try:
             state = recover_output(output, str(report.output_path))
         except ValueError as exc:
             raise BatchFileError(str(exc)) from None
         report.torn_bytes = state.torn_bytes
         selection = _Selection(state, shard, retry_failed, resend_changed)
-        invalid = _check_input(report, model, selection, skip_invalid)
-        lines = _lines_to_send(report.input_path, model, selection, invalid)
-        if report.to_send and not preemption.requested:
-            with contextlib.suppress(_GraceExpired), preemption.sending():
-                _send(lines, output, preemption, report, max_concurrency, options)
+        try:
+            invalid = _check_input(report, model, selection, skip_invalid)
+            _check_key(report, options.get("api_key"))
+            lines = _lines_to_send(report.input_path, model, selection, invalid)
+            if report.to_send and not preemption.requested:
+                with contextlib.suppress(_GraceExpired), preemption.sending():
+                    _send(lines, output, preemption, report, state, max_concurrency, options)
+        finally:
+            if state.superseded:
+                report.superseded = compact_output(output, report.output_path, state)
         report.preempted = preemption.requested
     return report
 
 
 def _check_arguments(input_path: Path, output_path: Path, shard: tuple[int, int] | None) -> None:
+    if input_path.is_dir():
+        raise BatchFileError(f"{input_path} is a directory, not a JSONL file")
     if not input_path.is_file():
         raise BatchFileError(f"{input_path}: no such file")
+    if output_path.is_dir():
+        raise BatchFileError(f"{output_path} is a directory, not a JSONL file")
     if output_path.exists() and output_path.samefile(input_path):
         raise BatchFileError("the output file must not be the input file")
     if shard is not None and not 0 <= shard[0] < shard[1]:
@@ -361,12 +395,26 @@ def _check_input(
             if len(report.errors) < _LISTED:
                 report.errors.append(item)
         else:
-            _count(report, selection.decide(item), item.custom_id)
+            decision = selection.decide(item)
+            _count(report, decision, item.custom_id)
+            if decision is _Decision.DONE and selection.failed(item.custom_id):
+                report.already_failed += 1
+            if decision is _Decision.SEND and item.request.uses_openai_sdk:
+                report.to_openai += 1
     if report.invalid and not skip_invalid:
         raise InvalidInputError(report.input_path, report.errors, report.invalid)
     if report.changed_count:
         raise ChangedRequestsError(report.output_path, report.changed, report.changed_count)
     return invalid
+
+
+def _check_key(report: FileRunReport, api_key: str | None) -> None:
+    """Lines for OpenAI models need a key: fail before anything is sent, not per line."""
+    if report.to_openai and not api_key and not os.environ.get("OPENAI_API_KEY"):
+        raise BatchFileError(
+            f"{report.to_openai} line(s) to send go to the OpenAI API, which needs a key: "
+            "set OPENAI_API_KEY (any non-empty value for a local server that checks none)"
+        )
 
 
 def _first_use(custom_id: str, seen: set[int]) -> bool:
@@ -408,6 +456,7 @@ def _send(
     output: IO[bytes],
     preemption: _Preemption,
     report: FileRunReport,
+    state: OutputState,
     max_concurrency: int,
     options: BatchArguments,
 ) -> None:
@@ -428,5 +477,6 @@ def _send(
         for index, result in stream:
             line = in_flight.pop(index)
             preemption.write(output, output_line(line.custom_id, line.request_sha256, result))
+            state.note_written(line.custom_id)
             report.written += 1
             report.failed += result.error is not None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = [
     "InputLine",
     "LineError",
     "OutputState",
+    "compact_output",
     "custom_id_digest",
     "id_key",
     "output_line",
@@ -175,6 +177,12 @@ def _check_keys(data: dict[str, Any], *, required: Iterable[str], allowed: Itera
 def _custom_id(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"custom_id must be a non-empty string, got {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"custom_id {value!r} has a lone surrogate at position {exc.start}: not valid text"
+        ) from None
     return value
 
 
@@ -251,26 +259,37 @@ class OutputState:
         done: `id_key` -> ``x_request_sha256`` of the latest line.
         failed: the `id_key`s whose latest line is an error.
         torn_bytes: bytes of a torn last line cut away (0: none).
+        superseded: lines that a later line of the same ``custom_id`` replaces.
     """
 
     done: dict[int, str] = field(default_factory=dict)
     failed: set[int] = field(default_factory=set)
     torn_bytes: int = 0
+    superseded: int = 0
 
     def add(self, raw: bytes) -> None:
         """Record one output line; ValueError when it is not a complete output line."""
         if not raw.endswith(b"\n"):
             raise ValueError("no newline at its end")
-        record = json.loads(raw)
-        custom_id = record.get("custom_id") if isinstance(record, dict) else None
-        if not isinstance(custom_id, str):
-            raise ValueError("not a Batch API output line (no custom_id)")
-        key = id_key(custom_id_digest(custom_id))
+        key, record = _line_key(raw)
+        self.superseded += key in self.done
         self.done[key] = str(record.get("x_request_sha256", ""))
         if record.get("error") is None:
             self.failed.discard(key)
         else:
             self.failed.add(key)
+
+    def note_written(self, custom_id: str) -> None:
+        """A new line for `custom_id` was appended (its request digest is already known)."""
+        self.superseded += id_key(custom_id_digest(custom_id)) in self.done
+
+
+def _line_key(raw: bytes) -> tuple[int, dict[str, Any]]:
+    record = json.loads(raw)
+    custom_id = record.get("custom_id") if isinstance(record, dict) else None
+    if not isinstance(custom_id, str):
+        raise ValueError("not a Batch API output line (no custom_id)")
+    return id_key(custom_id_digest(custom_id)), record
 
 
 def recover_output(output: IO[bytes], name: str) -> OutputState:
@@ -305,3 +324,56 @@ def recover_output(output: IO[bytes], name: str) -> OutputState:
         state.torn_bytes = offset - unreadable[1]
     output.seek(0, 2)
     return state
+
+
+def compact_output(output: IO[bytes], path: Path, state: OutputState) -> int:
+    """Rewrite the output with only the latest line of each ``custom_id``; lines dropped.
+
+    Example::
+
+        if state.superseded:
+            dropped = compact_output(output, Path("out.jsonl"), state)
+
+    Two streaming passes (where each repeated ``custom_id``'s latest line is, then the
+    copy) into a temporary file next to it, synced and renamed over it: a crash leaves
+    either the old file or the new one, never a mix. Memory holds only the repeated ids.
+
+    Parameters:
+        output: the output file, opened for reading (its lock stays held meanwhile).
+        path: its path; the temporary file goes into the same directory.
+        state: what `recover_output` and the run recorded.
+    """
+    output.flush()
+    seen: set[int] = set()
+    latest: dict[int, int] = {}  # {key of a repeated custom_id: offset of its last line}
+    offset = 0
+    output.seek(0)
+    for raw in output:
+        key, _ = _line_key(raw)
+        if key in seen:
+            latest[key] = offset
+        seen.add(key)
+        offset += len(raw)
+    seen.clear()
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.compacting")
+    dropped = 0
+    with temporary.open("wb") as copy:
+        output.seek(0)
+        offset = 0
+        for raw in output:
+            key, _ = _line_key(raw)
+            if key in latest and latest[key] != offset:
+                dropped += 1
+            else:
+                copy.write(raw)
+            offset += len(raw)
+        copy.flush()
+        os.fsync(copy.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    state.superseded = 0
+    return dropped

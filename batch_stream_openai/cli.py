@@ -11,11 +11,12 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
 from .api import stream_batch
-from .errors import PoolError
+from .errors import BatchFileError, PoolError
 from .request import OpenAIRequest
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_PARTIAL", "EXIT_USAGE", "main"]
@@ -28,6 +29,42 @@ EXIT_INTERRUPTED = 130
 _LOCAL_DEMO_SIZE = 300
 _REAL_API_DEMO_SIZE = 10  # a real key costs money: keep the default small
 
+# Python parameter names in the library's messages, as the flags that set them here.
+_FLAG_OF = {
+    "max_concurrency": "--max-concurrency",
+    "max_retries": "--max-retries",
+    "base_url": "--base-url",
+    "workers": "--workers",
+    "rpm": "--rpm",
+    "tpm": "--tpm",
+    "timeout": "--timeout",
+    "grace": "--grace",
+}
+_PHRASES = {
+    "skip_invalid=True": "--skip-invalid",
+    "resend_changed=True": "--resend-changed",
+    "retry_failed=True": "--retry-failed",
+    "pass api_key= or set OPENAI_API_KEY": "set OPENAI_API_KEY",
+}
+# A parameter named as such: "workers=7", "rpm must be ..."; underscored names anywhere.
+_PARAMETER = re.compile(
+    r"\b("
+    + "|".join(_FLAG_OF)
+    + r")\b(?:(=)|(?=\s+must\b))|\b(max_concurrency|max_retries|base_url)\b"
+)
+
+
+def _in_flags(message: str) -> str:
+    """A library message, with its Python parameter names as this command's flags."""
+    for phrase, flag in _PHRASES.items():
+        message = message.replace(phrase, flag)
+
+    def as_flag(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(3)
+        return _FLAG_OF[name] + (" " if match.group(2) else "")
+
+    return _PARAMETER.sub(as_flag, message)
+
 
 def _demo_requests(count: int, model: str, local: bool) -> Iterator[OpenAIRequest]:
     for i in range(count):
@@ -35,7 +72,7 @@ def _demo_requests(count: int, model: str, local: bool) -> Iterator[OpenAIReques
         if local and i % 50 == 7:
             user += " [[status=503 times=1]]"  # the bundled server fails once; we retry
         if local and i == count - 1:
-            user += " [[status=400]]"  # a request that fails for good, to show one
+            user += " [[status=400]]"  # fails on purpose, to show what a failure looks like
         yield OpenAIRequest(
             system_prompt="Answer with the number only.",
             user_prompt=user,
@@ -46,7 +83,12 @@ def _demo_requests(count: int, model: str, local: bool) -> Iterator[OpenAIReques
 
 def _demo(args: argparse.Namespace) -> int:
     local = not os.environ.get("OPENAI_API_KEY")
-    count = args.count or (_LOCAL_DEMO_SIZE if local else _REAL_API_DEMO_SIZE)
+    count = args.count
+    if count is None:
+        count = _LOCAL_DEMO_SIZE if local else _REAL_API_DEMO_SIZE
+    if count == 0:
+        print("nothing to send (-n 0)")
+        return 0
     with contextlib.ExitStack() as stack:
         base_url, api_key = None, None
         if local:
@@ -55,32 +97,46 @@ def _demo(args: argparse.Namespace) -> int:
             server = stack.enter_context(FakeOpenAIServer(latency=args.latency))
             base_url, api_key = server.base_url, "sk-demo-local-server"
             print(f"No OPENAI_API_KEY set: using the bundled local server at {base_url}")
-        stream = stream_batch(
-            _demo_requests(count, args.model, local),
-            max_concurrency=args.max_concurrency,
-            workers=args.workers,
-            base_url=base_url,
-            api_key=api_key,
-            progress=sys.stderr.isatty(),
-        )
+        try:
+            stream = stream_batch(
+                _demo_requests(count, args.model, local),
+                max_concurrency=args.max_concurrency,
+                workers=args.workers,
+                base_url=base_url,
+                api_key=api_key,
+                progress=sys.stderr.isatty(),
+            )
+        except (ValueError, TypeError) as exc:
+            print(f"error: {_in_flags(str(exc))}", file=sys.stderr)
+            return EXIT_USAGE
         for index, result in stream:
             if isinstance(result, Exception):
                 print(f"[{index:4d}] failed: {result}")
             else:
                 print(f"[{index:4d}] {result[:70]}")
+    if local:
+        print("(the one failure is deliberate: the last request asks the local server for a 400)")
     print(stream.summary)
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .testing.server import ServerSettings, run_server
+    from .testing.app import run_server
+    from .testing.settings import ServerSettings
 
-    run_server(args.host, args.port, ServerSettings(latency=args.latency))
+    try:
+        run_server(args.host, args.port, ServerSettings(latency=args.latency))
+    except OSError as exc:
+        print(
+            f"error: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .batchfile import BatchFileError, run_batch_file
+    from .batchfile import run_batch_file
 
     try:
         report = run_batch_file(
@@ -101,11 +157,11 @@ def _run(args: argparse.Namespace) -> int:
             max_retries=args.max_retries,
             progress=sys.stderr.isatty(),
         )
-    except BatchFileError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (BatchFileError, ValueError, TypeError) as exc:
+        print(f"error: {_in_flags(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (OSError, PoolError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_in_flags(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
@@ -113,9 +169,10 @@ def _run(args: argparse.Namespace) -> int:
     for error in report.errors:
         print(f"skipped {args.input}:{error.number}: {error.message}", file=sys.stderr)
     print(report, file=sys.stderr)
-    if report.failed:
+    if report.failed_in_output:
         print(
-            "failed requests are in the output ('error'); --retry-failed sends them again",
+            f"{report.failed_in_output} failed request(s) are in the output ('error'); "
+            "--retry-failed sends them again",
             file=sys.stderr,
         )
     if not report.complete:
@@ -233,17 +290,25 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="stream a batch through the pool (bundled local server when no OPENAI_API_KEY)",
     )
-    demo.add_argument("-n", "--count", type=int, default=0, help="requests to send")
-    demo.add_argument("--max-concurrency", type=int, default=50)
-    demo.add_argument("--workers", type=int, default=None, help="worker processes")
+    demo.add_argument(
+        "-n",
+        "--count",
+        type=_number(int, 0),
+        default=None,
+        help=f"requests to send (default: {_LOCAL_DEMO_SIZE}, or {_REAL_API_DEMO_SIZE} with a key)",
+    )
+    demo.add_argument("--max-concurrency", type=_number(int, 1), default=50)
+    demo.add_argument("--workers", type=_number(int, 0), default=None, help="worker processes")
     demo.add_argument("--model", default="gpt-4o-mini")
-    demo.add_argument("--latency", type=float, default=0.1, help="local server latency, seconds")
+    demo.add_argument(
+        "--latency", type=_number(float, 0), default=0.1, help="local server latency, seconds"
+    )
     demo.set_defaults(handler=_demo)
 
     serve = commands.add_parser("serve", help="run the bundled OpenAI-compatible test server")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--latency", type=float, default=0.0)
+    serve.add_argument("--port", type=_number(int, 0), default=8000)
+    serve.add_argument("--latency", type=_number(float, 0), default=0.0)
     serve.set_defaults(handler=_serve)
 
     _add_run_command(commands)

@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["ClientConfig", "RetryPolicy", "WorkerConfig", "mask_secret"]
+__all__ = ["ClientConfig", "RetryPolicy", "Secret", "WorkerConfig", "mask_secret"]
 
 
 def mask_secret(secret: str) -> str:
@@ -17,33 +18,75 @@ def mask_secret(secret: str) -> str:
     return f"{secret[:3]}...{secret[-4:]}" if len(secret) > 12 else "***"
 
 
+class Secret:
+    """An API key that does not show: masked in its repr, never plain in memory or pickles.
+
+    The key is kept XOR-ed with a random pad of its length and revealed only where a
+    client is built (in a worker), so the pool's settings, its pickled config and a core
+    dump of the parent do not hold it as plain bytes. This keeps the key out of logs,
+    reprs and files by accident; it does not protect it from someone who can read the
+    process's memory and knows where to look.
+
+    Example::
+
+        secret = Secret("sk-live-0123456789abcdef")
+        repr(secret)      # "Secret('sk-...cdef')"
+        secret.reveal()   # the key, for the SDK client only
+    """
+
+    __slots__ = ("_masked", "_pad", "masked")
+
+    def __init__(self, value: str) -> None:
+        plain = value.encode()
+        self._pad = os.urandom(len(plain))
+        self._masked = bytes(a ^ b for a, b in zip(plain, self._pad, strict=True))
+        self.masked = mask_secret(value)
+
+    def __repr__(self) -> str:
+        return f"Secret({self.masked!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unmask, (self._masked, self._pad))
+
+    def reveal(self) -> str:
+        """The key itself: for building a client, nothing else."""
+        return bytes(a ^ b for a, b in zip(self._masked, self._pad, strict=True)).decode()
+
+
+def _unmask(masked: bytes, pad: bytes) -> Secret:
+    secret = Secret.__new__(Secret)
+    secret._masked, secret._pad = masked, pad
+    secret.masked = mask_secret(secret.reveal())
+    return secret
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     """Everything a worker needs to build its HTTP client; the key is masked in the repr.
 
     Parameters:
-        api_key: OpenAI API key; None means ``OPENAI_API_KEY`` from the environment.
+        api_key: OpenAI API key (kept as a `Secret`); None means ``OPENAI_API_KEY`` from
+            the environment.
         base_url: OpenAI-compatible endpoint; None means ``OPENAI_BASE_URL`` or the SDK's.
-        timeout: seconds one attempt may take.
+        timeout: seconds one attempt may take, all of it (connect, send, wait, read).
         max_connections: connection pool size of the worker's client.
     """
 
-    api_key: str | None = field(default=None, repr=False)
+    api_key: Secret | str | None = field(default=None)
     base_url: str | None = None
     timeout: float = 600.0
     max_connections: int = 100
 
-    def __repr__(self) -> str:
-        key = mask_secret(self.api_key) if self.api_key else None
-        return (
-            f"ClientConfig(api_key={key!r}, base_url={self.base_url!r}, "
-            f"timeout={self.timeout!r}, max_connections={self.max_connections!r})"
-        )
+    def __post_init__(self) -> None:
+        if isinstance(self.api_key, str):
+            object.__setattr__(self, "api_key", Secret(self.api_key))
 
     @property
     def resolved_api_key(self) -> str | None:
         """The key the SDK will use: the argument, else ``OPENAI_API_KEY``."""
-        return self.api_key or os.environ.get("OPENAI_API_KEY")
+        if isinstance(self.api_key, Secret):
+            return self.api_key.reveal()
+        return os.environ.get("OPENAI_API_KEY")
 
 
 @dataclass(frozen=True)
@@ -69,11 +112,9 @@ class WorkerConfig:
 
     Parameters:
         client: how to build the worker's HTTP client.
-        retry: how hard each request is tried.
         initializer: called once in each worker before it serves (load a tokenizer, set
             up logging); if it raises, the worker reports the traceback and exits.
     """
 
     client: ClientConfig
-    retry: RetryPolicy
     initializer: Callable[[], object] | None = None

@@ -13,8 +13,9 @@ The hierarchy::
      |    +-- ResultTransferError    the result could not cross the process boundary
      |    +-- WorkerCrashedError     the request's worker died again and again
      +-- PoolError                   the pool itself cannot work; raised to the caller
-          +-- WorkerStartupError     workers exit before they are ready
-          +-- PoolClosedError        the pool was used after close()
+     |    +-- WorkerStartupError     workers exit before they are ready
+     |    +-- PoolClosedError        the pool was used after close()
+     +-- BatchFileError              a Batch API JSONL file cannot be used as given (CLI)
 
 Every exception here survives pickling with all its fields, so a worker can send it to
 the parent as plain data; SDK exceptions hold httpx objects and do not (openai#2629).
@@ -29,6 +30,7 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "BatchFileError",
     "BatchStreamError",
     "EmptyResponseError",
     "PoolClosedError",
@@ -102,6 +104,7 @@ class APIError(RequestError):
         code: the provider's error code when it gave one (e.g. ``"insufficient_quota"``).
         body: the error answer's JSON, e.g. ``{"error": {"message": ..., "type": ...}}``.
         request_id: the ``x-request-id`` of the failed HTTP request.
+        retry_after_s: the wait the server asked for (``retry-after-ms``/``retry-after``).
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class APIError(RequestError):
         code: str | None = None,
         body: dict[str, Any] | None = None,
         request_id: str | None = None,
+        retry_after_s: float | None = None,
         index: int = -1,
         attempts: int = 0,
         retryable: bool = False,
@@ -121,6 +125,7 @@ class APIError(RequestError):
         self.code = code
         self.body = body
         self.request_id = request_id
+        self.retry_after_s = retry_after_s
 
     def __str__(self) -> str:
         return (
@@ -232,3 +237,7 @@ class WorkerStartupError(PoolError):
 
 class PoolClosedError(PoolError):
     """The pool was used after it was closed."""
+
+
+class BatchFileError(BatchStreamError):
+    """The input or output file of `run_batch_file` cannot be used as given; nothing was sent."""

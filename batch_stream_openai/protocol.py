@@ -1,64 +1,85 @@
-"""The messages parent and workers exchange; see the diagram at the top of `pool.py`.
+"""The messages parent and workers exchange, and the constants both sides agree on.
 
-Each message is a small frozen dataclass. Both directions send a list of messages per
-pipe write, so that under load one system call and one pickle carry many items.
+See the diagram at the top of `pool.py`. Each message is a small frozen dataclass. Both
+directions send a list of messages per pipe write, so that under load one system call and
+one pickle carry many items. One `Task` is one attempt: the parent decides about retries.
 """
 
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import cloudpickle
+
 from .errors import ResultTransferError
 from .request import AnyRequest
-from .results import RateLimitHeaders, Usage
+from .results import Result
 
 __all__ = [
+    "EXIT_OK",
+    "EXIT_STARTUP_FAILED",
     "HEARTBEAT_INTERVAL_S",
     "BatchOptions",
     "Cancel",
     "Heartbeat",
     "Outcome",
+    "Postprocess",
     "Ready",
     "StartupFailed",
     "Task",
-    "Throttled",
 ]
+
+# A worker's exit codes: served until told to stop / could not start (after StartupFailed).
+EXIT_OK = 0
+EXIT_STARTUP_FAILED = 3
+# How often a busy worker tells the parent it is alive (the watchdog allows `hang_timeout`).
+HEARTBEAT_INTERVAL_S = 0.5
+
+# What `postprocess` is: the answer's text in, anything picklable out (run in a worker).
+Postprocess = Callable[[str], Any]
 
 
 @dataclass(frozen=True, slots=True)
 class BatchOptions:
     """Parent -> worker, before the first task of a batch: how to treat its results.
 
-    `postprocess` is the caller's callable, cloudpickled (so lambdas and closures work),
-    or None to return the text as is.
+    Parameters:
+        batch_id: the batch the following tasks belong to.
+        postprocess: the caller's callable, cloudpickled (lambdas and closures work), or
+            None to return the text as is.
+        with_body: send the whole answer body back (rich results need it); else only
+            what the plain value and the accounting need.
     """
 
-    batch: int
+    batch_id: int
     postprocess: bytes | None
-    rich: bool = False  # send `Result` objects instead of bare values
+    with_body: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Task:
-    """Parent -> worker: run the request pickled in `payload`, the `index`-th of `batch`.
+    """Parent -> worker: make attempt `attempt` of request `index` of batch `batch_id`.
 
     The request travels pickled on its own, so that one which cannot be pickled (or
     unpickled in the worker) fails its own index, not the message carrying many tasks.
     """
 
-    batch: int
+    batch_id: int
     index: int
+    attempt: int
     payload: bytes
 
     @staticmethod
     def pickle_request(request: AnyRequest) -> bytes:
-        """The payload of a request; raises ResultTransferError naming why it cannot go."""
-        try:
-            return pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            raise ResultTransferError(f"the request cannot be pickled: {exc!r}") from None
+        """The payload of a request; raises ResultTransferError naming why it cannot go.
+
+        cloudpickle, because a request may carry a class defined in ``__main__`` or a
+        notebook (a pydantic ``response_format``); plain pickle is tried first, as faster.
+        """
+        return _dumps(request, "the request")
 
     def request(self) -> AnyRequest:
         """The request; raises ResultTransferError when it cannot be unpickled here."""
@@ -73,9 +94,9 @@ class Task:
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
-    """Parent -> worker: drop every task of batch `batch`; the caller stopped listening."""
+    """Parent -> worker: drop every task of batch `batch_id`; the caller stopped listening."""
 
-    batch: int
+    batch_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,23 +108,13 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """Worker -> parent, from the event loop every `HEARTBEAT_INTERVAL_S`: still alive.
+    """Worker -> parent, every `HEARTBEAT_INTERVAL_S` while it has tasks: still alive.
 
     `postprocess_busy_s` is how long the running postprocess call has taken so far, so
     the parent can tell a stuck postprocess from a busy one.
     """
 
     postprocess_busy_s: float
-
-
-HEARTBEAT_INTERVAL_S = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class Throttled:
-    """Worker -> parent, at once: a 429 arrived; `retry_after_s` is what the server asked."""
-
-    retry_after_s: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,42 +126,58 @@ class StartupFailed:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """Worker -> parent: the result of one task.
+    """Worker -> parent: how one attempt ended, as a pickled `Result`.
 
-    The value travels pickled inside `payload`, so that a value which fails to unpickle
-    in the parent costs that index an error, never the whole message.
+    The result travels pickled inside `payload`, so that one which fails to unpickle in
+    the parent costs that index an error, never the whole message.
+
+    Parameters:
+        batch_id, index, attempt: the `Task` this answers.
+        payload: the pickled `Result` (its text or error, usage, ids, latency).
+        pause_s: how long the answer's ``x-ratelimit-*`` headers ask the pool to hold
+            new requests (0: they do not).
     """
 
-    batch: int
+    batch_id: int
     index: int
+    attempt: int
     payload: bytes
-    attempts: int = 1
-    usage: Usage | None = None  # for the batch summary and the token budget
-    rate_limits: RateLimitHeaders | None = None  # the answer's x-ratelimit-* headers
+    pause_s: float = 0.0
 
     @classmethod
-    def of(
-        cls,
-        batch: int,
-        index: int,
-        value: Any,
-        attempts: int = 1,
-        usage: Usage | None = None,
-        rate_limits: RateLimitHeaders | None = None,
-    ) -> Outcome:
-        """Pickle `value`; a value that cannot be pickled becomes a ResultTransferError."""
+    def of(cls, task: Task, result: Result, pause_s: float = 0.0) -> Outcome:
+        """Pickle `result`; one that cannot be pickled becomes a ResultTransferError."""
         try:
-            payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # any pickling failure, whatever its type
-            error = ResultTransferError(
-                f"the result ({type(value).__name__}) cannot be pickled: {exc!r}", index=index
-            )
-            payload = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
-        return cls(batch, index, payload, attempts, usage, rate_limits)
+            payload = _dumps(result, f"the result ({type(result.output).__name__})")
+        except ResultTransferError as error:
+            error.index = task.index
+            payload = pickle.dumps(Result(task.index, error=error), pickle.HIGHEST_PROTOCOL)
+        return cls(task.batch_id, task.index, task.attempt, payload, pause_s)
 
-    def value(self) -> Any:
-        """Unpickle the value; a failure becomes a ResultTransferError for this index."""
+    def result(self) -> Result:
+        """Unpickle the result; a failure becomes a ResultTransferError for this index."""
         try:
-            return pickle.loads(self.payload)
+            result: Result = pickle.loads(self.payload)
         except Exception as exc:
-            return ResultTransferError(f"the result cannot be unpickled: {exc!r}", index=self.index)
+            error = ResultTransferError(
+                f"the result cannot be unpickled: {exc!r}", index=self.index
+            )
+            return Result(self.index, error=error)
+        return result
+
+
+def _dumps(value: object, what: str) -> bytes:
+    """Pickle `value`, falling back to cloudpickle for what plain pickle cannot name.
+
+    A class defined in ``__main__`` or a notebook reaches a worker by value (cloudpickle);
+    its instances then only pickle the same way, and cloudpickle's class tracking gives
+    the parent back its own class.
+    """
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        pass
+    try:
+        return bytes(cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception as exc:  # any pickling failure, whatever its type
+        raise ResultTransferError(f"{what} cannot be pickled: {exc!r}") from None

@@ -6,6 +6,8 @@ Both become one HTTP call, ``(endpoint, body)``, through `http_call`; the routin
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
@@ -19,6 +21,7 @@ __all__ = [
     "OpenAIRequest",
     "RawRequest",
     "chat_body",
+    "explain_route",
     "http_call",
     "openai_model_name",
     "responses_text_format",
@@ -36,6 +39,9 @@ _JSON_FORMATS = ("json_schema", "json_object")
 # gpt-*, o1*, o3*, o4*, chatgpt-*, and fine-tunes of those ("ft:gpt-4o-mini:org::id").
 _OPENAI_MODEL = re.compile(r"^(ft:)?(gpt-|o1|o3|o4|chatgpt-)")
 _OPENAI_PREFIX = "openai/"
+_OPENAI_NAMES = "gpt-, o1, o3, o4, chatgpt- (or ft: fine-tunes of those, or openai/...)"
+# Names that look meant for OpenAI but do not match (gpt5-mini, GPT-4o, chatgpt4o).
+_NEAR_OPENAI = re.compile(r"^(ft:)?(gpt|chatgpt|o[134])", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +87,8 @@ class OpenAIRequest:
     extra_body: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        _check_type("system_prompt", self.system_prompt, str)
-        _check_type("user_prompt", self.user_prompt, str)
+        _check_text("system_prompt", self.system_prompt)
+        _check_text("user_prompt", self.user_prompt)
         _check_model(self.model, "OpenAIRequest.model")
         if self.api not in API_NAMES:
             raise ValueError(f"OpenAIRequest.api must be 'responses' or 'chat', got {self.api!r}")
@@ -95,6 +101,10 @@ class OpenAIRequest:
             _check_response_format(self.response_format)
         if self.temperature is not None:
             _check_type("temperature", self.temperature, (int, float))
+            if not math.isfinite(self.temperature):
+                raise ValueError(
+                    f"OpenAIRequest.temperature must be finite, got {self.temperature}"
+                )
         if self.max_output_tokens is not None:
             _check_type("max_output_tokens", self.max_output_tokens, int)
             if self.max_output_tokens < 1:
@@ -109,6 +119,9 @@ class OpenAIRequest:
                 raise TypeError("OpenAIRequest.metadata must map str to str")
         if self.extra_body is not None:
             _check_type("extra_body", self.extra_body, dict)
+            _check_body_fields(self.extra_body, "OpenAIRequest.extra_body")
+        for name in ("response_format", "metadata", "extra_body"):
+            _check_json(getattr(self, name), f"OpenAIRequest.{name}")
 
     @property
     def uses_openai_sdk(self) -> bool:
@@ -141,13 +154,18 @@ class RawRequest:
             )
         _check_type("body", self.body, dict, owner="RawRequest")
         _check_model(self.body.get("model"), "RawRequest.body['model']")
-        if self.body.get("stream"):
-            raise ValueError("RawRequest.body['stream'] is not supported: answers are collected")
+        _check_body_fields(self.body, "RawRequest.body")
+        _check_json(self.body, "RawRequest.body")
 
     @property
     def model(self) -> str:
         """The body's model."""
         return str(self.body["model"])
+
+    @property
+    def uses_openai_sdk(self) -> bool:
+        """True when the model is served by the OpenAI SDK rather than LiteLLM."""
+        return openai_model_name(self.model) is not None
 
 
 AnyRequest: TypeAlias = OpenAIRequest | RawRequest
@@ -158,6 +176,18 @@ def openai_model_name(model: str) -> str | None:
     if model.startswith(_OPENAI_PREFIX):
         return model[len(_OPENAI_PREFIX) :]
     return model if _OPENAI_MODEL.match(model) else None
+
+
+def explain_route(model: str) -> str:
+    """Why `model` went where it did, for error messages about its route."""
+    if openai_model_name(model) is not None:
+        return f"model {model!r} is an OpenAI model name, so it went to the OpenAI API"
+    hint = ""
+    if _NEAR_OPENAI.match(model):
+        guess = re.sub(r"^(gpt|chatgpt)-?", r"\1-", model.lower())
+        if openai_model_name(guess) is not None and guess != model:
+            hint = f"; did you mean {guess!r}?"
+    return f"model {model!r} does not start with {_OPENAI_NAMES}, so it went to LiteLLM{hint}"
 
 
 def http_call(request: AnyRequest) -> tuple[str, dict[str, Any]]:
@@ -244,6 +274,41 @@ def _check_type(
 def _check_model(model: object, where: str) -> None:
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"{where} must be a non-empty model name, got {model!r}")
+    if model != model.strip():
+        raise ValueError(
+            f"{where} has spaces around it: {model!r} (the provider would not find it)"
+        )
+
+
+def _check_text(field: str, value: object) -> None:
+    _check_type(field, value, str)
+    assert isinstance(value, str)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"OpenAIRequest.{field} has a lone surrogate {value[exc.start]!r} at position "
+                f"{exc.start}: it cannot be sent as UTF-8 (text decoded with "
+                "errors='surrogateescape'?)"
+            ) from None
+
+
+def _check_body_fields(body: dict[str, Any], where: str) -> None:
+    if "model" in body:
+        _check_model(body["model"], f"{where}['model']")
+    if body.get("stream"):
+        raise ValueError(f"{where}['stream'] is not supported: answers are collected whole")
+
+
+def _check_json(value: object, where: str) -> None:
+    """`value` must be sendable as JSON: plain data, finite numbers, valid text."""
+    if value is None:
+        return
+    try:
+        json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where} cannot be sent as JSON: {exc}") from None
 
 
 def _check_response_format(response_format: object) -> None:

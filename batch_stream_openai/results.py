@@ -6,14 +6,13 @@ adds a whole batch up. Both are plain picklable data.
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BatchSummary", "RateLimitHeaders", "Result", "Usage", "usage_of"]
+__all__ = ["BatchSummary", "Result", "Usage", "usage_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +72,11 @@ class Result:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def value(self) -> Any:
+        """What the plain stream yields for this request: `output`, or the `error`."""
+        return self.output if self.error is None else self.error
+
 
 def usage_of(body: Mapping[str, Any]) -> Usage | None:
     """The usage block of a Chat Completions or Responses answer, if it has one."""
@@ -80,75 +84,23 @@ def usage_of(body: Mapping[str, Any]) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     if "input_tokens" in usage:  # Responses API
-        details = usage.get("output_tokens_details") or {}
+        details = usage.get("output_tokens_details")
         return Usage(
-            int(usage.get("input_tokens") or 0),
-            int(usage.get("output_tokens") or 0),
-            int(details.get("reasoning_tokens") or 0),
+            _count(usage.get("input_tokens")),
+            _count(usage.get("output_tokens")),
+            _count(details.get("reasoning_tokens") if isinstance(details, dict) else None),
         )
-    details = usage.get("completion_tokens_details") or {}
+    details = usage.get("completion_tokens_details")
     return Usage(
-        int(usage.get("prompt_tokens") or 0),
-        int(usage.get("completion_tokens") or 0),
-        int(details.get("reasoning_tokens") or 0),
+        _count(usage.get("prompt_tokens")),
+        _count(usage.get("completion_tokens")),
+        _count(details.get("reasoning_tokens") if isinstance(details, dict) else None),
     )
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _duration_s(value: str | None) -> float | None:
-    """OpenAI's reset durations: ``"1s"``, ``"6m0s"``, ``"20ms"``, ``"0.5s"``."""
-    if not value:
-        return None
-    parts = _DURATION_PART.findall(value)
-    if not parts:
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class RateLimitHeaders:
-    """The ``x-ratelimit-*`` headers of one answer (None where absent)."""
-
-    remaining_requests: int | None = None
-    remaining_tokens: int | None = None
-    reset_requests_s: float | None = None
-    reset_tokens_s: float | None = None
-
-    @classmethod
-    def parse(cls, headers: Mapping[str, str]) -> RateLimitHeaders | None:
-        """Read the headers; None when the answer carries none."""
-        remaining_requests = _int(headers.get("x-ratelimit-remaining-requests"))
-        remaining_tokens = _int(headers.get("x-ratelimit-remaining-tokens"))
-        if remaining_requests is None and remaining_tokens is None:
-            return None
-        return cls(
-            remaining_requests,
-            remaining_tokens,
-            _duration_s(headers.get("x-ratelimit-reset-requests")),
-            _duration_s(headers.get("x-ratelimit-reset-tokens")),
-        )
-
-    def pause_s(self) -> float:
-        """How long to hold new requests back: until the exhausted budget resets."""
-        pause = 0.0
-        if self.remaining_requests is not None and self.remaining_requests <= 0:
-            pause = max(pause, self.reset_requests_s or 1.0)
-        if self.remaining_tokens is not None and self.remaining_tokens <= 0:
-            pause = max(pause, self.reset_tokens_s or 1.0)
-        return pause
+def _count(value: object) -> int:
+    """A token count as reported; anything but a non-negative int counts as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 @dataclass

@@ -1,15 +1,15 @@
-"""`BatchStream`: the iterator a batch returns, with the batch's live summary."""
+"""`BatchStream` and `AsyncBatchStream`: what a batch returns, with its live summary."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from types import TracebackType
 from typing import Any
 
 from .results import BatchSummary
 
-__all__ = ["BatchStream", "ResultPair"]
+__all__ = ["AsyncBatchStream", "BatchStream", "ResultPair"]
 
 # (index, value): the text or the Exception, a `Result`, or what `postprocess` made.
 ResultPair = tuple[int, Any]
@@ -60,3 +60,35 @@ class BatchStream(Iterator[ResultPair]):
         """Stop the batch: what is in flight is cancelled, nothing more is yielded."""
         self._buffer.clear()
         self._chunks.close()
+
+
+class AsyncBatchStream(AsyncIterator[ResultPair]):
+    """`BatchStream` for ``async for``: yields ``(index, result)``; `summary` counts them.
+
+    Example::
+
+        stream = astream_batch(requests)
+        async for index, result in stream:
+            ...
+        print(stream.summary)
+
+    Breaking out of the loop, ``aclose()``, or cancelling the task that iterates it
+    cancels what is still in flight.
+    """
+
+    def __init__(self, pairs: AsyncGenerator[ResultPair, None], summary: BatchSummary) -> None:
+        self._pairs = pairs
+        self.summary = summary
+
+    def __repr__(self) -> str:
+        return f"<AsyncBatchStream {self.summary}>"
+
+    def __aiter__(self) -> AsyncBatchStream:
+        return self
+
+    async def __anext__(self) -> ResultPair:
+        return await self._pairs.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop the batch: what is in flight is cancelled, nothing more is yielded."""
+        await self._pairs.aclose()

@@ -2,23 +2,72 @@
 
 from __future__ import annotations
 
+import math
+import os
+import urllib.parse
+from collections.abc import Callable, Sequence
+
+import psutil
+
 from .request import OpenAIRequest, RawRequest
 
 __all__ = [
+    "RequestChecker",
     "check_api_key",
+    "check_base_url",
+    "check_bool",
     "check_callable",
     "check_int",
     "check_positive",
-    "check_request",
+    "check_workers",
+    "pickled_callable",
 ]
 
+# Worker processes allowed per CPU core (and at least this many in all): far beyond this,
+# processes only compete for the cores and memory, and starting them stalls the machine.
+_WORKERS_PER_CORE = 8
+_MIN_WORKERS_ALLOWED = 32
 
-def check_request(index: int, request: object) -> None:
-    if not isinstance(request, (OpenAIRequest, RawRequest)):
-        raise TypeError(
-            f"requests[{index}] must be an OpenAIRequest or RawRequest, "
-            f"got {type(request).__name__}"
-        )
+
+class RequestChecker:
+    """Checks each request before it is sent: its type, and that its route has a key.
+
+    Parameters:
+        needs_key: requests for OpenAI models need ``OPENAI_API_KEY`` (no ``api_key`` was
+            given, and the workers read this machine's environment).
+    """
+
+    def __init__(self, needs_key: bool) -> None:
+        self.needs_key = needs_key
+
+    def __call__(self, index: int, request: object) -> None:
+        self.check_type(index, request)
+        self.check_key(index, request)
+
+    def check_all(self, requests: Sequence[object]) -> None:
+        """Check a whole list: every item's type first, then the keys their routes need."""
+        for index, request in enumerate(requests):
+            self.check_type(index, request)
+        for index, request in enumerate(requests):
+            self.check_key(index, request)
+
+    @staticmethod
+    def check_type(index: int, request: object) -> None:
+        if not isinstance(request, (OpenAIRequest, RawRequest)):
+            raise TypeError(
+                f"requests[{index}] must be an OpenAIRequest or RawRequest, "
+                f"got {type(request).__name__}"
+            )
+
+    def check_key(self, index: int, request: object) -> None:
+        if not self.needs_key or not isinstance(request, (OpenAIRequest, RawRequest)):
+            return
+        if request.uses_openai_sdk and not os.environ.get("OPENAI_API_KEY"):
+            raise ValueError(
+                f"requests[{index}] (model {request.model!r}) goes to the OpenAI API, which "
+                "needs a key: pass api_key= or set OPENAI_API_KEY (any non-empty value for a "
+                "local server that checks none)"
+            )
 
 
 def check_api_key(api_key: object) -> None:
@@ -29,11 +78,39 @@ def check_api_key(api_key: object) -> None:
     # Never echo the key: the message names the problem only.
     if not api_key or any(c.isspace() or not c.isprintable() for c in api_key):
         raise ValueError("api_key must be a non-empty string without spaces or control characters")
+    if not api_key.isascii():
+        raise ValueError("api_key must be ASCII (it is sent in an HTTP header)")
+
+
+def check_base_url(base_url: object) -> None:
+    if base_url is None:
+        return
+    if not isinstance(base_url, str):
+        raise TypeError(f"base_url must be a str, got {type(base_url).__name__}")
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"base_url must be an http:// or https:// URL with a host, got {base_url!r}"
+        )
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number in range
+    except ValueError as exc:
+        raise ValueError(f"base_url has a bad port: {base_url!r} ({exc})") from None
 
 
 def check_positive(name: str, value: object) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def check_callable(name: str, value: object) -> None:
@@ -46,3 +123,35 @@ def check_int(name: str, value: object, *, minimum: int) -> None:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_workers(workers: object, max_concurrency: int, backend: str) -> int | None:
+    """The worker count to use (None: the default), at most `max_concurrency`.
+
+    A count far above this machine's cores is an error for local workers: starting a
+    million processes would stall the machine long before the first request.
+    """
+    if workers is None:
+        return None
+    check_int("workers", workers, minimum=0)
+    assert isinstance(workers, int)
+    cores = psutil.cpu_count() or 1
+    allowed = max(_MIN_WORKERS_ALLOWED, _WORKERS_PER_CORE * cores)
+    if backend != "ray" and workers > allowed:
+        raise ValueError(
+            f"workers={workers} is far more than this machine's {cores} CPU cores can use "
+            f"(at most {allowed} here); the default is one per core"
+        )
+    return min(workers, max_concurrency)
+
+
+def pickled_callable(name: str, value: object, dump: Callable[[], bytes]) -> bytes:
+    """`dump()`, or a TypeError naming `value` when it (or what it holds) cannot pickle."""
+    try:
+        return dump()
+    except Exception as exc:
+        raise TypeError(
+            f"{name} {value!r} cannot be sent to the workers: cloudpickle failed with {exc!r} "
+            "(a lock, an open file or a client in its closure? create those inside it, or "
+            "in an initializer)"
+        ) from None

@@ -361,7 +361,7 @@ def test_retry_failed_resends_only_failures_and_a_changed_request_is_reported(
 
     assert sent_by("--retry-failed") == [users[2], users[5]]
     assert all(record["error"] is None for record in _latest(output).values())
-    assert len(_records(output)) == 12  # appended: the latest line per custom_id wins
+    assert len(_records(output)) == 10  # one line per custom_id: the new ones replaced the old
     assert sent_by() == []
     assert sent_by("--retry-failed") == []
 
@@ -389,3 +389,112 @@ def test_the_demo_runs_against_the_bundled_server_without_a_key() -> None:
     assert out.returncode == 0, out.stderr
     assert "No OPENAI_API_KEY set: using the bundled local server" in out.stdout
     assert "20 requests: 19 ok, 1 failed (APIError: 1)" in out.stdout.splitlines()[-1]
+
+
+@pytest.mark.timeout(60)
+def test_each_custom_id_has_one_line_after_any_run_that_resent_it(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    users = [f"q{i} [[status=400 times=1]]" for i in range(4)] + [f"ok {i}" for i in range(4)]
+    source = _write(
+        tmp_path / "in.jsonl", [_prompt_line(u, f"id-{i}") for i, u in enumerate(users)]
+    )
+    output = tmp_path / "out.jsonl"
+    assert _run(fake, source, output).returncode == 0
+    # A re-run that is cut short by SIGTERM still leaves one line per custom_id.
+    slow = [f"[[latency=30]] {u}" if i == 3 else u for i, u in enumerate(users)]
+    _write(source, [_prompt_line(u, f"id-{i}") for i, u in enumerate(slow)])
+    run = _start(fake, source, output, "--retry-failed", "--resend-changed", "--grace", "0.5")
+    _wait_for(lambda: _complete_lines(output) >= 11)  # the 3 retried lines are in, appended
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(30) == 75
+    records = _records(output)
+    assert sorted(r["custom_id"] for r in records) == [f"id-{i}" for i in range(8)]
+    assert not any(output.parent.glob(".out.jsonl.*"))  # no temporary file left
+
+
+@pytest.mark.timeout(60)
+def test_without_a_key_the_cli_sends_nothing_and_exits_2(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    source = _prompt_file(tmp_path / "in.jsonl", 3)
+    command = _command(fake, source, tmp_path / "out.jsonl")
+    env = {k: v for k, v in _env().items() if k != "OPENAI_API_KEY"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=50)
+    assert result.returncode == 2, result.stderr
+    assert "set OPENAI_API_KEY" in result.stderr and "api_key=" not in result.stderr
+    assert fake.stats().requests == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_resumed_run_still_counts_the_errors_already_written(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    source = _write(
+        tmp_path / "in.jsonl",
+        [_prompt_line(f"q{i}" + (" [[status=400]]" if i < 2 else ""), f"id-{i}") for i in range(5)],
+    )
+    output = tmp_path / "out.jsonl"
+    assert _run(fake, source, output).returncode == 0
+    again = _run(fake, source, output)
+    assert again.returncode == 0
+    assert "5 already done (2 of them errors)" in again.stderr
+    assert "2 failed request(s) are in the output" in again.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("lines", "says"),
+    [
+        (
+            ['{"custom_id": "\\ud800", "system_prompt": "s", "user_prompt": "u"}'],
+            "in.jsonl:1: custom_id '\\ud800' has a lone surrogate",
+        ),
+        ([], "no lines (the file is empty); nothing to send"),
+    ],
+)
+def test_odd_inputs_get_a_complete_message(
+    fake: FakeOpenAIServer, tmp_path: Path, lines: list[str], says: str
+) -> None:
+    source = _write(tmp_path / "in.jsonl", lines)
+    result = _run(fake, source, tmp_path / "out.jsonl")
+    assert says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_usage_errors_name_the_flags_and_print_no_traceback(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    as_input = _run(fake, folder, tmp_path / "out.jsonl")
+    assert as_input.returncode == 2 and "is a directory" in as_input.stderr
+    source = _prompt_file(tmp_path / "in.jsonl", 2)
+    too_many = _run(fake, source, tmp_path / "out.jsonl", "--workers", "100000")
+    assert too_many.returncode == 2
+    assert "--workers 100000 is far more" in too_many.stderr and "workers=" not in too_many.stderr
+    for result in (as_input, too_many):
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_demo_and_serve_refuse_bad_arguments_with_a_message(tmp_path: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+        command = [sys.executable, "-m", "batch_stream_openai.cli", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=50)
+
+    zero = cli("demo", "--max-concurrency", "0")
+    assert zero.returncode == 2 and "must be >= 1" in zero.stderr
+    nothing = cli("demo", "-n", "0")
+    assert nothing.returncode == 0 and "nothing to send" in nothing.stdout
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = cli("serve", "--port", str(busy.getsockname()[1]))
+    assert taken.returncode == 1 and "cannot serve on 127.0.0.1" in taken.stderr
+    for result in (zero, nothing, taken):
+        assert "Traceback" not in result.stderr

@@ -105,11 +105,18 @@ def ignore_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-class _BombOnLoad:
-    """Pickles fine; unpickling it raises (in the worker)."""
+class _BombOnLoad(str):
+    """Text in JSON, and it pickles fine; unpickling it raises (in the worker)."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_explode, ())
+
+
+class _Unpicklable(str):
+    """Text in JSON, but no pickler can take it (nor cloudpickle)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError("this text will not be pickled")
 
 
 def _explode() -> None:
@@ -481,8 +488,8 @@ def test_real_openai_exceptions_do_not_unpickle_which_is_why_we_convert_them() -
 def test_requests_that_cannot_travel_fail_their_own_index(pool_options: dict[str, Any]) -> None:
     requests = [
         ask("fine"),
-        ask("unpicklable", extra_body={"callback": lambda: None}),
-        ask("bomb", extra_body={"bomb": _BombOnLoad()}),
+        ask("unpicklable", extra_body={"user": _Unpicklable("u")}),
+        ask("bomb", extra_body={"user": _BombOnLoad("b")}),
         ask("fine too"),
     ]
     results = run_batch(requests, **pool_options)

@@ -9,6 +9,8 @@ def test_public_names_are_pinned() -> None:
             "APIConnectionError",
             "APIError",
             "APITimeoutError",
+            "AsyncBatchStream",
+            "BatchFileError",
             "BatchPool",
             "BatchStream",
             "BatchStreamError",

@@ -8,8 +8,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -19,23 +22,14 @@ from batch_stream_openai import (
     BatchPool,
     OpenAIRequest,
     WorkerCrashedError,
+    WorkerStartupError,
+    run_batch,
     stream_batch,
 )
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
 from .conftest import signal_worker
-
-SYSTEM = "You are terse."
-
-
-def ask(user: str) -> OpenAIRequest:
-    return OpenAIRequest(SYSTEM, user, model="gpt-4o-mini", api="chat")
-
-
-def die_on_poison(text: str) -> str:
-    if "poison" in text:
-        os._exit(7)
-    return text
+from .helpers import SYSTEM, answers, ask, die_on_poison
 
 
 @pytest.mark.timeout(60)
@@ -247,3 +241,172 @@ def test_an_unpicklable_exception_still_reaches_the_caller(pool_options: dict[st
     assert isinstance(results[0], PostprocessError)
     assert results[0].exception_type == "_Unpicklable"
     assert results[1] == expected_answer(SYSTEM, "fine")
+
+
+# -- hardening: workers that do not read, inputs that fail, start-up interrupted -------------
+
+BIG_PROMPT = "x" * 100_000  # larger than a pipe's buffer: a send to a reader that is gone blocks
+
+
+def hang_in_one_initializer(marker: str) -> Callable[[], None]:
+    """An initializer that never returns in the first worker to run it."""
+
+    def initialize() -> None:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return
+        threading.Event().wait()
+
+    return initialize
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_stuck_in_its_initializer_gets_no_tasks(
+    tmp_path: Path, pool_options: dict[str, Any]
+) -> None:
+    users = [f"{BIG_PROMPT} {i}" for i in range(24)]
+    started = time.monotonic()
+    results = run_batch(
+        [ask(u) for u in users],
+        workers=2,
+        max_concurrency=8,
+        initializer=hang_in_one_initializer(str(tmp_path / "first")),
+        **pool_options,
+    )
+    assert results == answers(users)
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.timeout(60)
+def test_a_frozen_idle_worker_does_not_block_the_dispatcher(pool_options: dict[str, Any]) -> None:
+    users = [f"{BIG_PROMPT} {i}" for i in range(30)]
+    with BatchPool(workers=2, max_concurrency=8, hang_timeout=2, **pool_options) as pool:
+        served_by: set[int] = set()
+        while len(served_by) < 2:  # both workers ready, so the frozen one will get tasks
+            served_by.update(pool.run([ask(f"warm {i}") for i in range(8)], postprocess=pid_of))
+        frozen = pool.pids[0]
+        assert signal_worker(frozen, signal.SIGSTOP)
+        started = time.monotonic()
+        assert pool.run([ask(u) for u in users]) == answers(users)
+        assert time.monotonic() - started < 30
+        assert frozen not in pool.pids
+    assert not psutil.pid_exists(frozen) or psutil.Process(frozen).status() == "zombie"
+
+
+def pid_of(_text: str) -> int:
+    return os.getpid()
+
+
+STUCK_PARENT = """
+    import threading
+    from batch_stream_openai import BatchPool, OpenAIRequest
+    def hang():
+        threading.Event().wait()
+    if __name__ == "__main__":
+        pool = BatchPool(workers=2, initializer=hang, base_url={base_url!r}, api_key="sk-test")
+        stream = pool.stream([OpenAIRequest("s", "u", model="gpt-4o-mini")])
+        threading.Thread(target=next, args=(stream,), daemon=True).start()
+        while len(pool.pids) < 2:
+            pass
+        print(" ".join(map(str, pool.pids)), flush=True)
+        threading.Event().wait()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_stuck_in_its_initializer_exits_when_the_parent_is_killed(
+    fake: FakeOpenAIServer,
+) -> None:
+    parent = spawn_parent(STUCK_PARENT.format(base_url=fake.base_url))
+    workers = wait_for_pids(parent)
+    parent.kill()
+    parent.wait(5)
+    _gone, alive = psutil.wait_procs(workers, timeout=3)
+    assert not alive, f"orphaned workers: {alive}"
+
+
+@pytest.mark.timeout(60)
+def test_what_was_read_is_yielded_before_the_inputs_own_error(
+    pool_options: dict[str, Any],
+) -> None:
+    def requests() -> Iterator[OpenAIRequest]:
+        for i in range(4):
+            yield ask(f"[[latency=0.3]] read {i}")
+        raise KeyError("the input broke")
+
+    seen: list[int] = []
+    with pytest.raises(KeyError, match="the input broke"):
+        for index, result in stream_batch(requests(), max_concurrency=2, **pool_options):
+            assert result == answers([f"[[latency=0.3]] read {index}"])[0]
+            seen.append(index)
+    assert sorted(seen) == [0, 1, 2, 3]
+
+
+@pytest.mark.timeout(60)
+def test_a_bad_item_is_raised_after_the_good_ones_before_it(pool_options: dict[str, Any]) -> None:
+    items: list[Any] = [ask(f"[[latency=0.2]] good {i}") for i in range(3)] + [{"not": "a request"}]
+    seen: list[int] = []
+    with pytest.raises(TypeError, match=r"requests\[3\] must be an OpenAIRequest"):
+        for index, _ in stream_batch(iter(items), max_concurrency=2, **pool_options):
+            seen.append(index)
+    assert sorted(seen) == [0, 1, 2]
+
+
+def fail_once_marked(marker: str) -> Callable[[], None]:
+    """An initializer that fails in every worker started after `marker` exists."""
+
+    def initialize() -> None:
+        if os.path.exists(marker):
+            raise RuntimeError("the environment broke after start-up")
+
+    return initialize
+
+
+@pytest.mark.timeout(90)
+def test_results_in_flight_are_yielded_before_workers_that_cannot_restart_end_the_batch(
+    tmp_path: Path, fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    marker = tmp_path / "broken"
+    # The slow ones are still running when the respawns have failed three times (~5 s).
+    users = [f"[[latency={0.5 if i % 2 else 10}]] w{i}" for i in range(8)]
+    seen: dict[int, Any] = {}
+    with (
+        BatchPool(
+            workers=2, max_concurrency=8, initializer=fail_once_marked(str(marker)), **pool_options
+        ) as pool,
+        pytest.raises(WorkerStartupError, match="the environment broke"),
+    ):
+        for index, result in pool.stream(ask(u) for u in users):
+            seen[index] = result
+            if len(seen) == 1:
+                marker.touch()
+                assert signal_worker(pool.pids[0])  # its replacements cannot start
+    assert sorted(seen) == list(range(8))  # every index read, answered or failed
+    answered = {i for i, r in seen.items() if isinstance(r, str)}
+    assert all(seen[i] == answers([users[i]])[0] for i in answered)
+    assert all(isinstance(seen[i], WorkerCrashedError) for i in set(seen) - answered)
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_while_workers_import_prints_no_worker_tracebacks(fake: FakeOpenAIServer) -> None:
+    parent = spawn_parent(
+        f"""
+        import signal, sys
+        from batch_stream_openai import BatchPool, OpenAIRequest
+        if __name__ == "__main__":
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            pool = BatchPool(workers=2, base_url={fake.base_url!r}, api_key="sk-test")
+            print("starting", flush=True)
+            try:
+                pool.run([OpenAIRequest("s", "u", model="gpt-4o-mini")])
+            except KeyboardInterrupt:
+                sys.exit(130)
+        """
+    )
+    assert parent.stdout is not None and parent.stdout.readline().strip() == "starting"
+    time.sleep(0.15)  # the scenario: the workers are importing their modules now
+    os.killpg(parent.pid, signal.SIGINT)
+    _stdout, stderr = parent.communicate(timeout=20)
+    assert parent.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
-import textwrap
 import threading
+import time
 from typing import Any
 
 import pytest
 
 from batch_stream_openai import (
     BatchPool,
-    OpenAIRequest,
     PoolClosedError,
     PostprocessError,
     ResultTransferError,
@@ -24,17 +24,10 @@ from batch_stream_openai import (
 from batch_stream_openai.errors import RemoteTraceback
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
+from .conftest import wait_for_no_workers
+from .helpers import SYSTEM, answers, ask, run_script
+
 pytestmark = pytest.mark.timeout(60)
-
-SYSTEM = "You are terse."
-
-
-def ask(user: str) -> OpenAIRequest:
-    return OpenAIRequest(SYSTEM, user, model="gpt-4o-mini", api="chat")
-
-
-def answers(users: list[str]) -> list[str]:
-    return [expected_answer(SYSTEM, u) for u in users]
 
 
 def test_two_batches_reuse_the_same_worker_processes(pool_options: dict[str, Any]) -> None:
@@ -170,15 +163,6 @@ def test_one_batch_at_a_time_per_pool(pool_options: dict[str, Any]) -> None:
         assert pool.run([ask("three")]) == answers(["three"])
 
 
-def run_script(code: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def test_a_script_without_a_main_guard_gets_a_clear_error(fake: FakeOpenAIServer) -> None:
     # `python -c` has no main module to re-import, so the script must be a file.
     import tempfile
@@ -224,3 +208,179 @@ def _process(pid: int) -> Any:
         return psutil.Process(pid)
     except psutil.NoSuchProcess:
         return None
+
+
+# -- hardening: exit, cancellation, scripts, misuse --------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("left_open", ["pool", "stream"])
+def test_the_interpreter_exits_whatever_was_registered_at_exit_before_us(
+    left_open: str, fake: FakeOpenAIServer
+) -> None:
+    # A weakref.finalize made before the library is imported (TemporaryDirectory does one)
+    # puts multiprocessing's exit handler, which joins the workers, before the pool's.
+    out = run_script(
+        f"""
+        import tempfile
+        scratch = tempfile.TemporaryDirectory()
+        from batch_stream_openai import BatchPool, OpenAIRequest, stream_batch
+        requests = [OpenAIRequest("s", f"u{{i}}", model="gpt-4o-mini") for i in range(20)]
+        options = dict(base_url={fake.base_url!r}, api_key="sk-test", workers=2)
+        if {left_open!r} == "pool":
+            pool = BatchPool(**options)
+            print(len(pool.run(requests)))
+        else:
+            stream = stream_batch(requests, max_concurrency=2, **options)
+            print(next(stream)[0] >= 0)
+        """,
+        timeout=45,
+    )
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["wait_for", "cancel"])
+def test_cancelling_an_async_stream_stops_the_batch_and_keeps_the_pool(
+    how: str, fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    fake.configure(latency=0.3)
+
+    async def consume(pool: BatchPool) -> None:
+        async for _ in pool.astream([ask(f"slow {i}") for i in range(200)]):
+            pass
+
+    async def main() -> list[Any]:
+        with BatchPool(workers=2, max_concurrency=4, **pool_options) as pool:
+            if how == "wait_for":
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(consume(pool), timeout=1.5)
+            else:
+                task = asyncio.create_task(consume(pool))
+                await asyncio.sleep(1.5)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            sent = fake.stats().requests
+            assert sent < 200  # the batch stopped
+            return await pool.arun([ask("after")])  # and the pool still works
+
+    started = time.monotonic()
+    assert asyncio.run(main()) == answers(["after"])
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.timeout(60)
+def test_cancelling_astream_batch_closes_its_pool(
+    fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    fake.configure(latency=0.3)
+
+    async def main() -> None:
+        async def consume() -> None:
+            async for _ in astream_batch([ask(f"s{i}") for i in range(100)], **pool_options):
+                pass
+
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(consume(), timeout=1.5)
+
+    asyncio.run(main())
+    assert wait_for_no_workers({os.getpid(), fake.pid}, timeout=3.0) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_postprocess_may_return_an_instance_of_a_class_from_main(fake: FakeOpenAIServer) -> None:
+    out = run_script(
+        f"""
+        from dataclasses import dataclass
+        from batch_stream_openai import OpenAIRequest, run_batch
+
+        @dataclass
+        class Parsed:
+            text: str
+            length: int
+
+        if __name__ == "__main__":
+            results = run_batch(
+                [OpenAIRequest("s", f"u{{i}}", model="gpt-4o-mini") for i in range(4)],
+                postprocess=lambda text: Parsed(text, len(text)),
+                base_url={fake.base_url!r}, api_key="sk-test", workers=2,
+            )
+            assert all(type(r) is Parsed for r in results), results
+            print(sum(r.length for r in results))
+        """,
+        from_stdin=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 0
+
+
+@pytest.mark.timeout(60)
+def test_a_script_read_from_stdin_runs_like_python_c(fake: FakeOpenAIServer) -> None:
+    out = run_script(
+        f"""
+        from batch_stream_openai import OpenAIRequest, run_batch
+        print(run_batch([OpenAIRequest("s", "u", model="gpt-4o-mini")],
+                        base_url={fake.base_url!r}, api_key="sk-test"))
+        """,
+        from_stdin=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "echo: u" in out.stdout
+
+
+def test_a_closed_pool_names_the_call_that_was_made(pool_options: dict[str, Any]) -> None:
+    pool = BatchPool(**pool_options)
+    pool.close()
+    with pytest.raises(PoolClosedError, match=r"Cannot call run\(\) on a closed BatchPool"):
+        pool.run([ask("x")])
+
+    async def main() -> None:
+        with pytest.raises(PoolClosedError, match=r"Cannot call astream\(\)"):
+            async for _ in pool.astream([ask("x")]):
+                pass
+
+    asyncio.run(main())
+
+
+def test_a_postprocess_that_cannot_be_pickled_is_named(pool_options: dict[str, Any]) -> None:
+    lock = threading.Lock()
+
+    def locked_parse(text: str) -> str:
+        with lock:
+            return text
+
+    with pytest.raises(TypeError, match=r"postprocess <function .*locked_parse.* cannot be sent"):
+        run_batch([ask("x")], postprocess=locked_parse, **pool_options)
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_started_inside_a_postprocess_says_what_to_do(
+    pool_options: dict[str, Any],
+) -> None:
+    def nested(text: str) -> str:
+        from batch_stream_openai import run_batch as inner
+
+        return str(inner([ask("inner")], **pool_options))
+
+    (result,) = run_batch([ask("outer")], postprocess=nested, **pool_options)
+    assert isinstance(result, PostprocessError)
+    assert "backend='thread'" in str(result) and "inside a postprocess" in str(result)
+
+
+@pytest.mark.timeout(60)
+def test_an_idle_pool_sends_nothing_between_batches(pool_options: dict[str, Any]) -> None:
+    with BatchPool(workers=2, max_concurrency=8, **pool_options) as pool:
+        served_by: set[int] = set()
+        while len(served_by) < 2:  # both workers started: no Ready message is on its way
+            served_by.update(pool.run([ask(f"w{i}") for i in range(8)], postprocess=pid_of))
+        workers = pool._supervisor.workers
+        for worker in workers:
+            worker.drain()  # a last heartbeat may have left with the last result
+        time.sleep(1.5)  # the scenario: idle for three heartbeat intervals
+        assert not any(worker.result_channel.poll() for worker in workers)
+        assert pool.run([ask("again")]) == answers(["again"])
+
+
+def pid_of(_text: str) -> int:
+    return os.getpid()

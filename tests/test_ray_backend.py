@@ -28,11 +28,11 @@ from batch_stream_openai import (  # noqa: E402
     OpenAIRequest,
     WorkerCrashedError,
     WorkerStartupError,
-    ray_backend,
     run_batch,
     stream_batch,
 )
-from batch_stream_openai.config import ClientConfig, RetryPolicy, WorkerConfig  # noqa: E402
+from batch_stream_openai.backends import ray as ray_backend  # noqa: E402
+from batch_stream_openai.config import ClientConfig, Secret, WorkerConfig  # noqa: E402
 from batch_stream_openai.pool import in_input_order  # noqa: E402
 from batch_stream_openai.protocol import Ready  # noqa: E402
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer  # noqa: E402
@@ -165,7 +165,8 @@ class TestOnALocalRay:
     def test_a_worker_asked_to_stop_closes_its_actor_and_shows_its_exit(
         self, pool_options: dict[str, Any]
     ) -> None:
-        config = WorkerConfig(ClientConfig(**pool_options), RetryPolicy())
+        client = ClientConfig(Secret(pool_options["api_key"]), pool_options["base_url"])
+        config = WorkerConfig(client)
         worker = ray_backend.RayWorker(cloudpickle.dumps(config), 0, address=None)
         try:
             first = worker.receive()

@@ -66,3 +66,55 @@ def test_bad_fields_name_the_field(kwargs: dict[str, Any], error: type, field: s
 def test_routing_rule(model: str, sdk_name: str | None) -> None:
     assert openai_model_name(model) == sdk_name
     assert OpenAIRequest("s", "u", model=model).uses_openai_sdk is (sdk_name is not None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"temperature": float("nan")}, "temperature must be finite"),
+        ({"extra_body": {"top_p": float("inf")}}, "extra_body cannot be sent as JSON"),
+        ({"extra_body": {"logit_bias": {1: object()}}}, "extra_body cannot be sent as JSON"),
+        ({"extra_body": {"model": 5}}, r"extra_body\['model'\] must be a non-empty model name"),
+        ({"extra_body": {"stream": True}}, r"extra_body\['stream'\] is not supported"),
+        ({"metadata": {"k": "\ud800"}}, "metadata cannot be sent as JSON"),
+        ({"user_prompt": "bad \udcff byte"}, r"user_prompt has a lone surrogate '\\udcff' at"),
+        ({"system_prompt": "\ud83d"}, "system_prompt has a lone surrogate"),
+        ({"model": " gpt-4o-mini"}, "has spaces around it"),
+    ],
+)
+def test_what_cannot_be_sent_is_refused_when_the_request_is_built(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    fields: dict[str, Any] = {"system_prompt": "s", "user_prompt": "u", **kwargs}
+    with pytest.raises((TypeError, ValueError), match=message):
+        OpenAIRequest(**fields)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"model": "gpt-4o-mini", "input": "x", "temperature": float("nan")}, "cannot be sent"),
+        ({"model": "gpt-4o-mini", "input": "x", "stream": True}, "'stream'] is not supported"),
+        ({"model": "gpt-4o-mini ", "input": "x"}, "has spaces around it"),
+    ],
+)
+def test_raw_bodies_that_cannot_be_sent_are_refused(body: dict[str, Any], message: str) -> None:
+    from batch_stream_openai import RawRequest
+
+    with pytest.raises(ValueError, match=message):
+        RawRequest("/v1/responses", body)
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        ("gpt5-mini", "did you mean 'gpt-5-mini'?"),
+        ("GPT-4o", "did you mean 'gpt-4o'?"),
+        ("gemini/gemini-2.0-flash", "so it went to LiteLLM"),
+        ("gpt-4o-mini", "is an OpenAI model name"),
+    ],
+)
+def test_the_route_a_model_name_takes_is_explained(model: str, says: str) -> None:
+    from batch_stream_openai.request import explain_route
+
+    assert says in explain_route(model)

@@ -1,12 +1,13 @@
 """Retry policy: what is retried, how long it waits, how failures are reported.
 
-Real SDK exceptions built on real httpx2 responses; the sleep is injected, so the
-waits are recorded instead of slept.
+Real SDK exceptions built on real httpx2 responses, converted as a worker converts them;
+the schedule is asked for each wait, so nothing is slept.
 """
 
 from __future__ import annotations
 
-import asyncio
+import math
+import time
 
 import httpx2
 import openai
@@ -14,12 +15,8 @@ import pytest
 
 from batch_stream_openai import errors
 from batch_stream_openai.config import RetryPolicy
-from batch_stream_openai.retry import (
-    build_retrying,
-    is_retryable,
-    retry_after_seconds,
-    to_request_error,
-)
+from batch_stream_openai.provider_errors import to_request_error
+from batch_stream_openai.retry import MAX_RETRY_AFTER_S, RetrySchedule, parse_retry_after
 
 REQUEST = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
 
@@ -31,24 +28,35 @@ def status_error(status: int, headers: dict[str, str] | None = None, code: str =
     return client._make_status_error(f"status {status}", body=body, response=response)
 
 
+def converted(exc: Exception) -> errors.RequestError:
+    return to_request_error(exc, index=0, attempts=1, secret=None)
+
+
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
 def test_transient_statuses_are_retried(status: int) -> None:
-    assert is_retryable(status_error(status))
+    assert converted(status_error(status)).retryable
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
 def test_client_errors_are_not_retried(status: int) -> None:
-    assert not is_retryable(status_error(status))
+    assert not converted(status_error(status)).retryable
 
 
 def test_insufficient_quota_is_not_retried() -> None:
-    assert not is_retryable(status_error(429, code="insufficient_quota"))
+    assert not converted(status_error(429, code="insufficient_quota")).retryable
+
+
+def test_the_server_can_say_whether_to_retry() -> None:
+    assert converted(status_error(400, {"x-should-retry": "true"})).retryable
+    assert not converted(status_error(503, {"x-should-retry": "false"})).retryable
 
 
 def test_connection_errors_and_timeouts_are_retried() -> None:
-    assert is_retryable(openai.APIConnectionError(request=REQUEST))
-    assert is_retryable(openai.APITimeoutError(request=REQUEST))
-    assert not is_retryable(ValueError("ours"))
+    connection = converted(openai.APIConnectionError(request=REQUEST))
+    assert isinstance(connection, errors.APIConnectionError) and connection.retryable
+    timeout = converted(openai.APITimeoutError(request=REQUEST))
+    assert isinstance(timeout, errors.APITimeoutError) and timeout.retryable
+    assert not converted(ValueError("ours")).retryable
 
 
 @pytest.mark.parametrize(
@@ -59,67 +67,82 @@ def test_connection_errors_and_timeouts_are_retried() -> None:
         ({"retry-after-ms": "100", "retry-after": "5"}, 0.1),
         ({}, None),
         ({"retry-after": "soon"}, None),
+        # A broken retry-after-ms must not hide a valid retry-after.
+        ({"retry-after-ms": "abc", "retry-after": "5"}, 5.0),
+        ({"retry-after-ms": "inf"}, None),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": "-3"}, None),
     ],
 )
 def test_retry_after_headers(headers: dict[str, str], seconds: float | None) -> None:
-    assert retry_after_seconds(status_error(429, headers)) == seconds
+    assert parse_retry_after(headers) == seconds
+    assert converted(status_error(429, headers)).retry_after_s == seconds  # type: ignore[attr-defined]
 
 
-def run_flaky(failures: list[Exception], policy: RetryPolicy) -> tuple[object, list[float], int]:
-    slept: list[float] = []
-    calls = 0
+def test_retry_after_as_an_http_date() -> None:
+    when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
+    seconds = parse_retry_after({"retry-after": when})
+    assert seconds is not None and 25 < seconds <= 30
 
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
 
-    async def call() -> str:
-        nonlocal calls
-        calls += 1
-        if failures:
-            raise failures.pop(0)
-        return "ok"
-
-    async def main() -> object:
-        try:
-            return await build_retrying(policy, sleep)(call)
-        except Exception as exc:
-            return exc
-
-    return asyncio.run(main()), slept, calls
+def waits_for(failures: list[Exception], policy: RetrySchedule) -> tuple[list[float], int]:
+    """The waits the schedule asks between attempts, and the attempts made in all."""
+    waits: list[float] = []
+    for attempt, failure in enumerate(failures, 1):
+        wait = policy.next_wait(converted(failure), attempt, sum(waits))
+        if wait is None:
+            return waits, attempt
+        waits.append(wait)
+    return waits, len(failures) + 1  # the attempt after the last failure succeeds
 
 
 def test_honours_retry_after_then_succeeds() -> None:
     failures = [status_error(429, {"retry-after-ms": "1500"}), status_error(503)]
-    result, slept, calls = run_flaky(failures, RetryPolicy(max_attempts=5, max_backoff=1.0))
-    assert result == "ok"
-    assert calls == 3
-    assert slept[0] == 1.5  # what the server asked for, not the 1 s backoff cap
-    assert 0 <= slept[1] <= 1.0  # jittered exponential, capped
+    waits, attempts = waits_for(failures, RetrySchedule(RetryPolicy(max_attempts=5, max_backoff=1)))
+    assert attempts == 3
+    assert waits[0] == 1.5  # what the server asked for, not the 1 s backoff cap
+    assert 0 <= waits[1] <= 1.0  # jittered exponential, capped
+
+
+def test_a_huge_retry_after_is_capped_for_the_request() -> None:
+    for asked in ("3600", "1e9"):
+        (wait,), _ = waits_for(
+            [status_error(429, {"retry-after": asked})], RetrySchedule(RetryPolicy())
+        )
+        assert wait == MAX_RETRY_AFTER_S
+    assert math.isfinite(MAX_RETRY_AFTER_S)
 
 
 def test_stops_after_max_attempts_with_the_last_error() -> None:
     failures = [status_error(503) for _ in range(10)]
-    result, slept, calls = run_flaky(failures, RetryPolicy(max_attempts=3))
-    assert calls == 3
-    assert len(slept) == 2
-    assert isinstance(result, openai.InternalServerError)
+    waits, attempts = waits_for(failures, RetrySchedule(RetryPolicy(max_attempts=3)))
+    assert attempts == 3
+    assert len(waits) == 2
+
+
+def test_stops_after_the_deadline() -> None:
+    schedule = RetrySchedule(RetryPolicy(max_attempts=100, deadline=10))
+    error = converted(status_error(503))
+    assert schedule.next_wait(error, 1, 0.5) is not None
+    assert schedule.next_wait(error, 2, 11.0) is None
 
 
 def test_does_not_retry_a_bad_request() -> None:
-    result, slept, calls = run_flaky([status_error(400)], RetryPolicy(max_attempts=5))
-    assert calls == 1
-    assert slept == []
-    assert isinstance(result, openai.BadRequestError)
+    waits, attempts = waits_for([status_error(400)], RetrySchedule(RetryPolicy(max_attempts=5)))
+    assert attempts == 1
+    assert waits == []
 
 
 def test_final_errors_are_converted_and_the_key_masked() -> None:
     key = "sk-live-abcdefghijklmnop"
     sdk_error = status_error(401)
     sdk_error.message = f"Incorrect API key provided: {key}"  # type: ignore[attr-defined]
+    sdk_error.body = {"message": f"echo: Bearer {key}", "code": "x"}  # type: ignore[attr-defined]
     error = to_request_error(sdk_error, index=4, attempts=1, secret=key)
     assert isinstance(error, errors.APIError)
     assert (error.status_code, error.index, error.attempts, error.retryable) == (401, 4, 1, False)
     assert key not in str(error)
+    assert key not in repr(error.body) and "sk-...mnop" in repr(error.body)
     sdk_timeout = openai.APITimeoutError(request=REQUEST)
     timeout = to_request_error(sdk_timeout, index=0, attempts=3, secret=None)
     assert isinstance(timeout, errors.APITimeoutError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -12,9 +13,13 @@ from typing import Any
 import pytest
 
 from batch_stream_openai import (
+    APIConnectionError,
     APIError,
     APITimeoutError,
+    EmptyResponseError,
     OpenAIRequest,
+    RawRequest,
+    RequestError,
     run_batch,
     stream_batch,
 )
@@ -24,6 +29,7 @@ from .conftest import TEST_API_KEY, wait_for_no_workers, worker_children
 
 pytestmark = pytest.mark.timeout(60)
 
+CHAT = "/v1/chat/completions"
 SCHEMA = {
     "type": "json_schema",
     "json_schema": {
@@ -235,3 +241,132 @@ def test_an_exception_in_the_callers_loop_stops_every_worker(
         for _index, _result in stream_batch(requests, max_concurrency=10, **pool_options):
             raise KeyError("caller bug")
     assert wait_for_no_workers({os.getpid(), fake.pid}, timeout=2.0) == []
+
+
+# -- hardening: hostile servers, timeouts, budgets, keys ---------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_retry_after_the_pool_cannot_honour_pauses_nothing(
+    fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    users = ["[[status=429 retry_after=inf times=1]] first", "second", "third"]
+    started = time.monotonic()
+    results = run_batch([ask(u) for u in users], max_concurrency=1, max_retries=0, **pool_options)
+    assert isinstance(results[0], APIError) and results[0].status_code == 429
+    assert results[1:] == [expected_answer("You are terse.", u) for u in users[1:]]
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.timeout(60)
+def test_timeout_bounds_a_whole_attempt_even_a_trickling_body(
+    pool_options: dict[str, Any],
+) -> None:
+    started = time.monotonic()
+    (result,) = run_batch(
+        [ask("[[slow_body=30]] trickle")], timeout=1, max_retries=0, **pool_options
+    )
+    assert isinstance(result, APITimeoutError)
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("shape", ["refuse", "incomplete", "no_text"])
+@pytest.mark.parametrize("api", ["responses", "chat"])
+def test_an_answer_without_text_is_an_error_not_an_empty_string(
+    api: str, shape: str, pool_options: dict[str, Any]
+) -> None:
+    (plain,) = run_batch([ask(f"[[{shape}]] q", api=api)], **pool_options)
+    assert isinstance(plain, EmptyResponseError)
+    if shape == "refuse":
+        assert "I'm sorry, I cannot help with that." in str(plain)
+    (rich,) = run_batch([ask(f"[[{shape}]] q", api=api)], return_results=True, **pool_options)
+    assert isinstance(rich.error, EmptyResponseError) and rich.body is not None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cap", ["abc", [5], -1])
+def test_a_strange_output_cap_with_tpm_fails_nothing_but_its_own_index(
+    cap: object, fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    odd = RawRequest(
+        "/v1/chat/completions",
+        {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "odd"}],
+            "max_tokens": cap,
+        },
+    )
+    results = run_batch([ask("before"), odd, ask("after")], tpm=1_000_000, **pool_options)
+    assert results[0] == expected_answer("You are terse.", "before")
+    assert results[2] == expected_answer("You are terse.", "after")
+    assert len(results) == 3
+
+
+@pytest.mark.timeout(60)
+def test_rpm_paces_every_attempt_retries_included(
+    fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    users = [f"[[status=503]] always {i}" for i in range(4)]
+    results = run_batch(
+        [ask(u) for u in users], max_concurrency=4, max_retries=3, rpm=600, **pool_options
+    )
+    assert all(isinstance(r, APIError) and r.attempts == 4 for r in results)
+    times = sorted(r.received_at for r in fake.requests())
+    assert len(times) == 16
+    # 600 per minute: at most ~10 in any second, 0.1 s apart, however the retries line up.
+    assert all(later - earlier > 0.08 for earlier, later in itertools.pairwise(times))
+    assert times[-1] - times[0] >= 1.4
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("status", [200, 400])
+def test_the_api_key_never_comes_back_even_when_a_server_echoes_it(
+    status: int, fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    directive = "[[echo_auth]]" + (f" [[status={status}]]" if status != 200 else "")
+    (result,) = run_batch([ask(f"{directive} echo")], return_results=True, **pool_options)
+    assert TEST_API_KEY in fake.requests()[0].headers["authorization"]
+    shown = [repr(result), str(result.body), str(result.error), repr(result.error)]
+    if isinstance(result.error, APIError):
+        shown.append(str(result.error.body))
+    assert all(TEST_API_KEY not in text for text in shown)
+    assert "sk-...cdef" in str(result.body)  # masked, so one can still tell keys apart
+
+
+@pytest.mark.timeout(60)
+def test_without_a_key_nothing_is_sent_and_the_error_says_how_to_give_one(
+    fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ValueError, match=r"requests\[0\].*pass api_key= or set OPENAI_API_KEY"):
+        run_batch([ask("no key")], base_url=fake.base_url)
+    with pytest.raises(ValueError, match=r"requests\[0\]"):  # a generator: when reached
+        list(stream_batch(iter([ask("no key either")]), base_url=fake.base_url))
+    assert fake.stats().requests == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_connection_says_where_and_why(pool_options: dict[str, Any]) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here once the probe is closed
+    options = {**pool_options, "base_url": f"http://127.0.0.1:{port}/v1"}
+    (result,) = run_batch([ask("anyone?")], max_retries=1, **options)
+    assert isinstance(result, APIConnectionError) and not isinstance(result, APITimeoutError)
+    assert f"127.0.0.1:{port}" in str(result)
+    assert "refused" in str(result).lower() or "connect call failed" in str(result).lower()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("body", ["html", "empty", "list", "invalid_utf8"])
+def test_a_200_that_is_not_a_json_object_says_what_came_back(
+    body: str, pool_options: dict[str, Any]
+) -> None:
+    (result,) = run_batch([ask(f"[[body={body}]] odd")], **pool_options)
+    assert type(result) is RequestError
+    assert "HTTP 200" in str(result)
+    if body == "html":
+        assert "text/html" in str(result) and "Bad Gateway" in str(result)

@@ -23,10 +23,22 @@ GOOD = OpenAIRequest("s", "u", model="gpt-4o-mini")
         ({"workers": -1}, ValueError, "workers must be >= 0"),
         ({"max_retries": -1}, ValueError, "max_retries must be >= 0"),
         ({"timeout": 0}, ValueError, "timeout must be a positive number"),
-        ({"backend": "dask"}, ValueError, "backend must be 'local' or 'ray'"),
+        ({"backend": "dask"}, ValueError, "backend must be one of 'process', 'thread', 'ray'"),
         ({"backend": "ray", "workers": 0}, ValueError, r"workers=0 \(in-process mode\)"),
         ({"rpm": -5}, ValueError, "rpm must be a positive number"),
         ({"postprocess": "upper"}, TypeError, "postprocess must be callable"),
+        ({"timeout": float("nan")}, ValueError, "timeout must be a positive number, got nan"),
+        ({"timeout": float("inf")}, ValueError, "timeout must be a positive number, got inf"),
+        ({"rpm": float("nan")}, ValueError, "rpm must be a positive number"),
+        ({"tpm": float("inf")}, ValueError, "tpm must be a positive number"),
+        ({"return_results": 1}, TypeError, "return_results must be True or False, got 1"),
+        ({"progress": "yes"}, TypeError, "progress must be True or False"),
+        ({"adaptive": None}, TypeError, "adaptive must be True or False"),
+        ({"api_key": "sk-clé-0123456789"}, ValueError, "api_key must be ASCII"),
+        ({"base_url": "localhost:8000/v1"}, ValueError, "base_url must be an http:// or https://"),
+        ({"base_url": "http:///v1"}, ValueError, "with a host"),
+        ({"base_url": 8000}, TypeError, "base_url must be a str"),
+        ({"workers": 10**6}, ValueError, r"workers=1000000 is far more than this machine"),
     ],
 )
 def test_bad_arguments_raise_at_the_call(kwargs: dict[str, Any], error: type, message: str) -> None:
@@ -59,3 +71,10 @@ def test_a_bad_item_from_a_generator_is_named_when_reached(pool_options: dict[st
 def test_requests_must_be_iterable() -> None:
     with pytest.raises(TypeError, match="requests must be an iterable of OpenAIRequest"):
         stream_batch(42)  # type: ignore[arg-type]
+
+
+def test_workers_are_never_more_than_the_concurrency() -> None:
+    from batch_stream_openai import BatchPool
+
+    assert BatchPool(workers=8, max_concurrency=3).workers == 3
+    assert BatchPool(workers=2, max_concurrency=3).workers == 2

@@ -8,16 +8,13 @@ Example::
         client = openai.OpenAI(base_url=server.base_url, api_key="sk-test")
         ...
 
-The server runs in its own process; see :mod:`batch_stream_openai.testing.server`
-for the ``[[...]]`` fault-injection directives.
+The server runs in its own process (`server.py`); its routes live in `app.py`, and the
+``[[...]]`` fault-injection directives in `directives.py`.
 """
 
-from batch_stream_openai.testing.server import (
-    FakeOpenAIServer,
-    RecordedRequest,
-    ServerStats,
-    expected_answer,
-)
+from .directives import expected_answer
+from .server import FakeOpenAIServer
+from .settings import RecordedRequest, ServerStats
 
 __all__ = [
     "FakeOpenAIServer",

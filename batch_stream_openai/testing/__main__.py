@@ -10,7 +10,8 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
-from batch_stream_openai.testing.server import ServerSettings, run_server
+from batch_stream_openai.testing.app import run_server
+from batch_stream_openai.testing.settings import ServerSettings
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """Workers as Ray actors: ``BatchPool(backend="ray")``, with the pool unchanged.
 
 Each worker is one Ray async actor (`WorkerActor`) running the very same worker code as
-a worker process (`worker.open_runner`, `worker.TaskServer`). Only how a worker is
+a worker process (`engine.open_runner`, `engine.TaskServer`). Only how a worker is
 started, fed and watched differs, and the pool cannot tell: a `RayWorker` has the same
 two pipes as a `WorkerProcess`, bridged to the actor by two daemon threads of the
 driver::
@@ -18,7 +18,7 @@ driver::
   and the actor applies them in that order. EOF (the pool stopping the worker) becomes
   a last call that closes the actor's clients.
 - **Result pump**: starts the actor (`WorkerActor.start`: pid and node id), then polls
-  its mailbox and writes what it gets (Ready, Heartbeat, Outcome, Throttled) to the
+  its mailbox and writes what it gets (Ready, Heartbeat, Outcome) to the
   result pipe. When the actor finishes (exit code 0, or 3 after `StartupFailed`) or
   dies (`RayActorError`), the pump sets `exitcode` and closes the result and sentinel
   pipes: the pool's `multiprocessing.connection.wait` sees the exit as for any worker,
@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import multiprocessing
 import os
 import signal
 import threading
@@ -51,11 +50,11 @@ try:
 except ImportError as exc:
     raise ImportError("backend='ray' needs Ray: pip install 'batch-stream-openai[ray]'") from exc
 
-from .processes import PipeSentinelWorker
-from .protocol import Ready, StartupFailed
+from ..protocol import EXIT_OK, EXIT_STARTUP_FAILED, Ready, StartupFailed
+from .base import ExitSignal, PipeWorker
 
 if TYPE_CHECKING:
-    from .worker import TaskServer
+    from ..engine import TaskServer
 
 __all__ = ["ACTOR_NAME_PREFIX", "RayWorker", "WorkerActor"]
 
@@ -73,7 +72,7 @@ _POLL_TIMEOUT_S = 5.0
 class _Mailbox:
     """The actor's `Outbox`: messages wait here for the driver's next poll.
 
-    Used from the actor's event loop only, as `TaskServer` and `report_throttling` do.
+    Used from the actor's event loop only, as `TaskServer` does.
     """
 
     def __init__(self) -> None:
@@ -122,15 +121,15 @@ class WorkerActor:
 
         Returns this actor's process id and Ray node id.
         """
-        from . import worker  # here, in the actor: the driver never imports `openai`
+        from .. import engine  # here, in the actor: the driver never imports `openai`
 
         try:
-            runner = worker.open_runner(self._config_blob, self._mailbox)
+            runner = engine.open_runner(self._config_blob)
         except Exception:  # report any start-up failure, then finish
             self._mailbox.put(StartupFailed(traceback.format_exc()))
-            self._finish(worker._STARTUP_FAILED_EXIT_CODE)
+            self._finish(EXIT_STARTUP_FAILED)
         else:
-            self._server = worker.TaskServer(runner, self._mailbox)
+            self._server = engine.TaskServer(runner, self._mailbox)
             self._mailbox.put(Ready(os.getpid()))
             self._heartbeat = asyncio.get_running_loop().create_task(self._server.beat())
         self._started.set()
@@ -167,7 +166,7 @@ class WorkerActor:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         await self._server.aclose()
-        self._finish(0)
+        self._finish(EXIT_OK)
 
     def _finish(self, exitcode: int) -> None:
         self._exitcode = exitcode
@@ -227,7 +226,7 @@ def _daemon(target: Callable[[], None], name: str) -> threading.Thread:
     return thread
 
 
-class RayWorker(PipeSentinelWorker):
+class RayWorker(PipeWorker):
     """A worker that is a Ray actor, seen by the pool through the usual pipes.
 
     Parameters:
@@ -240,11 +239,11 @@ class RayWorker(PipeSentinelWorker):
 
     def __init__(self, config_blob: bytes, slot: int, *, address: str | None) -> None:
         _connect(address)
-        context = multiprocessing.get_context("spawn")  # only its `Pipe` is used
-        super().__init__(context)
+        self.name = f"{ACTOR_NAME_PREFIX}{slot}-{uuid.uuid4().hex[:8]}"
+        super().__init__(self.name)
+        self._exit = ExitSignal()
         self._pid: int | None = None
         self.node_id: str | None = None  # the Ray node the actor runs on, once started
-        self.name = f"{ACTOR_NAME_PREFIX}{slot}-{uuid.uuid4().hex[:8]}"
         self._actor: Any = _RemoteWorkerActor.options(
             name=self.name,
             num_cpus=_ACTOR_NUM_CPUS,
@@ -260,6 +259,14 @@ class RayWorker(PipeSentinelWorker):
         """The actor's process id (on its node), once started."""
         return self._pid
 
+    @property
+    def exitcode(self) -> int | None:
+        return self._exit.exitcode
+
+    @property
+    def sentinel(self) -> Any:
+        return self._exit.reader
+
     def join(self, timeout: float) -> None:
         self._result_pump.join(timeout)
 
@@ -268,10 +275,12 @@ class RayWorker(PipeSentinelWorker):
         self.request_stop()
         self._result_pump.join(max(0.0, deadline - time.monotonic()))
         self._kill()
-        self._close_parent_ends()
+        self.close_parent_ends()
+        self._exit.close()
 
-    def _signal(self, kill: bool) -> None:
-        self._kill()  # an actor has no SIGTERM: the watchdog's first step kills it
+    def abort(self) -> None:
+        """An actor has no SIGTERM: the watchdog's first step kills it."""
+        self._kill()
 
     def _kill(self) -> None:
         # Also after `ray.shutdown()` (interpreter exit), when there is nothing left to kill.
@@ -280,15 +289,16 @@ class RayWorker(PipeSentinelWorker):
 
     def _pump_tasks(self) -> None:
         """Thread: pass each list of messages from the task pipe to the actor, numbered."""
+        task_reader, _ = self.worker_ends
         for seq in itertools.count():
             try:
-                messages: list[Any] | None = self._task_reader.recv()
+                messages: list[Any] | None = task_reader.recv()
             except (EOFError, OSError):
                 messages = None  # the pool is stopping this worker
             with contextlib.suppress(Exception):  # Ray shut down: the result pump reports it
                 self._actor.handle.remote(seq, messages)
             if messages is None:
-                self._task_reader.close()
+                task_reader.close()
                 return
 
     def _pump_results(self) -> None:
@@ -297,26 +307,27 @@ class RayWorker(PipeSentinelWorker):
         try:
             exitcode = self._relay_results()
         finally:
-            self._mark_exited(exitcode)
+            _, result_writer = self.worker_ends
+            with contextlib.suppress(OSError):
+                result_writer.close()  # no more results: the pool reads EOF
+            self._exit.set(exitcode)
 
     def _relay_results(self) -> int:
         """Start the actor and relay its messages; return its exit code."""
+        _, result_writer = self.worker_ends
         try:
             self._pid, self.node_id = ray.get(self._actor.start.remote())
             while True:
                 messages, exitcode = ray.get(self._actor.poll.remote(_POLL_TIMEOUT_S))
                 if messages:
-                    self._result_writer.send(messages)
+                    result_writer.send(messages)
                 if exitcode is not None:
                     return int(exitcode)
         except RayError as error:  # dead, unreachable, or a failed call: never trust it again
             self._kill()
             if self._pid is None:  # say why, or the pool could only blame the start method
-                self._send_quietly([StartupFailed(f"the Ray actor could not start: {error}")])
+                with contextlib.suppress(OSError, ValueError):
+                    result_writer.send([StartupFailed(f"the Ray actor could not start: {error}")])
             return _exitcode_of(error) if isinstance(error, RayActorError) else 1
         except (OSError, ValueError):  # the pool closed its end: `stop` kills the actor
             return -signal.SIGKILL
-
-    def _send_quietly(self, messages: list[Any]) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._result_writer.send(messages)

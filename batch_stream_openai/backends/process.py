@@ -1,0 +1,145 @@
+"""The default backend: one worker process per worker (``spawn`` or ``forkserver``)."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from multiprocessing.context import BaseContext
+from typing import Any
+
+from .base import PipeWorker
+
+__all__ = ["WorkerProcess", "process_context"]
+
+# Time a hung worker gets between SIGTERM and SIGKILL.
+_KILL_GRACE_S = 2.0
+# Signals that reach a whole process group (Ctrl-C, a scheduler's SIGTERM).
+_GROUP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _worker_entry(*args: Any) -> None:
+    # Imported here, in the child: the parent never pays for importing `openai`.
+    from .. import worker
+
+    worker.main(*args)
+
+
+def process_context(start_method: str) -> BaseContext:
+    """The multiprocessing context for worker processes."""
+    context = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        # Workers fork from a server that has imported the SDK once: a respawn after a
+        # crash costs milliseconds instead of the ~0.5 s of imports.
+        context.set_forkserver_preload(["batch_stream_openai.worker"])
+    return context
+
+
+class WorkerProcess(PipeWorker):
+    """A worker process.
+
+    Parameters:
+        context: the multiprocessing context (`process_context`).
+        config_blob: the cloudpickled `WorkerConfig`.
+        slot: a stable number for the process name.
+    """
+
+    def __init__(self, context: BaseContext, config_blob: bytes, slot: int) -> None:
+        name = f"batch-stream-openai-worker-{slot}"
+        super().__init__(name)
+        self.process: multiprocessing.process.BaseProcess = context.Process(  # type: ignore[attr-defined]
+            target=_worker_entry, args=(*self.worker_ends, config_blob), name=name, daemon=True
+        )
+        with _group_signals_ignored(), _main_module_spawnable():
+            self.process.start()
+        self._pid: int | None = self.process.pid
+        self._sentinel: int = self.process.sentinel
+        self._aborted_at: float | None = None
+        # Our copies of the child's ends must go, or we would never see EOF when it dies.
+        self.close_worker_ends()
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    @property
+    def exitcode(self) -> int | None:
+        code: int | None = self.process.exitcode
+        return code
+
+    @property
+    def sentinel(self) -> int:
+        return self._sentinel
+
+    def join(self, timeout: float) -> None:
+        self.process.join(timeout)
+
+    def stop(self, deadline: float) -> None:
+        """Close its task pipe and wait until `deadline`, then SIGKILL.
+
+        Workers ignore SIGTERM (see `worker.main`), so there is no use in sending one.
+        """
+        # Reading stops first, so a worker blocked writing a large result gets EPIPE.
+        self.close_parent_ends()
+        self.process.join(max(0.0, deadline - time.monotonic()))
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(1.0)
+
+    def abort(self) -> None:
+        """SIGTERM now; SIGKILL on a later call, once the grace period is over."""
+        now = time.monotonic()
+        with contextlib.suppress(OSError, ValueError):
+            if self._aborted_at is None:
+                self._aborted_at = now
+                self.process.terminate()
+            elif now - self._aborted_at > _KILL_GRACE_S:
+                self.process.kill()
+
+
+@contextlib.contextmanager
+def _group_signals_ignored() -> Iterator[None]:
+    """Start a child with Ctrl-C and SIGTERM ignored from its first instruction.
+
+    An ignored signal stays ignored across exec, so a Ctrl-C while the worker imports
+    prints no traceback; the worker keeps ignoring them (the parent decides when workers
+    stop). In the parent the signals are blocked meanwhile, not lost: one that arrives
+    stays pending (Linux never discards a blocked signal) and is handled once restored.
+    Only the main thread may change signal handlers; elsewhere the child starts as is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)
+    handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _GROUP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+@contextlib.contextmanager
+def _main_module_spawnable() -> Iterator[None]:
+    """Let ``spawn`` start workers from a script it cannot re-import (``python - <<EOF``).
+
+    ``spawn`` re-runs ``__main__.__file__`` in each worker; a script read from stdin has
+    ``'<stdin>'`` there, which no worker can open. Like ``python -c``, such a main module
+    is then not re-imported at all (the postprocess and the requests travel by value).
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or not isinstance(path, str) or os.path.exists(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path

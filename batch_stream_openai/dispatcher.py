@@ -1,0 +1,331 @@
+"""One batch's ledger and policy, with no I/O: what to send where, what is owed, what is done.
+
+The batch loop in `pool.py` asks `fill` what to send to which ready worker, feeds each
+`Outcome` to `settle` and each exited worker to `reclaim`, and yields what
+`take_results` returns. Workers are opaque keys here, so the whole policy (budgets,
+retries, crash counting, quarantine) is tested without a single process.
+
+The ledger holds every request read from the input and not yet yielded: sent, waiting for
+its next attempt, or waiting to be re-sent after its worker died. Its size is what
+`max_concurrency` bounds, so memory does not grow with the batch.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Generic, TypeVar
+
+from .errors import APIError, RequestError, WorkerCrashedError
+from .limits import Budget, estimate_tokens
+from .protocol import Outcome, Task
+from .results import BatchSummary, Result
+from .retry import RetrySchedule
+from .stream import ResultPair
+from .supervisor import Exit
+
+__all__ = ["MAX_CRASHES_PER_REQUEST", "POLL_INTERVAL_S", "Dispatcher"]
+
+# A worker, to the dispatcher: only a key (so its tests need no processes).
+W = TypeVar("W", bound=Hashable)
+
+# Times an index may be re-sent after its worker died while running it; a request that
+# kills every worker it lands on must not take the pool down with it.
+MAX_CRASHES_PER_REQUEST = 3
+# A request whose worker died this many times becomes a suspect: it runs only beside fresh
+# requests. One death proves nothing (an OOM kill, an operator); two make it a suspect.
+_QUARANTINE_AFTER_CRASHES = 2
+# Longest the batch loop sleeps with nothing due, so it notices silent workers.
+POLL_INTERVAL_S = 1.0
+
+
+@dataclass
+class _Entry:
+    """A ledger entry: a request owed to the caller and where it currently runs."""
+
+    payload: bytes  # the pickled request, kept for later attempts
+    tokens: int  # estimated, charged to the token budget on every attempt
+    attempts: int = 0  # attempts sent so far (retries and re-sends after a crash)
+    crashes: int = 0  # workers that died while running it
+    worker: Any = None  # the worker it runs on; None while waiting to be (re-)sent
+    first_sent_at: float = 0.0  # monotonic
+    charge: list[float] | None = None  # the token budget's record of the last attempt
+
+
+class Dispatcher(Generic[W]):
+    """The ledger and policy of one batch.
+
+    Example::
+
+        dispatcher = Dispatcher(1, requests, budget=budget, retries=schedule)
+        tasks = dispatcher.fill(ready_workers)       # {worker: [Task, ...]}
+        dispatcher.settle(worker, outcome)            # an attempt ended
+        dispatcher.reclaim(worker, exit)              # a worker died: re-send what it owed
+        for index, value in dispatcher.take_results(): ...
+
+    Parameters:
+        batch_id: tags this batch's tasks; outcomes of other batches are ignored.
+        requests: the caller's iterable, read lazily.
+        budget: the pool's concurrency and rate budget (shared by its batches).
+        retries: when a failed attempt is tried again.
+        rich: yield `Result` objects instead of ``str | Exception``.
+        check_item: validates each item read (raises for a bad one); None when the
+            caller's requests were checked before the batch started.
+        summary: the batch's live counts.
+        clock: monotonic seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        batch_id: int,
+        requests: Iterable[Any],
+        *,
+        budget: Budget,
+        retries: RetrySchedule,
+        rich: bool = False,
+        check_item: Callable[[int, object], None] | None = None,
+        summary: BatchSummary | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.batch_id = batch_id
+        self.summary = summary if summary is not None else BatchSummary()
+        self.input_error: BaseException | None = None  # raised once all read is yielded
+        self._source = enumerate(requests)
+        self._budget = budget
+        self._retries = retries
+        self._rich = rich
+        self._check_item = check_item
+        self._clock = clock
+        self._ledger: dict[int, _Entry] = {}  # {index: <_Entry>}
+        self._owed_by: dict[W, set[int]] = {}  # {worker: {3, 8, ...}}
+        self._due: deque[int] = deque()  # indices to re-send now (their worker died once)
+        self._backoff: list[tuple[float, int]] = []  # heap of (retry time, index)
+        self._quarantine: deque[int] = deque()  # indices whose workers died twice or more
+        self._suspect_on: dict[W, int] = {}  # {worker: quarantined index it runs}
+        self._waiting: tuple[int, Any] | None = None  # read, held back by the budget
+        self._blocked_until = 0.0  # when the budget lets the next send go (monotonic)
+        self._exhausted = False  # nothing more is read from the input
+        self._done: list[ResultPair] = []  # results not yet taken
+
+    def __repr__(self) -> str:
+        return (
+            f"<Dispatcher batch={self.batch_id} owed={len(self._ledger)} due={len(self._due)} "
+            f"backoff={len(self._backoff)} quarantine={len(self._quarantine)}>"
+        )
+
+    @property
+    def finished(self) -> bool:
+        """Everything read has been yielded, and nothing more will be read."""
+        return self._exhausted and self._waiting is None and not self._ledger and not self._done
+
+    @property
+    def in_flight(self) -> int:
+        """Requests read and not yet finished."""
+        return len(self._ledger)
+
+    def owes(self, worker: W) -> bool:
+        """Whether `worker` holds requests of this batch."""
+        return bool(self._owed_by.get(worker))
+
+    def take_results(self) -> list[ResultPair]:
+        """The results finished since the last call, for the caller."""
+        done, self._done = self._done, []
+        return done
+
+    def next_wake(self) -> float:
+        """Seconds until something becomes due (a retry, the budget), at most the poll."""
+        now = self._clock()
+        wake = POLL_INTERVAL_S
+        if self._blocked_until > now:
+            wake = min(wake, self._blocked_until - now)
+        if self._backoff:
+            wake = min(wake, self._backoff[0][0] - now)
+        return max(0.0, wake)
+
+    def peek(self) -> None:
+        """Read the first request ahead, so that an empty input is known to be empty."""
+        self._waiting = self._next_item()
+
+    def fill(self, workers: Sequence[W]) -> dict[W, list[Task]]:
+        """What to send now, to which of the ready `workers`: re-sends and retries first,
+        then new requests while the concurrency and rate budgets allow."""
+        sends: dict[W, list[Task]] = {}
+        if not workers:
+            return sends
+        now = self._clock()
+        while self._backoff and self._backoff[0][0] <= now:
+            self._due.append(heapq.heappop(self._backoff)[1])
+        self._release_quarantine(workers, sends, now)
+        innocent = [worker for worker in workers if worker not in self._suspect_on]
+        while self._due and innocent and self._may_send(self._ledger[self._due[0]].tokens, now):
+            self._send(self._due.popleft(), innocent, sends, now)
+        while len(self._ledger) < self._budget.concurrency():
+            item = self._next_item()
+            if item is None:
+                break
+            index, request = item
+            tokens = estimate_tokens(request) if self._budget.counts_tokens else 0
+            if not self._may_send(tokens, now):
+                self._waiting = item
+                break
+            self._waiting = None
+            try:
+                payload = Task.pickle_request(request)
+            except RequestError as error:
+                error.index = index
+                self._finish(index, None, Result(index, error=error))
+                continue
+            self._ledger[index] = _Entry(payload, tokens)
+            self._send(index, workers, sends, now)
+        return sends
+
+    def settle(self, worker: W, outcome: Outcome) -> None:
+        """An attempt ended: finish its request, or schedule its next attempt."""
+        entry = self._ledger.get(outcome.index)
+        # Outcomes of another batch, or of an attempt since re-sent elsewhere, are owed to
+        # nobody: taking them would break exactly-once.
+        if (
+            outcome.batch_id != self.batch_id
+            or entry is None
+            or entry.worker != worker
+            or outcome.attempt != entry.attempts
+        ):
+            return
+        self._owed_by[worker].discard(outcome.index)
+        entry.worker = None
+        if self._suspect_on.get(worker) == outcome.index:
+            del self._suspect_on[worker]
+        result = outcome.result()
+        error = result.error
+        if error is None:
+            used = result.usage.total_tokens if result.usage is not None else None
+            self._budget.on_answer(entry.charge, used, outcome.pause_s)
+        elif self._retry_later(outcome.index, entry, error):
+            return
+        self._finish(outcome.index, entry, result)
+
+    def reclaim(self, worker: W, exit_: Exit) -> None:
+        """A worker exited: what it owed is re-sent, or fails after too many deaths."""
+        self._suspect_on.pop(worker, None)
+        for index in sorted(self._owed_by.pop(worker, ())):
+            entry = self._ledger[index]
+            entry.worker = None
+            if exit_.was_ready:
+                entry.crashes += 1
+            if entry.crashes > MAX_CRASHES_PER_REQUEST:
+                error = WorkerCrashedError.describe(
+                    index, exit_.exitcode, entry.crashes, exit_.hung
+                )
+                self._finish(index, entry, Result(index, error=error))
+            elif entry.crashes >= _QUARANTINE_AFTER_CRASHES:
+                self._quarantine.append(index)
+            else:
+                self._due.append(index)
+
+    def stop_reading(self, error: BaseException) -> None:
+        """Read nothing more; `error` is raised once everything read has been yielded."""
+        self._exhausted = True
+        if self.input_error is None:
+            self.input_error = error
+
+    def fail_everything(self, describe: Callable[[int], RequestError]) -> None:
+        """No worker can run what is left: each index still owed yields `describe(index)`."""
+        self._exhausted = True
+        if self._waiting is not None:
+            index = self._waiting[0]
+            self._waiting = None
+            self._finish(index, None, Result(index, error=describe(index)))
+        for index in list(self._ledger):
+            self._finish(index, self._ledger[index], Result(index, error=describe(index)))
+        self._owed_by.clear()
+        self._due.clear()
+        self._backoff.clear()
+        self._quarantine.clear()
+
+    def _next_item(self) -> tuple[int, Any] | None:
+        if self._waiting is not None:
+            return self._waiting
+        if self._exhausted:
+            return None
+        try:
+            item = next(self._source)
+            if self._check_item is not None:
+                self._check_item(*item)
+        except StopIteration:
+            self._exhausted = True
+            return None
+        except Exception as exc:  # the caller's iterable raised, or yielded something bad
+            self.stop_reading(exc)
+            return None
+        return item
+
+    def _may_send(self, tokens: int, now: float) -> bool:
+        wait = self._budget.delay(tokens)
+        if wait > 0:
+            self._blocked_until = now + wait
+            return False
+        return True
+
+    def _send(self, index: int, among: Sequence[W], sends: dict[W, list[Task]], now: float) -> W:
+        worker = min(among, key=lambda w: len(self._owed_by.get(w, ())))
+        entry = self._ledger[index]
+        entry.worker = worker
+        entry.attempts += 1
+        if entry.attempts == 1:
+            entry.first_sent_at = now
+        self._owed_by.setdefault(worker, set()).add(index)
+        entry.charge = self._budget.spend(entry.tokens)
+        sends.setdefault(worker, []).append(
+            Task(self.batch_id, index, entry.attempts, entry.payload)
+        )
+        return worker
+
+    def _release_quarantine(
+        self, workers: Sequence[W], sends: dict[W, list[Task]], now: float
+    ) -> None:
+        """Send each quarantined request to a worker with no other request that ever crashed.
+
+        There it shares its worker only with fresh requests, so a poison (which is a
+        suspect itself after two deaths) can kill an innocent suspect at most while still
+        fresh: a poison cannot take innocents with it again and again, and random worker
+        deaths cost no throughput (nothing waits for a worker to drain).
+        """
+        while self._quarantine:
+            clean = [
+                worker
+                for worker in workers
+                if worker not in self._suspect_on
+                and not any(self._ledger[i].crashes for i in self._owed_by.get(worker, ()))
+            ]
+            index = self._quarantine[0]
+            if not clean or not self._may_send(self._ledger[index].tokens, now):
+                return
+            self._quarantine.popleft()
+            self._suspect_on[self._send(index, clean, sends, now)] = index
+
+    def _retry_later(self, index: int, entry: _Entry, error: Exception) -> bool:
+        """Schedule the next attempt if the policy wants one; count 429s either way."""
+        if isinstance(error, APIError) and error.status_code == 429:
+            self.summary.rate_limited += 1
+            self._budget.on_throttled(error.retry_after_s)
+        now = self._clock()
+        wait = self._retries.next_wait(error, entry.attempts, now - entry.first_sent_at)
+        if wait is None:
+            return False
+        heapq.heappush(self._backoff, (now + wait, index))
+        return True
+
+    def _finish(self, index: int, entry: _Entry | None, result: Result) -> None:
+        attempts = entry.attempts if entry is not None else result.attempts
+        if entry is not None:
+            del self._ledger[index]
+        self.summary.add(result.error, attempts, result.usage)
+        if self._rich:
+            latency = self._clock() - entry.first_sent_at if entry is not None else 0.0
+            result = replace(result, index=index, attempts=attempts, latency_s=latency)
+            self._done.append((index, result))
+        else:
+            self._done.append((index, result.value))

@@ -1,0 +1,259 @@
+"""The worker side, whatever runs it: attempts, postprocess, and the messages back.
+
+Every backend (process, thread, Ray actor) runs the same `TaskServer` on one asyncio
+loop, fed the parent's messages and answering into an `Outbox`:
+
+- a `Task` starts one asyncio task: one attempt of one request (`RequestRunner`), then,
+  if it succeeded, the batch's `postprocess` in a thread (the loop keeps serving);
+- each attempt ends in one `Outcome` holding a `Result`, success or failure alike: the
+  parent decides about retries, so that every attempt passes through its rate budget;
+- `Heartbeat`s go out while tasks run, so the parent can tell a hung worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+import traceback
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from functools import partial
+from typing import Any, Protocol
+
+import cloudpickle
+
+from .config import WorkerConfig
+from .errors import PostprocessError, RequestError
+from .protocol import (
+    HEARTBEAT_INTERVAL_S,
+    BatchOptions,
+    Cancel,
+    Heartbeat,
+    Outcome,
+    Postprocess,
+    Task,
+)
+from .provider_errors import to_request_error
+from .providers import Provider
+from .request import AnyRequest
+from .results import Result
+
+__all__ = [
+    "Outbox",
+    "RequestRunner",
+    "TaskServer",
+    "apply_postprocess",
+    "load_postprocess",
+    "open_runner",
+]
+
+
+class Outbox(Protocol):
+    """Where a worker puts the messages for the parent (a pipe here, a queue on Ray)."""
+
+    def put(self, message: Any) -> None: ...
+
+
+class RequestRunner:
+    """Makes one attempt of one request, bounded as a whole by the pool's `timeout`.
+
+    Parameters:
+        config: the pool's worker configuration.
+    """
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self._provider = Provider(config.client)
+        self._timeout = config.client.timeout
+
+    def open(self) -> None:
+        """Build the clients, so a broken setup fails at start-up, not per request."""
+        self._provider.open()
+
+    async def aclose(self) -> None:
+        """Close the clients' connections."""
+        await self._provider.aclose()
+
+    async def attempt(self, index: int, attempt: int, request: AnyRequest) -> tuple[Result, float]:
+        """The attempt's `Result` (never raises), and the pause its answer's headers ask."""
+        started = time.monotonic()
+        try:
+            async with _deadline(self._timeout):
+                result, pause_s = await self._provider.complete(index, request)
+        except Exception as exc:  # every failure becomes this attempt's result
+            error = to_request_error(
+                exc, index=index, attempts=attempt, secret=self._provider.secret
+            )
+            return Result(
+                index,
+                attempts=attempt,
+                latency_s=time.monotonic() - started,
+                status_code=getattr(error, "status_code", 0),
+                request_id=getattr(error, "request_id", None),
+                body=getattr(error, "body", None),
+                error=error,
+            ), 0.0
+        if result.error is not None:
+            to_request_error(result.error, index=index, attempts=attempt, secret=None)
+        return replace(result, attempts=attempt, latency_s=time.monotonic() - started), pause_s
+
+
+@contextlib.asynccontextmanager
+async def _deadline(seconds: float) -> AsyncIterator[None]:
+    """Bound the whole attempt (a server trickling its body byte by byte included)."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            yield
+    else:  # pragma: no cover - Python 3.10
+        task = asyncio.current_task()
+        assert task is not None
+        handle = asyncio.get_running_loop().call_later(seconds, task.cancel)
+        try:
+            yield
+        except asyncio.CancelledError:
+            raise TimeoutError from None
+        finally:
+            handle.cancel()
+
+
+def apply_postprocess(postprocess: Postprocess, index: int, text: str) -> Any:
+    """`postprocess(text)`, or a PostprocessError carrying the worker-side traceback."""
+    try:
+        return postprocess(text)
+    except BaseException as exc:  # SystemExit from user code must not end the worker
+        return PostprocessError(
+            f"postprocess raised {type(exc).__name__}: {exc}",
+            exception_type=type(exc).__name__,
+            remote_traceback=traceback.format_exc(),
+            index=index,
+        )
+
+
+def load_postprocess(options: BatchOptions) -> Postprocess | None:
+    """The batch's postprocess; one that cannot be loaded fails every answer, saying why."""
+    if options.postprocess is None:
+        return None
+    try:
+        loaded: Postprocess = cloudpickle.loads(options.postprocess)
+    except Exception as exc:
+        error = PostprocessError(
+            f"postprocess could not be loaded in the worker: {exc!r}",
+            exception_type=type(exc).__name__,
+            remote_traceback=traceback.format_exc(),
+        )
+
+        def fail(_text: str) -> Any:
+            raise error
+
+        return fail
+    return loaded
+
+
+class TaskServer:
+    """The worker's event-loop side: start, cancel and finish tasks; every backend's core.
+
+    Parameters:
+        runner: makes each attempt.
+        outbox: receives Outcome and Heartbeat messages for the parent.
+    """
+
+    def __init__(self, runner: RequestRunner, outbox: Outbox) -> None:
+        self._runner = runner
+        self._outbox = outbox
+        self._running: dict[tuple[int, int], asyncio.Task[None]] = {}  # {(batch, index): task}
+        self._options = BatchOptions(0, None)
+        self._postprocess: Postprocess | None = None
+        self._postprocess_started: float | None = None  # monotonic; None when idle
+        # One thread: postprocess is CPU-bound Python, so more threads would only contend
+        # for the GIL; its job is to keep the event loop free while it runs.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="postprocess")
+
+    def handle(self, messages: list[Any]) -> None:
+        """Act on messages from the parent: Task, BatchOptions, Cancel. Call in the loop."""
+        for message in messages:
+            if isinstance(message, Task):
+                key = (message.batch_id, message.index)
+                self._running[key] = job = asyncio.get_running_loop().create_task(
+                    self._run(message)
+                )
+                job.add_done_callback(partial(_forget, self._running, key))
+            elif isinstance(message, BatchOptions):
+                self._options = message
+                self._postprocess = load_postprocess(message)
+            elif isinstance(message, Cancel):
+                for key in [key for key in self._running if key[0] == message.batch_id]:
+                    self._running.pop(key).cancel()
+
+    async def _run(self, task: Task) -> None:
+        try:
+            request = task.request()
+        except RequestError as error:
+            self._outbox.put(
+                Outcome.of(task, Result(task.index, attempts=task.attempt, error=error))
+            )
+            return
+        result, pause_s = await self._runner.attempt(task.index, task.attempt, request)
+        if result.error is None and self._postprocess is not None:
+            output = await asyncio.get_running_loop().run_in_executor(
+                self._executor,
+                self._timed_postprocess,
+                self._postprocess,
+                task.index,
+                result.text or "",
+            )
+            if isinstance(output, PostprocessError):
+                result = replace(result, output=None, error=output)
+            else:
+                result = replace(result, output=output)
+        if result.body is not None and not self._options.with_body and result.error is None:
+            result = replace(result, body=None)
+        self._outbox.put(Outcome.of(task, result, pause_s))
+
+    def _timed_postprocess(self, postprocess: Postprocess, index: int, text: str) -> Any:
+        self._postprocess_started = time.monotonic()
+        try:
+            return apply_postprocess(postprocess, index, text)
+        finally:
+            self._postprocess_started = None
+
+    async def beat(self) -> None:
+        """Tell the parent every `HEARTBEAT_INTERVAL_S` that this loop is alive.
+
+        Sent from the loop itself, so a blocked loop falls silent; a stuck postprocess
+        (in its thread) shows as a growing `postprocess_busy_s`. Only while tasks run:
+        between batches nobody reads them, and they would pile up.
+        """
+        while True:
+            if self._running:
+                started = self._postprocess_started
+                busy = time.monotonic() - started if started is not None else 0.0
+                self._outbox.put(Heartbeat(busy))
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+    async def aclose(self) -> None:
+        """Cancel every running task and close the clients."""
+        jobs = list(self._running.values())
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        await self._runner.aclose()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _forget(running: dict[tuple[int, int], Any], key: tuple[int, int], _job: object) -> None:
+    running.pop(key, None)
+
+
+def open_runner(config_blob: bytes) -> RequestRunner:
+    """A worker's start-up, the same on every backend: config, initializer, clients.
+
+    Raises whatever went wrong; the caller reports it to the parent as `StartupFailed`.
+    """
+    config: WorkerConfig = cloudpickle.loads(config_blob)
+    if config.initializer is not None:
+        config.initializer()
+    runner = RequestRunner(config)
+    runner.open()
+    return runner

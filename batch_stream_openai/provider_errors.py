@@ -1,0 +1,133 @@
+"""SDK and LiteLLM exceptions as this library's picklable errors (worker side).
+
+SDK exceptions hold httpx objects and do not pickle (openai#2629); what the caller gets
+is an exception from `errors.py` carrying the evidence: status, code, body, request id,
+the wait the server asked for, and whether another attempt might succeed. The API key
+is masked wherever it appears, since some proxies echo the Authorization header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import openai
+
+from . import errors
+from .config import mask_secret
+from .retry import parse_retry_after, retryable_status
+
+__all__ = ["mask_in", "to_request_error"]
+
+# LiteLLM reports some missing provider keys as a connection error with status 500
+# ("Missing Gemini API key"); they are an authentication failure, not worth a retry.
+_MISSING_KEY_HINTS = ("missing", "no api key", "api key not")
+
+
+def to_request_error(
+    exc: BaseException, *, index: int, attempts: int, secret: str | None
+) -> errors.RequestError:
+    """Convert any failure of one attempt into the exception the caller receives."""
+    if isinstance(exc, errors.RequestError):
+        exc.index, exc.attempts = index, attempts
+        return exc
+    common: dict[str, Any] = {"index": index, "attempts": attempts}
+    message = mask_in(_message_of(exc), secret)
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return _api_error(exc, status, message, secret, common)
+    timed_out, cause = _network_cause(exc)
+    where = _host_of(exc)
+    if timed_out:
+        return errors.APITimeoutError(
+            f"no answer{where} within the timeout", retryable=True, **common
+        )
+    if cause is not None or isinstance(exc, openai.APIConnectionError):
+        detail = f": {type(cause).__name__}: {cause}" if cause is not None else f": {message}"
+        return errors.APIConnectionError(
+            f"cannot connect{where}{mask_in(detail, secret)}", retryable=True, **common
+        )
+    return errors.RequestError(f"{type(exc).__name__}: {message}", **common)
+
+
+def _api_error(
+    exc: BaseException, status: int, message: str, secret: str | None, common: dict[str, Any]
+) -> errors.APIError:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    body = getattr(exc, "body", None)
+    if _is_missing_provider_key(exc, status, message):
+        status = 401
+    code = _error_code(exc, body)
+    return errors.APIError(
+        message,
+        status_code=status,
+        code=code,
+        # The SDK keeps only the inner "error" object; the wire shape wraps it.
+        body=mask_in({"error": body} if isinstance(body, dict) else None, secret),
+        request_id=headers.get("x-request-id"),
+        retry_after_s=parse_retry_after(headers),
+        retryable=retryable_status(status, code, headers.get("x-should-retry")),
+        **common,
+    )
+
+
+def _is_missing_provider_key(exc: BaseException, status: int, message: str) -> bool:
+    text = message.lower()
+    return (
+        type(exc).__module__.startswith("litellm")
+        and status >= 500
+        and "api key" in text
+        and any(hint in text for hint in _MISSING_KEY_HINTS)
+    )
+
+
+def _network_cause(exc: BaseException) -> tuple[bool, BaseException | None]:
+    """Whether the failure is a timeout, and the OS-level error behind a failed connection.
+
+    The SDK's aiohttp transport reports a refused connection or a failed DNS lookup as
+    a connect *timeout*; the chain of causes says what really happened.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (asyncio.TimeoutError, TimeoutError)):
+            return True, None
+        if isinstance(seen, OSError):
+            return False, seen
+        seen = seen.__cause__ or seen.__context__
+    return isinstance(exc, openai.APITimeoutError), None
+
+
+def _host_of(exc: BaseException) -> str:
+    url = getattr(getattr(exc, "request", None), "url", None)
+    host, port = getattr(url, "host", None), getattr(url, "port", None)
+    if not host:
+        return ""
+    if port is None:
+        port = 443 if getattr(url, "scheme", "") == "https" else 80
+    return f" to {host}:{port}"
+
+
+def _error_code(exc: BaseException, body: object) -> str | None:
+    code = getattr(exc, "code", None)
+    if code is None and isinstance(body, dict):
+        code = body.get("code")
+    return str(code) if code is not None else None
+
+
+def _message_of(exc: BaseException) -> str:
+    message = getattr(exc, "message", None)
+    return message if isinstance(message, str) and message else str(exc)
+
+
+def mask_in(value: Any, secret: str | None) -> Any:
+    """`value` (text, or JSON-like data) with every occurrence of `secret` masked."""
+    if not secret or value is None:
+        return value
+    if isinstance(value, str):
+        return value.replace(secret, mask_secret(secret)) if secret in value else value
+    text = json.dumps(value)
+    if secret not in text:
+        return value
+    return json.loads(text.replace(secret, mask_secret(secret)))

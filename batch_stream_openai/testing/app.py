@@ -1,0 +1,454 @@
+"""The fake server's aiohttp application (child side): routes, faults, limits, control.
+
+One `_App` per server process, on an aiohttp low-level server. API routes answer like
+the real API; ``/_control/`` routes let the parent read counters and records, reset
+them and change settings at run time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from .answers import (
+    STRUCTURED_TYPES,
+    chat_payload,
+    chat_prompts,
+    error_body,
+    responses_payload,
+    responses_prompts,
+    tokens,
+)
+from .directives import FAULT_KINDS, Directive, expected_answer, parse_directives
+from .settings import ServerSettings
+
+__all__ = ["READY_PREFIX", "base_url", "run_server", "serve"]
+
+MAX_RECORDS = 100_000
+READY_PREFIX = "BSO_FAKE_OPENAI_READY "
+_JSON = "application/json"
+_SHAPE_KINDS = frozenset({"refuse", "incomplete", "no_text"})
+_BAD_BODIES: dict[str, tuple[bytes, str]] = {
+    "html": (b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
+    "empty": (b"", _JSON),
+    "list": (b'[{"id": "not an object"}]', _JSON),
+    "invalid_utf8": (b'{"text": "\xff\xfe broken"}', _JSON),
+}
+
+
+class _Bucket:
+    """A token bucket refilled at ``per_minute / 60`` per second, holding one second's worth."""
+
+    def __init__(self) -> None:
+        self.level = 0.0
+        self.updated = time.monotonic()
+        self.per_minute = 0.0
+
+    def _refill(self, per_minute: float) -> float:
+        capacity = max(1.0, per_minute / 60)
+        now = time.monotonic()
+        if per_minute != self.per_minute:  # a new limit starts full
+            self.per_minute, self.level = per_minute, capacity
+        else:
+            self.level = min(capacity, self.level + (now - self.updated) * per_minute / 60)
+        self.updated = now
+        return capacity
+
+    def take(self, per_minute: float, cost: float) -> float:
+        """Take `cost`; return 0, or the seconds until it could be taken (nothing taken)."""
+        self._refill(per_minute)
+        if self.level >= min(cost, max(1.0, per_minute / 60)):
+            self.level -= cost
+            return 0.0
+        return (min(cost, max(1.0, per_minute / 60)) - self.level) * 60 / per_minute
+
+    def headers(self, kind: str, per_minute: float) -> dict[str, str]:
+        capacity = self._refill(per_minute)
+        reset = max(0.0, capacity - self.level) * 60 / per_minute
+        return {
+            f"x-ratelimit-limit-{kind}": str(int(per_minute)),
+            f"x-ratelimit-remaining-{kind}": str(max(0, int(self.level))),
+            f"x-ratelimit-reset-{kind}": f"{reset * 1000:.0f}ms",
+        }
+
+
+class _State:
+    """Mutable server state; only touched from the event loop thread."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.request_bucket = _Bucket()
+        self.token_bucket = _Bucket()
+        self.ids = itertools.count(1)
+        self.epoch = 0
+        self.requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.by_status: dict[int, int] = {}
+        self.records: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDS)
+        self.seen: dict[str, int] = {}
+
+    def reset(self) -> None:
+        # The epoch keeps requests that started before a reset out of the new counters.
+        self.epoch += 1
+        self.requests = 0
+        self.max_in_flight = self.in_flight
+        self.by_status = {}
+        self.records.clear()
+        self.seen.clear()
+
+
+@dataclasses.dataclass
+class _Plan:
+    """How to answer one request, from its directives."""
+
+    latency: float = 0.0
+    fault: Directive | None = None
+    slow_body: float = 0.0
+    shape: frozenset[str] = frozenset()  # refuse / incomplete / no_text / echo_auth
+    bad_body: str | None = None
+
+
+class _App:
+    """Request handler of the fake server (one instance per process)."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/_control/"):
+            return await self._control(request, path)
+        state = self.state
+        epoch = state.epoch
+        state.requests += 1
+        state.in_flight += 1
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        record: dict[str, Any] | None = None
+        status = 0
+        try:
+            raw = await request.read()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = None
+            record = {
+                "path": path,
+                "body": body if isinstance(body, dict) else {},
+                "headers": {k.lower(): v for k, v in request.headers.items()},
+                "received_at": time.time(),
+                "status": 0,
+            }
+            if epoch == state.epoch:
+                state.records.append(record)
+            response = await self._api(request, path, body)
+            status = response.status if response is not None else 0
+            if response is None:
+                raise asyncio.CancelledError  # connection deliberately dropped
+            return response
+        finally:
+            state.in_flight -= 1
+            if record is not None:
+                record["status"] = status
+            if epoch == state.epoch:
+                state.by_status[status] = state.by_status.get(status, 0) + 1
+
+    async def _api(
+        self, request: web.BaseRequest, path: str, body: Any
+    ) -> web.StreamResponse | None:
+        if path == "/v1/chat/completions":
+            prompts: Callable[[dict[str, Any]], tuple[str, str, int]] = chat_prompts
+        elif path == "/v1/responses":
+            prompts = responses_prompts
+        else:
+            return _error(404, f"Invalid URL ({request.method} {path})")
+        if request.method != "POST":
+            return _error(405, f"Method {request.method} not allowed for {path}")
+        if not isinstance(body, dict):
+            return _error(400, "We could not parse the JSON body of your request.")
+        if body.get("stream"):
+            return _error(400, "stream=true is not supported by the fake server")
+        try:
+            system, user, prompt_chars = prompts(body)
+            plan = self._plan(user, parse_directives(user))
+        except ValueError as exc:
+            return _error(400, str(exc))
+        limited = self._rate_limit(prompt_chars)
+        if limited is not None:
+            return limited
+        if plan.latency > 0:
+            await asyncio.sleep(plan.latency)
+        if plan.fault is not None:
+            return await _fault(request, plan.fault, echo_auth="echo_auth" in plan.shape)
+        if plan.bad_body is not None:
+            data, kind = _BAD_BODIES[plan.bad_body]
+            return web.Response(body=data, headers={"content-type": kind})
+        payload = self._payload(path, body, system, user, prompt_chars, plan)
+        if "echo_auth" in plan.shape:
+            payload["echo"] = {"authorization": request.headers.get("authorization")}
+        data = json.dumps(payload).encode()
+        headers = {"x-request-id": f"req_{payload['id']}", **self._rate_limit_headers()}
+        if plan.slow_body > 0:
+            return await _slow_response(request, data, headers, plan.slow_body)
+        return web.Response(body=data, content_type=_JSON, headers=headers)
+
+    def _plan(self, user: str, directives: tuple[Directive, ...]) -> _Plan:
+        plan = _Plan(latency=self.state.settings.latency)
+        if not directives:
+            return plan
+        index = self._count(user, directives)
+        shape = set()
+        for d in directives:
+            if d.times is not None and index >= d.times:
+                continue
+            if d.kind == "latency":
+                plan.latency += d.value
+            elif d.kind == "slow_body":
+                plan.slow_body = d.value
+            elif d.kind == "body":
+                plan.bad_body = d.word
+            elif d.kind in _SHAPE_KINDS or d.kind == "echo_auth":
+                shape.add(d.kind)
+            elif plan.fault is None and d.kind in FAULT_KINDS:
+                plan.fault = d
+        plan.shape = frozenset(shape)
+        return plan
+
+    def _payload(
+        self, path: str, body: dict[str, Any], system: str, user: str, chars: int, plan: _Plan
+    ) -> dict[str, Any]:
+        if path == "/v1/chat/completions":
+            fmt = body.get("response_format")
+        else:
+            text_config = body.get("text")
+            fmt = text_config.get("format") if isinstance(text_config, dict) else None
+        structured = isinstance(fmt, dict) and fmt.get("type") in STRUCTURED_TYPES
+        text = expected_answer(system, user, structured)
+        build = chat_payload if path == "/v1/chat/completions" else responses_payload
+        return build(next(self.state.ids), body, text, chars, plan.shape)
+
+    def _rate_limit(self, prompt_chars: int) -> web.Response | None:
+        """The 429 answer when the request is over the server's RPM/TPM budget, else None."""
+        settings, state = self.state.settings, self.state
+        waits = []
+        if settings.rpm > 0:
+            waits.append(state.request_bucket.take(settings.rpm, 1))
+        if settings.tpm > 0:
+            # The answer is about as long as the prompt for these echo answers.
+            waits.append(state.token_bucket.take(settings.tpm, 2 * tokens(prompt_chars)))
+        wait = max(waits, default=0.0)
+        if wait <= 0:
+            return None
+        headers = {"retry-after-ms": f"{wait * 1000:.0f}", **self._rate_limit_headers()}
+        body = error_body(429, "Rate limit reached (fake server budget).")
+        return web.Response(status=429, body=body, content_type=_JSON, headers=headers)
+
+    def _rate_limit_headers(self) -> dict[str, str]:
+        settings, state = self.state.settings, self.state
+        headers: dict[str, str] = {}
+        if settings.rpm > 0:
+            headers.update(state.request_bucket.headers("requests", settings.rpm))
+        if settings.tpm > 0:
+            headers.update(state.token_bucket.headers("tokens", settings.tpm))
+        return headers
+
+    def _count(self, user: str, directives: tuple[Directive, ...]) -> int:
+        """Return how many earlier requests carried this exact user prompt (if needed)."""
+        # Only prompts using times= are counted, so memory does not grow with traffic.
+        if all(d.times is None for d in directives):
+            return 0
+        index = self.state.seen.get(user, 0)
+        self.state.seen[user] = index + 1
+        return index
+
+    async def _control(self, request: web.BaseRequest, path: str) -> web.Response:
+        state = self.state
+        name = path[len("/_control/") :]
+        method = request.method
+        if name == "stats" and method == "GET":
+            result: Any = {
+                "requests": state.requests,
+                "in_flight": state.in_flight,
+                "max_in_flight": state.max_in_flight,
+                "by_status": state.by_status,
+            }
+        elif name == "requests" and method == "GET":
+            result = list(state.records)
+        elif name == "reset" and method == "POST":
+            state.reset()
+            result = {"ok": True}
+        elif name == "config" and method in ("GET", "POST"):
+            if method == "POST":
+                try:
+                    values = json.loads(await request.read())
+                    if not isinstance(values, dict):
+                        raise ValueError("config body must be a JSON object")
+                    state.settings.update(values)
+                except ValueError as exc:
+                    return _error(400, str(exc))
+            result = dataclasses.asdict(state.settings)
+        elif name == "health" and method == "GET":
+            result = {"ok": True, "pid": os.getpid()}
+        else:
+            return _error(404, f"Invalid URL ({method} {path})")
+        return web.Response(body=json.dumps(result).encode(), content_type=_JSON)
+
+
+_FAULT_IDS = itertools.count(1)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.Response(status=status, body=error_body(status, message), content_type=_JSON)
+
+
+async def _fault(
+    request: web.BaseRequest, fault: Directive, echo_auth: bool
+) -> web.Response | None:
+    """Answer as the fault says: an error status, a dropped connection, or never."""
+    if fault.kind == "drop":
+        if request.transport is not None:
+            request.transport.close()
+        return None
+    if fault.kind == "hang":
+        await asyncio.Event().wait()  # cancelled when the client disconnects
+    status = int(fault.value)
+    # Like the real API, errors carry a request id too.
+    headers: dict[str, str] = {"x-request-id": f"req_fault_{next(_FAULT_IDS)}"}
+    for header, value in (
+        ("retry-after", fault.retry_after),
+        ("retry-after-ms", fault.retry_after_ms),
+        ("x-should-retry", fault.should_retry),
+    ):
+        if value is not None:
+            headers[header] = value
+    message = f"Injected fault: HTTP {status}"
+    authorization = request.headers.get("authorization")
+    if authorization is not None and echo_auth:  # as some proxies do
+        message += f" (you sent: {authorization})"
+    body = error_body(status, message, fault.code)
+    return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
+
+
+async def _slow_response(
+    request: web.BaseRequest, data: bytes, headers: dict[str, str], seconds: float
+) -> web.StreamResponse:
+    """The body in pieces over `seconds`: 20 pieces, or one byte at a time when shorter."""
+    response = web.StreamResponse(headers=headers)
+    response.content_type = _JSON
+    response.content_length = len(data)
+    await response.prepare(request)  # status and headers go out now
+    chunks = max(1, min(20, len(data)))
+    step = -(-len(data) // chunks)
+    pause = seconds / chunks
+    for start in range(0, len(data), step):
+        await asyncio.sleep(pause)
+        await response.write(data[start : start + step])
+    await response.write_eof()
+    return response
+
+
+async def serve(
+    host: str,
+    port: int,
+    settings: ServerSettings,
+    on_ready: Callable[[str, int], None],
+    stop: asyncio.Event,
+) -> None:
+    """Run the fake server until ``stop`` is set; call ``on_ready(host, port)`` once listening.
+
+    Parameters:
+        host: Interface to bind.
+        port: TCP port; 0 picks a free one (reported to ``on_ready``).
+        settings: Initial server-wide settings.
+        on_ready: Called with the bound host and port once the socket accepts connections.
+        stop: Set it to shut down (idle connections closed, handlers cancelled).
+    """
+    app = _App(_State(settings))
+    # handler_cancellation: a client disconnect cancels its handler (hang/latency don't leak).
+    server = web.Server(app.handle, handler_cancellation=True, access_log=None)
+    runner = web.ServerRunner(server, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=2048)
+        await site.start()
+        bound_port = int(runner.addresses[0][1])
+        on_ready(host, bound_port)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run_server(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    settings: ServerSettings | None = None,
+    *,
+    managed: bool = False,
+) -> None:
+    """Run the fake server in this process until SIGTERM/SIGINT (blocking).
+
+    Raises OSError when it cannot listen (a port in use).
+
+    Parameters:
+        host: Interface to bind.
+        port: TCP port; 0 picks a free one.
+        settings: Initial server-wide settings (defaults to ``ServerSettings()``).
+        managed: Child mode for :class:`FakeOpenAIServer`: print one machine-readable
+            ready line and exit when stdin reaches EOF (i.e. the parent died).
+    """
+
+    def on_ready(bound_host: str, bound_port: int) -> None:
+        if managed:
+            info = {"host": bound_host, "port": bound_port, "pid": os.getpid()}
+            print(READY_PREFIX + json.dumps(info), flush=True)
+        else:
+            print(f"serving on {base_url(bound_host, bound_port)}", flush=True)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # Not available on Windows or outside the main thread.
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        if managed:
+            await loop.connect_read_pipe(lambda: _StdinWatcher(stop), sys.stdin)
+        await serve(host, port, settings or ServerSettings(), on_ready, stop)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+class _StdinWatcher(asyncio.Protocol):
+    """Sets ``stop`` when stdin reaches EOF, i.e. when the parent process is gone."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+
+    def eof_received(self) -> bool | None:
+        self._stop.set()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop.set()
+
+
+def base_url(host: str, port: int) -> str:
+    """The OpenAI base URL of a server on `host`:`port`."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/v1"

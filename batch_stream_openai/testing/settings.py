@@ -1,0 +1,91 @@
+"""The fake server's settings and what it reports: plain values both sides share."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["RecordedRequest", "ServerSettings", "ServerStats"]
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """Counters of a running fake server, as returned by :meth:`FakeOpenAIServer.stats`.
+
+    Example: ``server.stats().by_status.get(200, 0)``.
+
+    Parameters:
+        requests: API requests received since start/reset (everything outside ``/_control/``).
+        in_flight: Requests currently being handled.
+        max_in_flight: Highest ``in_flight`` since start/reset.
+        by_status: Responses sent by HTTP status; dropped/abandoned connections under ``0``.
+    """
+
+    requests: int
+    in_flight: int
+    max_in_flight: int
+    by_status: dict[int, int]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One API request as seen by the fake server.
+
+    Example: ``server.requests()[-1].headers["authorization"] == "Bearer sk-test"``.
+
+    Parameters:
+        path: URL path, e.g. ``/v1/chat/completions``.
+        body: Parsed JSON body (``{}`` if it was not a JSON object).
+        headers: Request headers with lower-cased names (values as sent).
+        received_at: ``time.time()`` when the body had been read.
+        status: Status answered; 0 for drop/hang/client gone or still in flight.
+    """
+
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    received_at: float
+    status: int
+
+
+@dataclass
+class ServerSettings:
+    """Server-wide settings that can be changed at run time with ``configure()``.
+
+    Example: ``ServerSettings(latency=0.1)``. New settings (e.g. ``rpm``/``tpm``) are
+    added as fields here; the CLI flags, the constructor and ``configure()`` follow.
+
+    Parameters:
+        latency: Seconds added before every API answer.
+        rpm: Requests per minute the server accepts (0: no limit), enforced like the real
+            API: a bucket holding one second's worth, refilled continuously; over it the
+            server answers 429 with ``retry-after-ms``. Every answer then carries the
+            ``x-ratelimit-*`` headers.
+        tpm: Tokens per minute (prompt + answer, characters / 4), enforced the same way.
+    """
+
+    latency: float = 0.0
+    rpm: float = 0.0
+    tpm: float = 0.0
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        """Validate and apply ``values`` (field name -> new value); all-or-nothing.
+
+        Raises:
+            ValueError: Unknown name or invalid value.
+        """
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        checked: dict[str, float] = {}
+        for name, value in values.items():
+            if name not in fields:
+                raise ValueError(f"unknown setting {name!r}; known: {sorted(fields)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"setting {name!r} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"setting {name!r} must be a finite number >= 0")
+            checked[name] = float(value)
+        for name, value in checked.items():
+            setattr(self, name, value)

@@ -1,0 +1,189 @@
+"""Core throughput, this tree against another git revision, side by side in one run.
+
+Usage: ``python scripts/bench_core.py [--baseline REV] [--runs 5] [--requests 20000]``
+
+Scenario C of BENCHMARKS.md: N chat requests at zero server latency, concurrency 200, the
+default number of workers, against one bundled `FakeOpenAIServer`. Each run is a fresh
+Python process that imports the library from a given source tree (this one, or REV
+checked out into a temporary git worktree), warms its pool up with one request, then
+streams the batch. Measured per run:
+
+- requests per second over the batch (pool start-up excluded: it is section D's figure);
+- worker CPU per request: the workers' CPU time (psutil) over the batch / N;
+- parent CPU per request: this process's CPU time over the batch / N (every thread of
+  the parent, so the pool's helper threads count);
+- server CPU per request.
+
+Runs alternate between the two trees; the table gives medians and the ratio of the
+medians. Prints a Markdown table (and writes nothing) so that it can be pasted, with the
+command, into BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RUN_ONE = textwrap.dedent(
+    """
+    import json, sys, time
+    import psutil
+    from batch_stream_openai import BatchPool, OpenAIRequest
+
+    base_url = sys.argv[1]
+    count, concurrency, server_pid = map(int, sys.argv[2:5])
+    server = psutil.Process(server_pid)
+
+    def requests(n, tag):
+        for i in range(n):
+            yield OpenAIRequest("You are terse.", f"{tag} {i}", model="gpt-4o-mini", api="chat")
+
+    def cpu(processes):
+        total = 0.0
+        for p in processes:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    if __name__ == "__main__":
+        options = dict(base_url=base_url, api_key="sk-bench-0123456789")
+        with BatchPool(max_concurrency=concurrency, **options) as pool:
+            pool.run(list(requests(concurrency, "warm-up")))
+            workers = [psutil.Process(pid) for pid in pool.pids]
+            me = psutil.Process()
+            before = (time.monotonic(), cpu([me]), cpu(workers), cpu([server]))
+            done = errors = 0
+            for _index, result in pool.stream(requests(count, "question")):
+                done += 1
+                errors += isinstance(result, Exception)
+            after = (time.monotonic(), cpu([me]), cpu(workers), cpu([server]))
+        wall, parent, worker, srv = (b - a for a, b in zip(before, after))
+        print(json.dumps({
+            "done": done, "errors": errors, "workers": len(workers), "wall_s": wall,
+            "req_s": count / wall, "parent_ms": 1000 * parent / count,
+            "worker_ms": 1000 * worker / count, "server_ms": 1000 * srv / count,
+        }))
+    """
+)
+
+
+def run_once(tree: Path, base_url: str, count: int, concurrency: int, server_pid: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run(
+        [sys.executable, "-c", RUN_ONE, base_url, str(count), str(concurrency), str(server_pid)],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    result: dict = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["done"] != count or result["errors"]:
+        raise RuntimeError(f"bad run in {tree}: {result}")
+    return result
+
+
+def table(label_runs: dict[str, list[dict]], baseline: str | None) -> str:
+    keys = [
+        ("req_s", "req/s"),
+        ("worker_ms", "worker CPU ms/req"),
+        ("parent_ms", "parent CPU ms/req"),
+        ("server_ms", "server CPU ms/req"),
+    ]
+    lines = [
+        "| tree | " + " | ".join(name for _, name in keys) + " | runs |",
+        "|---|" + "---|" * (len(keys) + 1),
+    ]
+    medians = {
+        label: {k: statistics.median(r[k] for r in runs) for k, _ in keys}
+        for label, runs in label_runs.items()
+    }
+    for label, values in medians.items():
+        cells = []
+        for key, _ in keys:
+            cell = f"{values[key]:,.0f}" if key == "req_s" else f"{values[key]:.3f}"
+            if baseline is not None and label != baseline:
+                cell += f" ({values[key] / medians[baseline][key]:.2f}x)"
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(label_runs[label])} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", help="git revision to compare with (e.g. HEAD~3)")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=200)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from batch_stream_openai.testing import FakeOpenAIServer
+
+    trees = {"this tree": ROOT}
+    with tempfile.TemporaryDirectory() as scratch, FakeOpenAIServer() as server:
+        if args.baseline:
+            worktree = Path(scratch) / "baseline"
+            subprocess.run(
+                [
+                    "git",
+                    "-C",
+                    str(ROOT),
+                    "worktree",
+                    "add",
+                    "--detach",
+                    str(worktree),
+                    args.baseline,
+                ],
+                check=True,
+                capture_output=True,
+            )
+            trees = {f"baseline {args.baseline}": worktree, **trees}
+        try:
+            runs: dict[str, list[dict]] = {label: [] for label in trees}
+            for run in range(args.runs):
+                for label, tree in trees.items():
+                    server.reset()
+                    result = run_once(
+                        tree, server.base_url, args.requests, args.concurrency, server.pid
+                    )
+                    runs[label].append(result)
+                    print(f"run {run + 1} {label}: {result}", file=sys.stderr)
+        finally:
+            if args.baseline:
+                subprocess.run(
+                    [
+                        "git",
+                        "-C",
+                        str(ROOT),
+                        "worktree",
+                        "remove",
+                        "--force",
+                        str(Path(scratch) / "baseline"),
+                    ],
+                    check=False,
+                )
+    baseline_label = f"baseline {args.baseline}" if args.baseline else None
+    print(
+        f"{args.requests:,} requests, concurrency {args.concurrency}, server latency 0, "
+        f"default workers ({runs['this tree'][0]['workers']}); medians of {args.runs} runs"
+    )
+    print()
+    print(table(runs, baseline_label))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Helpers shared by the test modules: requests, expected answers, waiting, scripts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from typing import Any
+
+from batch_stream_openai import OpenAIRequest
+from batch_stream_openai.testing import expected_answer
+
+SYSTEM = "You are terse."
+
+
+def ask(user: str, api: str = "chat", **options: Any) -> OpenAIRequest:
+    """A request for the bundled server, with the tests' system prompt."""
+    return OpenAIRequest(SYSTEM, user, model="gpt-4o-mini", api=api, **options)  # type: ignore[arg-type]
+
+
+def answers(users: list[str]) -> list[str]:
+    """What the bundled server answers each of `users` (asked with `ask`)."""
+    return [expected_answer(SYSTEM, user) for user in users]
+
+
+def die_on_poison(text: str) -> str:
+    """A postprocess that ends its worker process on answers that mention "poison"."""
+    if "poison" in text:
+        os._exit(7)
+    return text
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll `condition` until it holds; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what or condition}"
+        time.sleep(0.01)
+
+
+def run_script(
+    code: str, timeout: float = 60, *, from_stdin: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter: ``python -c CODE``, or ``python -`` reading it."""
+    code = textwrap.dedent(code)
+    command = [sys.executable, "-"] if from_stdin else [sys.executable, "-c", code]
+    return subprocess.run(
+        command,
+        input=code if from_stdin else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )

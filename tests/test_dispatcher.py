@@ -1,0 +1,219 @@
+"""The dispatcher's ledger and policy, in-process: workers are plain names, time is fake."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from batch_stream_openai import APIError, OpenAIRequest, WorkerCrashedError
+from batch_stream_openai.config import RetryPolicy
+from batch_stream_openai.dispatcher import MAX_CRASHES_PER_REQUEST, Dispatcher
+from batch_stream_openai.limits import Budget
+from batch_stream_openai.protocol import Outcome, Task
+from batch_stream_openai.results import Result, Usage
+from batch_stream_openai.retry import RetrySchedule
+from batch_stream_openai.supervisor import Exit
+
+pytestmark = pytest.mark.timeout(10)
+
+CRASHED = Exit(exitcode=-9, was_ready=True)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ask(i: int) -> OpenAIRequest:
+    return OpenAIRequest("s", f"q{i}", model="gpt-4o-mini", api="chat")
+
+
+def make(
+    requests: object,
+    concurrency: int = 4,
+    *,
+    rich: bool = False,
+    clock: FakeClock | None = None,
+    policy: RetryPolicy | None = None,
+    rpm: float | None = None,
+) -> Dispatcher[str]:
+    clock = clock or FakeClock()
+    return Dispatcher(
+        1,
+        requests,  # type: ignore[arg-type]
+        budget=Budget(concurrency, rpm=rpm, tpm=None, adaptive=False, clock=clock),
+        retries=RetrySchedule(policy or RetryPolicy(max_attempts=3, initial_backoff=0.1)),
+        rich=rich,
+        clock=clock,
+    )
+
+
+def answer(task: Task, text: str | None = None) -> Outcome:
+    text = text if text is not None else f"answer {task.index}"
+    result = Result(task.index, text=text, output=text, usage=Usage(3, 4), status_code=200)
+    return Outcome.of(task, result)
+
+
+def failure(task: Task, status: int, retryable: bool) -> Outcome:
+    error = APIError("nope", status_code=status, index=task.index, retryable=retryable)
+    return Outcome.of(task, Result(task.index, status_code=status, error=error))
+
+
+def tasks_of(sends: dict[str, list[Task]]) -> Iterator[tuple[str, Task]]:
+    for worker, tasks in sends.items():
+        for task in tasks:
+            yield worker, task
+
+
+def test_at_most_the_concurrency_is_sent_and_the_load_is_spread() -> None:
+    dispatcher = make([ask(i) for i in range(10)], concurrency=4)
+    sends = dispatcher.fill(["a", "b"])
+    assert {worker: len(tasks) for worker, tasks in sends.items()} == {"a": 2, "b": 2}
+    assert dispatcher.fill(["a", "b"]) == {}  # the ledger is full
+    for worker, task in tasks_of(sends):
+        dispatcher.settle(worker, answer(task))
+    assert sorted(i for i, _ in dispatcher.take_results()) == [0, 1, 2, 3]
+    assert sum(len(t) for t in dispatcher.fill(["a", "b"]).values()) == 4
+
+
+def test_nothing_is_sent_without_a_ready_worker() -> None:
+    dispatcher = make([ask(0)])
+    assert dispatcher.fill([]) == {}
+    assert dispatcher.in_flight == 0
+
+
+def test_every_index_once_and_stale_outcomes_are_ignored() -> None:
+    dispatcher = make([ask(i) for i in range(3)])
+    sends = dispatcher.fill(["a"])
+    (task, *_rest) = sends["a"]
+    dispatcher.settle("a", answer(task))
+    dispatcher.settle("a", answer(task))  # a duplicate outcome
+    dispatcher.settle("b", answer(sends["a"][1]))  # from a worker it was never sent to
+    other_batch = Task(2, task.index, 1, task.payload)
+    dispatcher.settle("a", answer(other_batch))
+    assert dispatcher.take_results() == [(0, "answer 0")]
+
+
+def test_a_retryable_failure_is_retried_after_its_wait_and_every_attempt_is_paced() -> None:
+    clock = FakeClock()
+    dispatcher = make([ask(0)], clock=clock, rpm=60)  # one attempt per second
+    (task,) = dispatcher.fill(["a"])["a"]
+    dispatcher.settle("a", failure(task, 503, retryable=True))
+    assert dispatcher.take_results() == []
+    assert dispatcher.fill(["a"]) == {}  # waiting for its backoff and the rate budget
+    clock.now += 1.0
+    (retry,) = dispatcher.fill(["a"])["a"]
+    assert (retry.index, retry.attempt) == (0, 2)
+    dispatcher.settle("a", answer(retry))
+    assert dispatcher.take_results() == [(0, "answer 0")]
+    assert dispatcher.summary.retries == 1
+
+
+def test_a_final_failure_yields_its_error_and_429s_are_counted() -> None:
+    clock = FakeClock()
+    dispatcher = make([ask(0), ask(1)], clock=clock, policy=RetryPolicy(max_attempts=2))
+    sends = dispatcher.fill(["a"])["a"]
+    dispatcher.settle("a", failure(sends[0], 400, retryable=False))
+    dispatcher.settle("a", failure(sends[1], 429, retryable=True))
+    clock.now += 100
+    (retry,) = dispatcher.fill(["a"])["a"]
+    dispatcher.settle("a", failure(retry, 429, retryable=True))
+    results = dict(dispatcher.take_results())
+    assert isinstance(results[0], APIError) and results[0].status_code == 400
+    assert isinstance(results[1], APIError) and results[1].status_code == 429
+    assert dispatcher.summary.rate_limited == 2
+    assert dispatcher.summary.failed == 2
+
+
+def test_a_dead_workers_requests_are_resent_elsewhere() -> None:
+    dispatcher = make([ask(i) for i in range(4)])
+    sends = dispatcher.fill(["a", "b"])
+    dispatcher.reclaim("a", CRASHED)
+    resent = dispatcher.fill(["b", "c"])
+    assert sorted(t.index for _, t in tasks_of(resent)) == sorted(t.index for t in sends["a"])
+    for worker, task in [*tasks_of(resent), ("b", sends["b"][0]), ("b", sends["b"][1])]:
+        dispatcher.settle(worker, answer(task))
+    assert Counter(i for i, _ in dispatcher.take_results()) == Counter(range(4))
+
+
+def test_a_worker_that_dies_before_it_is_ready_costs_no_crash() -> None:
+    dispatcher = make([ask(0)])
+    dispatcher.fill(["a"])
+    for _ in range(MAX_CRASHES_PER_REQUEST + 2):
+        dispatcher.reclaim(next(iter(dispatcher._owed_by)), Exit(1, was_ready=False))
+        dispatcher.fill(["a"])
+    assert dispatcher.take_results() == []
+
+
+def test_quarantine_runs_a_suspect_only_beside_fresh_requests_then_fails_the_poison() -> None:
+    # Index 0 kills every worker it runs on; the others answer when their worker lives.
+    dispatcher = make([ask(i) for i in range(30)], concurrency=6)
+    workers, spawned, deaths = ["a", "b"], 0, 0
+    results: dict[int, object] = {}
+    while not dispatcher.finished:
+        sends = dispatcher.fill(workers)
+        holder = next((w for w, t in tasks_of(sends) if t.index == 0), None)
+        for worker, task in tasks_of(sends):
+            if worker != holder:
+                dispatcher.settle(worker, answer(task))
+        if holder is not None:
+            crashed = dispatcher._ledger[0].crashes
+            if crashed >= 2:  # a suspect runs only beside requests that never crashed
+                beside = dispatcher._owed_by[holder] - {0}
+                assert not any(dispatcher._ledger[i].crashes for i in beside)
+            dispatcher.reclaim(holder, CRASHED)
+            deaths += 1
+            spawned += 1
+            workers = [w for w in workers if w != holder] + [f"new{spawned}"]
+        results.update(dispatcher.take_results())
+        assert deaths <= 10
+    assert sorted(results) == list(range(30))
+    error = results.pop(0)
+    assert isinstance(error, WorkerCrashedError)
+    assert error.attempts == MAX_CRASHES_PER_REQUEST + 1 == deaths
+    assert results == {i: f"answer {i}" for i in range(1, 30)}
+
+
+def test_an_input_error_is_raised_only_after_what_was_read() -> None:
+    def requests() -> Iterator[OpenAIRequest]:
+        yield ask(0)
+        yield ask(1)
+        raise KeyError("broken input")
+
+    dispatcher = make(requests(), concurrency=8)
+    sends = dispatcher.fill(["a"])
+    assert len(sends["a"]) == 2
+    assert isinstance(dispatcher.input_error, KeyError)
+    assert not dispatcher.finished  # two are still owed
+    for task in sends["a"]:
+        dispatcher.settle("a", answer(task))
+    assert sorted(i for i, _ in dispatcher.take_results()) == [0, 1]
+    assert dispatcher.finished
+
+
+def test_fail_everything_yields_each_owed_index_once() -> None:
+    dispatcher = make([ask(i) for i in range(6)], concurrency=4)
+    dispatcher.fill(["a"])
+    dispatcher.fail_everything(lambda i: WorkerCrashedError("gone", exitcode=None, index=i))
+    results = dict(dispatcher.take_results())
+    assert sorted(results) == [0, 1, 2, 3]
+    assert all(isinstance(v, WorkerCrashedError) for v in results.values())
+    assert dispatcher.finished
+
+
+def test_rich_results_carry_attempts_and_latency_from_the_first_send() -> None:
+    clock = FakeClock()
+    dispatcher = make([ask(0)], clock=clock, rich=True)
+    (task,) = dispatcher.fill(["a"])["a"]
+    dispatcher.settle("a", failure(task, 500, retryable=True))
+    clock.now += 5
+    (retry,) = dispatcher.fill(["a"])["a"]
+    clock.now += 1
+    dispatcher.settle("a", answer(retry))
+    ((index, result),) = dispatcher.take_results()
+    assert (index, result.attempts, result.latency_s, result.text) == (0, 2, 6.0, "answer 0")
