@@ -15,19 +15,23 @@ from .errors import (
     APITimeoutError,
     BatchFileError,
     BatchStreamError,
+    BudgetExceededError,
+    CacheError,
     EmptyResponseError,
+    ParseError,
     PoolClosedError,
     PoolError,
     PostprocessError,
     ProviderNotInstalledError,
+    RefusalError,
     RequestError,
     ResultTransferError,
     WorkerCrashedError,
     WorkerStartupError,
 )
 from .pool import BatchPool
-from .request import OpenAIRequest, RawRequest
-from .results import BatchSummary, Result, Usage
+from .request import EmbeddingRequest, OpenAIRequest, RawRequest
+from .results import BatchSummary, Result, ToolCall, Usage
 from .stream import AsyncBatchStream, BatchStream
 
 __all__ = [
@@ -40,16 +44,22 @@ __all__ = [
     "BatchStream",
     "BatchStreamError",
     "BatchSummary",
+    "BudgetExceededError",
+    "CacheError",
+    "EmbeddingRequest",
     "EmptyResponseError",
     "OpenAIRequest",
+    "ParseError",
     "PoolClosedError",
     "PoolError",
     "PostprocessError",
     "ProviderNotInstalledError",
     "RawRequest",
+    "RefusalError",
     "RequestError",
     "Result",
     "ResultTransferError",
+    "ToolCall",
     "Usage",
     "WorkerCrashedError",
     "WorkerStartupError",

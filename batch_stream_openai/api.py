@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from typing_extensions import Unpack
@@ -32,6 +33,8 @@ class BatchArguments(StreamOptions, total=False):
     start_method: str
     backend: str
     ray_address: str | None
+    cache: str | Path | bool | None
+    prices: Mapping[str, Mapping[str, float]] | None
 
 
 _STREAM_KEYS = frozenset(StreamOptions.__annotations__)

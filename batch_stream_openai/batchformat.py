@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .bodies import http_call
 from .request import (
-    CHAT_ENDPOINT,
-    RESPONSES_ENDPOINT,
+    ENDPOINTS,
     AnyRequest,
     OpenAIRequest,
     RawRequest,
-    http_call,
 )
 from .results import Result
 
@@ -51,7 +50,6 @@ __all__ = [
 
 _BATCH_API_KEYS = ("custom_id", "method", "url", "body")
 _PROMPT_KEYS = ("custom_id", *(f.name for f in dataclasses.fields(OpenAIRequest)))
-_URLS = (CHAT_ENDPOINT, RESPONSES_ENDPOINT)
 _KEY_MASK = 2**64 - 1
 
 
@@ -141,8 +139,8 @@ def _batch_api_request(data: dict[str, Any], default_model: str | None) -> tuple
     custom_id = _custom_id(data["custom_id"])
     if data["method"] != "POST":
         raise ValueError(f"method must be 'POST', got {data['method']!r}")
-    if data["url"] not in _URLS:
-        raise ValueError(f"unsupported url {data['url']!r}: use {' or '.join(_URLS)}")
+    if data["url"] not in ENDPOINTS:
+        raise ValueError(f"unsupported url {data['url']!r}: use {', '.join(ENDPOINTS)}")
     body = data["body"]
     if not isinstance(body, dict):
         raise TypeError(f"body must be a JSON object, got {type(body).__name__}")

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 from .api import stream_batch
-from .errors import BatchFileError, PoolError
+from .errors import BatchFileError, CacheError, PoolError
 from .request import OpenAIRequest
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_PARTIAL", "EXIT_USAGE", "main"]
@@ -39,18 +42,21 @@ _FLAG_OF = {
     "tpm": "--tpm",
     "timeout": "--timeout",
     "grace": "--grace",
+    "max_cost": "--max-cost",
+    "cache": "--cache",
 }
 _PHRASES = {
     "skip_invalid=True": "--skip-invalid",
     "resend_changed=True": "--resend-changed",
     "retry_failed=True": "--retry-failed",
     "pass api_key= or set OPENAI_API_KEY": "set OPENAI_API_KEY",
+    "give it: prices=": "give it with --prices ",
 }
 # A parameter named as such: "workers=7", "rpm must be ..."; underscored names anywhere.
 _PARAMETER = re.compile(
     r"\b("
     + "|".join(_FLAG_OF)
-    + r")\b(?:(=)|(?=\s+must\b))|\b(max_concurrency|max_retries|base_url)\b"
+    + r")\b(?:(=)|(?=\s+must\b))|\b(max_concurrency|max_retries|base_url|max_cost)\b"
 )
 
 
@@ -155,9 +161,12 @@ def _run(args: argparse.Namespace) -> int:
             base_url=args.base_url,
             timeout=args.timeout,
             max_retries=args.max_retries,
+            cache=args.cache,
+            max_cost=args.max_cost,
+            prices=args.prices,
             progress=sys.stderr.isatty(),
         )
-    except (BatchFileError, ValueError, TypeError) as exc:
+    except (BatchFileError, CacheError, ValueError, TypeError) as exc:
         print(f"error: {_in_flags(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (OSError, PoolError) as exc:
@@ -179,6 +188,18 @@ def _run(args: argparse.Namespace) -> int:
         print(f"exit {EXIT_PARTIAL}: re-run the same command to resume", file=sys.stderr)
         return EXIT_PARTIAL
     return 0
+
+
+def _prices(text: str) -> dict[str, Any]:
+    """An argparse type: prices as JSON, given inline or as a file's path."""
+    try:
+        source = Path(text).read_text() if not text.lstrip().startswith("{") else text
+        prices = json.loads(source)
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"not JSON prices, nor a file of them: {exc}") from None
+    if not isinstance(prices, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object of model -> prices")
+    return prices
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -269,6 +290,25 @@ def _add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         type=_number(int, 0),
         default=5,
         help="retries of a retryable error (default: 5)",
+    )
+    run.add_argument(
+        "--cache",
+        metavar="PATH",
+        help="answer repeated requests from this response cache (SQLite; created if missing)",
+    )
+    run.add_argument(
+        "--max-cost",
+        type=_number(float, 0, inclusive=False),
+        metavar="USD",
+        help="spend at most this much; lines not sent because of it are BudgetExceededError "
+        "error lines (a re-run with --retry-failed and a higher cap sends them)",
+    )
+    run.add_argument(
+        "--prices",
+        type=_prices,
+        metavar="JSON",
+        help='model prices, USD per million tokens: \'{"my-model": {"input": 0.15, '
+        '"output": 0.6}}\', or the path of a JSON file holding that',
     )
     run.add_argument(
         "--grace",

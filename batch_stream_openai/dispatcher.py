@@ -3,11 +3,14 @@
 The batch loop in `pool.py` asks `fill` what to send to which ready worker, feeds each
 `Outcome` to `settle` and each exited worker to `reclaim`, and yields what
 `take_results` returns. Workers are opaque keys here, so the whole policy (budgets,
-retries, crash counting, quarantine) is tested without a single process.
+retries, crash counting, quarantine, the cache and the cost cap) is tested without a
+single process.
 
-The ledger holds every request read from the input and not yet yielded: sent, waiting for
-its next attempt, or waiting to be re-sent after its worker died. Its size is what
-`max_concurrency` bounds, so memory does not grow with the batch.
+The ledger holds every request read from the input and not yet yielded: sent, waiting
+for its next attempt or to be re-sent after its worker died, a cache hit on its way
+through a worker's `postprocess`, or a duplicate waiting for an identical request's
+answer. Requests to send count against `max_concurrency`; everything in the ledger
+together is bounded too (`_READ_AHEAD`), so memory does not grow with the batch.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
-from .errors import APIError, RequestError, WorkerCrashedError
-from .limits import Budget, estimate_tokens
+from .admission import Admission
+from .errors import APIError, BudgetExceededError, RequestError, WorkerCrashedError
+from .limits import Budget, token_estimate
 from .protocol import Outcome, Task
 from .results import BatchSummary, Result
 from .retry import RetrySchedule
@@ -40,19 +44,29 @@ MAX_CRASHES_PER_REQUEST = 3
 _QUARANTINE_AFTER_CRASHES = 2
 # Longest the batch loop sleeps with nothing due, so it notices silent workers.
 POLL_INTERVAL_S = 1.0
+# Ledger entries allowed beyond `max_concurrency` (cache hits being post-processed,
+# duplicates waiting for an answer): they cost no provider capacity, only memory.
+_READ_AHEAD = 256
 
 
 @dataclass
 class _Entry:
     """A ledger entry: a request owed to the caller and where it currently runs."""
 
-    payload: bytes  # the pickled request, kept for later attempts
+    payload: bytes  # the pickled request (or, for a replay, the cached Result)
     tokens: int  # estimated, charged to the token budget on every attempt
+    model: str = ""
+    prompt_tokens: int = 0  # for the cost reservation
+    output_cap: int | None = None
+    key: bytes | None = None  # its response-cache key, when the cache is on
+    replay: bool = False  # a cache hit sent to a worker only for `postprocess`
+    counted: bool = False  # counted against the concurrency (a request to send)
     attempts: int = 0  # attempts sent so far (retries and re-sends after a crash)
     crashes: int = 0  # workers that died while running it
     worker: Any = None  # the worker it runs on; None while waiting to be (re-)sent
     first_sent_at: float = 0.0  # monotonic
     charge: list[float] | None = None  # the token budget's record of the last attempt
+    reserved: float = 0.0  # USD reserved for the attempt in flight (`max_cost`)
 
 
 class Dispatcher(Generic[W]):
@@ -71,6 +85,7 @@ class Dispatcher(Generic[W]):
         requests: the caller's iterable, read lazily.
         budget: the pool's concurrency and rate budget (shared by its batches).
         retries: when a failed attempt is tried again.
+        admission: the response cache, in-flight dedup and cost cap (None: none).
         rich: yield `Result` objects instead of ``str | Exception``.
         check_item: validates each item read (raises for a bad one); None when the
             caller's requests were checked before the batch started.
@@ -85,6 +100,7 @@ class Dispatcher(Generic[W]):
         *,
         budget: Budget,
         retries: RetrySchedule,
+        admission: Admission | None = None,
         rich: bool = False,
         check_item: Callable[[int, object], None] | None = None,
         summary: BatchSummary | None = None,
@@ -96,18 +112,21 @@ class Dispatcher(Generic[W]):
         self._source = enumerate(requests)
         self._budget = budget
         self._retries = retries
+        self._admission = admission or Admission()
         self._rich = rich
         self._check_item = check_item
         self._clock = clock
         self._ledger: dict[int, _Entry] = {}  # {index: <_Entry>}
+        self._requests = 0  # ledger entries that are requests to send (not replays)
         self._owed_by: dict[W, set[int]] = {}  # {worker: {3, 8, ...}}
-        self._due: deque[int] = deque()  # indices to re-send now (their worker died once)
+        self._due: deque[int] = deque()  # to send now: re-sends, retries, replays, ...
         self._backoff: list[tuple[float, int]] = []  # heap of (retry time, index)
         self._quarantine: deque[int] = deque()  # indices whose workers died twice or more
         self._suspect_on: dict[W, int] = {}  # {worker: quarantined index it runs}
-        self._waiting: tuple[int, Any] | None = None  # read, held back by the budget
+        self._waiting: tuple[int, Any] | None = None  # read, held back by a budget
         self._blocked_until = 0.0  # when the budget lets the next send go (monotonic)
         self._exhausted = False  # nothing more is read from the input
+        self._refusing = False  # the cost cap is reached: what is read is refused
         self._done: list[ResultPair] = []  # results not yet taken
 
     def __repr__(self) -> str:
@@ -138,7 +157,7 @@ class Dispatcher(Generic[W]):
     def next_wake(self) -> float:
         """Seconds until something becomes due (a retry, the budget), at most the poll."""
         now = self._clock()
-        wake = POLL_INTERVAL_S
+        wake = 0.0 if self._refusing and not self._exhausted else POLL_INTERVAL_S
         if self._blocked_until > now:
             wake = min(wake, self._blocked_until - now)
         if self._backoff:
@@ -151,8 +170,10 @@ class Dispatcher(Generic[W]):
 
     def fill(self, workers: Sequence[W]) -> dict[W, list[Task]]:
         """What to send now, to which of the ready `workers`: re-sends and retries first,
-        then new requests while the concurrency and rate budgets allow."""
+        then new requests while the concurrency, rate and cost budgets allow."""
         sends: dict[W, list[Task]] = {}
+        if self._refusing:
+            self._refuse_more()
         if not workers:
             return sends
         now = self._clock()
@@ -160,26 +181,13 @@ class Dispatcher(Generic[W]):
             self._due.append(heapq.heappop(self._backoff)[1])
         self._release_quarantine(workers, sends, now)
         innocent = [worker for worker in workers if worker not in self._suspect_on]
-        while self._due and innocent and self._may_send(self._ledger[self._due[0]].tokens, now):
+        while self._due and innocent and self._may_send(self._ledger[self._due[0]], now):
             self._send(self._due.popleft(), innocent, sends, now)
-        while len(self._ledger) < self._budget.concurrency():
-            item = self._next_item()
-            if item is None:
+        capacity = self._budget.concurrency()
+        while self._requests < capacity and len(self._ledger) < capacity + _READ_AHEAD:
+            item = None if self._refusing else self._next_item()
+            if item is None or not self._admit(*item, workers, sends, now):
                 break
-            index, request = item
-            tokens = estimate_tokens(request) if self._budget.counts_tokens else 0
-            if not self._may_send(tokens, now):
-                self._waiting = item
-                break
-            self._waiting = None
-            try:
-                payload = Task.pickle_request(request)
-            except RequestError as error:
-                error.index = index
-                self._finish(index, None, Result(index, error=error))
-                continue
-            self._ledger[index] = _Entry(payload, tokens)
-            self._send(index, workers, sends, now)
         return sends
 
     def settle(self, worker: W, outcome: Outcome) -> None:
@@ -198,7 +206,12 @@ class Dispatcher(Generic[W]):
         entry.worker = None
         if self._suspect_on.get(worker) == outcome.index:
             del self._suspect_on[worker]
-        result = outcome.result()
+        result = outcome.value()
+        if entry.replay:
+            self._finish(outcome.index, entry, result)
+            return
+        self._admission.settle_cost(entry.reserved, result)
+        entry.reserved = 0.0
         error = result.error
         if error is None:
             used = result.usage.total_tokens if result.usage is not None else None
@@ -213,6 +226,8 @@ class Dispatcher(Generic[W]):
         for index in sorted(self._owed_by.pop(worker, ())):
             entry = self._ledger[index]
             entry.worker = None
+            self._admission.settle_cost(entry.reserved, None)
+            entry.reserved = 0.0
             if exit_.was_ready:
                 entry.crashes += 1
             if entry.crashes > MAX_CRASHES_PER_REQUEST:
@@ -232,7 +247,10 @@ class Dispatcher(Generic[W]):
             self.input_error = error
 
     def fail_everything(self, describe: Callable[[int], RequestError]) -> None:
-        """No worker can run what is left: each index still owed yields `describe(index)`."""
+        """Nothing left can run: each index not yet done yields `describe(index)`.
+
+        The requests in flight are given up too: the caller gets them as failed now.
+        """
         self._exhausted = True
         if self._waiting is not None:
             index = self._waiting[0]
@@ -262,11 +280,63 @@ class Dispatcher(Generic[W]):
             return None
         return item
 
-    def _may_send(self, tokens: int, now: float) -> bool:
-        wait = self._budget.delay(tokens)
+    def _admit(
+        self,
+        index: int,
+        request: Any,
+        workers: Sequence[W],
+        sends: dict[W, list[Task]],
+        now: float,
+    ) -> bool:
+        """Take in one new request: answer it from the cache, park it behind an identical
+        one, or send it. False when a budget holds it back (it is kept for later)."""
+        self._waiting = None
+        key = self._admission.key_of(request)
+        if (stored := self._admission.stored(key)) is not None:
+            self._answer_from_cache(index, stored, duplicate=False)  # no provider, no budget
+            return True
+        try:
+            entry = self._entry(request, key)
+        except RequestError as error:
+            error.index = index
+            self._finish(index, None, Result(index, error=error))
+            return True
+        if self._admission.wait_for(key, index):
+            self._ledger[index] = entry  # a duplicate: it waits for the first one's answer
+            return True
+        if not self._may_send(entry, now):
+            self._waiting = (index, request)
+            return False
+        self._ledger[index] = entry
+        entry.counted = True
+        self._requests += 1
+        self._admission.claim(key, index)
+        self._send(index, workers, sends, now)
+        return True
+
+    def _entry(self, request: Any, key: bytes | None) -> _Entry:
+        """A ledger entry for a new request; raises ResultTransferError if it cannot go."""
+        payload = Task.pickle_payload(request)
+        if not self._budget.counts_tokens and self._admission.spending is None:
+            return _Entry(payload, 0, key=key)
+        prompt_tokens, cap = token_estimate(request)
+        return _Entry(payload, prompt_tokens + (cap or 0), request.model, prompt_tokens, cap, key)
+
+    def _may_send(self, entry: _Entry, now: float) -> bool:
+        """Whether the budgets let `entry` go now; the cost budget is reserved if so."""
+        if entry.replay:
+            return True
+        wait = self._budget.delay(entry.tokens)
         if wait > 0:
             self._blocked_until = now + wait
             return False
+        reserved = self._admission.reserve_cost(entry.model, entry.prompt_tokens, entry.output_cap)
+        if reserved is None:
+            if self._admission.cost_exhausted:
+                self._refusing = True
+                self._refuse_more()
+            return False
+        entry.reserved = reserved
         return True
 
     def _send(self, index: int, among: Sequence[W], sends: dict[W, list[Task]], now: float) -> W:
@@ -277,10 +347,10 @@ class Dispatcher(Generic[W]):
         if entry.attempts == 1:
             entry.first_sent_at = now
         self._owed_by.setdefault(worker, set()).add(index)
-        entry.charge = self._budget.spend(entry.tokens)
-        sends.setdefault(worker, []).append(
-            Task(self.batch_id, index, entry.attempts, entry.payload)
-        )
+        if not entry.replay:
+            entry.charge = self._budget.spend(entry.tokens)
+        task = Task(self.batch_id, index, entry.attempts, entry.payload, replay=entry.replay)
+        sends.setdefault(worker, []).append(task)
         return worker
 
     def _release_quarantine(
@@ -301,7 +371,7 @@ class Dispatcher(Generic[W]):
                 and not any(self._ledger[i].crashes for i in self._owed_by.get(worker, ()))
             ]
             index = self._quarantine[0]
-            if not clean or not self._may_send(self._ledger[index].tokens, now):
+            if not clean or not self._may_send(self._ledger[index], now):
                 return
             self._quarantine.popleft()
             self._suspect_on[self._send(index, clean, sends, now)] = index
@@ -318,14 +388,60 @@ class Dispatcher(Generic[W]):
         heapq.heappush(self._backoff, (now + wait, index))
         return True
 
+    def _answer_from_cache(self, index: int, result: Result, duplicate: bool) -> None:
+        """Finish `index` with a stored answer, through a worker if there is a postprocess."""
+        self.summary.add_cached(result.cost_usd, duplicate)
+        cached = replace(result, index=index, cached=True, cost_usd=0.0, output=result.text)
+        if not self._admission.replays:
+            self._finish(index, None, cached)
+            return
+        self._ledger[index] = _Entry(Task.pickle_payload(cached), 0, replay=True)
+        self._due.append(index)
+
+    def _refuse_more(self) -> None:
+        """The cost cap is reached: fail what is not sent, and what is read from now on.
+
+        The input is read a bounded chunk at a time, so a long generator's refusals
+        stream out like results instead of piling up.
+        """
+        for index in [i for i, e in self._ledger.items() if e.worker is None and not e.replay]:
+            self._finish(index, self._ledger[index], Result(index, error=self._refused(index)))
+        self._due = deque(i for i in self._due if i in self._ledger)
+        self._backoff = [(t, i) for t, i in self._backoff if i in self._ledger]
+        self._quarantine = deque(i for i in self._quarantine if i in self._ledger)
+        for _ in range(_READ_AHEAD):
+            if (item := self._next_item()) is None:
+                break
+            self._waiting = None
+            self._finish(item[0], None, Result(item[0], error=self._refused(item[0])))
+
+    def _refused(self, index: int) -> BudgetExceededError:
+        cap = self._admission.spending.max_cost if self._admission.spending else 0.0
+        return BudgetExceededError(
+            f"not sent: it could take the batch's spend past max_cost=${cap:g}", index=index
+        )
+
     def _finish(self, index: int, entry: _Entry | None, result: Result) -> None:
         attempts = entry.attempts if entry is not None else result.attempts
         if entry is not None:
             del self._ledger[index]
-        self.summary.add(result.error, attempts, result.usage)
+            self._requests -= entry.counted
+            self._answer_duplicates(entry.key, index, result)
+        self.summary.add(result, attempts)
         if self._rich:
             latency = self._clock() - entry.first_sent_at if entry is not None else 0.0
             result = replace(result, index=index, attempts=attempts, latency_s=latency)
             self._done.append((index, result))
         else:
             self._done.append((index, result.value))
+
+    def _answer_duplicates(self, key: bytes | None, index: int, result: Result) -> None:
+        """The request that others waited for is done: answer them, or send them now."""
+        for other in self._admission.done(key, index, result):
+            if result.error is None:
+                del self._ledger[other]
+                self._answer_from_cache(other, result, duplicate=True)
+            else:  # each is sent on its own
+                self._ledger[other].counted = True
+                self._requests += 1
+                self._due.append(other)

@@ -13,11 +13,8 @@ loop, fed the parent's messages and answering into an `Outbox`:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sys
 import time
 import traceback
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
@@ -25,7 +22,10 @@ from typing import Any, Protocol
 
 import cloudpickle
 
+from .answers import answer_result, usage_of
+from .bodies import http_call
 from .config import WorkerConfig
+from .costs import PriceTable
 from .errors import PostprocessError, RequestError
 from .protocol import (
     HEARTBEAT_INTERVAL_S,
@@ -67,6 +67,7 @@ class RequestRunner:
     def __init__(self, config: WorkerConfig) -> None:
         self._provider = Provider(config.client)
         self._timeout = config.client.timeout
+        self._prices = PriceTable(config.prices)
 
     def open(self) -> None:
         """Build the clients, so a broken setup fails at start-up, not per request."""
@@ -76,12 +77,20 @@ class RequestRunner:
         """Close the clients' connections."""
         await self._provider.aclose()
 
-    async def attempt(self, index: int, attempt: int, request: AnyRequest) -> tuple[Result, float]:
-        """The attempt's `Result` (never raises), and the pause its answer's headers ask."""
+    async def attempt(
+        self, index: int, attempt: int, request: AnyRequest, with_body: bool = True
+    ) -> tuple[Result, float]:
+        """The attempt's `Result` (never raises), and the pause its answer's headers ask.
+
+        `with_body` False leaves a successful answer's body out (only rich results and
+        the cache need it, and it is the costliest part to send to the parent).
+        """
         started = time.monotonic()
         try:
-            async with _deadline(self._timeout):
-                result, pause_s = await self._provider.complete(index, request)
+            endpoint, body = http_call(request)
+            # The whole attempt is bounded, a server trickling its body byte by byte included.
+            async with asyncio.timeout(self._timeout):
+                data, request_id, pause_s = await self._provider.complete(endpoint, body)
         except Exception as exc:  # every failure becomes this attempt's result
             error = to_request_error(
                 exc, index=index, attempts=attempt, secret=self._provider.secret
@@ -95,27 +104,26 @@ class RequestRunner:
                 body=getattr(error, "body", None),
                 error=error,
             ), 0.0
+        usage = usage_of(data)
+        cost_usd = self._prices.cost(request.model, usage)
+        if cost_usd is None and isinstance(data.get("model"), str):
+            cost_usd = self._prices.cost(data["model"], usage)  # a dated name, say
+        result = answer_result(
+            index,
+            request,
+            endpoint,
+            body,
+            data,
+            request_id,
+            attempts=attempt,
+            latency_s=time.monotonic() - started,
+            with_body=with_body,
+            usage=usage,
+            cost_usd=cost_usd,
+        )
         if result.error is not None:
             to_request_error(result.error, index=index, attempts=attempt, secret=None)
-        return replace(result, attempts=attempt, latency_s=time.monotonic() - started), pause_s
-
-
-@contextlib.asynccontextmanager
-async def _deadline(seconds: float) -> AsyncIterator[None]:
-    """Bound the whole attempt (a server trickling its body byte by byte included)."""
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(seconds):
-            yield
-    else:  # pragma: no cover - Python 3.10
-        task = asyncio.current_task()
-        assert task is not None
-        handle = asyncio.get_running_loop().call_later(seconds, task.cancel)
-        try:
-            yield
-        except asyncio.CancelledError:
-            raise TimeoutError from None
-        finally:
-            handle.cancel()
+        return result, pause_s
 
 
 def apply_postprocess(postprocess: Postprocess, index: int, text: str) -> Any:
@@ -194,7 +202,13 @@ class TaskServer:
                 Outcome.of(task, Result(task.index, attempts=task.attempt, error=error))
             )
             return
-        result, pause_s = await self._runner.attempt(task.index, task.attempt, request)
+        if task.replay:  # an answer from the response cache: only the postprocess to run
+            result, pause_s = request, 0.0
+        else:
+            with_body = self._options.with_body
+            result, pause_s = await self._runner.attempt(
+                task.index, task.attempt, request, with_body
+            )
         if result.error is None and self._postprocess is not None:
             output = await asyncio.get_running_loop().run_in_executor(
                 self._executor,
@@ -207,9 +221,7 @@ class TaskServer:
                 result = replace(result, output=None, error=output)
             else:
                 result = replace(result, output=output)
-        if result.body is not None and not self._options.with_body and result.error is None:
-            result = replace(result, body=None)
-        self._outbox.put(Outcome.of(task, result, pause_s))
+        self._outbox.put(Outcome.of(task, result, pause_s, self._postprocess is not None))
 
     def _timed_postprocess(self, postprocess: Postprocess, index: int, text: str) -> Any:
         self._postprocess_started = time.monotonic()

@@ -7,15 +7,19 @@ The hierarchy::
      |    +-- APIError               the provider answered with an error status
      |    +-- APITimeoutError        no answer within `timeout` on the last attempt
      |    +-- APIConnectionError     the connection failed or was dropped
-     |    +-- EmptyResponseError     the provider answered but with no text (refusal, tool call)
+     |    +-- EmptyResponseError     the provider answered but with no text (tool call, ...)
+     |    |    +-- RefusalError      the model refused; `refusal` holds its words
+     |    +-- ParseError             the answer does not validate against the pydantic class
      |    +-- ProviderNotInstalledError   the model needs the `[litellm]` extra
      |    +-- PostprocessError       the caller's postprocess raised in the worker
      |    +-- ResultTransferError    the result could not cross the process boundary
      |    +-- WorkerCrashedError     the request's worker died again and again
+     |    +-- BudgetExceededError    not sent: it could take spend past `max_cost`
      +-- PoolError                   the pool itself cannot work; raised to the caller
      |    +-- WorkerStartupError     workers exit before they are ready
      |    +-- PoolClosedError        the pool was used after close()
      +-- BatchFileError              a Batch API JSONL file cannot be used as given (CLI)
+     +-- CacheError                  the response cache file cannot be used
 
 Every exception here survives pickling with all its fields, so a worker can send it to
 the parent as plain data; SDK exceptions hold httpx objects and do not (openai#2629).
@@ -32,11 +36,15 @@ __all__ = [
     "APITimeoutError",
     "BatchFileError",
     "BatchStreamError",
+    "BudgetExceededError",
+    "CacheError",
     "EmptyResponseError",
+    "ParseError",
     "PoolClosedError",
     "PoolError",
     "PostprocessError",
     "ProviderNotInstalledError",
+    "RefusalError",
     "RemoteTraceback",
     "RequestError",
     "ResultTransferError",
@@ -146,6 +154,40 @@ class EmptyResponseError(RequestError):
     """The provider answered without text (a refusal, a tool call, a filtered answer)."""
 
 
+class RefusalError(EmptyResponseError):
+    """The model refused to answer.
+
+    Parameters:
+        refusal: the refusal's text, as the model wrote it.
+    """
+
+    def __init__(self, message: str, *, refusal: str = "", index: int = -1, attempts: int = 0):
+        super().__init__(message, index=index, attempts=attempts)
+        self.refusal = refusal
+
+
+class ParseError(RequestError):
+    """The answer is not valid for the pydantic class in ``response_format``.
+
+    Parameters:
+        text: the answer's raw text.
+        validation_error: pydantic's message saying what does not validate.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        text: str = "",
+        validation_error: str = "",
+        index: int = -1,
+        attempts: int = 0,
+    ) -> None:
+        super().__init__(message, index=index, attempts=attempts)
+        self.text = text
+        self.validation_error = validation_error
+
+
 class ProviderNotInstalledError(RequestError):
     """The model routes through LiteLLM, which is not installed."""
 
@@ -220,6 +262,10 @@ _SIGNAL_CAUSES = {
 }
 
 
+class BudgetExceededError(RequestError):
+    """The request was not sent: its worst-case cost could take spend past `max_cost`."""
+
+
 class PoolError(BatchStreamError):
     """The pool cannot serve requests; raised to the caller, not yielded."""
 
@@ -241,3 +287,7 @@ class PoolClosedError(PoolError):
 
 class BatchFileError(BatchStreamError):
     """The input or output file of `run_batch_file` cannot be used as given; nothing was sent."""
+
+
+class CacheError(BatchStreamError):
+    """The response cache file cannot be used (not a cache, corrupt, unreadable)."""

@@ -13,9 +13,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from .request import AnyRequest, OpenAIRequest
+from .request import AnyRequest, EmbeddingRequest, OpenAIRequest
 
-__all__ = ["MAX_POOL_PAUSE_S", "AdaptiveConcurrency", "Budget", "Pacer", "estimate_tokens"]
+__all__ = [
+    "MAX_POOL_PAUSE_S",
+    "AdaptiveConcurrency",
+    "Budget",
+    "Pacer",
+    "estimate_tokens",
+    "token_estimate",
+]
 
 # A burst of 429s arrives as many messages within moments; it halves concurrency once.
 _BURST_WINDOW_S = 1.0
@@ -132,23 +139,32 @@ class AdaptiveConcurrency:
 
 
 def estimate_tokens(request: AnyRequest) -> int:
-    """Tokens a request will likely use: its prompt's tokens plus its output cap.
+    """Tokens a request will likely use: its prompt's tokens plus its output cap."""
+    prompt, cap = token_estimate(request)
+    return prompt + (cap or 0)
+
+
+def token_estimate(request: AnyRequest) -> tuple[int, int | None]:
+    """A request's prompt tokens (estimated) and its output cap (None: uncapped).
 
     Prompts are counted with tiktoken when it is installed and its encoding is at hand,
-    else as characters / 4; the budget is corrected by the usage each answer reports.
+    else as characters / 4; the budgets are corrected by the usage each answer reports.
+    A cap that is not a usable number counts as none: estimating never raises.
     """
     if isinstance(request, OpenAIRequest):
-        prompt = request.system_prompt + "\n" + request.user_prompt
-        output_cap = request.max_output_tokens or 0
-    else:
-        body = request.body
-        prompt = json.dumps(body.get("messages") or body.get("input"), default=str)
-        caps = (
-            _count(body.get(key))
-            for key in ("max_completion_tokens", "max_tokens", "max_output_tokens")
+        return _count_tokens(request.system_prompt + "\n" + request.user_prompt), (
+            request.max_output_tokens
         )
-        output_cap = next((cap for cap in caps if cap is not None), 0)
-    return _count_tokens(prompt) + output_cap
+    if isinstance(request, EmbeddingRequest):
+        texts = [request.input] if isinstance(request.input, str) else request.input
+        return sum(_count_tokens(text) for text in texts), 0
+    body = request.body
+    prompt = json.dumps(body.get("messages") or body.get("input"), default=str)
+    caps = (
+        _count(body.get(key))
+        for key in ("max_completion_tokens", "max_tokens", "max_output_tokens")
+    )
+    return _count_tokens(prompt), next((cap for cap in caps if cap is not None), None)
 
 
 def _count(value: object) -> int | None:

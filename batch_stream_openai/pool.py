@@ -6,10 +6,10 @@ Data flow (one batch)::
          |  read lazily, one item per free slot      +-->| reader thread -> asyncio     |
          v                                           |   | loop: one attempt per task,  |
     Dispatcher.fill() -- ledger: index -> worker ----+   | postprocess in a thread      |
-         ^    task pipe per worker, fed by a thread -+   | -> outbox thread             |
+         ^    task pipe per worker, never blocking -+   | -> outbox thread             |
          |                                           +-->           worker 1 ...        |
          |    result pipe per worker (lists of Outcome)         |
-         +-- Supervisor.wait(): multiprocessing.connection.wait(pipes + sentinels)
+         +-- Supervisor.wait(): one selector over result pipes, sentinels, full task pipes
          |     -> Dispatcher.settle() / reclaim()
          v
     caller: for index, value in stream: ...
@@ -22,9 +22,10 @@ Data flow (one batch)::
   rate budget), re-sends what a dead worker owed, and which results are done.
 - **Supervisor** (`supervisor.py`): keeps the workers alive (start-up, heartbeats,
   watchdog, respawn pace) and hands the loop only outcomes and exits.
-- **Task pipes** (parent -> one worker): written by a feeder thread per worker, so the
-  loop never blocks on a worker that stopped reading; they carry at most
-  `max_concurrency` tasks in all, and only ready workers get any.
+- **Task pipes** (parent -> one worker): written without blocking; what a full pipe
+  does not take waits in that worker's buffer until it has room, so the loop never
+  blocks on a worker that stopped reading. They carry at most `max_concurrency` tasks in
+  all, and only ready workers get any.
 - **Result pipes** (one worker -> parent): at most what that worker owes; a worker
   killed mid-write tears only its own pipe, which the parent then discards.
 - **Workers** (`backends/`, `worker.py`, `engine.py`): run everything they are given
@@ -40,37 +41,31 @@ import enum
 import itertools
 import multiprocessing
 import multiprocessing.util
-import time
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypedDict
 
 import cloudpickle
-import psutil
 from typing_extensions import Unpack
 
-from .backends import Worker, check_backend, worker_factory
-from .config import ClientConfig, RetryPolicy, Secret, WorkerConfig
+from .admission import Admission
+from .backends import Worker, worker_factory
+from .cache import ResponseCache
+from .costs import PriceTable
 from .dispatcher import Dispatcher
-from .errors import PoolClosedError, WorkerCrashedError
+from .errors import PoolClosedError
 from .limits import Budget
+from .loop import BatchLoop
 from .progress import ProgressBar
-from .protocol import BatchOptions, Cancel, Postprocess
+from .protocol import BatchOptions, Postprocess
 from .request import AnyRequest
 from .results import BatchSummary
 from .retry import RetrySchedule
+from .settings import PoolSettings, default_workers
+from .spending import Spending
 from .stream import AsyncBatchStream, BatchStream, ResultPair
 from .supervisor import MAIN_GUARD_HINT, Supervisor
-from .validation import (
-    RequestChecker,
-    check_api_key,
-    check_base_url,
-    check_bool,
-    check_callable,
-    check_int,
-    check_positive,
-    check_workers,
-    pickled_callable,
-)
+from .validation import RequestChecker, check_bool, check_callable, check_positive, pickled_callable
 
 __all__ = ["BatchPool", "PoolState", "StreamOptions", "default_workers", "in_input_order"]
 
@@ -87,28 +82,13 @@ class PoolState(enum.Enum):
     CLOSED = "closed"  # close() was called; the pool cannot be used again
 
 
-def default_workers(max_concurrency: int) -> int:
-    """Worker processes for a pool: one per physical core, fewer for small concurrency.
-
-    One process keeps ~25 requests busy cheaply; past that the SDK's CPU cost per
-    request wants more cores. Each worker costs ~60 MB, so memory caps the count too.
-    """
-    cores = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
-    by_memory = max(1, psutil.virtual_memory().available // (256 * 2**20))
-    by_concurrency = -(-max_concurrency // 25)
-    return int(max(1, min(cores, by_memory, by_concurrency)))
-
-
 class StreamOptions(TypedDict, total=False):
     """Per-batch keyword arguments of `BatchPool.stream` and friends."""
 
     postprocess: Postprocess | None
     return_results: bool
     progress: bool
-
-
-class _Interrupted(BaseException):
-    """The async caller was cancelled while the loop waited (see `BatchPool.astream`)."""
+    max_cost: float | None
 
 
 class BatchPool:
@@ -152,6 +132,11 @@ class BatchPool:
             dispatcher, ledger, budgets and streaming stay here either way.
         ray_address: the Ray cluster to join (``"auto"``, ``"ray://host:10001"``); None
             starts or joins a local one. Only with ``backend="ray"``.
+        cache: a response cache file (created if missing; see `cache.py`), ``True`` for
+            ``<user cache dir>/batch-stream-openai/responses.sqlite``, or None (off).
+            Identical requests are then answered from it, and sent once per batch.
+        prices: model prices, USD per million tokens, that win over genai-prices':
+            ``{"my-model": {"input": 0.15, "output": 0.60, "cached_input": 0.075}}``.
     """
 
     def __init__(
@@ -172,60 +157,49 @@ class BatchPool:
         start_method: str = "spawn",
         backend: str = "process",
         ray_address: str | None = None,
+        cache: str | Path | bool | None = None,
+        prices: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
-        check_int("max_concurrency", max_concurrency, minimum=1)
-        check_callable("postprocess", postprocess)
-        check_int("max_retries", max_retries, minimum=0)
-        check_positive("timeout", timeout)
-        for name, limit in (("rpm", rpm), ("tpm", tpm), ("hang_timeout", hang_timeout)):
-            if limit is not None:
-                check_positive(name, limit)
-        check_bool("adaptive", adaptive)
-        check_api_key(api_key)
-        check_base_url(base_url)
-        if start_method not in ("spawn", "forkserver"):
-            raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
-        backend = check_backend(backend)
-        if workers == 0:
-            if backend == "ray":
-                raise ValueError("workers=0 (in-process mode) needs backend='process' or 'thread'")
-            backend, workers = "thread", 1
-        self.backend = backend
-        self.max_concurrency = max_concurrency
-        self.workers = check_workers(workers, max_concurrency, backend) or default_workers(
-            max_concurrency
-        )
-        self.postprocess = postprocess
-        self.budget = Budget(max_concurrency, rpm, tpm, adaptive)
-        self._retries = RetrySchedule(RetryPolicy(max_attempts=max_retries + 1))
-        # Ray actors may read OPENAI_API_KEY on their own nodes: no key check here for them.
-        self._checker = RequestChecker(needs_key=backend != "ray" and api_key is None)
-        config = WorkerConfig(
-            client=ClientConfig(
-                api_key=Secret(api_key) if api_key is not None else None,
-                base_url=base_url,
-                timeout=float(timeout),
-                max_connections=max_concurrency,
-            ),
+        self.settings = settings = PoolSettings.check(
+            max_concurrency=max_concurrency,
+            workers=workers,
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            postprocess=postprocess,
+            rpm=rpm,
+            tpm=tpm,
+            adaptive=adaptive,
+            hang_timeout=hang_timeout,
             initializer=initializer,
+            start_method=start_method,
+            backend=backend,
+            ray_address=ray_address,
+            cache=cache,
+            prices=prices,
         )
-        config_blob = pickled_callable(
-            "initializer", initializer, lambda: cloudpickle.dumps(config)
+        self.backend, self.workers = settings.backend, settings.workers
+        self.max_concurrency, self.postprocess = max_concurrency, postprocess
+        self.budget = Budget(max_concurrency, rpm, tpm, adaptive)
+        self._retries = RetrySchedule(settings.retry_policy())
+        self._prices = PriceTable(settings.prices)
+        # Ray actors may read OPENAI_API_KEY on their own nodes: no key check here for them.
+        self._checker = RequestChecker(needs_key=self.backend != "ray" and api_key is None)
+        self._cache = ResponseCache(settings.cache) if settings.cache is not None else None
+        start_worker = worker_factory(
+            self.backend,
+            settings.worker_config_blob(),
+            start_method=start_method,
+            ray_address=ray_address,
         )
-        self._supervisor = Supervisor(
-            worker_factory(
-                backend, config_blob, start_method=start_method, ray_address=ray_address
-            ),
-            self.workers,
-            hang_timeout,
-        )
+        self._supervisor = Supervisor(start_worker, self.workers, hang_timeout)
         self._state = PoolState.CREATED
         self._batch_ids = itertools.count(1)
-        self._streaming = False
-        self._interrupt_requested = False
+        self._loop: BatchLoop | None = None  # the batch streaming now
         # multiprocessing's own exit handler joins every child; this one runs before it.
         self._finalizer = multiprocessing.util.Finalize(
-            self, self._supervisor.stop_all, exitpriority=_EXIT_PRIORITY
+            self, _shut_down, args=(self._supervisor, self._cache), exitpriority=_EXIT_PRIORITY
         )
 
     def __repr__(self) -> str:
@@ -276,8 +250,11 @@ class BatchPool:
         Parameters:
             postprocess: overrides the pool's for this batch.
             return_results: yield `Result` objects (text, parsed JSON, usage, latency,
-                attempts, ids, error) instead of ``str | Exception``.
+                attempts, ids, cost, error) instead of ``str | Exception``.
             progress: show a progress bar on stderr.
+            max_cost: USD this batch may spend at most, across all workers (see
+                `spending.py`): what could take spend past it is not sent, and yields
+                `BudgetExceededError`. Every model needs a known price then.
         """
         chunks, summary = self.open_stream(requests, "stream", **options)
         return BatchStream(chunks, summary)
@@ -316,9 +293,8 @@ class BatchPool:
                 for result in chunk:
                     yield result
         finally:
-            if pending is not None:  # cancelled while the loop was waiting in its thread
-                self._interrupt_requested = True
-                self._supervisor.wake()
+            if pending is not None and self._loop is not None:  # cancelled while it waited
+                self._loop.interrupt()
                 await asyncio.wait([pending])
             await loop.run_in_executor(None, chunks.close)
 
@@ -336,89 +312,67 @@ class BatchPool:
     ) -> tuple[Generator[list[ResultPair], None, None], BatchSummary]:
         """Check the arguments now; return the generator of result groups and its summary."""
         self._check_open(operation)
-        postprocess = options.get("postprocess")
+        postprocess = options.get("postprocess") or self.postprocess
         check_callable("postprocess", postprocess)
         rich = options.get("return_results", False)
         check_bool("return_results", rich)
         check_bool("progress", options.get("progress", False))
+        spending = self._spending(options.get("max_cost"))
+        checker = self._checker if spending is None else self._checker.with_prices(self._prices)
         checked = isinstance(requests, Sequence)
         if checked:
-            self._checker.check_all(requests)  # type: ignore[arg-type]
+            checker.check_all(requests)  # type: ignore[arg-type]
         elif not isinstance(requests, Iterable):
             raise TypeError(
                 f"requests must be an iterable of OpenAIRequest, got {type(requests).__name__}"
             )
-        postprocess = postprocess or self.postprocess
         batch_id = next(self._batch_ids)
-        options_message = BatchOptions(
-            batch_id,
-            pickled_callable("postprocess", postprocess, lambda: cloudpickle.dumps(postprocess))
-            if postprocess is not None
-            else None,
-            with_body=rich,
+        blob = None
+        if postprocess is not None:
+            blob = pickled_callable(
+                "postprocess", postprocess, lambda: cloudpickle.dumps(postprocess)
+            )
+        options_message = BatchOptions(batch_id, blob, with_body=rich or self._cache is not None)
+        admission = Admission(
+            self._cache, self.settings.routed_base_url, spending, replays=postprocess is not None
         )
         dispatcher: Dispatcher[Worker] = Dispatcher(
             batch_id,
             requests,
             budget=self.budget,
             retries=self._retries,
+            admission=admission,
             rich=rich,
-            check_item=None if checked else self._checker,
+            check_item=None if checked else checker,
         )
         total = len(requests) if isinstance(requests, Sequence) else None
         progress = ProgressBar(dispatcher.summary, total) if options.get("progress") else None
-        chunks = self._run_batch(dispatcher, options_message, progress)
-        return chunks, dispatcher.summary
+        loop = BatchLoop(dispatcher, self._supervisor, options_message, admission, progress)
+        return self._run(loop), dispatcher.summary
 
-    def _run_batch(
-        self, dispatcher: Dispatcher[Worker], options: BatchOptions, progress: ProgressBar | None
-    ) -> Generator[list[ResultPair], None, None]:
-        """The batch loop: fill, yield what is done, wait, settle; until all is yielded."""
-        self._begin_batch()
-        supervisor = self._supervisor
-        try:
-            dispatcher.peek()
-            if not dispatcher.finished:
-                self._start_workers()
-            supervisor.begin([options])
-            while True:
-                for worker, tasks in dispatcher.fill(supervisor.ready()).items():
-                    worker.send(tasks)
-                if progress is not None:
-                    progress.update(in_flight=dispatcher.in_flight)
-                if done := dispatcher.take_results():
-                    yield done
-                if dispatcher.finished:
-                    break
-                heard, exits = supervisor.wait(dispatcher.next_wake(), dispatcher.owes)
-                self._check_interrupt()
-                for worker, outcomes in heard:
-                    for outcome in outcomes:
-                        dispatcher.settle(worker, outcome)
-                for worker, exit_ in exits:
-                    dispatcher.reclaim(worker, exit_)
-                if supervisor.broken is not None:
-                    self._wind_down(dispatcher, supervisor.broken)
-            if dispatcher.input_error is not None:
-                raise dispatcher.input_error
-        finally:
-            dispatcher.summary.finished_at = time.monotonic()
-            if progress is not None:
-                progress.close()
-            self._streaming = False
-            supervisor.begin([])
-            if dispatcher.in_flight and self._state is PoolState.RUNNING:
-                supervisor.broadcast([Cancel(options.batch_id)])
+    def _spending(self, max_cost: object) -> Spending | None:
+        if max_cost is None:
+            return None
+        check_positive("max_cost", max_cost)
+        assert isinstance(max_cost, (int, float))
+        return Spending(float(max_cost), self._prices)
 
-    def _begin_batch(self) -> None:
+    def _run(self, loop: BatchLoop) -> Generator[list[ResultPair], None, None]:
+        """The batch, on this pool: one at a time, workers started on the first."""
         self._check_open("stream")
-        if self._streaming:
+        if self._loop is not None:
             raise RuntimeError(
                 "this BatchPool is already streaming a batch; finish or close that "
                 "generator before starting another"
             )
-        self._streaming = True
-        self._interrupt_requested = False
+        self._loop = loop
+        try:
+            loop.dispatcher.peek()
+            if not loop.dispatcher.finished:
+                self._start_workers()
+            yield from loop.run()
+        finally:
+            self._loop = None
 
     def _start_workers(self) -> None:
         if self._state is PoolState.CREATED:
@@ -438,25 +392,16 @@ class BatchPool:
                 "backend='thread' for a pool inside a worker."
             )
 
-    def _check_interrupt(self) -> None:
-        self._check_open("stream")
-        if self._interrupt_requested:
-            self._interrupt_requested = False
-            raise _Interrupted
-
-    def _wind_down(self, dispatcher: Dispatcher[Worker], broken: BaseException) -> None:
-        """Workers cannot start: finish with the live ones, fail what none can run."""
-        dispatcher.stop_reading(broken)
-        if not self._supervisor.workers:
-            dispatcher.fail_everything(
-                lambda index: WorkerCrashedError(
-                    f"the request could not run: {broken.args[0]}", exitcode=None, index=index
-                )
-            )
-
     def _check_open(self, operation: str) -> None:
         if self._state is PoolState.CLOSED:
             raise PoolClosedError(f"Cannot call {operation}() on a closed BatchPool")
+
+
+def _shut_down(supervisor: Supervisor, cache: ResponseCache | None) -> None:
+    """Stop the workers, then commit the cache: at close, garbage collection or exit."""
+    supervisor.stop_all()
+    if cache is not None:
+        cache.close()
 
 
 def in_input_order(results: Iterable[ResultPair]) -> list[Any]:

@@ -1,4 +1,4 @@
-"""A tqdm progress bar for one batch: done, failed, retried, in flight, tokens per second."""
+"""A tqdm progress bar for one batch: done, failed, retried, cached, in flight, tokens, $."""
 
 from __future__ import annotations
 
@@ -27,11 +27,14 @@ class ProgressBar:
         """Move the bar to the summary's counts."""
         summary = self._summary
         self._bar.update(summary.done - self._bar.n)
+        extra = {"cached": summary.cached} if summary.cached else {}
         self._bar.set_postfix(
             failed=summary.failed,
             retried=summary.retries,
+            **extra,
             in_flight=in_flight,
             tok_s=f"{summary.tokens_per_s:.0f}",
+            usd=f"{summary.cost_usd:.4f}",
             refresh=False,
         )
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cloudpickle
 
 from .errors import ResultTransferError
+from .pickling import pickles_fast
 from .request import AnyRequest
 from .results import Result
 
@@ -59,37 +60,47 @@ class BatchOptions:
     with_body: bool = False
 
 
+@pickles_fast
 @dataclass(frozen=True, slots=True)
 class Task:
     """Parent -> worker: make attempt `attempt` of request `index` of batch `batch_id`.
 
     The request travels pickled on its own, so that one which cannot be pickled (or
     unpickled in the worker) fails its own index, not the message carrying many tasks.
+    A `replay` task carries an answer from the response cache instead (a `Result`): the
+    worker only runs the batch's postprocess on it.
     """
 
     batch_id: int
     index: int
     attempt: int
     payload: bytes
+    replay: bool = False
 
     @staticmethod
-    def pickle_request(request: AnyRequest) -> bytes:
-        """The payload of a request; raises ResultTransferError naming why it cannot go.
+    def pickle_payload(value: AnyRequest | Result) -> bytes:
+        """The payload of a request (or replay); raises ResultTransferError if it cannot go.
 
-        cloudpickle, because a request may carry a class defined in ``__main__`` or a
-        notebook (a pydantic ``response_format``); plain pickle is tried first, as faster.
+        A request that carries a class (a pydantic ``response_format``) goes by
+        cloudpickle, which sends a class defined in ``__main__`` or a notebook by value;
+        everything else by plain pickle, which is faster.
         """
-        return _dumps(request, "the request")
+        if isinstance(getattr(value, "response_format", None), type):
+            try:
+                return bytes(cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+            except Exception as exc:
+                raise ResultTransferError(f"the request cannot be pickled: {exc!r}") from None
+        return _dumps(value, "the request")
 
-    def request(self) -> AnyRequest:
-        """The request; raises ResultTransferError when it cannot be unpickled here."""
+    def request(self) -> Any:
+        """The request (or, for a replay, the `Result`); raises ResultTransferError when
+        it cannot be unpickled here."""
         try:
-            request: AnyRequest = pickle.loads(self.payload)
+            return pickle.loads(self.payload)
         except Exception as exc:
             raise ResultTransferError(
                 f"the request cannot be unpickled in the worker: {exc!r}", index=self.index
             ) from None
-        return request
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,46 +135,68 @@ class StartupFailed:
     error: str
 
 
+@pickles_fast
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """Worker -> parent: how one attempt ended, as a pickled `Result`.
+    """Worker -> parent: how one attempt ended, as a `Result`.
 
-    The result travels pickled inside `payload`, so that one which fails to unpickle in
-    the parent costs that index an error, never the whole message.
+    What the caller's code made (what `postprocess` returned, an instance of a pydantic
+    ``response_format``) travels pickled on its own in `output_payload`, so that a value
+    which fails to unpickle in the parent costs that index an error, never the whole
+    message; everything else in a `Result` is plain data and our own exceptions.
 
     Parameters:
         batch_id, index, attempt: the `Task` this answers.
-        payload: the pickled `Result` (its text or error, usage, ids, latency).
+        result: how the attempt ended (its text or error, usage, ids, latency).
         pause_s: how long the answer's ``x-ratelimit-*`` headers ask the pool to hold
             new requests (0: they do not).
+        output_payload: the pickled ``(output, parsed)`` of the caller's code, or None.
     """
 
     batch_id: int
     index: int
     attempt: int
-    payload: bytes
+    result: Result
     pause_s: float = 0.0
+    output_payload: bytes | None = None
 
     @classmethod
-    def of(cls, task: Task, result: Result, pause_s: float = 0.0) -> Outcome:
-        """Pickle `result`; one that cannot be pickled becomes a ResultTransferError."""
+    def of(
+        cls, task: Task, result: Result, pause_s: float = 0.0, postprocessed: bool = False
+    ) -> Outcome:
+        """The outcome of `task`; the caller's objects are pickled apart (see above)."""
+        theirs = postprocessed or not isinstance(result.parsed, _PLAIN)
+        if not theirs or result.error is not None:
+            return cls(task.batch_id, task.index, task.attempt, result, pause_s)
+        what = f"the result ({type(result.output).__name__})"
         try:
-            payload = _dumps(result, f"the result ({type(result.output).__name__})")
+            payload = _dumps((result.output, result.parsed), what)
         except ResultTransferError as error:
             error.index = task.index
-            payload = pickle.dumps(Result(task.index, error=error), pickle.HIGHEST_PROTOCOL)
-        return cls(task.batch_id, task.index, task.attempt, payload, pause_s)
+            failed = replace(result, output=None, parsed=None, error=error)
+            return cls(task.batch_id, task.index, task.attempt, failed, pause_s)
+        without = replace(result, output=None, parsed=None)
+        return cls(task.batch_id, task.index, task.attempt, without, pause_s, payload)
 
-    def result(self) -> Result:
-        """Unpickle the result; a failure becomes a ResultTransferError for this index."""
+    def value(self) -> Result:
+        """The attempt's `Result`, the caller's objects unpickled here.
+
+        An object that cannot be unpickled becomes a ResultTransferError for this index.
+        """
+        if self.output_payload is None:
+            return self.result
         try:
-            result: Result = pickle.loads(self.payload)
+            output, parsed = pickle.loads(self.output_payload)
         except Exception as exc:
             error = ResultTransferError(
                 f"the result cannot be unpickled: {exc!r}", index=self.index
             )
-            return Result(self.index, error=error)
-        return result
+            return replace(self.result, error=error)
+        return replace(self.result, output=output, parsed=parsed)
+
+
+# What JSON parses to: values that pickle and unpickle anywhere.
+_PLAIN = (dict, list, str, int, float, bool, type(None))
 
 
 def _dumps(value: object, what: str) -> bytes:

@@ -1,9 +1,10 @@
-"""SDK and LiteLLM exceptions as this library's picklable errors (worker side).
+"""Failed attempts as this library's picklable errors (worker side).
 
-SDK exceptions hold httpx objects and do not pickle (openai#2629); what the caller gets
-is an exception from `errors.py` carrying the evidence: status, code, body, request id,
-the wait the server asked for, and whether another attempt might succeed. The API key
-is masked wherever it appears, since some proxies echo the Authorization header.
+aiohttp errors (the OpenAI route) and SDK-style exceptions (LiteLLM raises those) hold
+connections and httpx objects and do not pickle (openai#2629); what the caller gets is an
+exception from `errors.py` carrying the evidence: status, code, body, request id, the wait
+the server asked for, and whether another attempt might succeed. The API key is masked
+wherever it appears, since some proxies echo the Authorization header.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
 import openai
 
 from . import errors
@@ -33,7 +35,8 @@ def to_request_error(
         exc.index, exc.attempts = index, attempts
         return exc
     common: dict[str, Any] = {"index": index, "attempts": attempts}
-    message = mask_in(_message_of(exc), secret)
+    notes = "".join(f" ({note})" for note in getattr(exc, "__notes__", ()))
+    message = mask_in(_message_of(exc) + notes, secret)
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
         return _api_error(exc, status, message, secret, common)
@@ -43,7 +46,7 @@ def to_request_error(
         return errors.APITimeoutError(
             f"no answer{where} within the timeout", retryable=True, **common
         )
-    if cause is not None or isinstance(exc, openai.APIConnectionError):
+    if cause is not None or isinstance(exc, (openai.APIConnectionError, aiohttp.ClientError)):
         detail = f": {type(cause).__name__}: {cause}" if cause is not None else f": {message}"
         return errors.APIConnectionError(
             f"cannot connect{where}{mask_in(detail, secret)}", retryable=True, **common
@@ -100,6 +103,8 @@ def _network_cause(exc: BaseException) -> tuple[bool, BaseException | None]:
 
 
 def _host_of(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f" to {exc.host}:{exc.port}"
     url = getattr(getattr(exc, "request", None), "url", None)
     host, port = getattr(url, "host", None), getattr(url, "port", None)
     if not host:

@@ -1,8 +1,12 @@
-"""The call itself (worker side): one request in, one `Result` out, or an exception.
+"""The call itself (worker side): one request body in, its answer out, or an exception.
 
-OpenAI models go through one long-lived `AsyncOpenAI` client (aiohttp transport when
-available, SDK retries off: the parent schedules ours); anything else goes through
-`litellm.acompletion`, imported on first use so the OpenAI path never pays for it.
+OpenAI models are posted with one long-lived aiohttp session per worker, with the
+headers, endpoint and proxy the `openai` SDK itself would use (key, organization,
+project, user agent, ``OPENAI_BASE_URL``, ``HTTPS_PROXY``/``NO_PROXY``), worked out once:
+building them per request was most of the SDK's CPU cost (see BENCHMARKS.md), and the
+answers are read as JSON anyway. SDK retries are not involved; the parent schedules
+ours. Anything else goes through `litellm.acompletion`, imported on first use so the
+OpenAI path never pays for it.
 """
 
 from __future__ import annotations
@@ -10,78 +14,28 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-import httpx2
+import aiohttp
 import openai
 
 from . import errors
 from .config import ClientConfig, mask_secret
-from .request import CHAT_ENDPOINT, AnyRequest, RawRequest, http_call, openai_model_name, wants_json
-from .results import Result, usage_of
+from .request import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, explain_route, openai_model_name
+from .retry import parse_retry_after, retryable_status
 
-__all__ = ["Provider", "RateLimitHeaders", "answer_text", "chat_text", "responses_text"]
+__all__ = ["Answer", "Provider", "RateLimitHeaders"]
+
+# One answer as it came: its JSON, its x-request-id, the pause its headers ask.
+Answer = tuple[dict[str, Any], str | None, float]
 
 _LITELLM_EXTRA_HINT = "pip install batch-stream-openai[litellm]"
 # How much of an unexpected answer body an error message quotes.
 _QUOTED_BYTES = 200
-
-
-def chat_text(completion: dict[str, Any]) -> str:
-    """``choices[0].message.content`` of a Chat Completions answer."""
-    choices = completion.get("choices") or []
-    message = choices[0].get("message") or {} if choices else {}
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if message.get("refusal"):
-        raise errors.EmptyResponseError(f"the model refused: {message['refusal']}")
-    reason = choices[0].get("finish_reason") if choices else "no choices"
-    raise errors.EmptyResponseError(f"the model returned no text (finish_reason: {reason})")
-
-
-def responses_text(response: dict[str, Any]) -> str:
-    """The SDK's ``Response.output_text``; an answer without any text is an error.
-
-    A refusal, an ``incomplete`` or failed response, or one with no ``output_text`` part
-    raises `EmptyResponseError` saying which (with the refusal's text).
-    """
-    if response.get("error"):
-        raise errors.EmptyResponseError(f"the response failed: {response['error']}")
-    texts, refusals = [], []
-    for item in response.get("output") or []:
-        if item.get("type") != "message":
-            continue
-        for part in item.get("content") or []:
-            if part.get("type") == "output_text":
-                texts.append(part.get("text", ""))
-            elif part.get("type") == "refusal":
-                refusals.append(part.get("refusal", ""))
-    text = "".join(texts)
-    if text:
-        return text
-    if refusals:
-        raise errors.EmptyResponseError(f"the model refused: {' '.join(refusals)}")
-    if response.get("status") == "incomplete":
-        reason = (response.get("incomplete_details") or {}).get("reason")
-        raise errors.EmptyResponseError(f"the response is incomplete (reason: {reason})")
-    kinds = sorted({str(item.get("type")) for item in response.get("output") or []})
-    raise errors.EmptyResponseError(
-        f"the response has no output_text (output items: {', '.join(kinds) or 'none'})"
-    )
-
-
-def answer_text(request: AnyRequest, endpoint: str, body: dict[str, Any]) -> str:
-    """The text of an answer; a raw request's answer without text (a tool call) gives ""."""
-    try:
-        return chat_text(body) if endpoint == CHAT_ENDPOINT else responses_text(body)
-    except errors.EmptyResponseError:
-        if isinstance(request, RawRequest):
-            return ""  # its caller reads the whole body, which is what was asked for
-        raise
-
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -142,12 +96,12 @@ class RateLimitHeaders:
 
 
 class Provider:
-    """Sends requests for one worker and owns that worker's clients.
+    """Sends requests for one worker and owns that worker's connections.
 
     Example::
 
         provider = Provider(ClientConfig(base_url="http://127.0.0.1:8000/v1"))
-        result, pause_s = await provider.complete(0, OpenAIRequest("Be brief.", "Hi", api="chat"))
+        data, request_id, pause_s = await provider.complete("/v1/chat/completions", body)
         await provider.aclose()
     """
 
@@ -155,89 +109,136 @@ class Provider:
         self._config = config
         self.secret = config.resolved_api_key
         self._secret_bytes = self.secret.encode() if self.secret else b""
-        self._client: openai.AsyncOpenAI | None = None
+        self._base_url = ""  # the SDK's, with a trailing slash: ".../v1/"
+        self._headers: dict[str, str] = {}
+        self._proxy: str | None = None
+        self._session: aiohttp.ClientSession | None = None
         self._litellm: Any = None
 
     def open(self) -> None:
-        """Build the OpenAI client now when a key is known, so a bad setup fails early."""
-        if self.secret:
-            self._openai_client()
+        """Take the endpoint and headers from the SDK now, so a bad setup fails early."""
+        if not self.secret:
+            return  # no key: OpenAI-routed requests fail one by one, saying so
+        client = openai.AsyncOpenAI(
+            api_key=self.secret, base_url=self._config.base_url, max_retries=0
+        )
+        self._base_url = str(client.base_url).rstrip("/") + "/"
+        headers = {**client.default_headers, **client.auth_headers}
+        self._headers = {k: v for k, v in headers.items() if isinstance(v, str)}
+        self._proxy = _proxy_for(self._base_url)
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""
-        if self._client is not None:
-            await self._client.close()
+        if self._session is not None:
+            await self._session.close()
 
-    async def complete(self, index: int, request: AnyRequest) -> tuple[Result, float]:
-        """Send one request (one attempt): its `Result`, and the pause its headers ask."""
-        endpoint, body = http_call(request)
+    async def complete(self, endpoint: str, body: dict[str, Any]) -> Answer:
+        """Send one request body (one attempt) and return its `Answer`; raise on failure."""
         sdk_model = openai_model_name(body["model"])
         if sdk_model is None:
-            return await self._complete_litellm(index, request, endpoint, body), 0.0
+            return await self._complete_litellm(endpoint, body), None, 0.0
         if sdk_model != body["model"]:
             body = {**body, "model": sdk_model}
-        # The SDK's low-level `post` keeps its auth, headers, transport and error classes
-        # but skips validating the params against its TypedDicts and building pydantic
-        # models: that halves its CPU cost per request (1.10 -> 0.55 ms, see BENCHMARKS.md).
-        response = await self._openai_client().post(
-            endpoint.removeprefix("/v1"), cast_to=httpx2.Response, body=body
-        )
-        data = self._json_object(response)
-        limits = RateLimitHeaders.parse(response.headers)
-        result = _result(index, request, endpoint, body, data, response.headers.get("x-request-id"))
-        return result, limits.pause_s() if limits is not None else 0.0
+        status, content, headers = await self._post(endpoint, body)
+        if status >= 400:
+            raise self._status_error(status, content, headers)
+        limits = RateLimitHeaders.parse(headers)
+        pause_s = limits.pause_s() if limits is not None else 0.0
+        return self._json_object(status, content, headers), headers.get("x-request-id"), pause_s
 
-    def _json_object(self, response: httpx2.Response) -> dict[str, Any]:
-        """The answer's JSON object, the key masked; anything else is a clear error."""
-        content = response.content
+    async def _post(
+        self, endpoint: str, body: dict[str, Any]
+    ) -> tuple[int, bytes, Mapping[str, str]]:
+        if not self._headers:
+            raise errors.RequestError(
+                "no API key in this worker: pass api_key= or set OPENAI_API_KEY"
+            )
+        url = self._base_url + endpoint.removeprefix("/v1/")
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        session = self._http()
+        async with session.post(
+            url, data=data, headers=self._headers, proxy=self._proxy
+        ) as response:
+            return response.status, await response.read(), response.headers
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._config.max_connections)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                # The attempt as a whole is bounded by the engine; this is a backstop.
+                timeout=aiohttp.ClientTimeout(total=self._config.timeout + 1),
+            )
+        return self._session
+
+    def _masked(self, content: bytes) -> bytes:
         if self._secret_bytes and self._secret_bytes in content:
-            content = content.replace(self._secret_bytes, mask_secret(self.secret or "").encode())
+            return content.replace(self._secret_bytes, mask_secret(self.secret or "").encode())
+        return content
+
+    def _json_object(self, status: int, content: bytes, headers: Mapping[str, str]) -> Any:
+        """The answer's JSON object, the key masked; anything else is a clear error."""
+        content = self._masked(content)
         try:
             data = json.loads(content)
         except ValueError:
             data = None
         if isinstance(data, dict):
             return data
-        kind = response.headers.get("content-type", "no content type")
+        kind = headers.get("content-type", "no content type")
         start = content[:_QUOTED_BYTES].decode("utf-8", "replace")
         raise errors.RequestError(
-            f"the server answered HTTP {response.status_code} ({kind}) with "
+            f"the server answered HTTP {status} ({kind}) with "
             f"{'an empty body' if not content else 'something that is not a JSON object'}: "
             f"{start!r}"
         )
 
-    def _openai_client(self) -> openai.AsyncOpenAI:
-        if self._client is None:
-            limits = httpx2.Limits(
-                max_connections=self._config.max_connections,
-                max_keepalive_connections=self._config.max_connections,
-            )
-            try:
-                http_client = openai.DefaultAioHttpClient(limits=limits)
-            except RuntimeError:  # the aiohttp extra is missing: the SDK's default transport
-                http_client = openai.DefaultAsyncHttpxClient(limits=limits)
-            self._client = openai.AsyncOpenAI(
-                api_key=self.secret,
-                base_url=self._config.base_url,
-                timeout=self._config.timeout,
-                max_retries=0,
-                http_client=http_client,
-            )
-        return self._client
+    def _status_error(
+        self, status: int, content: bytes, headers: Mapping[str, str]
+    ) -> errors.APIError:
+        """An error answer as the caller gets it (the SDK's message format, key masked)."""
+        content = self._masked(content)
+        try:
+            body = json.loads(content)
+        except ValueError:
+            body = None
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            message = error.get("message") or json.dumps(error)
+            code = error.get("code")
+        else:
+            message = content[:_QUOTED_BYTES].decode("utf-8", "replace").strip()
+            code = None
+        code = str(code) if code is not None else None
+        return errors.APIError(
+            f"Error code: {status} - {message}",
+            status_code=status,
+            code=code,
+            body=body if isinstance(body, dict) else None,
+            request_id=headers.get("x-request-id"),
+            retry_after_s=parse_retry_after(headers),
+            retryable=retryable_status(status, code, headers.get("x-should-retry")),
+        )
 
-    async def _complete_litellm(
-        self, index: int, request: AnyRequest, endpoint: str, body: dict[str, Any]
-    ) -> Result:
-        if endpoint != CHAT_ENDPOINT:
+    async def _complete_litellm(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        if endpoint not in (CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT):
             raise errors.RequestError(
-                f"model {body['model']!r} routes through LiteLLM, which takes "
-                f"{CHAT_ENDPOINT} requests only (use api='chat')"
+                f"{explain_route(body['model'])}, which takes {CHAT_ENDPOINT} and "
+                f"{EMBEDDINGS_ENDPOINT} requests only (use api='chat')"
             )
         litellm = self._litellm or self._import_litellm(body["model"])
-        completion = await litellm.acompletion(
-            **body, timeout=self._config.timeout, num_retries=0, max_retries=0
-        )
-        return _result(index, request, endpoint, body, completion.model_dump(), None)
+        call = litellm.acompletion if endpoint == CHAT_ENDPOINT else litellm.aembedding
+        try:
+            completion = await call(
+                **body, timeout=self._config.timeout, num_retries=0, max_retries=0
+            )
+        except errors.RequestError:
+            raise
+        except Exception as exc:
+            exc.add_note(explain_route(body["model"]))
+            raise
+        data: dict[str, Any] = completion.model_dump()
+        return data
 
     def _import_litellm(self, model: str) -> Any:
         # Without this, importing litellm tries to download a model cost map.
@@ -246,41 +247,17 @@ class Provider:
             import litellm
         except ImportError:
             raise errors.ProviderNotInstalledError(
-                f"model {model!r} is not an OpenAI model name, so it routes through LiteLLM, "
-                f"which is not installed: {_LITELLM_EXTRA_HINT}"
+                f"{explain_route(model)}, which is not installed: {_LITELLM_EXTRA_HINT}"
             ) from None
         litellm.suppress_debug_info = True
         self._litellm = litellm
         return litellm
 
 
-def _result(
-    index: int,
-    request: AnyRequest,
-    endpoint: str,
-    body: dict[str, Any],
-    data: dict[str, Any],
-    request_id: str | None,
-) -> Result:
-    """The `Result` of an answer; one without text keeps everything but the text."""
-    answer = Result(
-        index,
-        usage=usage_of(data),
-        model=data.get("model"),
-        response_id=data.get("id"),
-        request_id=request_id,
-        status_code=200,
-        body=data,
-    )
-    try:
-        text = answer_text(request, endpoint, data)
-    except errors.EmptyResponseError as error:
-        error.index = index
-        return replace(answer, error=error)
-    parsed = None
-    if wants_json(endpoint, body):
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            parsed = None
-    return replace(answer, text=text, parsed=parsed, output=text)
+def _proxy_for(url: str) -> str | None:
+    """The proxy the environment names for `url` (``HTTPS_PROXY``, ``NO_PROXY``...), once."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if urllib.request.proxy_bypass(host):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(urllib.parse.urlsplit(url).scheme) or proxies.get("all")

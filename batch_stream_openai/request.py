@@ -1,7 +1,8 @@
-"""What to send: `OpenAIRequest` (prompts) and `RawRequest` (a body as given), validated.
+"""What to send, validated when it is built: `OpenAIRequest` (prompts, images, tools,
+structured output), `EmbeddingRequest` (texts to embed) and `RawRequest` (a body as given).
 
-Both become one HTTP call, ``(endpoint, body)``, through `http_call`; the routing rule
-(`openai_model_name`) says whether the OpenAI SDK or LiteLLM sends it.
+Each becomes one HTTP call, ``(endpoint, body)``, through `bodies.http_call`; the routing
+rule (`openai_model_name`) says whether the OpenAI SDK or LiteLLM sends it.
 """
 
 from __future__ import annotations
@@ -9,32 +10,37 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
+
+from .images import image_urls
+from .pickling import pickles_fast
 
 __all__ = [
     "API_NAMES",
     "CHAT_ENDPOINT",
+    "EMBEDDINGS_ENDPOINT",
+    "ENDPOINTS",
     "REASONING_EFFORTS",
     "RESPONSES_ENDPOINT",
     "AnyRequest",
+    "EmbeddingRequest",
     "OpenAIRequest",
     "RawRequest",
-    "chat_body",
     "explain_route",
-    "http_call",
+    "is_model_class",
     "openai_model_name",
-    "responses_text_format",
-    "wants_json",
 ]
 
 API_NAMES = ("responses", "chat")
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 CHAT_ENDPOINT = "/v1/chat/completions"
 RESPONSES_ENDPOINT = "/v1/responses"
-_ENDPOINTS = (CHAT_ENDPOINT, RESPONSES_ENDPOINT)
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+ENDPOINTS = (CHAT_ENDPOINT, RESPONSES_ENDPOINT, EMBEDDINGS_ENDPOINT)
 _RESPONSE_FORMAT_TYPES = ("json_schema", "json_object", "text")
-_JSON_FORMATS = ("json_schema", "json_object")
+_TOOL_CHOICES = ("none", "auto", "required")
 
 # gpt-*, o1*, o3*, o4*, chatgpt-*, and fine-tunes of those ("ft:gpt-4o-mini:org::id").
 _OPENAI_MODEL = re.compile(r"^(ft:)?(gpt-|o1|o3|o4|chatgpt-)")
@@ -44,6 +50,7 @@ _OPENAI_NAMES = "gpt-, o1, o3, o4, chatgpt- (or ft: fine-tunes of those, or open
 _NEAR_OPENAI = re.compile(r"^(ft:)?(gpt|chatgpt|o[134])", re.IGNORECASE)
 
 
+@pickles_fast
 @dataclass(frozen=True, slots=True)
 class OpenAIRequest:
     """One request: a system and a user prompt for a model.
@@ -62,9 +69,10 @@ class OpenAIRequest:
         user_prompt: user message (`input` for the Responses API).
         model: OpenAI model name, or a LiteLLM-style name such as ``gemini/gemini-2.0-flash``.
         api: ``"responses"`` for the Responses API, ``"chat"`` for Chat Completions.
-        response_format: structured output in the Chat Completions shape, e.g.
-            ``{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}``;
-            converted for the Responses API.
+        response_format: structured output: a pydantic model class (sent as the strict
+            JSON schema the openai SDK makes of it; ``Result.parsed`` is then an instance
+            of it), or the Chat Completions shape, e.g. ``{"type": "json_schema",
+            "json_schema": {"name": ..., "schema": {...}}}``; converted for the Responses API.
         reasoning_effort: for reasoning models: ``"minimal"``, ``"low"``, ``"medium"``,
             ``"high"`` (and ``"none"``/``"xhigh"`` where the model supports them).
         temperature: sampling temperature.
@@ -72,19 +80,28 @@ class OpenAIRequest:
         seed: sampling seed (Chat Completions only).
         metadata: string key/value pairs stored with the request by the provider.
         extra_body: more body fields, sent as given (they win over the fields above).
+        images: images for a vision model, after the user prompt: URLs, local file
+            paths, or raw bytes (files and bytes are read now and sent as ``data:`` URLs).
+        tools: tool definitions, in the shape of the chosen API (Chat: ``{"type":
+            "function", "function": {...}}``; Responses: ``{"type": "function", "name":
+            ...}``); tool calls in the answer are in ``Result.tool_calls``.
+        tool_choice: ``"auto"``, ``"none"``, ``"required"``, or a dict naming a tool.
     """
 
     system_prompt: str
     user_prompt: str
     model: str = "gpt-5-mini"
     api: Literal["responses", "chat"] = "responses"
-    response_format: dict[str, Any] | None = None
+    response_format: dict[str, Any] | type | None = None
     reasoning_effort: str | None = None
     temperature: float | None = None
     max_output_tokens: int | None = None
     seed: int | None = None
     metadata: dict[str, str] | None = None
     extra_body: dict[str, Any] | None = None
+    images: Sequence[str | bytes] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _check_text("system_prompt", self.system_prompt)
@@ -120,8 +137,27 @@ class OpenAIRequest:
         if self.extra_body is not None:
             _check_type("extra_body", self.extra_body, dict)
             _check_body_fields(self.extra_body, "OpenAIRequest.extra_body")
-        for name in ("response_format", "metadata", "extra_body"):
+        if self.images is not None:
+            object.__setattr__(self, "images", image_urls(self.images))
+        self._check_tools()
+        json_fields = ["metadata", "extra_body", "tools", "tool_choice"]
+        if not is_model_class(self.response_format):
+            json_fields.append("response_format")
+        for name in json_fields:
             _check_json(getattr(self, name), f"OpenAIRequest.{name}")
+
+    def _check_tools(self) -> None:
+        tools = self.tools
+        if tools is not None and not (
+            isinstance(tools, list) and all(isinstance(t, dict) for t in tools)
+        ):
+            raise TypeError("OpenAIRequest.tools must be a list of tool definitions (dicts)")
+        choice = self.tool_choice
+        if choice is not None and not isinstance(choice, dict) and choice not in _TOOL_CHOICES:
+            raise ValueError(
+                f"OpenAIRequest.tool_choice must be one of {', '.join(_TOOL_CHOICES)} or a "
+                f"dict naming a tool, got {choice!r}"
+            )
 
     @property
     def uses_openai_sdk(self) -> bool:
@@ -129,6 +165,7 @@ class OpenAIRequest:
         return openai_model_name(self.model) is not None
 
 
+@pickles_fast
 @dataclass(frozen=True, slots=True)
 class RawRequest:
     """A request body sent as given to an endpoint, as in an OpenAI Batch API input line.
@@ -138,7 +175,7 @@ class RawRequest:
         RawRequest("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [...]})
 
     Parameters:
-        url: ``"/v1/chat/completions"`` or ``"/v1/responses"``.
+        url: ``"/v1/chat/completions"``, ``"/v1/responses"`` or ``"/v1/embeddings"``.
         body: the JSON body; it must name its ``model``.
         custom_id: the caller's id for this request, carried along untouched.
     """
@@ -148,9 +185,9 @@ class RawRequest:
     custom_id: str | None = None
 
     def __post_init__(self) -> None:
-        if self.url not in _ENDPOINTS:
+        if self.url not in ENDPOINTS:
             raise ValueError(
-                f"RawRequest.url must be one of {', '.join(_ENDPOINTS)}, got {self.url!r}"
+                f"RawRequest.url must be one of {', '.join(ENDPOINTS)}, got {self.url!r}"
             )
         _check_type("body", self.body, dict, owner="RawRequest")
         _check_model(self.body.get("model"), "RawRequest.body['model']")
@@ -168,14 +205,68 @@ class RawRequest:
         return openai_model_name(self.model) is not None
 
 
-AnyRequest: TypeAlias = OpenAIRequest | RawRequest
+@pickles_fast
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    """Texts to embed: one vector per text, from ``/v1/embeddings``.
+
+    Example::
+
+        EmbeddingRequest("The quick brown fox", dimensions=256)
+        EmbeddingRequest(["first document", "second document"])
+
+    Its plain value is the vector (``list[float]``), or the list of vectors for a list
+    input; ``Result.embedding`` holds the same.
+
+    Parameters:
+        input: a text, or a list of texts.
+        model: an OpenAI embedding model, or a LiteLLM-style name (``cohere/...``).
+        dimensions: the length of each vector, for models that can shorten them.
+    """
+
+    input: str | list[str]
+    model: str = "text-embedding-3-small"
+    dimensions: int | None = None
+
+    def __post_init__(self) -> None:
+        texts = [self.input] if isinstance(self.input, str) else self.input
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("EmbeddingRequest.input must be a str or a non-empty list of str")
+        for i, text in enumerate(texts):
+            _check_text(
+                f"input[{i}]" if isinstance(self.input, list) else "input",
+                text,
+                owner="EmbeddingRequest",
+            )
+        _check_model(self.model, "EmbeddingRequest.model")
+        if self.dimensions is not None:
+            _check_type("dimensions", self.dimensions, int, owner="EmbeddingRequest")
+            if self.dimensions < 1:
+                raise ValueError("EmbeddingRequest.dimensions must be >= 1")
+
+    @property
+    def uses_openai_sdk(self) -> bool:
+        """True when the model is served by the OpenAI SDK rather than LiteLLM."""
+        return openai_model_name(self.model) is not None
+
+
+AnyRequest: TypeAlias = OpenAIRequest | EmbeddingRequest | RawRequest
+
+
+# OpenAI embedding models: text-embedding-3-small, text-embedding-ada-002, ...
+_OPENAI_EMBEDDING = re.compile(r"^text-embedding-")
 
 
 def openai_model_name(model: str) -> str | None:
     """The name to give the OpenAI SDK, or None when the model routes through LiteLLM."""
     if model.startswith(_OPENAI_PREFIX):
         return model[len(_OPENAI_PREFIX) :]
-    return model if _OPENAI_MODEL.match(model) else None
+    return model if _OPENAI_MODEL.match(model) or _OPENAI_EMBEDDING.match(model) else None
+
+
+def is_model_class(value: object) -> bool:
+    """Whether `value` is a pydantic model class (checked without importing pydantic)."""
+    return isinstance(value, type) and hasattr(value, "model_json_schema")
 
 
 def explain_route(model: str) -> str:
@@ -188,79 +279,6 @@ def explain_route(model: str) -> str:
         if openai_model_name(guess) is not None and guess != model:
             hint = f"; did you mean {guess!r}?"
     return f"model {model!r} does not start with {_OPENAI_NAMES}, so it went to LiteLLM{hint}"
-
-
-def http_call(request: AnyRequest) -> tuple[str, dict[str, Any]]:
-    """The ``(endpoint, body)`` that sends `request` to an OpenAI-compatible API."""
-    if isinstance(request, RawRequest):
-        return request.url, request.body
-    if request.api == "chat" or not request.uses_openai_sdk:  # LiteLLM takes the chat shape
-        return CHAT_ENDPOINT, chat_body(request)
-    body: dict[str, Any] = {
-        "model": request.model,
-        "instructions": request.system_prompt,
-        "input": request.user_prompt,
-    }
-    if request.response_format is not None:
-        body["text"] = {"format": responses_text_format(request.response_format)}
-    if request.reasoning_effort is not None:
-        body["reasoning"] = {"effort": request.reasoning_effort}
-    if request.max_output_tokens is not None:
-        body["max_output_tokens"] = request.max_output_tokens
-    return RESPONSES_ENDPOINT, _with_common_options(body, request)
-
-
-def chat_body(request: OpenAIRequest) -> dict[str, Any]:
-    """The Chat Completions body of a request (also what LiteLLM takes)."""
-    body: dict[str, Any] = {
-        "model": request.model,
-        "messages": [
-            {"role": "system", "content": request.system_prompt},
-            {"role": "user", "content": request.user_prompt},
-        ],
-    }
-    if request.response_format is not None:
-        body["response_format"] = request.response_format
-    if request.reasoning_effort is not None:
-        body["reasoning_effort"] = request.reasoning_effort
-    if request.max_output_tokens is not None:
-        body["max_completion_tokens"] = request.max_output_tokens
-    if request.seed is not None:
-        body["seed"] = request.seed
-    return _with_common_options(body, request)
-
-
-def _with_common_options(body: dict[str, Any], request: OpenAIRequest) -> dict[str, Any]:
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if request.metadata is not None:
-        body["metadata"] = request.metadata
-    if request.extra_body:
-        body.update(request.extra_body)
-    return body
-
-
-def responses_text_format(response_format: dict[str, Any]) -> dict[str, Any]:
-    """Convert a Chat Completions `response_format` to the Responses API `text.format`."""
-    if response_format.get("type") != "json_schema":
-        return dict(response_format)
-    schema = response_format["json_schema"]
-    converted: dict[str, Any] = {"type": "json_schema", "name": schema["name"]}
-    converted["schema"] = schema["schema"]
-    for optional in ("strict", "description"):
-        if optional in schema:
-            converted[optional] = schema[optional]
-    return converted
-
-
-def wants_json(endpoint: str, body: dict[str, Any]) -> bool:
-    """Whether the body asks for structured (JSON) output."""
-    if endpoint == CHAT_ENDPOINT:
-        fmt = body.get("response_format")
-    else:
-        text = body.get("text")
-        fmt = text.get("format") if isinstance(text, dict) else None
-    return isinstance(fmt, dict) and fmt.get("type") in _JSON_FORMATS
 
 
 def _check_type(
@@ -280,15 +298,15 @@ def _check_model(model: object, where: str) -> None:
         )
 
 
-def _check_text(field: str, value: object) -> None:
-    _check_type(field, value, str)
+def _check_text(field: str, value: object, owner: str = "OpenAIRequest") -> None:
+    _check_type(field, value, str, owner=owner)
     assert isinstance(value, str)
     if not value.isascii():
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise ValueError(
-                f"OpenAIRequest.{field} has a lone surrogate {value[exc.start]!r} at position "
+                f"{owner}.{field} has a lone surrogate {value[exc.start]!r} at position "
                 f"{exc.start}: it cannot be sent as UTF-8 (text decoded with "
                 "errors='surrogateescape'?)"
             ) from None
@@ -312,9 +330,11 @@ def _check_json(value: object, where: str) -> None:
 
 
 def _check_response_format(response_format: object) -> None:
+    if is_model_class(response_format):
+        return
     if not isinstance(response_format, dict):
         raise TypeError(
-            "OpenAIRequest.response_format must be a dict or None, "
+            "OpenAIRequest.response_format must be a pydantic model class, a dict or None, "
             f"got {type(response_format).__name__}"
         )
     kind = response_format.get("type")

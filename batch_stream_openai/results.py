@@ -8,26 +8,54 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BatchSummary", "Result", "Usage", "usage_of"]
+from .pickling import pickles_fast
+
+__all__ = ["BatchSummary", "Result", "ToolCall", "Usage"]
 
 
+@pickles_fast
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens one request used, as the provider reported them."""
+    """Tokens one request used, as the provider reported them.
+
+    Parameters:
+        input_tokens: prompt tokens, cached ones included.
+        output_tokens: answer tokens, reasoning ones included.
+        reasoning_tokens: of the output, those spent reasoning.
+        cached_tokens: of the input, those read from the provider's prompt cache.
+    """
 
     input_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
 
+@pickles_fast
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool the model called instead of answering in text.
+
+    Parameters:
+        id: the call's id (``call_...``), to answer it with.
+        name: the tool's name.
+        arguments: the arguments, parsed from their JSON (the raw string if they are not
+            valid JSON).
+    """
+
+    id: str | None
+    name: str
+    arguments: Any
+
+
+@pickles_fast
 @dataclass(frozen=True, slots=True)
 class Result:
     """Everything known about one finished request.
@@ -41,8 +69,10 @@ class Result:
     Parameters:
         index: position of the request in the caller's iterable.
         text: the answer's text; None when the request failed.
-        parsed: the text parsed as JSON when the request asked for JSON output.
-        output: what `postprocess` returned (the text when there is none).
+        parsed: the text parsed as JSON when the request asked for JSON output: an
+            instance of the pydantic class when ``response_format`` was one.
+        output: what `postprocess` returned (the text, or the embedding, when there is
+            none): the plain value of a successful request.
         usage: tokens used, when the provider said.
         latency_s: seconds from the first attempt to the answer, retries included.
         attempts: times the request was sent.
@@ -52,6 +82,12 @@ class Result:
         status_code: the HTTP status of the last attempt (0 when none arrived).
         body: the full JSON answer.
         error: the Exception that ended the request, or None.
+        cached: the answer came from the response cache (or from an identical request
+            of the same batch), not from a new call: it cost nothing.
+        cost_usd: what the answer cost, from its usage and the model's price (0 when
+            cached); None when the price or the usage is unknown.
+        tool_calls: the tools the model called (`ToolCall`), when it answered with calls.
+        embedding: the vector of an `EmbeddingRequest` (a list of vectors for a list input).
     """
 
     index: int
@@ -67,6 +103,10 @@ class Result:
     status_code: int = 0
     body: dict[str, Any] | None = None
     error: Exception | None = None
+    cached: bool = False
+    cost_usd: float | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    embedding: list[float] | list[list[float]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -76,31 +116,6 @@ class Result:
     def value(self) -> Any:
         """What the plain stream yields for this request: `output`, or the `error`."""
         return self.output if self.error is None else self.error
-
-
-def usage_of(body: Mapping[str, Any]) -> Usage | None:
-    """The usage block of a Chat Completions or Responses answer, if it has one."""
-    usage = body.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    if "input_tokens" in usage:  # Responses API
-        details = usage.get("output_tokens_details")
-        return Usage(
-            _count(usage.get("input_tokens")),
-            _count(usage.get("output_tokens")),
-            _count(details.get("reasoning_tokens") if isinstance(details, dict) else None),
-        )
-    details = usage.get("completion_tokens_details")
-    return Usage(
-        _count(usage.get("prompt_tokens")),
-        _count(usage.get("completion_tokens")),
-        _count(details.get("reasoning_tokens") if isinstance(details, dict) else None),
-    )
-
-
-def _count(value: object) -> int:
-    """A token count as reported; anything but a non-negative int counts as 0."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 @dataclass
@@ -113,6 +128,16 @@ class BatchSummary:
         for index, result in stream:
             ...
         print(stream.summary)  # 1000 requests: 998 ok, 2 failed (APIError: 2), ...
+
+    Parameters:
+        ok, failed: results without and with an error; ``failed_by_type`` by error type.
+        retries: attempts after the first, over all requests; ``rate_limited``: 429s.
+        cached: results taken from the response cache; ``deduplicated``: of those, the
+            ones that waited for an identical request of this batch instead.
+        input_tokens, output_tokens: as the provider reported them (cached answers too).
+        cost_usd: what this batch spent; ``unpriced``: answers whose price is unknown
+            (not in ``cost_usd``); ``saved_usd``: what the cached answers cost when they
+            were first paid for.
     """
 
     ok: int = 0
@@ -120,8 +145,13 @@ class BatchSummary:
     failed_by_type: Counter[str] = field(default_factory=Counter)
     retries: int = 0
     rate_limited: int = 0
+    cached: int = 0
+    deduplicated: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced: int = 0
+    saved_usd: float = 0.0
     started_at: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
 
@@ -142,24 +172,44 @@ class BatchSummary:
         total = self.input_tokens + self.output_tokens
         return total / self.wall_s if self.wall_s > 0 else 0.0
 
-    def add(self, error: BaseException | None, attempts: int, usage: Usage | None) -> None:
+    def add(self, result: Result, attempts: int) -> None:
         """Count one finished request."""
+        error = result.error
         if error is None:
             self.ok += 1
+            if result.cost_usd is None and not result.cached:
+                self.unpriced += 1
         else:
             self.failed += 1
             self.failed_by_type[type(error).__name__] += 1
         self.retries += max(0, attempts - 1)
+        if result.cost_usd is not None:
+            self.cost_usd += result.cost_usd
+        usage = result.usage
         if usage is not None:
             self.input_tokens += usage.input_tokens
             self.output_tokens += usage.output_tokens
 
+    def add_cached(self, paid_usd: float | None, deduplicated: bool) -> None:
+        """Count that the next result added came from the cache (or an identical request)."""
+        self.cached += 1
+        self.deduplicated += deduplicated
+        self.saved_usd += paid_usd or 0.0
+
     def __str__(self) -> str:
         failures = ", ".join(f"{name}: {n}" for name, n in self.failed_by_type.most_common())
-        return (
+        parts = [
             f"{self.done} requests: {self.ok} ok, {self.failed} failed"
-            + (f" ({failures})" if failures else "")
-            + f", {self.retries} retries ({self.rate_limited} rate-limited), "
-            f"{self.input_tokens + self.output_tokens} tokens, {self.wall_s:.2f} s, "
-            f"{self.requests_per_s:.0f} requests/s"
-        )
+            + (f" ({failures})" if failures else ""),
+            f"{self.retries} retries ({self.rate_limited} rate-limited)",
+        ]
+        if self.cached:
+            parts.append(f"{self.cached} cached ({self.deduplicated} deduplicated)")
+        parts.append(f"{self.input_tokens + self.output_tokens} tokens")
+        cost = f"${self.cost_usd:.4f}"
+        if self.unpriced:
+            cost += f" (+{self.unpriced} unpriced)"
+        if self.saved_usd:
+            cost += f", ${self.saved_usd:.4f} saved"
+        parts += [cost, f"{self.wall_s:.2f} s", f"{self.requests_per_s:.0f} requests/s"]
+        return ", ".join(parts)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import selectors
 import signal
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Pipe, wait
+from multiprocessing.connection import Pipe
 from typing import Any
 
 from .backends import Worker
@@ -91,6 +92,11 @@ class Supervisor:
         self._respawns: deque[float] = deque()  # monotonic times of recent respawns
         self._spawns_owed = 0  # respawns held back by the rate limit
         self._wake_reader, self._wake_writer = Pipe(duplex=False)
+        # One selector for the pool's life: every live worker's result pipe and sentinel,
+        # the wake pipe, and the task pipes of workers with unsent bytes.
+        self._selector = selectors.PollSelector()
+        self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
+        self._waiting_for_room: set[Worker] = set()
 
     def __repr__(self) -> str:
         return f"<Supervisor {len(self._health)}/{self._size} owed={self._spawns_owed}>"
@@ -139,22 +145,12 @@ class Supervisor:
         """
         if self._spawns_owed:
             timeout = min(timeout, self._respawn_delay())
-        by_channel = {worker.result_channel: worker for worker in self._health}
-        by_sentinel = {worker.sentinel: worker for worker in self._health}
         heard: list[tuple[Worker, list[Outcome]]] = []
         exited: list[Worker] = []
-        ready = wait([*by_channel, *by_sentinel, self._wake_reader], timeout=max(0.0, timeout))
-        for channel in ready:
-            if channel is self._wake_reader:
-                with contextlib.suppress(EOFError, OSError):
-                    self._wake_reader.recv_bytes()
-                continue
-            worker = by_channel.get(channel)
-            if worker is None:
-                exited.append(by_sentinel[channel])
-                continue
-            messages = worker.receive()
-            if messages is None:
+        for worker, event in self._select(max(0.0, timeout)):
+            if event == "room":
+                worker.flush()
+            elif event == "exit" or (messages := worker.receive()) is None:
                 exited.append(worker)
             else:
                 heard.append((worker, self._consume(worker, messages)))
@@ -166,10 +162,44 @@ class Supervisor:
         self._pay_owed_spawns()
         return heard, exits
 
+    def _select(self, timeout: float) -> list[tuple[Worker, str]]:
+        """Wait for results, exits, and room in task pipes that hold unsent bytes.
+
+        Returns ``(worker, event)`` pairs, event one of "result", "exit", "room".
+        """
+        for worker in self._health:
+            if worker.unsent and worker not in self._waiting_for_room:
+                self._waiting_for_room.add(worker)
+                self._selector.register(
+                    worker.task_channel, selectors.EVENT_WRITE, (worker, "room")
+                )
+        events = [key.data for key, _mask in self._selector.select(timeout)]
+        for worker in list(self._waiting_for_room):
+            if not worker.unsent or worker not in self._health:
+                self._waiting_for_room.discard(worker)
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._selector.unregister(worker.task_channel)
+        if None in events:
+            with contextlib.suppress(EOFError, OSError):
+                self._wake_reader.recv_bytes()
+        return [event for event in events if event is not None]
+
+    def _forget(self, worker: Worker) -> None:
+        """Stop watching `worker`'s pipes (before they are closed)."""
+        for channel in (worker.result_channel, worker.sentinel):
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(channel)
+        if worker in self._waiting_for_room:
+            self._waiting_for_room.discard(worker)
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(worker.task_channel)
+
     def stop_all(self) -> None:
         """Stop every worker within about a second: ask, wait, then end them."""
         workers = list(self._health)
         self._health.clear()
+        for worker in workers:
+            self._forget(worker)
         for worker in workers:
             worker.request_stop()
         deadline = time.monotonic() + _CLOSE_GRACE_S
@@ -198,6 +228,7 @@ class Supervisor:
     def _retire(self, worker: Worker) -> Exit:
         """Take an exited worker out, release it, and arrange its replacement."""
         health = self._health.pop(worker)
+        self._forget(worker)
         worker.join(0.5)
         exit_ = Exit(worker.exitcode, health.ready, health.hung)
         worker.stop(time.monotonic())
@@ -244,6 +275,8 @@ class Supervisor:
     def _spawn(self) -> None:
         worker = self._start_worker(next(self._slots))
         self._health[worker] = _Health()
+        self._selector.register(worker.result_channel, selectors.EVENT_READ, (worker, "result"))
+        self._selector.register(worker.sentinel, selectors.EVENT_READ, (worker, "exit"))
         if self._greeting:
             worker.send(self._greeting)
 

@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 
 import psutil
 
-from .request import OpenAIRequest, RawRequest
+from .costs import PriceTable
+from .request import EmbeddingRequest, OpenAIRequest, RawRequest
 
 __all__ = [
     "RequestChecker",
@@ -23,6 +24,7 @@ __all__ = [
     "pickled_callable",
 ]
 
+_REQUEST_TYPES = (OpenAIRequest, EmbeddingRequest, RawRequest)
 # Worker processes allowed per CPU core (and at least this many in all): far beyond this,
 # processes only compete for the cores and memory, and starting them stalls the machine.
 _WORKERS_PER_CORE = 8
@@ -30,37 +32,57 @@ _MIN_WORKERS_ALLOWED = 32
 
 
 class RequestChecker:
-    """Checks each request before it is sent: its type, and that its route has a key.
+    """Checks each request before it is sent: its type, that its route has a key, and
+    (under a cost cap) that its model has a known price.
 
     Parameters:
         needs_key: requests for OpenAI models need ``OPENAI_API_KEY`` (no ``api_key`` was
             given, and the workers read this machine's environment).
+        prices: with a cost cap, where prices come from: a model without one is refused.
     """
 
-    def __init__(self, needs_key: bool) -> None:
+    def __init__(self, needs_key: bool, prices: PriceTable | None = None) -> None:
         self.needs_key = needs_key
+        self.prices = prices
+
+    def with_prices(self, prices: PriceTable) -> RequestChecker:
+        """This checker, also requiring a known price for every model."""
+        return RequestChecker(self.needs_key, prices)
 
     def __call__(self, index: int, request: object) -> None:
         self.check_type(index, request)
         self.check_key(index, request)
+        self.check_price(index, request)
 
     def check_all(self, requests: Sequence[object]) -> None:
-        """Check a whole list: every item's type first, then the keys their routes need."""
+        """Check a whole list: every item's type first, then keys and prices."""
         for index, request in enumerate(requests):
             self.check_type(index, request)
         for index, request in enumerate(requests):
             self.check_key(index, request)
+            self.check_price(index, request)
+
+    def check_price(self, index: int, request: object) -> None:
+        if self.prices is None or not isinstance(request, _REQUEST_TYPES):
+            return
+        model = request.model
+        if self.prices.price(model) is None:
+            raise ValueError(
+                f"requests[{index}]: max_cost needs the price of model {model!r}, which "
+                f"is not known; give it: prices={{{model!r}: {{'input': ..., 'output': ...}}}} "
+                "(USD per million tokens)"
+            )
 
     @staticmethod
     def check_type(index: int, request: object) -> None:
-        if not isinstance(request, (OpenAIRequest, RawRequest)):
+        if not isinstance(request, _REQUEST_TYPES):
             raise TypeError(
-                f"requests[{index}] must be an OpenAIRequest or RawRequest, "
+                f"requests[{index}] must be an OpenAIRequest, EmbeddingRequest or RawRequest, "
                 f"got {type(request).__name__}"
             )
 
     def check_key(self, index: int, request: object) -> None:
-        if not self.needs_key or not isinstance(request, (OpenAIRequest, RawRequest)):
+        if not self.needs_key or not isinstance(request, _REQUEST_TYPES):
             return
         if request.uses_openai_sdk and not os.environ.get("OPENAI_API_KEY"):
             raise ValueError(

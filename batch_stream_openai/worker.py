@@ -15,11 +15,14 @@ import signal
 import sys
 import threading
 import traceback
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any
 
 from .engine import RequestRunner, TaskServer, open_runner
-from .protocol import EXIT_OK, EXIT_STARTUP_FAILED, Heartbeat, Ready, StartupFailed
+from .errors import ResultTransferError
+from .protocol import EXIT_OK, EXIT_STARTUP_FAILED, Heartbeat, Outcome, Ready, StartupFailed
+from .results import Result
 
 __all__ = ["main"]
 
@@ -77,6 +80,24 @@ class _Outbox:
                 self._conn.send(batch)
             except (OSError, ValueError):  # the parent is gone: nobody to tell
                 return
+            except Exception:  # a message that cannot be pickled: send the others one by one
+                if not self._send_each(batch):
+                    return
+
+    def _send_each(self, batch: list[Any]) -> bool:
+        """Send messages one at a time, each unpicklable one as its index's error."""
+        for message in batch:
+            try:
+                self._conn.send([message])
+            except (OSError, ValueError):
+                return False
+            except Exception as exc:
+                if isinstance(message, Outcome):
+                    error = ResultTransferError(f"the result cannot be pickled: {exc!r}")
+                    error.index = message.index
+                    failed = Result(message.index, attempts=message.attempt, error=error)
+                    self._conn.send([replace(message, result=failed, output_payload=None)])
+        return True
 
 
 class _Reader:

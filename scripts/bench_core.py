@@ -15,8 +15,7 @@ streams the batch. Measured per run:
 - server CPU per request.
 
 Runs alternate between the two trees; the table gives medians and the ratio of the
-medians. Prints a Markdown table (and writes nothing) so that it can be pasted, with the
-command, into BENCHMARKS.md.
+medians. Writes section "core" of BENCHMARKS.md (``--print-only``: only prints it).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +128,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--print-only", action="store_true", help="do not write BENCHMARKS.md")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from batch_stream_openai.testing import FakeOpenAIServer
@@ -176,13 +177,39 @@ def main() -> int:
                     check=False,
                 )
     baseline_label = f"baseline {args.baseline}" if args.baseline else None
-    print(
-        f"{args.requests:,} requests, concurrency {args.concurrency}, server latency 0, "
-        f"default workers ({runs['this tree'][0]['workers']}); medians of {args.runs} runs"
+    command = " ".join(["python scripts/bench_core.py", *sys.argv[1:]])
+    section = "\n".join(
+        [
+            "## C2. Core throughput and CPU per request, before and after",
+            "",
+            f"`{command}` on {time.strftime('%Y-%m-%d')}, library at git `{git_revision()}`. "
+            f"{args.requests:,} chat requests at zero server latency, concurrency "
+            f"{args.concurrency}, the default {runs['this tree'][0]['workers']} workers, "
+            "one bundled server; each run is a fresh process that warms its pool up with "
+            "one request per slot, then streams the batch (start-up excluded). Runs "
+            f"alternate between the trees; medians of {args.runs} runs, ratios against "
+            "the baseline of the same invocation. CPU columns are CPU seconds over the "
+            "batch / requests (psutil; the parent's every thread included).",
+            "",
+            table(runs, baseline_label),
+        ]
     )
-    print()
-    print(table(runs, baseline_label))
+    print(section)
+    if not args.print_only:
+        from benchmarks_md import save_section
+
+        save_section("core", section)
     return 0
+
+
+def git_revision() -> str:
+    out = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.strip() or "unknown"
 
 
 if __name__ == "__main__":

@@ -498,3 +498,48 @@ def test_demo_and_serve_refuse_bad_arguments_with_a_message(tmp_path: Path) -> N
     assert taken.returncode == 1 and "cannot serve on 127.0.0.1" in taken.stderr
     for result in (zero, nothing, taken):
         assert "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(90)
+def test_max_cost_writes_budget_lines_that_a_rerun_with_a_higher_cap_sends(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    source = _write(
+        tmp_path / "in.jsonl",
+        [_prompt_line(f"budget {i} " + "x" * 400, f"id-{i}") for i in range(30)],
+    )
+    output = tmp_path / "out.jsonl"
+    prices = '{"gpt-5-mini": {"input": 2.0, "output": 8.0}}'
+    capped = _run(fake, source, output, "--max-cost", "0.02", "--prices", prices)
+    assert capped.returncode == 0, capped.stderr
+    records = _latest(output)
+    refused = {
+        c for c, r in records.items() if r["error"] and r["error"]["type"] == "BudgetExceededError"
+    }
+    assert refused and len(records) == 30
+    assert "$" in capped.stderr  # the spend is in the summary
+    sent_before = len(fake.requests())
+    rerun = _run(fake, source, output, "--retry-failed", "--max-cost", "10", "--prices", prices)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(fake.requests()) - sent_before == len(refused)
+    assert all(r["error"] is None for r in _latest(output).values())
+    assert len(_records(output)) == 30
+
+
+@pytest.mark.timeout(60)
+def test_a_cache_makes_a_rerun_of_a_new_output_file_free(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    source = _prompt_file(tmp_path / "in.jsonl", 12)
+    cache = str(tmp_path / "answers.sqlite")
+    assert _run(fake, source, tmp_path / "one.jsonl", "--cache", cache).returncode == 0
+    sent = len(fake.requests())
+    assert _run(fake, source, tmp_path / "two.jsonl", "--cache", cache).returncode == 0
+    assert len(fake.requests()) == sent
+    bodies = {
+        r["custom_id"]: r["response"]["body"]["choices"] for r in _records(tmp_path / "two.jsonl")
+    }
+    first = {
+        r["custom_id"]: r["response"]["body"]["choices"] for r in _records(tmp_path / "one.jsonl")
+    }
+    assert bodies == first

@@ -14,9 +14,11 @@ from batch_stream_openai import (
     ProviderNotInstalledError,
     run_batch,
 )
+from batch_stream_openai.answers import answer_text, chat_text, responses_text
+from batch_stream_openai.bodies import http_call, responses_text_format
 from batch_stream_openai.config import ClientConfig
-from batch_stream_openai.providers import Provider, answer_text, chat_text, responses_text
-from batch_stream_openai.request import CHAT_ENDPOINT, RawRequest, responses_text_format
+from batch_stream_openai.providers import Provider
+from batch_stream_openai.request import CHAT_ENDPOINT, RawRequest
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
 
@@ -58,7 +60,7 @@ def test_without_litellm_the_error_names_the_extra(monkeypatch: pytest.MonkeyPat
     request = OpenAIRequest("s", "u", model="gemini/gemini-2.0-flash")
     hint = r"pip install batch-stream-openai\[litellm\]"
     with pytest.raises(ProviderNotInstalledError, match=hint):
-        asyncio.run(provider.complete(0, request))
+        asyncio.run(provider.complete(*http_call(request)))
 
 
 def test_responses_text_joins_every_output_text_part_like_the_sdk() -> None:

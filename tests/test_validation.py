@@ -51,7 +51,8 @@ def test_bad_arguments_raise_at_the_call(kwargs: dict[str, Any], error: type, me
 def test_a_bad_item_in_a_list_is_named_before_any_worker_starts() -> None:
     requests: list[Any] = [GOOD, GOOD, {"system_prompt": "s", "user_prompt": "u"}]
     with pytest.raises(
-        TypeError, match=r"requests\[2\] must be an OpenAIRequest or RawRequest, got dict"
+        TypeError,
+        match=r"requests\[2\] must be an OpenAIRequest, EmbeddingRequest or RawRequest, got dict",
     ):
         stream_batch(requests)
     assert worker_children({os.getpid()}) == []
@@ -63,7 +64,8 @@ def test_a_bad_item_from_a_generator_is_named_when_reached(pool_options: dict[st
         yield "not a request"
 
     with pytest.raises(
-        TypeError, match=r"requests\[1\] must be an OpenAIRequest or RawRequest, got str"
+        TypeError,
+        match=r"requests\[1\] must be an OpenAIRequest, EmbeddingRequest or RawRequest, got str",
     ):
         list(stream_batch(generate(), **pool_options))
 

@@ -3,16 +3,18 @@
 Every backend's worker has its own two pipes, so a worker killed while writing can only
 tear its own result pipe; no lock is shared between workers (unlike
 `multiprocessing.Queue`, which a process killed while holding its lock can wedge for
-everyone). Sends go through a feeder thread per worker, as in `multiprocessing.Queue`:
-the dispatcher never blocks on the pipe of a worker that stopped reading.
+everyone). The dispatcher writes task pipes without ever blocking: what a full pipe does
+not take waits in the worker's own buffer until the pipe can take more (`flush`), so a
+worker that stopped reading cannot freeze the parent or its watchdog.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
-import queue
-import threading
+import os
+import pickle
+import struct
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
@@ -47,7 +49,21 @@ class Worker(abc.ABC):
 
     @abc.abstractmethod
     def send(self, messages: list[Any]) -> None:
-        """Queue messages for the worker; never blocks. A dead worker's are dropped."""
+        """Send messages to the worker; never blocks. A dead worker's are dropped."""
+
+    @property
+    @abc.abstractmethod
+    def unsent(self) -> int:
+        """Bytes sent but not yet taken by the task pipe (0: all delivered)."""
+
+    @property
+    @abc.abstractmethod
+    def task_channel(self) -> Any:
+        """What a selector watches for room in the task pipe, while `unsent` is not 0."""
+
+    @abc.abstractmethod
+    def flush(self) -> None:
+        """Write what the task pipe can take now of the unsent bytes; never blocks."""
 
     @abc.abstractmethod
     def receive(self) -> list[Any] | None:
@@ -78,17 +94,18 @@ class PipeWorker(Worker):
     """A worker fed through a task pipe and read through a result pipe.
 
     Subclasses start the worker on `worker_ends` (the task reader and the result writer)
-    and close the parent's copies of them once the worker holds its own.
+    and close the parent's copies of them once the worker holds its own. Task messages
+    are framed as `Connection.send_bytes` frames them (what the worker's
+    `Connection.recv` reads), and written to the non-blocking pipe as far as it takes them.
     """
 
-    _CLOSE = object()
-
     def __init__(self, name: str) -> None:
+        self.name = name
         self._task_reader, self._task_writer = Pipe(duplex=False)
         self._result_reader, self._result_writer = Pipe(duplex=False)
-        self._outgoing: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._feeder = threading.Thread(target=self._feed, name=f"{name}-feeder", daemon=True)
-        self._feeder.start()
+        os.set_blocking(self._task_writer.fileno(), False)
+        self._unsent = bytearray()
+        self._stopping = False
 
     @property
     def worker_ends(self) -> tuple[Connection, Connection]:
@@ -99,8 +116,35 @@ class PipeWorker(Worker):
     def result_channel(self) -> Connection:
         return self._result_reader
 
+    @property
+    def task_channel(self) -> int:
+        return self._task_writer.fileno()
+
+    @property
+    def unsent(self) -> int:
+        return len(self._unsent)
+
     def send(self, messages: list[Any]) -> None:
-        self._outgoing.put(messages)
+        if self._stopping:
+            return
+        payload = pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
+        if len(payload) > 0x7FFFFFFF:
+            self._unsent += struct.pack("!iQ", -1, len(payload))
+        else:
+            self._unsent += struct.pack("!i", len(payload))
+        self._unsent += payload
+        self.flush()
+
+    def flush(self) -> None:
+        while self._unsent:
+            try:
+                written = os.write(self._task_writer.fileno(), self._unsent)
+            except BlockingIOError:
+                return  # the pipe is full: the rest goes when it has room again
+            except OSError:  # the worker is gone: its death is handled elsewhere
+                self._unsent.clear()
+                return
+            del self._unsent[:written]
 
     def receive(self) -> list[Any] | None:
         try:
@@ -120,8 +164,11 @@ class PipeWorker(Worker):
         return drained
 
     def request_stop(self) -> None:
-        """Close the task pipe (after what is queued): the worker sees EOF and exits."""
-        self._outgoing.put(self._CLOSE)
+        """Close the task pipe: the worker sees EOF and exits (what was unsent is dropped)."""
+        self._stopping = True
+        self._unsent.clear()
+        with contextlib.suppress(OSError):
+            self._task_writer.close()
 
     def close_parent_ends(self) -> None:
         """Stop reading: a worker blocked writing to us gets EPIPE; the task pipe closes."""
@@ -134,31 +181,6 @@ class PipeWorker(Worker):
         for conn in self.worker_ends:
             with contextlib.suppress(OSError):
                 conn.close()
-
-    def _feed(self) -> None:
-        """Thread: write queued messages to the task pipe, merging what has piled up."""
-        writer = self._task_writer
-        while True:
-            messages = self._outgoing.get()
-            closing = messages is self._CLOSE
-            while not closing:
-                try:
-                    more = self._outgoing.get_nowait()
-                except queue.Empty:
-                    break
-                if more is self._CLOSE:
-                    closing = True
-                else:
-                    messages = messages + more
-            try:
-                if messages is not self._CLOSE:
-                    writer.send(messages)
-            except (OSError, ValueError):  # the worker is gone: its death is handled elsewhere
-                closing = True
-            if closing:
-                with contextlib.suppress(OSError):
-                    writer.close()
-                return
 
 
 class ExitSignal:

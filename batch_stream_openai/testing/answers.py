@@ -6,7 +6,9 @@ Completions, Responses, and the error envelope ``{"error": {message, type, param
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 import time
 from typing import Any
 
@@ -14,10 +16,15 @@ __all__ = [
     "STRUCTURED_TYPES",
     "chat_payload",
     "chat_prompts",
+    "embeddings_payload",
     "error_body",
+    "expected_embedding",
+    "json_for_schema",
+    "requested_schema",
     "responses_payload",
     "responses_prompts",
     "tokens",
+    "tool_call_of",
 ]
 
 STRUCTURED_TYPES = frozenset({"json_schema", "json_object"})
@@ -107,13 +114,23 @@ def responses_prompts(body: dict[str, Any]) -> tuple[str, str, int]:
 
 
 def chat_payload(
-    n: int, body: dict[str, Any], text: str, prompt_chars: int, shape: frozenset[str]
+    n: int,
+    body: dict[str, Any],
+    text: str,
+    prompt_chars: int,
+    shape: frozenset[str],
+    tool: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A Chat Completions answer; `shape` holds directive flags (refuse, no_text)."""
+    """A Chat Completions answer; `shape` holds directive flags (refuse, no_text), and
+    `tool` a tool call to answer with instead of text."""
     prompt_tokens = tokens(prompt_chars)
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
     finish_reason = "stop"
-    if "refuse" in shape:
+    if tool is not None:
+        call = {"id": f"call_{n}", "type": "function", "function": tool}
+        message.update(content=None, tool_calls=[call])
+        finish_reason, text = "tool_calls", tool["arguments"]
+    elif "refuse" in shape:
         message.update(content=None, refusal=REFUSAL)
         text = REFUSAL
     elif "no_text" in shape or "incomplete" in shape:
@@ -142,8 +159,19 @@ def chat_payload(
     }
 
 
-def _responses_output(n: int, text: str, shape: frozenset[str]) -> tuple[list[Any], str]:
+def _responses_output(
+    n: int, text: str, shape: frozenset[str], tool: dict[str, Any] | None
+) -> tuple[list[Any], str]:
     """The ``output`` items and the text they carry."""
+    if tool is not None:
+        call = {
+            "type": "function_call",
+            "id": f"fc_{n}",
+            "call_id": f"call_{n}",
+            "status": "completed",
+            **tool,
+        }
+        return [call], tool["arguments"]
     if "incomplete" in shape or "no_text" in shape:
         reasoning = {"type": "reasoning", "id": f"rs_{n}", "summary": []}
         return ([reasoning] if "no_text" in shape else []), ""
@@ -163,11 +191,17 @@ def _responses_output(n: int, text: str, shape: frozenset[str]) -> tuple[list[An
 
 
 def responses_payload(
-    n: int, body: dict[str, Any], text: str, prompt_chars: int, shape: frozenset[str]
+    n: int,
+    body: dict[str, Any],
+    text: str,
+    prompt_chars: int,
+    shape: frozenset[str],
+    tool: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A Responses answer; `shape` holds directive flags (refuse, incomplete, no_text)."""
+    """A Responses answer; `shape` holds directive flags (refuse, incomplete, no_text),
+    and `tool` a tool call to answer with instead of text."""
     now = time.time()
-    output, text = _responses_output(n, text, shape)
+    output, text = _responses_output(n, text, shape, tool)
     input_tokens = tokens(prompt_chars)
     output_tokens = tokens(len(text))
     text_config = body.get("text")
@@ -207,3 +241,98 @@ def responses_payload(
         "user": None,
         "metadata": body.get("metadata") or {},
     }
+
+
+# Length of an embedding vector when the request names no `dimensions` (small, for tests).
+EMBEDDING_DIMENSIONS = 8
+
+
+def expected_embedding(text: str, dimensions: int | None = None) -> list[float]:
+    """The vector the fake server answers for `text`: floats in [-1, 1] from its SHA-256.
+
+    Example: ``expected_embedding("hello", 4)`` -> four floats, the same on every call.
+    """
+    size = dimensions or EMBEDDING_DIMENSIONS
+    seed = hashlib.sha256(text.encode()).digest()
+    values: list[float] = []
+    counter = 0
+    while len(values) < size:
+        block = hashlib.sha256(seed + counter.to_bytes(4, "big")).digest()
+        values += [n / 2**31 - 1 for n in struct.unpack(">8I", block)]
+        counter += 1
+    return [round(v, 6) for v in values[:size]]
+
+
+def embeddings_payload(body: dict[str, Any]) -> dict[str, Any]:
+    """A ``/v1/embeddings`` answer: one vector per input text, in order."""
+    inputs = body.get("input")
+    texts = [inputs] if isinstance(inputs, str) else inputs
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError("'input' must be a string or a non-empty list of strings")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and not (isinstance(dimensions, int) and dimensions > 0):
+        raise ValueError("'dimensions' must be a positive integer")
+    prompt_tokens = sum(tokens(len(text)) for text in texts)
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": expected_embedding(t, dimensions)}
+            for i, t in enumerate(texts)
+        ],
+        "model": body.get("model", ""),
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+
+
+def requested_schema(path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema the request asks the answer to follow, if it asks for one."""
+    if path == "/v1/chat/completions":
+        fmt = body.get("response_format")
+        inner = fmt.get("json_schema") if isinstance(fmt, dict) else None
+    else:
+        text = body.get("text")
+        inner = text.get("format") if isinstance(text, dict) else None
+    if not isinstance(inner, dict) or (
+        path != "/v1/chat/completions" and inner.get("type") != "json_schema"
+    ):
+        return None
+    schema = inner.get("schema")
+    return schema if isinstance(schema, dict) else None
+
+
+def json_for_schema(schema: dict[str, Any], text: str, root: dict[str, Any] | None = None) -> Any:
+    """A value that satisfies `schema`, deterministically: every string is `text`, every
+    integer its length, numbers 0.5, booleans true, arrays one item, enums their first."""
+    root = root if root is not None else schema
+    if "$ref" in schema:
+        name = str(schema["$ref"]).rsplit("/", 1)[-1]
+        return json_for_schema(root.get("$defs", {}).get(name, {}), text, root)
+    for keyword in ("anyOf", "oneOf", "allOf"):
+        if schema.get(keyword):
+            return json_for_schema(schema[keyword][0], text, root)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type", "object")
+    kind = next((k for k in kind if k != "null"), "null") if isinstance(kind, list) else kind
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        return {name: json_for_schema(sub, text, root) for name, sub in properties.items()}
+    if kind == "array":
+        return [json_for_schema(schema.get("items") or {}, text, root)]
+    return {"string": text, "integer": len(text), "number": 0.5, "boolean": True}.get(kind)
+
+
+def tool_call_of(body: dict[str, Any], text: str) -> dict[str, Any] | None:
+    """The first tool the request offers, called with arguments that fit its schema."""
+    for tool in body.get("tools") or []:
+        if not isinstance(tool, dict):
+            continue
+        nested = tool.get("function")  # Chat nests the function; Responses does not
+        function: dict[str, Any] = nested if isinstance(nested, dict) else tool
+        name = function.get("name")
+        if isinstance(name, str):
+            parameters = function.get("parameters") or {"type": "object", "properties": {}}
+            return {"name": name, "arguments": json.dumps(json_for_schema(parameters, text))}
+    return None

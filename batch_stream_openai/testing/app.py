@@ -26,10 +26,14 @@ from .answers import (
     STRUCTURED_TYPES,
     chat_payload,
     chat_prompts,
+    embeddings_payload,
     error_body,
+    json_for_schema,
+    requested_schema,
     responses_payload,
     responses_prompts,
     tokens,
+    tool_call_of,
 )
 from .directives import FAULT_KINDS, Directive, expected_answer, parse_directives
 from .settings import ServerSettings
@@ -39,7 +43,7 @@ __all__ = ["READY_PREFIX", "base_url", "run_server", "serve"]
 MAX_RECORDS = 100_000
 READY_PREFIX = "BSO_FAKE_OPENAI_READY "
 _JSON = "application/json"
-_SHAPE_KINDS = frozenset({"refuse", "incomplete", "no_text"})
+_SHAPE_KINDS = frozenset({"refuse", "incomplete", "no_text", "tool_call", "bad_json"})
 _BAD_BODIES: dict[str, tuple[bytes, str]] = {
     "html": (b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
     "empty": (b"", _JSON),
@@ -172,6 +176,8 @@ class _App:
             prompts: Callable[[dict[str, Any]], tuple[str, str, int]] = chat_prompts
         elif path == "/v1/responses":
             prompts = responses_prompts
+        elif path == "/v1/embeddings":
+            prompts = _embedding_prompts
         else:
             return _error(404, f"Invalid URL ({request.method} {path})")
         if request.method != "POST":
@@ -195,7 +201,14 @@ class _App:
         if plan.bad_body is not None:
             data, kind = _BAD_BODIES[plan.bad_body]
             return web.Response(body=data, headers={"content-type": kind})
-        payload = self._payload(path, body, system, user, prompt_chars, plan)
+        if path == "/v1/embeddings":
+            try:
+                payload = embeddings_payload(body)
+            except ValueError as exc:
+                return _error(400, str(exc))
+            payload["id"] = f"emb_{next(self.state.ids)}"
+        else:
+            payload = self._payload(path, body, system, user, prompt_chars, plan)
         if "echo_auth" in plan.shape:
             payload["echo"] = {"authorization": request.headers.get("authorization")}
         data = json.dumps(payload).encode()
@@ -236,8 +249,16 @@ class _App:
             fmt = text_config.get("format") if isinstance(text_config, dict) else None
         structured = isinstance(fmt, dict) and fmt.get("type") in STRUCTURED_TYPES
         text = expected_answer(system, user, structured)
+        schema = requested_schema(path, body)
+        if schema is not None:
+            text = json.dumps(json_for_schema(schema, expected_answer(system, user)))
+        if "bad_json" in plan.shape:
+            text = json.dumps({"unexpected": True}) if structured else "not JSON at all"
+        tool = (
+            tool_call_of(body, expected_answer(system, user)) if "tool_call" in plan.shape else None
+        )
         build = chat_payload if path == "/v1/chat/completions" else responses_payload
-        return build(next(self.state.ids), body, text, chars, plan.shape)
+        return build(next(self.state.ids), body, text, chars, plan.shape, tool)
 
     def _rate_limit(self, prompt_chars: int) -> web.Response | None:
         """The 429 answer when the request is over the server's RPM/TPM budget, else None."""
@@ -304,6 +325,14 @@ class _App:
         else:
             return _error(404, f"Invalid URL ({method} {path})")
         return web.Response(body=json.dumps(result).encode(), content_type=_JSON)
+
+
+def _embedding_prompts(body: dict[str, Any]) -> tuple[str, str, int]:
+    """Embeddings have no prompts: their directives live in the (first) input text."""
+    inputs = body.get("input")
+    texts = [inputs] if isinstance(inputs, str) else inputs if isinstance(inputs, list) else []
+    texts = [t for t in texts if isinstance(t, str)]
+    return "", texts[0] if texts else "", sum(len(t) for t in texts)
 
 
 _FAULT_IDS = itertools.count(1)

@@ -10,9 +10,14 @@ A directive in the user prompt changes how the server answers that request, e.g.
 - ``drop`` (close the connection), ``hang`` (never answer), ``slow_body=S`` (send the
   body in pieces over S seconds), ``big=N`` (an answer of exactly N characters).
 - ``refuse`` (a refusal instead of text), ``incomplete`` (a Responses answer cut short,
-  with no text), ``no_text`` (an answer without any text part), ``echo_auth`` (the
-  request's Authorization header repeated in the body, as some proxies do), and
-  ``body=html|empty|list|invalid_utf8`` (a 200 answer that is not a JSON object).
+  with no text), ``no_text`` (an answer without any text part), ``tool_call`` (a call of
+  the first tool the request offers, arguments built from its schema), ``bad_json`` (JSON
+  that does not follow the requested schema), ``echo_auth`` (the request's Authorization
+  header repeated in the body, as some proxies do), and ``body=html|empty|list|invalid_utf8``
+  (a 200 answer that is not a JSON object).
+
+A request for JSON with a schema is answered with JSON that follows it (see
+`answers.json_for_schema`); ``/v1/embeddings`` answers `answers.expected_embedding` vectors.
 
 ``times=K`` on any directive applies it to the first K requests with that user prompt.
 """
@@ -33,7 +38,9 @@ MAX_BIG = 100_000_000
 _DIRECTIVE_RE = re.compile(r"\[\[(.*?)\]\]", re.DOTALL)
 FAULT_KINDS = frozenset({"status", "drop", "hang"})
 _NUMBER_KINDS = frozenset({"latency", "status", "slow_body", "big"})
-_FLAG_KINDS = frozenset({"drop", "hang", "refuse", "incomplete", "no_text", "echo_auth"})
+_FLAG_KINDS = frozenset(
+    {"drop", "hang", "refuse", "incomplete", "no_text", "echo_auth", "tool_call", "bad_json"}
+)
 _WORD_KINDS = {"body": frozenset({"html", "empty", "list", "invalid_utf8"})}
 _KINDS = _NUMBER_KINDS | _FLAG_KINDS | frozenset(_WORD_KINDS)
 # Modifiers and the kinds that take them ("times" goes with every kind).

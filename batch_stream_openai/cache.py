@@ -1,0 +1,237 @@
+"""The response cache: successful answers on disk, keyed by exactly what was sent.
+
+``cache=PATH`` (or ``True``: ``<user cache dir>/batch-stream-openai/responses.sqlite``)
+keeps every successful answer in a SQLite file owned by the parent process (WAL mode, one
+writer; workers never touch it). Before a request is sent, its key is looked up:
+
+- **Key**: SHA-256 of the canonical JSON (sorted keys) of the endpoint, the full request
+  body as it would be sent (model name resolved, every parameter: no allow-list of
+  fields) and where it goes (the base URL, or LiteLLM). The API key, timeout and retry
+  settings are not in it.
+- **Hit**: the stored answer is the result (``Result.cached``); it costs nothing, and
+  counts against no rate, concurrency or cost budget. `postprocess` is never stored: a
+  hit goes through the current one, in a worker.
+- **In flight**: a request identical to one already sent waits for that one's answer
+  instead of being sent again (``deduplicated``); if that one fails, it is sent itself.
+
+Writes are batched (every `_COMMIT_EVERY` answers or `_COMMIT_AFTER_S` seconds), so a
+``kill -9`` loses at most the last second of answers and never corrupts the file. Errors
+are never stored. Several runs may share one file at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .bodies import http_call
+from .errors import CacheError
+from .request import AnyRequest, openai_model_name
+from .results import Result, Usage
+
+__all__ = ["CacheHit", "ResponseCache", "cache_key", "default_cache_path"]
+
+_FORMAT = "batch-stream-openai responses 1"
+_COMMIT_EVERY = 500
+_COMMIT_AFTER_S = 1.0
+# How long a writer waits for another run holding the file's write lock.
+_BUSY_TIMEOUT_S = 30.0
+
+
+def default_cache_path() -> Path:
+    """``responses.sqlite`` in the user's cache directory (platformdirs)."""
+    import platformdirs
+
+    return platformdirs.user_cache_path("batch-stream-openai") / "responses.sqlite"
+
+
+def cache_key(request: AnyRequest, base_url: str) -> bytes:
+    """The digest of what `request` sends, and to where: equal requests, equal keys."""
+    endpoint, body = http_call(request)
+    sdk_model = openai_model_name(body["model"])
+    route = base_url if sdk_model is not None else "litellm"
+    if sdk_model is not None and sdk_model != body["model"]:
+        body = {**body, "model": sdk_model}
+    canonical = json.dumps(
+        [endpoint, body, route], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    """A stored answer: what its `Result` had, and what it cost when it was paid for."""
+
+    text: str | None
+    body: dict[str, Any] | None
+    usage: Usage | None
+    model: str | None
+    response_id: str | None
+    request_id: str | None
+    cost_usd: float | None
+
+    def result(self, index: int) -> Result:
+        """The result this answer gives request `index` now: cached, costing nothing."""
+        return Result(
+            index,
+            text=self.text,
+            output=self.text,
+            usage=self.usage,
+            model=self.model,
+            response_id=self.response_id,
+            request_id=self.request_id,
+            status_code=200,
+            body=self.body,
+            cached=True,
+            cost_usd=0.0,
+        )
+
+
+class ResponseCache:
+    """Successful answers in a SQLite file; see the module docstring.
+
+    Example::
+
+        cache = ResponseCache(Path("answers.sqlite"))
+        hit = cache.get(key)          # a CacheHit, or None
+        cache.put(key, result)        # a successful Result; committed in batches
+        cache.close()
+
+    Raises `CacheError` (naming the path) for a file that is not a cache, or is corrupt.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pending: dict[bytes, tuple[bytes, str, float]] = {}  # {key: row}, not committed
+        self._last_commit = time.monotonic()
+        self._db = self._open(path)
+
+    def __repr__(self) -> str:
+        return f"<ResponseCache {self.path} pending={len(self._pending)}>"
+
+    def get(self, key: bytes) -> CacheHit | None:
+        pending = self._pending.get(key)
+        if pending is not None:
+            answer = pending[1]
+        else:
+            row = self._query("SELECT answer FROM responses WHERE key = ?", (key,))
+            if row is None:
+                return None
+            answer = row[0]
+        stored = json.loads(answer)
+        usage = stored.get("usage")
+        return CacheHit(
+            stored.get("text"),
+            stored.get("body"),
+            Usage(*usage) if usage is not None else None,
+            stored.get("model"),
+            stored.get("response_id"),
+            stored.get("request_id"),
+            stored.get("cost_usd"),
+        )
+
+    def put(self, key: bytes, result: Result) -> None:
+        """Store a successful answer (committed with the next batch of writes)."""
+        usage = result.usage
+        stored = {
+            "text": result.text,
+            "body": result.body,
+            "usage": None
+            if usage is None
+            else [
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.reasoning_tokens,
+                usage.cached_tokens,
+            ],
+            "model": result.model,
+            "response_id": result.response_id,
+            "request_id": result.request_id,
+            "cost_usd": result.cost_usd,
+        }
+        self._pending[key] = (key, json.dumps(stored, separators=(",", ":")), time.time())
+        self.commit_if_due()
+
+    def commit_if_due(self) -> None:
+        """Commit the pending writes when enough have piled up, or enough time passed."""
+        if len(self._pending) >= _COMMIT_EVERY or (
+            self._pending and time.monotonic() - self._last_commit >= _COMMIT_AFTER_S
+        ):
+            self.commit()
+
+    def commit(self) -> None:
+        """Write every pending answer now, in one transaction."""
+        self._last_commit = time.monotonic()
+        if not self._pending:
+            return
+        try:
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO responses (key, answer, created) VALUES (?, ?, ?)",
+                    self._pending.values(),
+                )
+        except sqlite3.DatabaseError as exc:
+            raise CacheError(f"cannot write the cache {self.path}: {exc}") from None
+        self._pending.clear()
+
+    def _query(self, sql: str, parameters: tuple[Any, ...]) -> Any:
+        try:
+            return self._db.execute(sql, parameters).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise CacheError(f"cannot read the cache {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        """Commit what is pending and close the file."""
+        try:
+            self.commit()
+        finally:
+            self._db.close()
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        if path.is_dir():
+            raise CacheError(f"cache {path} is a directory, not a cache file")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot open the cache {path}: {exc}") from None
+        try:
+            _prepare(db, path)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise CacheError(
+                f"{path} is not a batch-stream-openai response cache (or it is corrupt): {exc}"
+            ) from None
+        db.isolation_level = "DEFERRED"  # transactions again, for the batched writes
+        return db
+
+
+def _prepare(db: sqlite3.Connection, path: Path) -> None:
+    """Check the file is a cache of ours (an empty file becomes one); WAL mode."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not tables:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS responses "
+            "(key BLOB PRIMARY KEY, answer TEXT NOT NULL, created REAL NOT NULL) WITHOUT ROWID"
+        )
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (_FORMAT,))
+        db.execute("COMMIT")
+        return
+    row = None
+    if "meta" in tables:
+        row = db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+    if row is None or row[0] != _FORMAT or "responses" not in tables:
+        raise CacheError(
+            f"{path} is a SQLite file but not a batch-stream-openai response cache "
+            f"(tables: {', '.join(sorted(tables))}); pass another path"
+        )
+    db.execute("PRAGMA journal_mode=WAL")
