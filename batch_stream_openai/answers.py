@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from . import errors
@@ -17,20 +18,52 @@ from .request import (
     EMBEDDINGS_ENDPOINT,
     RESPONSES_ENDPOINT,
     AnyRequest,
-    EmbeddingRequest,
     RawRequest,
     is_model_class,
 )
 from .results import Result, ToolCall, Usage
 
 __all__ = [
+    "Reading",
     "answer_result",
     "answer_text",
     "chat_text",
+    "reading_of",
     "responses_text",
     "tool_calls_of",
     "usage_of",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What reading an answer needs to know of its request (hashable: many share one).
+
+    Attributes:
+        endpoint: the endpoint the request went to.
+        raw: a `RawRequest` (an answer without text then reads as ``""``).
+        schema_class: the pydantic class the text must validate as, or None.
+        wants_json: the body asks for JSON (the text is then parsed into `Result.parsed`).
+        single_input: an embeddings body with one string (its value is one vector).
+    """
+
+    endpoint: str
+    raw: bool = False
+    schema_class: type | None = None
+    wants_json: bool = False
+    single_input: bool = False
+
+
+def reading_of(request: AnyRequest, endpoint: str, body: Mapping[str, Any]) -> Reading:
+    """How to read the answer to `request`, sent as `body` to `endpoint`."""
+    schema_class = getattr(request, "response_format", None)
+    return Reading(
+        endpoint,
+        raw=isinstance(request, RawRequest),
+        schema_class=schema_class if is_model_class(schema_class) else None,
+        wants_json=wants_json(endpoint, dict(body)),
+        single_input=isinstance(body.get("input"), str),
+    )
 
 
 def chat_text(completion: dict[str, Any]) -> str:
@@ -118,12 +151,12 @@ def responses_text(response: dict[str, Any]) -> str:
     )
 
 
-def answer_text(request: AnyRequest, endpoint: str, body: dict[str, Any]) -> str:
+def answer_text(reading: Reading, body: dict[str, Any]) -> str:
     """The text of an answer; a raw request's answer without text (a tool call) gives ""."""
     try:
-        return chat_text(body) if endpoint == CHAT_ENDPOINT else responses_text(body)
+        return chat_text(body) if reading.endpoint == CHAT_ENDPOINT else responses_text(body)
     except errors.EmptyResponseError:
-        if isinstance(request, RawRequest):
+        if reading.raw:
             return ""  # its caller reads the whole body, which is what was asked for
         raise
 
@@ -159,9 +192,7 @@ def _count(value: object) -> int:
 
 def answer_result(
     index: int,
-    request: AnyRequest,
-    endpoint: str,
-    body: Mapping[str, Any],
+    reading: Reading,
     data: dict[str, Any],
     request_id: str | None,
     *,
@@ -176,7 +207,7 @@ def answer_result(
     `with_body` False leaves the body out of a successful result (one that failed keeps
     it: its caller will want to see why). `usage` is read from `data` unless given.
     """
-    value, parsed, error = _read(request, endpoint, body, data)
+    value, parsed, error = _read(reading, data)
     if error is not None:
         error.index, error.attempts = index, attempts
     return Result(
@@ -194,49 +225,38 @@ def answer_result(
         body=data if with_body or error is not None else None,
         error=error,
         cost_usd=cost_usd,
-        tool_calls=tool_calls_of(endpoint, data),
-        embedding=value if endpoint == EMBEDDINGS_ENDPOINT else None,
+        tool_calls=tool_calls_of(reading.endpoint, data),
+        embedding=value if reading.endpoint == EMBEDDINGS_ENDPOINT else None,
     )
 
 
-def _read(
-    request: AnyRequest, endpoint: str, body: Mapping[str, Any], data: dict[str, Any]
-) -> tuple[Any, Any, errors.RequestError | None]:
+def _read(reading: Reading, data: dict[str, Any]) -> tuple[Any, Any, errors.RequestError | None]:
     """The answer's value (text or embedding), what it parses to, or why it is no good."""
-    if endpoint == EMBEDDINGS_ENDPOINT:
-        return _embedding(request, data), None, None
+    if reading.endpoint == EMBEDDINGS_ENDPOINT:
+        items = sorted(data.get("data") or [], key=lambda item: item.get("index", 0))
+        vectors = [item.get("embedding") for item in items]
+        return (vectors[0] if reading.single_input and vectors else vectors), None, None
     try:
-        text = answer_text(request, endpoint, data)
+        text = answer_text(reading, data)
     except errors.EmptyResponseError as empty:
         return None, None, empty
-    schema_class = getattr(request, "response_format", None)
-    if is_model_class(schema_class):
+    if (schema_class := reading.schema_class) is not None:
         try:
-            return text, schema_class.model_validate_json(text), None  # type: ignore[union-attr]
+            return text, schema_class.model_validate_json(text), None  # type: ignore[attr-defined]
         except ValueError as invalid:  # pydantic's ValidationError is a ValueError
             return (
                 text,
                 None,
                 errors.ParseError(
-                    f"the answer does not validate as {schema_class.__name__}: {invalid}",  # type: ignore[union-attr]
+                    f"the answer does not validate as {schema_class.__name__}: {invalid}",
                     text=text,
                     validation_error=str(invalid),
                 ),
             )
     parsed = None
-    if wants_json(endpoint, dict(body)):
+    if reading.wants_json:
         try:
             parsed = json.loads(text)
         except ValueError:
             parsed = None
     return text, parsed, None
-
-
-def _embedding(request: AnyRequest, data: dict[str, Any]) -> list[float] | list[list[float]]:
-    """The vector (or, for a list input, the vectors in input order) of an answer."""
-    items = sorted(data.get("data") or [], key=lambda item: item.get("index", 0))
-    vectors = [item.get("embedding") for item in items]
-    single = isinstance(request, EmbeddingRequest) and isinstance(request.input, str)
-    if isinstance(request, RawRequest):
-        single = isinstance(request.body.get("input"), str)
-    return vectors[0] if single and vectors else vectors

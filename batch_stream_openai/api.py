@@ -30,7 +30,7 @@ class BatchArguments(StreamOptions, total=False):
     adaptive: bool
     hang_timeout: float | None
     initializer: Callable[[], object] | None
-    start_method: str
+    start_method: str | None
     backend: str
     ray_address: str | None
     cache: str | Path | bool | None

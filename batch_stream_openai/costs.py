@@ -167,9 +167,10 @@ def _genai_price(model: str, tier: str) -> Price | None:
             ("cached_input", "cache_read_mtok"),
         )
     }
-    if per_million["input"] is None or per_million["output"] is None:
+    if per_million["input"] is None:
         return None
-    return Price(per_million["input"], per_million["output"], per_million["cached_input"])
+    # An embedding model has no output price: it has no output.
+    return Price(per_million["input"], per_million["output"] or 0.0, per_million["cached_input"])
 
 
 def _per_million(value: object) -> float | None:

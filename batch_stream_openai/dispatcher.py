@@ -119,6 +119,7 @@ class Dispatcher(Generic[W]):
         self._ledger: dict[int, _Entry] = {}  # {index: <_Entry>}
         self._requests = 0  # ledger entries that are requests to send (not replays)
         self._owed_by: dict[W, set[int]] = {}  # {worker: {3, 8, ...}}
+        self._owing_since: dict[W, float] = {}  # {worker: when it last went from idle to owing}
         self._due: deque[int] = deque()  # to send now: re-sends, retries, replays, ...
         self._backoff: list[tuple[float, int]] = []  # heap of (retry time, index)
         self._quarantine: deque[int] = deque()  # indices whose workers died twice or more
@@ -145,9 +146,9 @@ class Dispatcher(Generic[W]):
         """Requests read and not yet finished."""
         return len(self._ledger)
 
-    def owes(self, worker: W) -> bool:
-        """Whether `worker` holds requests of this batch."""
-        return bool(self._owed_by.get(worker))
+    def owing_since(self, worker: W) -> float | None:
+        """Since when `worker` holds requests of this batch without a break (None: idle)."""
+        return self._owing_since.get(worker)
 
     def take_results(self) -> list[ResultPair]:
         """The results finished since the last call, for the caller."""
@@ -172,11 +173,13 @@ class Dispatcher(Generic[W]):
         """What to send now, to which of the ready `workers`: re-sends and retries first,
         then new requests while the concurrency, rate and cost budgets allow."""
         sends: dict[W, list[Task]] = {}
+        if workers:
+            self._fill(workers, sends, self._clock())
         if self._refusing:
             self._refuse_more()
-        if not workers:
-            return sends
-        now = self._clock()
+        return sends
+
+    def _fill(self, workers: Sequence[W], sends: dict[W, list[Task]], now: float) -> None:
         while self._backoff and self._backoff[0][0] <= now:
             self._due.append(heapq.heappop(self._backoff)[1])
         self._release_quarantine(workers, sends, now)
@@ -188,7 +191,6 @@ class Dispatcher(Generic[W]):
             item = None if self._refusing else self._next_item()
             if item is None or not self._admit(*item, workers, sends, now):
                 break
-        return sends
 
     def settle(self, worker: W, outcome: Outcome) -> None:
         """An attempt ended: finish its request, or schedule its next attempt."""
@@ -203,6 +205,8 @@ class Dispatcher(Generic[W]):
         ):
             return
         self._owed_by[worker].discard(outcome.index)
+        if not self._owed_by[worker]:
+            del self._owing_since[worker]
         entry.worker = None
         if self._suspect_on.get(worker) == outcome.index:
             del self._suspect_on[worker]
@@ -223,6 +227,7 @@ class Dispatcher(Generic[W]):
     def reclaim(self, worker: W, exit_: Exit) -> None:
         """A worker exited: what it owed is re-sent, or fails after too many deaths."""
         self._suspect_on.pop(worker, None)
+        self._owing_since.pop(worker, None)
         for index in sorted(self._owed_by.pop(worker, ())):
             entry = self._ledger[index]
             entry.worker = None
@@ -259,6 +264,7 @@ class Dispatcher(Generic[W]):
         for index in list(self._ledger):
             self._finish(index, self._ledger[index], Result(index, error=describe(index)))
         self._owed_by.clear()
+        self._owing_since.clear()
         self._due.clear()
         self._backoff.clear()
         self._quarantine.clear()
@@ -332,9 +338,8 @@ class Dispatcher(Generic[W]):
             return False
         reserved = self._admission.reserve_cost(entry.model, entry.prompt_tokens, entry.output_cap)
         if reserved is None:
-            if self._admission.cost_exhausted:
-                self._refusing = True
-                self._refuse_more()
+            # With nothing in flight to settle below its reservation, it never will fit.
+            self._refusing = self._admission.cost_exhausted
             return False
         entry.reserved = reserved
         return True
@@ -346,7 +351,10 @@ class Dispatcher(Generic[W]):
         entry.attempts += 1
         if entry.attempts == 1:
             entry.first_sent_at = now
-        self._owed_by.setdefault(worker, set()).add(index)
+        owed = self._owed_by.setdefault(worker, set())
+        if not owed:  # not `now`: reading the input may have taken a while since
+            self._owing_since[worker] = self._clock()
+        owed.add(index)
         if not entry.replay:
             entry.charge = self._budget.spend(entry.tokens)
         task = Task(self.batch_id, index, entry.attempts, entry.payload, replay=entry.replay)

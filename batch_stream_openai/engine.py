@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import cloudpickle
 
-from .answers import answer_result, usage_of
+from .answers import answer_result, reading_of, usage_of
 from .bodies import http_call
 from .config import WorkerConfig
 from .costs import PriceTable
@@ -110,9 +110,7 @@ class RequestRunner:
             cost_usd = self._prices.cost(data["model"], usage)  # a dated name, say
         result = answer_result(
             index,
-            request,
-            endpoint,
-            body,
+            reading_of(request, endpoint, body),
             data,
             request_id,
             attempts=attempt,

@@ -84,7 +84,7 @@ class BatchLoop:
     def _turn(self) -> None:
         """Wait for what comes back, and take it in."""
         dispatcher, supervisor = self.dispatcher, self._supervisor
-        heard, exits = supervisor.wait(dispatcher.next_wake(), dispatcher.owes)
+        heard, exits = supervisor.wait(dispatcher.next_wake(), dispatcher.owing_since)
         if self._interrupted:
             raise Interrupted
         for worker, outcomes in heard:

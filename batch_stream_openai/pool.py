@@ -125,7 +125,12 @@ class BatchPool:
             requests re-sent. None: never.
         initializer: called once in each worker before it serves; cloudpickled. If it
             raises, workers cannot start and the batch fails with its traceback.
-        start_method: ``"spawn"`` (default) or ``"forkserver"``; never ``"fork"``.
+        start_method: ``"forkserver"`` (the default where the platform has it: workers
+            fork from a server that imported the SDK once, so pools after the first start
+            in a fraction of a second; each worker takes on this process's environment,
+            working directory and ``sys.path`` as they are when it starts) or ``"spawn"``
+            (a fresh interpreter per worker, which re-imports the main module); never
+            ``"fork"``.
         backend: ``"process"`` (default: worker processes on this machine), ``"thread"``
             (the same worker code in threads of this process), or ``"ray"`` (one Ray
             async actor per worker, across a cluster; needs the ``[ray]`` extra). The
@@ -154,7 +159,7 @@ class BatchPool:
         adaptive: bool = True,
         hang_timeout: float | None = 30.0,
         initializer: Callable[[], object] | None = None,
-        start_method: str = "spawn",
+        start_method: str | None = None,
         backend: str = "process",
         ray_address: str | None = None,
         cache: str | Path | bool | None = None,
@@ -190,7 +195,7 @@ class BatchPool:
         start_worker = worker_factory(
             self.backend,
             settings.worker_config_blob(),
-            start_method=start_method,
+            start_method=settings.start_method,
             ray_address=ray_address,
         )
         self._supervisor = Supervisor(start_worker, self.workers, hang_timeout)

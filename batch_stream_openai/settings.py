@@ -86,9 +86,13 @@ class PoolSettings:
         check_bool("adaptive", a["adaptive"])
         check_api_key(a["api_key"])
         check_base_url(a["base_url"])
+        if a["start_method"] is None:
+            from .backends.process import default_start_method
+
+            a["start_method"] = default_start_method()
         if a["start_method"] not in ("spawn", "forkserver"):
             raise ValueError(
-                f"start_method must be 'spawn' or 'forkserver', got {a['start_method']!r}"
+                f"start_method must be 'forkserver' or 'spawn', got {a['start_method']!r}"
             )
         backend, workers = check_backend(a["backend"]), a["workers"]
         if workers == 0:

@@ -48,6 +48,7 @@ class Spending:
         self.max_cost = max_cost
         self.spent = 0.0  # settled: what answers (and attempts that may be paid) cost
         self.reserved = 0.0  # the worst cases of attempts in flight
+        self._open = 0  # how many reservations are not settled yet
         self._prices = prices
         self._most_output: int | None = None  # the most output tokens one answer has had
 
@@ -57,7 +58,7 @@ class Spending:
     @property
     def exhausted(self) -> bool:
         """Nothing in flight can free room: a request that does not fit now never will."""
-        return self.reserved <= 0
+        return self._open == 0
 
     def reserve(
         self, model: str, input_tokens: int, output_cap: int | None, tier: str = "default"
@@ -70,6 +71,7 @@ class Spending:
         if self.spent + self.reserved + worst > self.max_cost:
             return None
         self.reserved += worst
+        self._open += 1
         return worst
 
     def settle(
@@ -80,7 +82,8 @@ class Spending:
         output_tokens: int = 0,
     ) -> None:
         """An attempt that had `reserved` ended: charge what it cost (see the module)."""
-        self.reserved = max(0.0, self.reserved - reserved)
+        self._open -= 1
+        self.reserved = max(0.0, self.reserved - reserved) if self._open else 0.0
         if error is None:
             self._most_output = max(self._most_output or 0, output_tokens)
             self.spent += cost_usd if cost_usd is not None else reserved

@@ -41,8 +41,8 @@ _MIN_RESPAWNS_PER_WINDOW = 8
 _CLOSE_GRACE_S = 1.0
 
 MAIN_GUARD_HINT = (
-    "Worker processes are started with the 'spawn' method and re-import your main module. "
-    "If your script calls batch_stream_openai at module level, put that code under "
+    "With start_method='spawn', worker processes re-import your main module. If your "
+    "script calls batch_stream_openai at module level, put that code under "
     '`if __name__ == "__main__":`.'
 )
 
@@ -135,13 +135,14 @@ class Supervisor:
             self._wake_writer.send_bytes(b"")
 
     def wait(
-        self, timeout: float, owes: Callable[[Worker], bool]
+        self, timeout: float, owing_since_of: Callable[[Worker], float | None]
     ) -> tuple[list[tuple[Worker, list[Outcome]]], list[tuple[Worker, Exit]]]:
         """Wait up to `timeout` s: the outcomes that arrived, and the workers that exited.
 
         An exited worker's last outcomes come before its exit; it is replaced (at the
         respawn pace) unless workers cannot start at all, which sets `broken`. Workers
-        that owe results (`owes`) and fell silent are ended on the way.
+        that owe results (`owing_since_of` says since when; None: they owe nothing) and
+        fell silent are ended on the way.
         """
         if self._spawns_owed:
             timeout = min(timeout, self._respawn_delay())
@@ -158,7 +159,7 @@ class Supervisor:
         for worker in dict.fromkeys(exited):
             heard.append((worker, self._consume(worker, worker.drain())))
             exits.append((worker, self._retire(worker)))
-        self._watch(owes)
+        self._watch(owing_since_of)
         self._pay_owed_spawns()
         return heard, exits
 
@@ -248,7 +249,7 @@ class Supervisor:
             self._spawns_owed += 1
         return exit_
 
-    def _watch(self, owes: Callable[[Worker], bool]) -> None:
+    def _watch(self, owing_since_of: Callable[[Worker], float | None]) -> None:
         """End workers that stopped answering; their exit then shows in `wait`."""
         if self.hang_timeout is None:
             return
@@ -260,15 +261,16 @@ class Supervisor:
             if not health.ready:
                 silent_for = now - health.started_at
                 limit = max(self.hang_timeout, _STARTUP_TIMEOUT_S)
-            elif owes(worker):
-                silent_for = now - health.last_heard
+            elif (owing_since := owing_since_of(worker)) is not None:
+                # An idle worker sends nothing: its silence counts from when work came.
+                silent_for = now - max(health.last_heard, owing_since)
                 limit = self.hang_timeout
             else:
                 continue
-            if silent_for > limit:
-                health.hung = f"it sent nothing for {silent_for:.0f} s"
-            elif health.postprocess_busy_s > self.hang_timeout:
+            if health.postprocess_busy_s > self.hang_timeout:  # the more telling of the two
                 health.hung = f"one postprocess call ran for {health.postprocess_busy_s:.0f} s"
+            elif silent_for > limit:
+                health.hung = f"it sent nothing for {silent_for:.0f} s"
             if health.hung is not None:
                 worker.abort()
 

@@ -43,16 +43,21 @@ def pool_options(fake: FakeOpenAIServer) -> dict[str, Any]:
 
 
 def worker_children(exclude: set[int]) -> list[psutil.Process]:
-    """Live child processes of this test process, except those in `exclude`."""
+    """Live child processes of this test process, except those in `exclude`.
+
+    multiprocessing's own helpers (the resource tracker, the fork server) live as long as
+    this process, by design; the workers the fork server forks are counted.
+    """
     exclude = exclude | _SESSION_PROCESSES
+    me = os.getpid()
     children = []
     for child in psutil.Process().children(recursive=True):
         try:
             if child.pid in exclude or child.status() == psutil.STATUS_ZOMBIE:
                 continue
             command = " ".join(child.cmdline())
-            # multiprocessing's own helpers live as long as this process, by design.
-            if "resource_tracker" in command or "multiprocessing.forkserver" in command:
+            helper = "resource_tracker" in command or "multiprocessing.forkserver" in command
+            if helper and child.ppid() == me:
                 continue
         except psutil.NoSuchProcess:
             continue

@@ -295,7 +295,7 @@ def test_each_invalid_line_is_named_and_skip_invalid_sends_the_others(
             '{"custom_id": "b", "method": ',  # 2: malformed JSON
             {"custom_id": "c", "method": "POST", "url": CHAT},  # 3: no body
             "",  # 4: blank lines are skipped
-            {**good, "url": "/v1/embeddings"},  # 5
+            {**good, "url": "/v1/completions"},  # 5
             {**good, "custom_id": "f", "method": "GET"},  # 6
             _batch_line("a", "again", RESPONSES, "gpt-4o-mini"),  # 7
             {"system_prompt": "s", "user_prompt": "u", "temprature": 0.5},  # 8: a typo
@@ -312,7 +312,7 @@ def test_each_invalid_line_is_named_and_skip_invalid_sends_the_others(
     for number, words in [
         (2, "invalid JSON"),
         (3, "missing 'body'"),
-        (5, "unsupported url '/v1/embeddings'"),
+        (5, "unsupported url '/v1/completions'"),
         (6, "method must be 'POST'"),
         (7, "duplicate custom_id 'a'"),
         (8, "unknown key 'temprature'"),
@@ -510,7 +510,7 @@ def test_max_cost_writes_budget_lines_that_a_rerun_with_a_higher_cap_sends(
     )
     output = tmp_path / "out.jsonl"
     prices = '{"gpt-5-mini": {"input": 2.0, "output": 8.0}}'
-    capped = _run(fake, source, output, "--max-cost", "0.02", "--prices", prices)
+    capped = _run(fake, source, output, "--max-cost", "0.01", "--prices", prices)
     assert capped.returncode == 0, capped.stderr
     records = _latest(output)
     refused = {
@@ -543,3 +543,29 @@ def test_a_cache_makes_a_rerun_of_a_new_output_file_free(
         r["custom_id"]: r["response"]["body"]["choices"] for r in _records(tmp_path / "one.jsonl")
     }
     assert bodies == first
+
+
+@pytest.mark.timeout(60)
+def test_embeddings_lines_are_sent_and_written_like_the_batch_api(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    from batch_stream_openai.testing.answers import expected_embedding
+
+    line = {
+        "custom_id": "emb-1",
+        "method": "POST",
+        "url": "/v1/embeddings",
+        "body": {"model": "text-embedding-3-small", "input": ["alpha", "beta"]},
+    }
+    chat = _batch_line("chat-1", "hello", CHAT, "gpt-4o-mini")
+    source = _write(tmp_path / "in.jsonl", [line, chat])
+    output = tmp_path / "out.jsonl"
+    result = _run(fake, source, output)
+    assert result.returncode == 0, result.stderr
+    records = _latest(output)
+    data = records["emb-1"]["response"]["body"]["data"]
+    assert [item["embedding"] for item in data] == [
+        expected_embedding("alpha"),
+        expected_embedding("beta"),
+    ]
+    assert records["chat-1"]["error"] is None

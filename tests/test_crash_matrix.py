@@ -17,7 +17,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
@@ -73,6 +73,12 @@ exit_zero_on_poison = on_poison(lambda: os._exit(0))
 sys_exit_on_poison = on_poison(lambda: sys.exit(3))
 memory_error_on_poison = on_poison(lambda: _raise(MemoryError("pretend we ran out")))
 hang_on_poison = on_poison(lambda: time.sleep(3600))
+
+
+def with_worker_pid(text: str) -> tuple[str, int]:
+    return text, os.getpid()
+
+
 openai_error_on_poison = on_poison(
     lambda: _raise(openai.APIConnectionError(request=None))  # type: ignore[arg-type]
 )
@@ -253,6 +259,33 @@ def test_a_stuck_postprocess_is_ended_by_the_watchdog(
     assert "stopped responding (one postprocess call ran for" in str(results[0])
     assert results[1:] == [expected_answer(SYSTEM, u) for u in users[1:]]
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_idle_for_longer_than_the_hang_timeout_is_not_taken_for_hung(
+    fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    # Idle workers send no heartbeats: the silence that counts starts when work arrives,
+    # not with the worker's last message (here: before the caller's input paused).
+    fake.configure(latency=0.8)
+    users = [f"late {i}" for i in range(6)]
+
+    def slow_input() -> Iterator[OpenAIRequest]:
+        for i, user in enumerate(users):
+            if i % 2 == 0:
+                time.sleep(1.5)  # the caller's input is slow; the workers sit idle
+            yield ask(user)
+
+    results = run_batch(
+        slow_input(),
+        workers=2,
+        max_concurrency=2,
+        hang_timeout=1.0,
+        postprocess=with_worker_pid,
+        **pool_options,
+    )
+    assert [text for text, _ in results] == [expected_answer(SYSTEM, u) for u in users]
+    assert len({pid for _, pid in results}) <= 2  # no worker was ended and replaced
 
 
 @pytest.mark.timeout(90)

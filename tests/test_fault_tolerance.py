@@ -192,8 +192,10 @@ ABANDONING_PARENT = """
         stream = stream_batch(requests, workers=2, max_concurrency=8,
                               base_url={base_url!r}, api_key="sk-test")
         next(stream)
-        workers = [p for p in psutil.Process().children()
-                   if "resource_tracker" not in " ".join(p.cmdline())]
+        me = psutil.Process()
+        helpers = ("resource_tracker", "multiprocessing.forkserver")  # not workers, if ours
+        workers = [p for p in me.children(recursive=True)
+                   if p.ppid() != me.pid or not any(h in " ".join(p.cmdline()) for h in helpers)]
         print(" ".join(str(w.pid) for w in workers), flush=True)
         if sys.argv[1] == "garbage-collected":
             del stream
@@ -403,7 +405,9 @@ def test_ctrl_c_while_workers_import_prints_no_worker_tracebacks(fake: FakeOpenA
         from batch_stream_openai import BatchPool, OpenAIRequest
         if __name__ == "__main__":
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            pool = BatchPool(workers=2, base_url={fake.base_url!r}, api_key="sk-test")
+            # spawn: its workers import their modules when they start (a fork server's do not)
+            pool = BatchPool(workers=2, base_url={fake.base_url!r}, api_key="sk-test",
+                             start_method="spawn")
             print("starting", flush=True)
             try:
                 pool.run([OpenAIRequest("s", "u", model="gpt-4o-mini")])

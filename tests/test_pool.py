@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -173,7 +174,7 @@ def test_a_script_without_a_main_guard_gets_a_clear_error(fake: FakeOpenAIServer
         script.write_text(
             "from batch_stream_openai import OpenAIRequest, run_batch\n"
             f"print(run_batch([OpenAIRequest('s', 'u', model='gpt-4o-mini')], "
-            f"base_url={fake.base_url!r}, api_key='sk-test'))\n"
+            f"base_url={fake.base_url!r}, api_key='sk-test', start_method='spawn'))\n"
         )
         out = subprocess.run(
             [sys.executable, str(script)], capture_output=True, text=True, timeout=60
@@ -316,12 +317,16 @@ def test_a_postprocess_may_return_an_instance_of_a_class_from_main(fake: FakeOpe
 
 
 @pytest.mark.timeout(60)
-def test_a_script_read_from_stdin_runs_like_python_c(fake: FakeOpenAIServer) -> None:
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_a_script_read_from_stdin_runs_like_python_c(
+    start_method: str, fake: FakeOpenAIServer
+) -> None:
     out = run_script(
         f"""
         from batch_stream_openai import OpenAIRequest, run_batch
         print(run_batch([OpenAIRequest("s", "u", model="gpt-4o-mini")],
-                        base_url={fake.base_url!r}, api_key="sk-test"))
+                        base_url={fake.base_url!r}, api_key="sk-test",
+                        start_method={start_method!r}))
         """,
         from_stdin=True,
     )
@@ -384,3 +389,19 @@ def test_an_idle_pool_sends_nothing_between_batches(pool_options: dict[str, Any]
 
 def pid_of(_text: str) -> int:
     return os.getpid()
+
+
+@pytest.mark.timeout(60)
+def test_workers_see_the_environment_and_directory_of_when_the_pool_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool_options: dict[str, Any]
+) -> None:
+    # The first pool starts the fork server; what changes after must reach later workers.
+    run_batch([ask("start the server")], **pool_options)
+    monkeypatch.setenv("BSO_TEST_MARK", "later")
+    monkeypatch.chdir(tmp_path)
+    seen = run_batch(
+        [ask("where")],
+        postprocess=lambda _t: (os.environ.get("BSO_TEST_MARK"), os.getcwd()),
+        **pool_options,
+    )
+    assert seen == [("later", str(tmp_path))]

@@ -14,11 +14,11 @@ from batch_stream_openai import (
     ProviderNotInstalledError,
     run_batch,
 )
-from batch_stream_openai.answers import answer_text, chat_text, responses_text
+from batch_stream_openai.answers import Reading, answer_text, chat_text, responses_text
 from batch_stream_openai.bodies import http_call, responses_text_format
 from batch_stream_openai.config import ClientConfig
 from batch_stream_openai.providers import Provider
-from batch_stream_openai.request import CHAT_ENDPOINT, RawRequest
+from batch_stream_openai.request import CHAT_ENDPOINT
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
 
@@ -91,7 +91,6 @@ def test_answers_without_text_are_empty_response_errors() -> None:
 
 def test_a_raw_request_answered_without_text_keeps_its_body() -> None:
     tool_call = {"choices": [{"message": {"content": None, "tool_calls": [{"id": "c1"}]}}]}
-    raw = RawRequest("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": []})
-    assert answer_text(raw, CHAT_ENDPOINT, tool_call) == ""
+    assert answer_text(Reading(CHAT_ENDPOINT, raw=True), tool_call) == ""
     with pytest.raises(EmptyResponseError):
-        answer_text(OpenAIRequest("s", "u", api="chat"), CHAT_ENDPOINT, tool_call)
+        answer_text(Reading(CHAT_ENDPOINT), tool_call)

@@ -145,7 +145,7 @@ def test_raw_requests_are_sent_exactly_as_given(
 @pytest.mark.parametrize(
     ("url", "body", "message"),
     [
-        ("/v1/embeddings", {"model": "m"}, "RawRequest.url must be one of"),
+        ("/v1/completions", {"model": "m"}, "RawRequest.url must be one of"),
         ("/v1/chat/completions", {"messages": []}, r"RawRequest.body\['model'\]"),
         ("/v1/chat/completions", {"model": "m", "stream": True}, "stream"),
     ],

@@ -302,7 +302,8 @@ def requested_schema(path: str, body: dict[str, Any]) -> dict[str, Any] | None:
 
 def json_for_schema(schema: dict[str, Any], text: str, root: dict[str, Any] | None = None) -> Any:
     """A value that satisfies `schema`, deterministically: every string is `text`, every
-    integer its length, numbers 0.5, booleans true, arrays one item, enums their first."""
+    integer its length, numbers 0.5, booleans true, arrays one item, enums their first; an
+    object with no properties given is ``{"answer": text}``."""
     root = root if root is not None else schema
     if "$ref" in schema:
         name = str(schema["$ref"]).rsplit("/", 1)[-1]
@@ -317,7 +318,9 @@ def json_for_schema(schema: dict[str, Any], text: str, root: dict[str, Any] | No
     kind = schema.get("type", "object")
     kind = next((k for k in kind if k != "null"), "null") if isinstance(kind, list) else kind
     if kind == "object":
-        properties = schema.get("properties") or {}
+        properties = schema.get("properties")
+        if not properties:  # any object will do: the one a json_object request gets
+            return {"answer": text}
         return {name: json_for_schema(sub, text, root) for name, sub in properties.items()}
     if kind == "array":
         return [json_for_schema(schema.get("items") or {}, text, root)]

@@ -35,6 +35,7 @@ from .answers import (
     tokens,
     tool_call_of,
 )
+from .batches import BatchJobs, batch_route
 from .directives import FAULT_KINDS, Directive, expected_answer, parse_directives
 from .settings import ServerSettings
 
@@ -103,6 +104,8 @@ class _State:
         self.by_status: dict[int, int] = {}
         self.records: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDS)
         self.seen: dict[str, int] = {}
+        self.batch_calls: list[str] = []  # "POST /v1/batches", ... (Batch API calls)
+        self.jobs: BatchJobs  # set by the app, which answers their lines
 
     def reset(self) -> None:
         # The epoch keeps requests that started before a reset out of the new counters.
@@ -112,6 +115,8 @@ class _State:
         self.by_status = {}
         self.records.clear()
         self.seen.clear()
+        self.batch_calls.clear()
+        self.jobs = BatchJobs(self.settings, self.jobs.answer_line)
 
 
 @dataclasses.dataclass
@@ -130,11 +135,15 @@ class _App:
 
     def __init__(self, state: _State) -> None:
         self.state = state
+        state.jobs = BatchJobs(state.settings, self.answer_line)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
         if path.startswith("/_control/"):
             return await self._control(request, path)
+        if path.startswith(("/v1/files", "/v1/batches")):
+            self.state.batch_calls.append(f"{request.method} {path}")
+            return await batch_route(self.state.jobs, request, path)
         state = self.state
         epoch = state.epoch
         state.requests += 1
@@ -191,7 +200,7 @@ class _App:
             plan = self._plan(user, parse_directives(user))
         except ValueError as exc:
             return _error(400, str(exc))
-        limited = self._rate_limit(prompt_chars)
+        limited = self._rate_limit(prompt_chars) or self._flex_unavailable(body)
         if limited is not None:
             return limited
         if plan.latency > 0:
@@ -201,14 +210,10 @@ class _App:
         if plan.bad_body is not None:
             data, kind = _BAD_BODIES[plan.bad_body]
             return web.Response(body=data, headers={"content-type": kind})
-        if path == "/v1/embeddings":
-            try:
-                payload = embeddings_payload(body)
-            except ValueError as exc:
-                return _error(400, str(exc))
-            payload["id"] = f"emb_{next(self.state.ids)}"
-        else:
-            payload = self._payload(path, body, system, user, prompt_chars, plan)
+        try:
+            payload = self._answer(path, body, system, user, prompt_chars, plan)
+        except ValueError as exc:
+            return _error(400, str(exc))
         if "echo_auth" in plan.shape:
             payload["echo"] = {"authorization": request.headers.get("authorization")}
         data = json.dumps(payload).encode()
@@ -216,6 +221,43 @@ class _App:
         if plan.slow_body > 0:
             return await _slow_response(request, data, headers, plan.slow_body)
         return web.Response(body=data, content_type=_JSON, headers=headers)
+
+    def answer_line(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """How a Batch API line is answered: as it would be online (no waiting)."""
+        prompts = {
+            "/v1/chat/completions": chat_prompts,
+            "/v1/responses": responses_prompts,
+            "/v1/embeddings": _embedding_prompts,
+        }[path]
+        try:
+            system, user, chars = prompts(body)
+            plan = self._plan(user, parse_directives(user))
+            if plan.fault is not None:
+                status = int(plan.fault.value) if plan.fault.kind == "status" else 500
+                message = f"Injected fault: HTTP {status}"
+                return status, json.loads(error_body(status, message, plan.fault.code))
+            return 200, self._answer(path, body, system, user, chars, plan)
+        except ValueError as exc:
+            return 400, json.loads(error_body(400, str(exc)))
+
+    def _answer(
+        self, path: str, body: dict[str, Any], system: str, user: str, chars: int, plan: _Plan
+    ) -> dict[str, Any]:
+        if path == "/v1/embeddings":
+            payload = embeddings_payload(body)
+            payload["id"] = f"emb_{next(self.state.ids)}"
+            return payload
+        return self._payload(path, body, system, user, chars, plan)
+
+    def _flex_unavailable(self, body: dict[str, Any]) -> web.Response | None:
+        """A 429 ``resource_unavailable`` for a flex request, while the setting says so."""
+        settings = self.state.settings
+        if body.get("service_tier") != "flex" or settings.flex_unavailable < 1:
+            return None
+        settings.flex_unavailable -= 1
+        message = "Resource unavailable for the flex tier; try again later or use the default tier."
+        data = error_body(429, message, "resource_unavailable")
+        return web.Response(status=429, body=data, content_type=_JSON)
 
     def _plan(self, user: str, directives: tuple[Directive, ...]) -> _Plan:
         plan = _Plan(latency=self.state.settings.latency)
@@ -320,6 +362,8 @@ class _App:
                 except ValueError as exc:
                     return _error(400, str(exc))
             result = dataclasses.asdict(state.settings)
+        elif name == "batches" and method == "GET":
+            result = {"jobs": state.jobs.records(), "calls": state.batch_calls}
         elif name == "health" and method == "GET":
             result = {"ok": True, "pid": os.getpid()}
         else:

@@ -65,11 +65,24 @@ class ServerSettings:
             server answers 429 with ``retry-after-ms``. Every answer then carries the
             ``x-ratelimit-*`` headers.
         tpm: Tokens per minute (prompt + answer, characters / 4), enforced the same way.
+        batch_seconds: How long a Batch API job takes, from created to completed.
+        batch_expire_after: Jobs expire this many seconds after they were created, with
+            the lines they answered so far (0: they never do).
+        batch_refuse: The next N jobs fail validation with ``token_limit_exceeded`` (as
+            when the enqueued-token limit is reached).
+        batch_fail_validation: The next N jobs fail validation with ``invalid_request``.
+        flex_unavailable: The next N requests with ``service_tier: "flex"`` are answered
+            429 ``resource_unavailable``.
     """
 
     latency: float = 0.0
     rpm: float = 0.0
     tpm: float = 0.0
+    batch_seconds: float = 1.0
+    batch_expire_after: float = 0.0
+    batch_refuse: float = 0.0
+    batch_fail_validation: float = 0.0
+    flex_unavailable: float = 0.0
 
     def update(self, values: Mapping[str, Any]) -> None:
         """Validate and apply ``values`` (field name -> new value); all-or-nothing.
