@@ -18,12 +18,18 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from .admission import Admission
-from .errors import APIError, BudgetExceededError, RequestError, WorkerCrashedError
+from .errors import (
+    APIError,
+    BudgetExceededError,
+    DeadlineExceededError,
+    RequestError,
+    WorkerCrashedError,
+)
 from .limits import Budget, token_estimate
 from .protocol import Outcome, Task
 from .results import BatchSummary, Result
@@ -31,7 +37,7 @@ from .retry import RetrySchedule
 from .stream import ResultPair
 from .supervisor import Exit
 
-__all__ = ["MAX_CRASHES_PER_REQUEST", "POLL_INTERVAL_S", "Dispatcher"]
+__all__ = ["MAX_CRASHES_PER_REQUEST", "PENDING", "POLL_INTERVAL_S", "Answered", "Dispatcher"]
 
 # A worker, to the dispatcher: only a key (so its tests need no processes).
 W = TypeVar("W", bound=Hashable)
@@ -47,6 +53,19 @@ POLL_INTERVAL_S = 1.0
 # Ledger entries allowed beyond `max_concurrency` (cache hits being post-processed,
 # duplicates waiting for an answer): they cost no provider capacity, only memory.
 _READ_AHEAD = 256
+
+
+# What an indexed source gives in place of a pair when it has nothing yet (the Batch API
+# route waiting for a job): the loop waits (its source wakes it) and reads again.
+PENDING: Any = object()
+
+
+@dataclass(frozen=True)
+class Answered:
+    """An indexed source's item that is already answered (by a Batch API job, say):
+    it goes through `postprocess` like a cache hit, and costs no provider capacity."""
+
+    result: Result
 
 
 @dataclass
@@ -67,6 +86,8 @@ class _Entry:
     first_sent_at: float = 0.0  # monotonic
     charge: list[float] | None = None  # the token budget's record of the last attempt
     reserved: float = 0.0  # USD reserved for the attempt in flight (`max_cost`)
+    standard: bool = False  # sent at the standard tier: flex had no capacity for it
+    standard_from: int = 0  # attempts made at the flex tier before that
 
 
 class Dispatcher(Generic[W]):
@@ -89,6 +110,12 @@ class Dispatcher(Generic[W]):
         rich: yield `Result` objects instead of ``str | Exception``.
         check_item: validates each item read (raises for a bad one); None when the
             caller's requests were checked before the batch started.
+        indexed: `requests` yields ``(index, item)`` pairs in any order, where an item is
+            a request or an `Answered`, and may yield `PENDING` for "nothing yet".
+        deadline: monotonic time by which every index must be done: then what is not
+            yields `DeadlineExceededError` (what is running is given up).
+        flex_fallback: a request that flex (``service_tier="flex"``) had no capacity for,
+            retries included, is sent at the standard tier.
         summary: the batch's live counts.
         clock: monotonic seconds (injectable for tests).
     """
@@ -105,11 +132,14 @@ class Dispatcher(Generic[W]):
         check_item: Callable[[int, object], None] | None = None,
         summary: BatchSummary | None = None,
         clock: Callable[[], float] = time.monotonic,
+        indexed: bool = False,
+        deadline: float | None = None,
+        flex_fallback: bool = False,
     ) -> None:
         self.batch_id = batch_id
         self.summary = summary if summary is not None else BatchSummary()
         self.input_error: BaseException | None = None  # raised once all read is yielded
-        self._source = enumerate(requests)
+        self._source: Iterator[Any] = iter(requests) if indexed else enumerate(requests)
         self._budget = budget
         self._retries = retries
         self._admission = admission or Admission()
@@ -127,7 +157,12 @@ class Dispatcher(Generic[W]):
         self._waiting: tuple[int, Any] | None = None  # read, held back by a budget
         self._blocked_until = 0.0  # when the budget lets the next send go (monotonic)
         self._exhausted = False  # nothing more is read from the input
-        self._refusing = False  # the cost cap is reached: what is read is refused
+        # Set when nothing more may be sent (the cost cap is reached, the deadline passed):
+        # what is not sent, and what is read from then on, fails with this error.
+        self._refusal: Callable[[int], RequestError] | None = None
+        self._deadline = deadline
+        self._flex_fallback = flex_fallback
+        self.abandoned = False  # requests given up while in flight (to cancel in workers)
         self._done: list[ResultPair] = []  # results not yet taken
 
     def __repr__(self) -> str:
@@ -158,7 +193,9 @@ class Dispatcher(Generic[W]):
     def next_wake(self) -> float:
         """Seconds until something becomes due (a retry, the budget), at most the poll."""
         now = self._clock()
-        wake = 0.0 if self._refusing and not self._exhausted else POLL_INTERVAL_S
+        wake = 0.0 if self._refusal and not self._exhausted else POLL_INTERVAL_S
+        if self._deadline is not None:
+            wake = min(wake, self._deadline - now)
         if self._blocked_until > now:
             wake = min(wake, self._blocked_until - now)
         if self._backoff:
@@ -173,10 +210,13 @@ class Dispatcher(Generic[W]):
         """What to send now, to which of the ready `workers`: re-sends and retries first,
         then new requests while the concurrency, rate and cost budgets allow."""
         sends: dict[W, list[Task]] = {}
+        now = self._clock()
+        if self._deadline is not None and now >= self._deadline and self._refusal is None:
+            self._give_up_running()
         if workers:
-            self._fill(workers, sends, self._clock())
-        if self._refusing:
-            self._refuse_more()
+            self._fill(workers, sends, now)
+        if self._refusal is not None:
+            self._refuse_more(self._refusal)
         return sends
 
     def _fill(self, workers: Sequence[W], sends: dict[W, list[Task]], now: float) -> None:
@@ -188,7 +228,7 @@ class Dispatcher(Generic[W]):
             self._send(self._due.popleft(), innocent, sends, now)
         capacity = self._budget.concurrency()
         while self._requests < capacity and len(self._ledger) < capacity + _READ_AHEAD:
-            item = None if self._refusing else self._next_item()
+            item = None if self._refusal else self._next_item()
             if item is None or not self._admit(*item, workers, sends, now):
                 break
 
@@ -275,7 +315,9 @@ class Dispatcher(Generic[W]):
         if self._exhausted:
             return None
         try:
-            item = next(self._source)
+            item: tuple[int, Any] = next(self._source)
+            if item is PENDING:
+                return None
             if self._check_item is not None:
                 self._check_item(*item)
         except StopIteration:
@@ -297,6 +339,9 @@ class Dispatcher(Generic[W]):
         """Take in one new request: answer it from the cache, park it behind an identical
         one, or send it. False when a budget holds it back (it is kept for later)."""
         self._waiting = None
+        if isinstance(request, Answered):
+            self._answer_with(index, request.result)
+            return True
         key = self._admission.key_of(request)
         if (stored := self._admission.stored(key)) is not None:
             self._answer_from_cache(index, stored, duplicate=False)  # no provider, no budget
@@ -332,6 +377,8 @@ class Dispatcher(Generic[W]):
         """Whether the budgets let `entry` go now; the cost budget is reserved if so."""
         if entry.replay:
             return True
+        if self._refusal is not None:
+            return False
         wait = self._budget.delay(entry.tokens)
         if wait > 0:
             self._blocked_until = now + wait
@@ -339,7 +386,8 @@ class Dispatcher(Generic[W]):
         reserved = self._admission.reserve_cost(entry.model, entry.prompt_tokens, entry.output_cap)
         if reserved is None:
             # With nothing in flight to settle below its reservation, it never will fit.
-            self._refusing = self._admission.cost_exhausted
+            if self._admission.cost_exhausted:
+                self._refusal = self._over_budget
             return False
         entry.reserved = reserved
         return True
@@ -357,7 +405,9 @@ class Dispatcher(Generic[W]):
         owed.add(index)
         if not entry.replay:
             entry.charge = self._budget.spend(entry.tokens)
-        task = Task(self.batch_id, index, entry.attempts, entry.payload, replay=entry.replay)
+        task = Task(
+            self.batch_id, index, entry.attempts, entry.payload, entry.replay, entry.standard
+        )
         sends.setdefault(worker, []).append(task)
         return worker
 
@@ -390,30 +440,38 @@ class Dispatcher(Generic[W]):
             self.summary.rate_limited += 1
             self._budget.on_throttled(error.retry_after_s)
         now = self._clock()
-        wait = self._retries.next_wait(error, entry.attempts, now - entry.first_sent_at)
+        tries = entry.attempts - entry.standard_from  # the tier's own
+        wait = self._retries.next_wait(error, tries, now - entry.first_sent_at)
         if wait is None:
-            return False
+            if entry.standard or not self._flex_fallback or not _flex_unavailable(error):
+                return False
+            # Flex had no capacity for it, retries included: the standard tier then.
+            entry.standard, entry.standard_from, wait = True, entry.attempts, 0.0
         heapq.heappush(self._backoff, (now + wait, index))
         return True
 
     def _answer_from_cache(self, index: int, result: Result, duplicate: bool) -> None:
         """Finish `index` with a stored answer, through a worker if there is a postprocess."""
         self.summary.add_cached(result.cost_usd, duplicate)
-        cached = replace(result, index=index, cached=True, cost_usd=0.0, output=result.text)
-        if not self._admission.replays:
-            self._finish(index, None, cached)
+        self._answer_with(index, replace(result, cached=True, cost_usd=0.0, output=result.text))
+
+    def _answer_with(self, index: int, result: Result) -> None:
+        """Finish `index` with an answer it already has, through a worker's `postprocess`."""
+        result = replace(result, index=index)
+        if not self._admission.replays or result.error is not None:
+            self._finish(index, None, result)
             return
-        self._ledger[index] = _Entry(Task.pickle_payload(cached), 0, replay=True)
+        self._ledger[index] = _Entry(Task.pickle_payload(result), 0, replay=True)
         self._due.append(index)
 
-    def _refuse_more(self) -> None:
-        """The cost cap is reached: fail what is not sent, and what is read from now on.
+    def _refuse_more(self, refusal: Callable[[int], RequestError]) -> None:
+        """Nothing more may be sent: fail what is not sent, and what is read from now on.
 
         The input is read a bounded chunk at a time, so a long generator's refusals
         stream out like results instead of piling up.
         """
         for index in [i for i, e in self._ledger.items() if e.worker is None and not e.replay]:
-            self._finish(index, self._ledger[index], Result(index, error=self._refused(index)))
+            self._finish(index, self._ledger[index], Result(index, error=refusal(index)))
         self._due = deque(i for i in self._due if i in self._ledger)
         self._backoff = [(t, i) for t, i in self._backoff if i in self._ledger]
         self._quarantine = deque(i for i in self._quarantine if i in self._ledger)
@@ -421,9 +479,25 @@ class Dispatcher(Generic[W]):
             if (item := self._next_item()) is None:
                 break
             self._waiting = None
-            self._finish(item[0], None, Result(item[0], error=self._refused(item[0])))
+            self._finish(item[0], None, Result(item[0], error=refusal(item[0])))
 
-    def _refused(self, index: int) -> BudgetExceededError:
+    def _give_up_running(self) -> None:
+        """The deadline passed: what runs is given up, and nothing more is sent."""
+        self._refusal = self._too_late
+        for worker, owed in self._owed_by.items():
+            for index in sorted(owed):
+                entry = self._ledger[index]
+                self._admission.settle_cost(entry.reserved, None)
+                self._finish(index, entry, Result(index, error=self._too_late(index)))
+            self.abandoned = self.abandoned or bool(owed)
+            self._owing_since.pop(worker, None)
+        self._owed_by.clear()
+        self._suspect_on.clear()
+
+    def _too_late(self, index: int) -> DeadlineExceededError:
+        return DeadlineExceededError("not done by the batch's deadline", index=index)
+
+    def _over_budget(self, index: int) -> BudgetExceededError:
         cap = self._admission.spending.max_cost if self._admission.spending else 0.0
         return BudgetExceededError(
             f"not sent: it could take the batch's spend past max_cost=${cap:g}", index=index
@@ -453,3 +527,8 @@ class Dispatcher(Generic[W]):
                 self._ledger[other].counted = True
                 self._requests += 1
                 self._due.append(other)
+
+
+def _flex_unavailable(error: Exception) -> bool:
+    """A 429 saying the flex tier has no capacity now (``resource_unavailable``)."""
+    return isinstance(error, APIError) and error.code == "resource_unavailable"

@@ -78,18 +78,27 @@ class RequestRunner:
         await self._provider.aclose()
 
     async def attempt(
-        self, index: int, attempt: int, request: AnyRequest, with_body: bool = True
+        self,
+        index: int,
+        attempt: int,
+        request: AnyRequest,
+        with_body: bool = True,
+        service_tier: str | None = None,
+        timeout: float | None = None,
     ) -> tuple[Result, float]:
         """The attempt's `Result` (never raises), and the pause its answer's headers ask.
 
         `with_body` False leaves a successful answer's body out (only rich results and
         the cache need it, and it is the costliest part to send to the parent).
+        `service_tier` goes into the body; `timeout` replaces the pool's.
         """
         started = time.monotonic()
         try:
             endpoint, body = http_call(request)
+            if service_tier is not None:
+                body = {**body, "service_tier": service_tier}
             # The whole attempt is bounded, a server trickling its body byte by byte included.
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(timeout or self._timeout):
                 data, request_id, pause_s = await self._provider.complete(endpoint, body)
         except Exception as exc:  # every failure becomes this attempt's result
             error = to_request_error(
@@ -105,9 +114,10 @@ class RequestRunner:
                 error=error,
             ), 0.0
         usage = usage_of(data)
-        cost_usd = self._prices.cost(request.model, usage)
+        tier = "flex" if data.get("service_tier") == "flex" else "default"  # as served
+        cost_usd = self._prices.cost(request.model, usage, tier)
         if cost_usd is None and isinstance(data.get("model"), str):
-            cost_usd = self._prices.cost(data["model"], usage)  # a dated name, say
+            cost_usd = self._prices.cost(data["model"], usage, tier)  # a dated name, say
         result = answer_result(
             index,
             reading_of(request, endpoint, body),
@@ -203,9 +213,14 @@ class TaskServer:
         if task.replay:  # an answer from the response cache: only the postprocess to run
             result, pause_s = request, 0.0
         else:
-            with_body = self._options.with_body
+            options = self._options
             result, pause_s = await self._runner.attempt(
-                task.index, task.attempt, request, with_body
+                task.index,
+                task.attempt,
+                request,
+                options.with_body,
+                None if task.standard else options.service_tier,
+                options.timeout,
             )
         if result.error is None and self._postprocess is not None:
             output = await asyncio.get_running_loop().run_in_executor(

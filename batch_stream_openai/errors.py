@@ -15,6 +15,7 @@ The hierarchy::
      |    +-- ResultTransferError    the result could not cross the process boundary
      |    +-- WorkerCrashedError     the request's worker died again and again
      |    +-- BudgetExceededError    not sent: it could take spend past `max_cost`
+     |    +-- DeadlineExceededError  not done by the batch's `deadline`
      +-- PoolError                   the pool itself cannot work; raised to the caller
      |    +-- WorkerStartupError     workers exit before they are ready
      |    +-- PoolClosedError        the pool was used after close()
@@ -38,6 +39,7 @@ __all__ = [
     "BatchStreamError",
     "BudgetExceededError",
     "CacheError",
+    "DeadlineExceededError",
     "EmptyResponseError",
     "ParseError",
     "PoolClosedError",
@@ -264,6 +266,10 @@ _SIGNAL_CAUSES = {
 
 class BudgetExceededError(RequestError):
     """The request was not sent: its worst-case cost could take spend past `max_cost`."""
+
+
+class DeadlineExceededError(RequestError):
+    """The request was not done by the batch's `deadline` (it was given up, or not sent)."""
 
 
 class PoolError(BatchStreamError):

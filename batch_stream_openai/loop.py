@@ -109,5 +109,5 @@ class BatchLoop:
         if self._admission.cache is not None:
             self._admission.cache.commit()
         self._supervisor.begin([])
-        if self.dispatcher.in_flight:
+        if self.dispatcher.in_flight or self.dispatcher.abandoned:
             self._supervisor.broadcast([Cancel(self._options.batch_id)])

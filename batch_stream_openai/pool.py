@@ -42,6 +42,7 @@ import itertools
 import multiprocessing
 import multiprocessing.util
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -56,6 +57,7 @@ from .dispatcher import Dispatcher
 from .errors import PoolClosedError
 from .limits import Budget
 from .loop import BatchLoop
+from .modes import BatchMode, delivering
 from .progress import ProgressBar
 from .protocol import BatchOptions, Postprocess
 from .request import AnyRequest
@@ -89,6 +91,13 @@ class StreamOptions(TypedDict, total=False):
     return_results: bool
     progress: bool
     max_cost: float | None
+    mode: str
+    deadline: float | datetime | None
+    journal: str | Path | None
+    batch_size: int | None
+    poll_interval: float | None
+    online_reserve: float | None
+    flex_fallback: bool | None
 
 
 class BatchPool:
@@ -202,6 +211,9 @@ class BatchPool:
         self._state = PoolState.CREATED
         self._batch_ids = itertools.count(1)
         self._loop: BatchLoop | None = None  # the batch streaming now
+        # Requests per second this pool did online (its last batch): what a deadline in
+        # batch mode expects of the online rest. A guess until a batch has run.
+        self._online_rate = max_concurrency / 10.0
         # multiprocessing's own exit handler joins every child; this one runs before it.
         self._finalizer = multiprocessing.util.Finalize(
             self, _shut_down, args=(self._supervisor, self._cache), exitpriority=_EXIT_PRIORITY
@@ -260,6 +272,20 @@ class BatchPool:
             max_cost: USD this batch may spend at most, across all workers (see
                 `spending.py`): what could take spend past it is not sent, and yields
                 `BudgetExceededError`. Every model needs a known price then.
+            mode: ``"online"`` (default), or ``"batch"``: through the provider's Batch
+                API at half price (see `jobs.py`), results as each job finishes.
+            deadline: seconds from now, or an aware `datetime`, by which every index must
+                have its result: in batch mode, what jobs could not finish in time is
+                sent online (`jobs.py`).
+            journal: batch mode: a file recording the jobs, so that a re-run with the same
+                requests re-attaches to them and yields only what it has not yielded.
+            batch_size: batch mode: lines per job at most (default and maximum 50,000).
+            poll_interval: batch mode: seconds between looks at the open jobs (30).
+            online_reserve: batch mode: seconds before the deadline at which what is
+                still in jobs goes online (default: estimated from the online rate).
+            flex_fallback: ``mode="flex"`` (online at the flex tier, half price, 900 s
+                attempts): send a request at the standard tier once flex had no
+                capacity for it ``max_retries`` times (default True).
         """
         chunks, summary = self.open_stream(requests, "stream", **options)
         return BatchStream(chunks, summary)
@@ -331,28 +357,51 @@ class BatchPool:
             raise TypeError(
                 f"requests must be an iterable of OpenAIRequest, got {type(requests).__name__}"
             )
+        route = BatchMode.check(options, self.settings.max_retries, self._online_rate)
         batch_id = next(self._batch_ids)
         blob = None
         if postprocess is not None:
             blob = pickled_callable(
                 "postprocess", postprocess, lambda: cloudpickle.dumps(postprocess)
             )
-        options_message = BatchOptions(batch_id, blob, with_body=rich or self._cache is not None)
+        options_message = BatchOptions(
+            batch_id,
+            blob,
+            with_body=rich or self._cache is not None,
+            service_tier=route.service_tier,
+            timeout=route.attempt_timeout(self.settings.timeout),
+        )
         admission = Admission(
             self._cache, self.settings.routed_base_url, spending, replays=postprocess is not None
         )
+        total = len(requests) if isinstance(requests, Sequence) else None
+        jobs = None
+        if route.mode == "batch":
+            jobs = route.route(
+                requests,
+                base_url=self.settings.routed_base_url,
+                api_key=self.settings.secret,
+                prices=self._prices,
+                check_item=None if checked else checker,
+                spending=spending,
+                wake=self._supervisor.wake,
+            )
         dispatcher: Dispatcher[Worker] = Dispatcher(
             batch_id,
-            requests,
+            requests if jobs is None else jobs,
             budget=self.budget,
             retries=self._retries,
             admission=admission,
             rich=rich,
-            check_item=None if checked else checker,
+            check_item=None if checked or jobs is not None else checker,
+            indexed=jobs is not None,
+            deadline=route.deadline if route.mode != "batch" else None,
+            flex_fallback=route.mode == "flex" and route.flex_fallback,
         )
-        total = len(requests) if isinstance(requests, Sequence) else None
         progress = ProgressBar(dispatcher.summary, total) if options.get("progress") else None
         loop = BatchLoop(dispatcher, self._supervisor, options_message, admission, progress)
+        if jobs is not None:
+            return delivering(self._run(loop, online=False), jobs), dispatcher.summary
         return self._run(loop), dispatcher.summary
 
     def _spending(self, max_cost: object) -> Spending | None:
@@ -362,7 +411,7 @@ class BatchPool:
         assert isinstance(max_cost, (int, float))
         return Spending(float(max_cost), self._prices)
 
-    def _run(self, loop: BatchLoop) -> Generator[list[ResultPair], None, None]:
+    def _run(self, loop: BatchLoop, online: bool = True) -> Generator[list[ResultPair], None, None]:
         """The batch, on this pool: one at a time, workers started on the first."""
         self._check_open("stream")
         if self._loop is not None:
@@ -378,6 +427,8 @@ class BatchPool:
             yield from loop.run()
         finally:
             self._loop = None
+            if online and loop.dispatcher.summary.requests_per_s > 0:
+                self._online_rate = loop.dispatcher.summary.requests_per_s
 
     def _start_workers(self) -> None:
         if self._state is PoolState.CREATED:

@@ -53,11 +53,15 @@ class BatchOptions:
             None to return the text as is.
         with_body: send the whole answer body back (rich results need it); else only
             what the plain value and the accounting need.
+        service_tier: sent in every body (``"flex"``), unless a task says `standard`.
+        timeout: seconds an attempt may take, instead of the pool's `timeout`.
     """
 
     batch_id: int
     postprocess: bytes | None
     with_body: bool = False
+    service_tier: str | None = None
+    timeout: float | None = None
 
 
 @pickles_fast
@@ -68,7 +72,8 @@ class Task:
     The request travels pickled on its own, so that one which cannot be pickled (or
     unpickled in the worker) fails its own index, not the message carrying many tasks.
     A `replay` task carries an answer from the response cache instead (a `Result`): the
-    worker only runs the batch's postprocess on it.
+    worker only runs the batch's postprocess on it. A `standard` task goes at the
+    standard tier whatever the batch's `service_tier` (flex gave up on it).
     """
 
     batch_id: int
@@ -76,6 +81,7 @@ class Task:
     attempt: int
     payload: bytes
     replay: bool = False
+    standard: bool = False
 
     @staticmethod
     def pickle_payload(value: AnyRequest | Result) -> bytes:

@@ -88,6 +88,7 @@ class Result:
             cached); None when the price or the usage is unknown.
         tool_calls: the tools the model called (`ToolCall`), when it answered with calls.
         embedding: the vector of an `EmbeddingRequest` (a list of vectors for a list input).
+        batch_id: the Batch API job that answered it (``mode="batch"``), else None.
     """
 
     index: int
@@ -107,6 +108,7 @@ class Result:
     cost_usd: float | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     embedding: list[float] | list[list[float]] | None = None
+    batch_id: str | None = None
 
     @property
     def ok(self) -> bool:

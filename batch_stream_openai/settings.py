@@ -116,6 +116,11 @@ class PoolSettings:
         """Where OpenAI-routed requests go: the argument, ``OPENAI_BASE_URL``, or OpenAI."""
         return self.base_url or os.environ.get("OPENAI_BASE_URL") or _OPENAI_BASE_URL
 
+    @property
+    def secret(self) -> Secret | None:
+        """The `api_key` argument, masked (None: ``OPENAI_API_KEY`` is used)."""
+        return Secret(self.api_key) if self.api_key is not None else None
+
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(max_attempts=self.max_retries + 1)
 
@@ -123,7 +128,7 @@ class PoolSettings:
         """What every worker starts with, cloudpickled (the key kept as a `Secret`)."""
         config = WorkerConfig(
             client=ClientConfig(
-                api_key=Secret(self.api_key) if self.api_key is not None else None,
+                api_key=self.secret,
                 base_url=self.base_url,
                 timeout=self.timeout,
                 max_connections=self.max_concurrency,

@@ -7,8 +7,8 @@ growing), ``finalizing``, then ``completed`` with an output file (status 200 lin
 an error file (the other lines, their status and error body, like the real API's). Each
 line is answered as the same request sent online would be, directives included.
 
-Settings make jobs misbehave the ways real ones do: `batch_expire_after` (expire while in
-progress, with the lines done so far), `batch_refuse` (the next N jobs fail validation
+Settings make jobs misbehave the ways real ones do: `batch_expire` (the next N expire
+half way, with the lines done so far), `batch_refuse` (the next N jobs fail validation
 with ``token_limit_exceeded``, as an enqueued-token limit does), `batch_fail_validation`
 (the next N fail with ``invalid_request``). A cancelled job keeps the lines it did. The
 real limits are enforced: 50,000 lines and 200 MB per file, one model per file.
@@ -135,7 +135,9 @@ class BatchJobs:
             _model_of(lines),
         )
         job.fail_code = problem or self._next_failure()
-        job.expires = self._settings.batch_expire_after > 0
+        if self._settings.batch_expire >= 1:
+            self._settings.batch_expire -= 1
+            job.expires = True
         self._jobs[job.id] = job
         return 200, self.batch(job.id) or {}
 
@@ -217,7 +219,7 @@ class BatchJobs:
         if job.fail_code is not None:
             return self._settle(job, "failed")
         done_by = min(elapsed, job.cancelled - job.created if job.cancelled else elapsed)
-        expire_after = self._settings.batch_expire_after
+        expire_after = 0.5 * duration
         if job.expires and elapsed >= expire_after:
             done_by = min(done_by, expire_after)
         fraction = min(1.0, max(0.0, (done_by - 0.1 * duration) / (0.8 * duration)))

@@ -197,6 +197,15 @@ class FakeOpenAIServer:
         """Return the recorded API requests (at most the last 100,000), oldest first."""
         return [RecordedRequest(**item) for item in self._control("GET", "requests")]
 
+    def batch_jobs(self) -> dict[str, Any]:
+        """The Batch API's record: ``{"jobs": [...], "calls": ["POST /v1/batches", ...]}``.
+
+        Each job has its id, status, model, the custom ids of its lines and those it
+        answered, and its file ids; the last item of ``jobs`` lists the deleted files.
+        """
+        result: dict[str, Any] = self._control("GET", "batches")
+        return result
+
     def reset(self) -> None:
         """Zero the counters, clear the records and the per-prompt ``times`` counters."""
         self._control("POST", "reset", {})

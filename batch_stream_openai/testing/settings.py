@@ -66,8 +66,8 @@ class ServerSettings:
             ``x-ratelimit-*`` headers.
         tpm: Tokens per minute (prompt + answer, characters / 4), enforced the same way.
         batch_seconds: How long a Batch API job takes, from created to completed.
-        batch_expire_after: Jobs expire this many seconds after they were created, with
-            the lines they answered so far (0: they never do).
+        batch_expire: The next N jobs expire half way through their run, with the lines
+            they answered so far (about 40% of them).
         batch_refuse: The next N jobs fail validation with ``token_limit_exceeded`` (as
             when the enqueued-token limit is reached).
         batch_fail_validation: The next N jobs fail validation with ``invalid_request``.
@@ -79,7 +79,7 @@ class ServerSettings:
     rpm: float = 0.0
     tpm: float = 0.0
     batch_seconds: float = 1.0
-    batch_expire_after: float = 0.0
+    batch_expire: float = 0.0
     batch_refuse: float = 0.0
     batch_fail_validation: float = 0.0
     flex_unavailable: float = 0.0

@@ -1,0 +1,149 @@
+"""The Batch API route's journal: every job, every line's owner, what the caller has had.
+
+A SQLite file (WAL) written before and after each API call that creates or ends
+something, so a run that dies (``kill -9``, a reboot) and is started again with the same
+requests and journal re-attaches to the jobs it had submitted instead of paying for them
+again, and yields only the indices the caller has not had. Beside it, a directory holds
+each job's input lines (what was uploaded), the pickled requests (to read their answers,
+or to send them online) and the downloaded output, so nothing has to be asked of the
+provider twice.
+
+Without a path the journal lives in a temporary directory for the one run.
+
+Tables::
+
+    jobs(key, endpoint, model, state, file_id, batch_id, created)   -- one per job
+    lines(idx, job, delivered)                                      -- the job that owns idx
+
+A job's state goes ``spooled -> uploaded -> submitted -> downloaded -> read``; an index
+belongs to the last job it was put in (a line retried in a later job moves there).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BatchFileError
+
+__all__ = ["JobRecord", "Journal"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    key TEXT PRIMARY KEY, endpoint TEXT NOT NULL, model TEXT NOT NULL, state TEXT NOT NULL,
+    file_id TEXT, batch_id TEXT, created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lines (
+    idx INTEGER PRIMARY KEY, job TEXT NOT NULL, delivered INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS lines_by_job ON lines (job, delivered);
+"""
+
+
+@dataclass
+class JobRecord:
+    """One job as the journal has it."""
+
+    key: str  # ours: names its files, and the job's metadata at the provider
+    endpoint: str
+    model: str
+    state: str
+    file_id: str | None = None
+    batch_id: str | None = None
+
+
+class Journal:
+    """The jobs of one batch-mode run (thread-safe: the route and the caller share it).
+
+    Parameters:
+        path: the journal file (created if missing), or None for a temporary one.
+    """
+
+    def __init__(self, path: str | Path | None) -> None:
+        self._temporary = path is None
+        self.path = (
+            Path(tempfile.mkdtemp(prefix="bso-jobs-")) / "journal" if path is None else Path(path)
+        )
+        self.files = self.path.with_name(self.path.name + ".d")  # the jobs' local files
+        self.files.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as error:
+            raise BatchFileError(f"{self.path} is not a batch journal ({error})") from None
+
+    def __repr__(self) -> str:
+        return f"<Journal {self.path}>"
+
+    def job_dir(self, key: str) -> Path:
+        """Where job `key` keeps its input lines, requests and downloaded output."""
+        return self.files / key
+
+    def add_job(self, job: JobRecord, indices: Iterable[int]) -> None:
+        """Record a spooled job and make it the owner of `indices` (before its upload)."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job.key, job.endpoint, job.model, job.state, None, None, time.time()),
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO lines (idx, job) VALUES (?, ?)",
+                ((index, job.key) for index in indices),
+            )
+
+    def update(self, job: JobRecord) -> None:
+        """Write `job`'s state and ids (after the API call that changed them)."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET state = ?, file_id = ?, batch_id = ? WHERE key = ?",
+                (job.state, job.file_id, job.batch_id, job.key),
+            )
+
+    def open_jobs(self) -> list[JobRecord]:
+        """The jobs with lines the caller has not had, oldest first (to re-attach to)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, endpoint, model, state, file_id, batch_id FROM jobs WHERE key IN "
+                "(SELECT DISTINCT job FROM lines WHERE delivered = 0) ORDER BY created"
+            ).fetchall()
+        return [JobRecord(*row) for row in rows]
+
+    def pending(self, key: str) -> set[int]:
+        """The indices job `key` owns that the caller has not had."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT idx FROM lines WHERE job = ? AND delivered = 0", (key,)
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def known(self, index: int) -> bool:
+        """Whether `index` is in a job already (or was delivered): not to be sent again."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM lines WHERE idx = ?", (index,)).fetchone()
+        return row is not None
+
+    def delivered(self, indices: Iterable[int]) -> None:
+        """The caller has had these indices: a re-run does not yield them again."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO lines (idx, job, delivered) VALUES (?, '', 1) "
+                "ON CONFLICT (idx) DO UPDATE SET delivered = 1",
+                ((index,) for index in indices),
+            )
+
+    def close(self) -> None:
+        """Close the file; a temporary journal is deleted with its jobs' files."""
+        with self._lock:
+            self._db.close()
+        if self._temporary:
+            shutil.rmtree(self.path.parent, ignore_errors=True)

@@ -1,0 +1,228 @@
+"""mode="batch": requests as Batch API jobs on the bundled server, every index once."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batch_stream_openai import APIError, BatchPool, EmbeddingRequest, RawRequest, Result
+from batch_stream_openai.testing import FakeOpenAIServer
+from batch_stream_openai.testing.answers import expected_embedding
+
+from .conftest import TEST_API_KEY
+from .helpers import SYSTEM, answers, ask, wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+FAST = {"mode": "batch", "poll_interval": 0.05}
+_BATCH_DEFAULTS = {
+    "batch_seconds": 1.0,
+    "batch_expire": 0.0,
+    "batch_refuse": 0.0,
+    "batch_fail_validation": 0.0,
+}
+
+
+@pytest.fixture
+def jobs_fake(fake: FakeOpenAIServer) -> Iterator[FakeOpenAIServer]:
+    """The server with quick jobs (0.3 s); its Batch API settings restored afterwards."""
+    fake.configure(batch_seconds=0.3)
+    yield fake
+    fake.configure(**_BATCH_DEFAULTS)
+
+
+def jobs_of(fake: FakeOpenAIServer) -> list[dict[str, Any]]:
+    return [job for job in fake.batch_jobs()["jobs"] if "id" in job]
+
+
+def answered_by_jobs(fake: FakeOpenAIServer) -> Counter[str]:
+    """How many times the server answered each custom id, over all jobs."""
+    return Counter(cid for job in jobs_of(fake) for cid in job["answered"])
+
+
+def stream_results(pool: BatchPool, requests: Any, **options: Any) -> dict[int, Result]:
+    seen: dict[int, Result] = {}
+    for index, result in pool.stream(requests, return_results=True, **FAST, **options):
+        assert index not in seen, f"index {index} yielded twice"
+        seen[index] = result
+    return seen
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_every_index_comes_back_once_through_several_jobs(
+    api: str, jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    users = [f"b{i}" for i in range(23)]
+    with BatchPool(max_concurrency=4, workers=1, **pool_options) as pool:
+        results = stream_results(pool, [ask(u, api) for u in users], batch_size=10)
+    assert sorted(results) == list(range(23))
+    assert [results[i].text for i in range(23)] == answers(users)
+    jobs = jobs_of(jobs_fake)
+    assert sorted(len(job["custom_ids"]) for job in jobs) == [3, 10, 10]
+    assert all(job["status"] == "completed" for job in jobs)
+    assert {results[i].batch_id for i in range(23)} == {job["id"] for job in jobs}
+    assert all(r.cost_usd is not None and r.cost_usd > 0 for r in results.values())
+    assert max(answered_by_jobs(jobs_fake).values()) == 1
+    # Every file is deleted once read: the inputs and the outputs.
+    deleted = set(jobs_fake.batch_jobs()["jobs"][-1]["deleted_files"])
+    assert all(job["input_file_id"] in deleted and job["output_file_id"] in deleted for job in jobs)
+
+
+def test_one_job_per_model_and_raw_and_embedding_requests_mixed(
+    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    raw_body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "raw one"}]}
+    requests = [
+        ask("m0"),
+        RawRequest("/v1/chat/completions", raw_body),
+        EmbeddingRequest("embed me"),
+        ask("m1"),
+    ]
+    with BatchPool(max_concurrency=4, workers=1, **pool_options) as pool:
+        values = dict(pool.stream(requests, **FAST))
+    assert values[0] == answers(["m0"])[0] and values[3] == answers(["m1"])[0]
+    assert isinstance(values[1], str) and "raw one" in values[1]
+    assert values[2] == expected_embedding("embed me")
+    models = sorted(str(job["model"]) for job in jobs_of(jobs_fake))
+    assert models == ["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"]
+
+
+def test_a_failed_line_yields_its_error_and_a_retryable_one_succeeds_in_a_later_job(
+    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    users = ["fine", "[[status=400]] refused", "[[status=503 times=1]] flaky"]
+    with BatchPool(max_concurrency=4, workers=1, **pool_options) as pool:
+        results = stream_results(pool, [ask(u) for u in users])
+    assert results[0].text == answers(["fine"])[0]
+    error = results[1].error
+    assert isinstance(error, APIError) and error.status_code == 400 and error.index == 1
+    assert results[2].text == answers([users[2]])[0] and results[2].attempts == 2
+    jobs = jobs_of(jobs_fake)
+    assert [job["custom_ids"] for job in jobs] == [["0", "1", "2"], ["2"]]
+
+
+def test_an_expired_job_keeps_what_it_answered_and_the_rest_is_sent_again(
+    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    # The first job expires half way through its run: it answers about 40% of its lines.
+    jobs_fake.configure(batch_seconds=1.0, batch_expire=1)
+    users = [f"e{i}" for i in range(10)]
+    with BatchPool(max_concurrency=4, workers=1, **pool_options) as pool:
+        results = stream_results(pool, [ask(u) for u in users])
+    assert [results[i].text for i in range(10)] == answers(users)
+    jobs = jobs_of(jobs_fake)
+    assert jobs[0]["status"] == "expired" and 0 < len(jobs[0]["answered"]) < 10
+    assert len(jobs) >= 2
+    assert set(jobs[1]["custom_ids"]) == {str(i) for i in range(10)} - set(jobs[0]["answered"])
+    assert max(answered_by_jobs(jobs_fake).values()) == 1  # nothing paid for twice
+
+
+def test_a_job_refused_for_the_token_limit_is_created_again(
+    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    jobs_fake.configure(batch_refuse=1)
+    users = [f"r{i}" for i in range(4)]
+    with BatchPool(max_concurrency=4, workers=1, **pool_options) as pool:
+        results = stream_results(pool, [ask(u) for u in users])
+    assert [results[i].text for i in range(4)] == answers(users)
+    assert [job["status"] for job in jobs_of(jobs_fake)] == ["failed", "completed"]
+    assert all(results[i].attempts == 1 for i in range(4))
+
+
+def test_a_job_that_fails_validation_fails_each_of_its_lines(
+    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    jobs_fake.configure(batch_fail_validation=1)
+    with BatchPool(max_concurrency=4, workers=1, **pool_options) as pool:
+        results = stream_results(pool, [ask("v0"), ask("v1")])
+    for index in (0, 1):
+        error = results[index].error
+        assert isinstance(error, APIError) and "failed validation" in error.message
+
+
+def test_postprocess_runs_on_batch_answers(
+    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    with BatchPool(max_concurrency=4, workers=1, postprocess=str.upper, **pool_options) as pool:
+        values = dict(pool.stream([ask("p0"), ask("p1")], **FAST))
+    assert values == {0: answers(["p0"])[0].upper(), 1: answers(["p1"])[0].upper()}
+
+
+def test_a_deadline_cancels_the_jobs_and_sends_the_rest_online(
+    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    # Jobs that would take 20 s; the deadline leaves 2 s of batch time.
+    jobs_fake.configure(batch_seconds=20.0)
+    users = [f"d{i}" for i in range(12)]
+    started = time.monotonic()
+    with BatchPool(max_concurrency=4, workers=1, **pool_options) as pool:
+        results = stream_results(pool, [ask(u) for u in users], deadline=6.0, online_reserve=4.0)
+    assert time.monotonic() - started < 6.0
+    assert [results[i].text for i in range(12)] == answers(users)
+    calls = jobs_fake.batch_jobs()["calls"]
+    assert any(call.endswith("/cancel") for call in calls)
+    online = [r for r in jobs_fake.requests() if r.path == "/v1/chat/completions"]
+    by_batch = set(answered_by_jobs(jobs_fake))
+    assert len(online) + len(by_batch) == 12  # every prompt answered exactly once
+    assert all(results[i].batch_id is None for i in range(12) if str(i) not in by_batch)
+
+
+def test_a_rerun_with_the_journal_reattaches_after_a_kill(
+    jobs_fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    jobs_fake.configure(batch_seconds=4.0)
+    journal = tmp_path / "jobs.journal"
+    script = textwrap.dedent(
+        f"""
+        from batch_stream_openai import BatchPool, OpenAIRequest
+        if __name__ == "__main__":
+            requests = [OpenAIRequest({SYSTEM!r}, f"k{{i}}", model="gpt-4o-mini")
+                        for i in range(30)]
+            with BatchPool(max_concurrency=4, workers=1, base_url={jobs_fake.base_url!r},
+                           api_key={TEST_API_KEY!r}) as pool:
+                for index, value in pool.stream(requests, mode="batch", batch_size=10,
+                                                poll_interval=0.05, journal={str(journal)!r}):
+                    print(index, flush=True)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: len(jobs_of(jobs_fake)) == 3, timeout=30, what="3 jobs created")
+        child.send_signal(signal.SIGKILL)
+        printed, _ = child.communicate(timeout=10)
+    finally:
+        child.kill()
+    assert printed == ""  # killed before any job finished
+    creates = jobs_fake.batch_jobs()["calls"].count("POST /v1/batches")
+    users = [f"k{i}" for i in range(30)]
+    with BatchPool(
+        max_concurrency=4, workers=1, base_url=jobs_fake.base_url, api_key=TEST_API_KEY
+    ) as pool:
+        values = dict(pool.stream([ask(u) for u in users], **FAST, journal=journal))
+        assert [values[i] for i in range(30)] == answers(users)
+        assert jobs_fake.batch_jobs()["calls"].count("POST /v1/batches") == creates
+        # A third run has nothing left to yield, and sends nothing.
+        assert list(pool.stream([ask(u) for u in users], **FAST, journal=journal)) == []
+    assert jobs_fake.batch_jobs()["calls"].count("POST /v1/batches") == creates
+
+
+def test_a_line_is_written_as_the_batch_api_wants_it(
+    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any], tmp_path: Path
+) -> None:
+    journal = tmp_path / "j"
+    with BatchPool(max_concurrency=2, workers=1, **pool_options) as pool:
+        assert pool.run([ask("w0")], **FAST, journal=journal) == answers(["w0"])
+    folder = next((tmp_path / "j.d").iterdir())
+    line = json.loads((folder / "input.jsonl").read_text())
+    assert line["custom_id"] == "0" and line["method"] == "POST"
+    assert line["url"] == "/v1/chat/completions" and line["body"]["model"] == "gpt-4o-mini"
