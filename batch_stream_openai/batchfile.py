@@ -21,12 +21,9 @@ import contextlib
 import enum
 import fcntl
 import os
-import signal
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import IO
 
 from typing_extensions import Unpack
@@ -44,6 +41,8 @@ from .batchformat import (
     recover_output,
 )
 from .errors import BatchFileError
+from .journal import Journal
+from .preemption import GraceExpired, Preemption
 from .request import AnyRequest
 from .results import BatchSummary
 
@@ -212,70 +211,6 @@ class _Selection:
         return _Decision.SEND if self.resend_changed else _Decision.CHANGED
 
 
-class _GraceExpired(BaseException):
-    """Raised by SIGALRM when the grace period is over (a BaseException: never swallowed)."""
-
-
-class _Preemption:
-    """SIGTERM stops new requests; after ``grace`` seconds, SIGALRM cuts the stream short."""
-
-    def __init__(self, grace: float | None) -> None:
-        self.grace = grace
-        self.requested = False  # SIGTERM arrived: send nothing new
-        self.expired = False
-        self.holding = False  # writing a line: the alarm must not tear it
-        self._sending = False
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        """Handle SIGTERM (main thread only; ``grace=None``: leave it alone)."""
-        if self.grace is None or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous_term = signal.signal(signal.SIGTERM, self._on_term)
-        previous_alarm = signal.signal(signal.SIGALRM, self._on_alarm)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous_term)
-            signal.signal(signal.SIGALRM, previous_alarm)
-
-    @contextlib.contextmanager
-    def sending(self) -> Iterator[None]:
-        """The stretch where the grace period runs and may end in `_GraceExpired`."""
-        self._sending = True
-        self._arm()
-        try:
-            yield
-        finally:
-            self._sending = False
-            if self.requested:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-
-    def _arm(self) -> None:
-        if self.requested and self._sending and self.grace is not None:
-            signal.setitimer(signal.ITIMER_REAL, max(self.grace, 0.001))
-
-    def _on_term(self, signum: int, frame: FrameType | None) -> None:
-        if not self.requested:
-            self.requested = True
-            self._arm()
-
-    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
-        self.expired = True
-        if not self.holding:
-            raise _GraceExpired
-
-    def write(self, output: IO[bytes], data: bytes) -> None:
-        """Append one line whole, even if the grace period ends meanwhile."""
-        self.holding = True
-        output.write(data)
-        output.flush()
-        self.holding = False
-        if self.expired:
-            raise _GraceExpired
-
-
 def run_batch_file(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
@@ -325,7 +260,7 @@ def run_batch_file(
     """
     report = FileRunReport(Path(input_path), Path(output_path))
     _check_arguments(report.input_path, report.output_path, shard)
-    preemption = _Preemption(grace)
+    preemption = Preemption(grace)
     with preemption.installed(), _locked(report.output_path) as output:
         for stale in report.output_path.parent.glob(f".{report.output_path.name}.*.compacting"):
             stale.unlink(missing_ok=True)  # a rewrite cut short: the output itself is whole
@@ -338,9 +273,12 @@ def run_batch_file(
         try:
             invalid = _check_input(report, model, selection, skip_invalid)
             _check_key(report, options.get("api_key"))
-            lines = _lines_to_send(report.input_path, model, selection, invalid)
+
+            def lines() -> Iterator[tuple[InputLine, bool]]:
+                return _lines_to_send(report.input_path, model, selection, invalid)
+
             if report.to_send and not preemption.requested:
-                with contextlib.suppress(_GraceExpired), preemption.sending():
+                with contextlib.suppress(GraceExpired), preemption.sending():
                     _send(lines, output, preemption, report, state, max_concurrency, options)
         finally:
             if state.superseded:
@@ -440,35 +378,61 @@ def _count(report: FileRunReport, decision: _Decision, custom_id: str) -> None:
 
 def _lines_to_send(
     input_path: Path, model: str | None, selection: _Selection, invalid: set[int]
-) -> Iterator[InputLine]:
-    """Second pass: the lines the first pass chose, read again one at a time."""
+) -> Iterator[tuple[InputLine, bool]]:
+    """Second pass: each valid line read again, and whether this run sends it."""
     for item in read_input(input_path, model):
         if item.number in invalid:
             continue
         if isinstance(item, LineError):
             raise BatchFileError(f"{input_path} changed during the run: {item}")
-        if selection.decide(item) is _Decision.SEND:
-            yield item
+        yield item, selection.decide(item) is _Decision.SEND
+
+
+def _journal_beside(output_path: Path, lines: Iterator[tuple[InputLine, bool]]) -> Path:
+    """The Batch API journal kept beside the output (``mode="batch"``), told what this
+    run does not send (in the output already) and sends again (``--retry-failed``).
+
+    Its indices are the input's valid lines in order, the same in every run of the same
+    input, so a re-run after a crash or a SIGTERM re-attaches to the jobs it submitted.
+    """
+    path = output_path.with_name(output_path.name + ".jobs")
+    journal = Journal(path)
+    try:
+        journal.select((index, send) for index, (_, send) in enumerate(lines))
+    finally:
+        journal.close()
+    return path
 
 
 def _send(
-    lines: Iterator[InputLine],
+    lines: Callable[[], Iterator[tuple[InputLine, bool]]],
     output: IO[bytes],
-    preemption: _Preemption,
+    preemption: Preemption,
     report: FileRunReport,
     state: OutputState,
     max_concurrency: int,
     options: BatchArguments,
 ) -> None:
-    """Stream the lines through the pool; append each result as it arrives."""
+    """Stream the lines through the pool; append each result as it arrives.
+
+    Online, only the lines to send are requests; by the Batch API, every valid line is
+    (its journal skips those not to send), so that a line's index never changes.
+    """
     in_flight: dict[int, InputLine] = {}
+    by_jobs = options.get("mode") == "batch"
+    if by_jobs:
+        options = {**options, "journal": _journal_beside(report.output_path, lines())}
 
     def requests() -> Iterator[AnyRequest]:
-        for index, line in enumerate(lines):
+        index = -1
+        for line, send in lines():
             if preemption.requested:
                 return
-            in_flight[index] = line
-            yield line.request
+            if send or by_jobs:
+                index += 1
+                if send:
+                    in_flight[index] = line
+                yield line.request
 
     stream_options: BatchArguments = {**options, "return_results": True}
     stream = stream_batch(requests(), max_concurrency=max_concurrency, **stream_options)

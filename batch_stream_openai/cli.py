@@ -165,6 +165,7 @@ def _run(args: argparse.Namespace) -> int:
             max_cost=args.max_cost,
             prices=args.prices,
             progress=sys.stderr.isatty(),
+            **_mode_options(args),
         )
     except (BatchFileError, CacheError, ValueError, TypeError) as exc:
         print(f"error: {_in_flags(str(exc))}", file=sys.stderr)
@@ -188,6 +189,16 @@ def _run(args: argparse.Namespace) -> int:
         print(f"exit {EXIT_PARTIAL}: re-run the same command to resume", file=sys.stderr)
         return EXIT_PARTIAL
     return 0
+
+
+def _mode_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--mode`` and the options that go with it, as `run_batch_file` takes them."""
+    options: dict[str, Any] = {"mode": args.mode}
+    if args.deadline is not None:
+        options["deadline"] = args.deadline
+    if args.mode == "batch":
+        options.update(batch_size=args.batch_size, poll_interval=args.poll_interval)
+    return options
 
 
 def _prices(text: str) -> dict[str, Any]:
@@ -309,6 +320,34 @@ def _add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="JSON",
         help='model prices, USD per million tokens: \'{"my-model": {"input": 0.15, '
         '"output": 0.6}}\', or the path of a JSON file holding that',
+    )
+    run.add_argument(
+        "--mode",
+        choices=["online", "batch", "flex"],
+        default="online",
+        help="online (default); batch: the provider's Batch API, half price, results within "
+        "24 h (its jobs are journaled beside the output: re-run the same command to pick "
+        "them up); flex: online at the flex tier, half price, slower",
+    )
+    run.add_argument(
+        "--deadline",
+        type=_number(float, 0, inclusive=False),
+        metavar="SECONDS",
+        help="every line done within this: in batch mode, what jobs would not finish in time "
+        "is sent online; online, what is not done fails with DeadlineExceededError",
+    )
+    run.add_argument(
+        "--batch-size",
+        type=_number(int, 1),
+        default=50_000,
+        help="batch mode: lines per job at most (default and most: 50000)",
+    )
+    run.add_argument(
+        "--poll-interval",
+        type=_number(float, 0, inclusive=False),
+        default=30.0,
+        metavar="SECONDS",
+        help="batch mode: seconds between looks at the jobs (default: 30)",
     )
     run.add_argument(
         "--grace",

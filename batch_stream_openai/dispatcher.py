@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
@@ -30,42 +30,25 @@ from .errors import (
     RequestError,
     WorkerCrashedError,
 )
+from .intake import Answered, Intake
 from .limits import Budget, token_estimate
 from .protocol import Outcome, Task
+from .quarantine import MAX_CRASHES_PER_REQUEST, Quarantine
 from .results import BatchSummary, Result
 from .retry import RetrySchedule
 from .stream import ResultPair
 from .supervisor import Exit
 
-__all__ = ["MAX_CRASHES_PER_REQUEST", "PENDING", "POLL_INTERVAL_S", "Answered", "Dispatcher"]
+__all__ = ["MAX_CRASHES_PER_REQUEST", "POLL_INTERVAL_S", "Dispatcher"]
 
 # A worker, to the dispatcher: only a key (so its tests need no processes).
 W = TypeVar("W", bound=Hashable)
 
-# Times an index may be re-sent after its worker died while running it; a request that
-# kills every worker it lands on must not take the pool down with it.
-MAX_CRASHES_PER_REQUEST = 3
-# A request whose worker died this many times becomes a suspect: it runs only beside fresh
-# requests. One death proves nothing (an OOM kill, an operator); two make it a suspect.
-_QUARANTINE_AFTER_CRASHES = 2
 # Longest the batch loop sleeps with nothing due, so it notices silent workers.
 POLL_INTERVAL_S = 1.0
 # Ledger entries allowed beyond `max_concurrency` (cache hits being post-processed,
 # duplicates waiting for an answer): they cost no provider capacity, only memory.
 _READ_AHEAD = 256
-
-
-# What an indexed source gives in place of a pair when it has nothing yet (the Batch API
-# route waiting for a job): the loop waits (its source wakes it) and reads again.
-PENDING: Any = object()
-
-
-@dataclass(frozen=True)
-class Answered:
-    """An indexed source's item that is already answered (by a Batch API job, say):
-    it goes through `postprocess` like a cache hit, and costs no provider capacity."""
-
-    result: Result
 
 
 @dataclass
@@ -138,13 +121,11 @@ class Dispatcher(Generic[W]):
     ) -> None:
         self.batch_id = batch_id
         self.summary = summary if summary is not None else BatchSummary()
-        self.input_error: BaseException | None = None  # raised once all read is yielded
-        self._source: Iterator[Any] = iter(requests) if indexed else enumerate(requests)
+        self._intake = Intake(requests, indexed=indexed, check_item=check_item)
         self._budget = budget
         self._retries = retries
         self._admission = admission or Admission()
         self._rich = rich
-        self._check_item = check_item
         self._clock = clock
         self._ledger: dict[int, _Entry] = {}  # {index: <_Entry>}
         self._requests = 0  # ledger entries that are requests to send (not replays)
@@ -152,11 +133,8 @@ class Dispatcher(Generic[W]):
         self._owing_since: dict[W, float] = {}  # {worker: when it last went from idle to owing}
         self._due: deque[int] = deque()  # to send now: re-sends, retries, replays, ...
         self._backoff: list[tuple[float, int]] = []  # heap of (retry time, index)
-        self._quarantine: deque[int] = deque()  # indices whose workers died twice or more
-        self._suspect_on: dict[W, int] = {}  # {worker: quarantined index it runs}
-        self._waiting: tuple[int, Any] | None = None  # read, held back by a budget
+        self._quarantine: Quarantine[W] = Quarantine()  # requests whose workers died
         self._blocked_until = 0.0  # when the budget lets the next send go (monotonic)
-        self._exhausted = False  # nothing more is read from the input
         # Set when nothing more may be sent (the cost cap is reached, the deadline passed):
         # what is not sent, and what is read from then on, fails with this error.
         self._refusal: Callable[[int], RequestError] | None = None
@@ -174,7 +152,12 @@ class Dispatcher(Generic[W]):
     @property
     def finished(self) -> bool:
         """Everything read has been yielded, and nothing more will be read."""
-        return self._exhausted and self._waiting is None and not self._ledger and not self._done
+        return self._intake.done and not self._ledger and not self._done
+
+    @property
+    def input_error(self) -> BaseException | None:
+        """What the input raised (or the bad item it gave): raised once all is yielded."""
+        return self._intake.error
 
     @property
     def in_flight(self) -> int:
@@ -193,7 +176,7 @@ class Dispatcher(Generic[W]):
     def next_wake(self) -> float:
         """Seconds until something becomes due (a retry, the budget), at most the poll."""
         now = self._clock()
-        wake = 0.0 if self._refusal and not self._exhausted else POLL_INTERVAL_S
+        wake = 0.0 if self._refusal and not self._intake.exhausted else POLL_INTERVAL_S
         if self._deadline is not None:
             wake = min(wake, self._deadline - now)
         if self._blocked_until > now:
@@ -204,7 +187,8 @@ class Dispatcher(Generic[W]):
 
     def peek(self) -> None:
         """Read the first request ahead, so that an empty input is known to be empty."""
-        self._waiting = self._next_item()
+        if (item := self._intake.next()) is not None:
+            self._intake.hold(item)
 
     def fill(self, workers: Sequence[W]) -> dict[W, list[Task]]:
         """What to send now, to which of the ready `workers`: re-sends and retries first,
@@ -222,13 +206,19 @@ class Dispatcher(Generic[W]):
     def _fill(self, workers: Sequence[W], sends: dict[W, list[Task]], now: float) -> None:
         while self._backoff and self._backoff[0][0] <= now:
             self._due.append(heapq.heappop(self._backoff)[1])
-        self._release_quarantine(workers, sends, now)
-        innocent = [worker for worker in workers if worker not in self._suspect_on]
+
+        def send_suspect(index: int, among: list[W]) -> W | None:
+            if not self._may_send(self._ledger[index], now):
+                return None
+            return self._send(index, among, sends, now)
+
+        self._quarantine.release(workers, self._ran_a_crash, send_suspect)
+        innocent = self._quarantine.innocent(workers)
         while self._due and innocent and self._may_send(self._ledger[self._due[0]], now):
             self._send(self._due.popleft(), innocent, sends, now)
         capacity = self._budget.concurrency()
         while self._requests < capacity and len(self._ledger) < capacity + _READ_AHEAD:
-            item = None if self._refusal else self._next_item()
+            item = None if self._refusal else self._intake.next()
             if item is None or not self._admit(*item, workers, sends, now):
                 break
 
@@ -248,8 +238,7 @@ class Dispatcher(Generic[W]):
         if not self._owed_by[worker]:
             del self._owing_since[worker]
         entry.worker = None
-        if self._suspect_on.get(worker) == outcome.index:
-            del self._suspect_on[worker]
+        self._quarantine.settled(worker, outcome.index)
         result = outcome.value()
         if entry.replay:
             self._finish(outcome.index, entry, result)
@@ -266,7 +255,7 @@ class Dispatcher(Generic[W]):
 
     def reclaim(self, worker: W, exit_: Exit) -> None:
         """A worker exited: what it owed is re-sent, or fails after too many deaths."""
-        self._suspect_on.pop(worker, None)
+        self._quarantine.forget(worker)
         self._owing_since.pop(worker, None)
         for index in sorted(self._owed_by.pop(worker, ())):
             entry = self._ledger[index]
@@ -275,32 +264,29 @@ class Dispatcher(Generic[W]):
             entry.reserved = 0.0
             if exit_.was_ready:
                 entry.crashes += 1
-            if entry.crashes > MAX_CRASHES_PER_REQUEST:
+            verdict = Quarantine.verdict(entry.crashes)
+            if verdict == "give up":
                 error = WorkerCrashedError.describe(
                     index, exit_.exitcode, entry.crashes, exit_.hung
                 )
                 self._finish(index, entry, Result(index, error=error))
-            elif entry.crashes >= _QUARANTINE_AFTER_CRASHES:
-                self._quarantine.append(index)
+            elif verdict == "quarantine":
+                self._quarantine.add(index)
             else:
                 self._due.append(index)
 
     def stop_reading(self, error: BaseException) -> None:
         """Read nothing more; `error` is raised once everything read has been yielded."""
-        self._exhausted = True
-        if self.input_error is None:
-            self.input_error = error
+        self._intake.stop(error)
 
     def fail_everything(self, describe: Callable[[int], RequestError]) -> None:
         """Nothing left can run: each index not yet done yields `describe(index)`.
 
         The requests in flight are given up too: the caller gets them as failed now.
         """
-        self._exhausted = True
-        if self._waiting is not None:
-            index = self._waiting[0]
-            self._waiting = None
-            self._finish(index, None, Result(index, error=describe(index)))
+        self._intake.stop()
+        if (held := self._intake.take_held()) is not None:
+            self._finish(held[0], None, Result(held[0], error=describe(held[0])))
         for index in list(self._ledger):
             self._finish(index, self._ledger[index], Result(index, error=describe(index)))
         self._owed_by.clear()
@@ -308,25 +294,6 @@ class Dispatcher(Generic[W]):
         self._due.clear()
         self._backoff.clear()
         self._quarantine.clear()
-
-    def _next_item(self) -> tuple[int, Any] | None:
-        if self._waiting is not None:
-            return self._waiting
-        if self._exhausted:
-            return None
-        try:
-            item: tuple[int, Any] = next(self._source)
-            if item is PENDING:
-                return None
-            if self._check_item is not None:
-                self._check_item(*item)
-        except StopIteration:
-            self._exhausted = True
-            return None
-        except Exception as exc:  # the caller's iterable raised, or yielded something bad
-            self.stop_reading(exc)
-            return None
-        return item
 
     def _admit(
         self,
@@ -338,7 +305,6 @@ class Dispatcher(Generic[W]):
     ) -> bool:
         """Take in one new request: answer it from the cache, park it behind an identical
         one, or send it. False when a budget holds it back (it is kept for later)."""
-        self._waiting = None
         if isinstance(request, Answered):
             self._answer_with(index, request.result)
             return True
@@ -356,7 +322,7 @@ class Dispatcher(Generic[W]):
             self._ledger[index] = entry  # a duplicate: it waits for the first one's answer
             return True
         if not self._may_send(entry, now):
-            self._waiting = (index, request)
+            self._intake.hold((index, request))
             return False
         self._ledger[index] = entry
         entry.counted = True
@@ -411,28 +377,9 @@ class Dispatcher(Generic[W]):
         sends.setdefault(worker, []).append(task)
         return worker
 
-    def _release_quarantine(
-        self, workers: Sequence[W], sends: dict[W, list[Task]], now: float
-    ) -> None:
-        """Send each quarantined request to a worker with no other request that ever crashed.
-
-        There it shares its worker only with fresh requests, so a poison (which is a
-        suspect itself after two deaths) can kill an innocent suspect at most while still
-        fresh: a poison cannot take innocents with it again and again, and random worker
-        deaths cost no throughput (nothing waits for a worker to drain).
-        """
-        while self._quarantine:
-            clean = [
-                worker
-                for worker in workers
-                if worker not in self._suspect_on
-                and not any(self._ledger[i].crashes for i in self._owed_by.get(worker, ()))
-            ]
-            index = self._quarantine[0]
-            if not clean or not self._may_send(self._ledger[index], now):
-                return
-            self._quarantine.popleft()
-            self._suspect_on[self._send(index, clean, sends, now)] = index
+    def _ran_a_crash(self, worker: W) -> bool:
+        """Whether `worker` runs a request that was on a worker that died."""
+        return any(self._ledger[i].crashes for i in self._owed_by.get(worker, ()))
 
     def _retry_later(self, index: int, entry: _Entry, error: Exception) -> bool:
         """Schedule the next attempt if the policy wants one; count 429s either way."""
@@ -474,11 +421,10 @@ class Dispatcher(Generic[W]):
             self._finish(index, self._ledger[index], Result(index, error=refusal(index)))
         self._due = deque(i for i in self._due if i in self._ledger)
         self._backoff = [(t, i) for t, i in self._backoff if i in self._ledger]
-        self._quarantine = deque(i for i in self._quarantine if i in self._ledger)
+        self._quarantine.keep_only(self._ledger)
         for _ in range(_READ_AHEAD):
-            if (item := self._next_item()) is None:
+            if (item := self._intake.next()) is None:
                 break
-            self._waiting = None
             self._finish(item[0], None, Result(item[0], error=refusal(item[0])))
 
     def _give_up_running(self) -> None:
@@ -492,7 +438,7 @@ class Dispatcher(Generic[W]):
             self.abandoned = self.abandoned or bool(owed)
             self._owing_since.pop(worker, None)
         self._owed_by.clear()
-        self._suspect_on.clear()
+        self._quarantine.clear()
 
     def _too_late(self, index: int) -> DeadlineExceededError:
         return DeadlineExceededError("not done by the batch's deadline", index=index)

@@ -34,15 +34,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .answers import answer_result, reading_of, usage_of
+from .backends.process import block_group_signals
 from .batchapi import BatchClient
 from .bodies import http_call
 from .costs import PriceTable
-from .dispatcher import PENDING, Answered
 from .errors import APIError, BudgetExceededError, RequestError
+from .intake import PENDING, Answered
 from .journal import JobRecord, Journal
 from .limits import token_estimate
 from .protocol import Task
-from .results import Result
+from .results import BatchSummary, Result
 from .retry import retryable_status
 from .spending import Spending
 
@@ -81,6 +82,7 @@ class _Job:
     retry_at: float = 0.0  # monotonic: when a refused job is created again
     refusals: int = 0
     reserved: dict[int, float] = field(default_factory=dict)  # {index: USD} (max_cost)
+    counts: tuple[int, int] = (0, 0)  # the provider's (answered, total) lines
     files: tuple[BinaryIO, BinaryIO] | None = None  # input lines, pickled requests
 
     def write(self, index: int, line: bytes, payload: bytes) -> None:
@@ -116,6 +118,7 @@ class JobRoute:
         check_item: validates each item read (None: checked already).
         spending: the batch's `max_cost` (reserved per line when it is spooled), or None.
         wake: wakes the batch loop when something arrives.
+        summary: the batch's summary, where the jobs' states are shown.
     """
 
     def __init__(
@@ -129,8 +132,10 @@ class JobRoute:
         check_item: Callable[[int, object], None] | None,
         spending: Spending | None,
         wake: Callable[[], None],
+        summary: BatchSummary,
     ) -> None:
         self._requests = requests
+        self._summary = summary
         self._client = client
         self._journal = journal
         self._options = options
@@ -145,6 +150,7 @@ class JobRoute:
         self._online = False  # past the deadline's switch: everything goes online
         self._reading = False  # the input is being read
         self._next_poll = 0.0
+        self._done_jobs = 0
         self._stop = threading.Event()
         self._ended = threading.Event()
         self.error: BaseException | None = None  # raised once everything is yielded
@@ -169,13 +175,16 @@ class JobRoute:
             raise error
         raise StopIteration
 
-    @property
-    def job_states(self) -> dict[str, int]:
-        """How many jobs are in each state (for the progress bar)."""
-        states: dict[str, int] = {}
+    def _report(self) -> None:
+        """Show the jobs' states in the batch's summary (and so its progress bar)."""
+        states = {"done": self._done_jobs} if self._done_jobs else {}
         for job in self._jobs:
             states[job.status] = states.get(job.status, 0) + 1
-        return states
+        self._summary.jobs = states
+        self._summary.job_lines = (
+            sum(job.counts[0] for job in self._jobs),
+            sum(job.counts[1] for job in self._jobs),
+        )
 
     def delivered(self, indices: Iterable[int]) -> None:
         """The caller has had these indices (a re-run with the journal skips them)."""
@@ -188,11 +197,14 @@ class JobRoute:
             self._thread.join()
         for group in self._groups.values():
             group.close_files()
+        if self._ended.is_set():
+            self._journal.prune()
         self._journal.close()
 
     # -- the thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
+        block_group_signals()  # a SIGTERM is the main thread's to handle
         try:
             self._reattach()
             self._read_input()
@@ -323,6 +335,8 @@ class JobRoute:
             assert job.record.batch_id is not None
             batch = self._client.retrieve(job.record.batch_id)
             job.status = batch.status
+            if (counts := batch.request_counts) is not None:
+                job.counts = (counts.completed + counts.failed, counts.total)
             if batch.status not in _FINAL:
                 continue
             if batch.status == "failed" and self._client.refused(batch):
@@ -330,6 +344,7 @@ class JobRoute:
                 continue
             self._download(job, batch)
             self._read_answers(job, batch.status, failure=self._client.failure(batch))
+        self._report()
 
     def _download(self, job: _Job, batch: Any) -> None:
         """Keep the job's output and error files beside the journal, then delete them (and
@@ -366,6 +381,7 @@ class JobRoute:
         job.record.state = "read"
         self._journal.update(job.record)
         self._jobs.remove(job)
+        self._done_jobs += 1
         if not self._reading:  # lines to send again go now (else with the input's)
             for group in list(self._groups.values()):
                 self._submit(group)

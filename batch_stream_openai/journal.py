@@ -76,6 +76,7 @@ class Journal:
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: a kill -9 loses nothing
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as error:
             raise BatchFileError(f"{self.path} is not a batch journal ({error})") from None
@@ -140,6 +141,34 @@ class Journal:
                 "ON CONFLICT (idx) DO UPDATE SET delivered = 1",
                 ((index,) for index in indices),
             )
+
+    def select(self, indices: Iterable[tuple[int, bool]]) -> None:
+        """For each ``(index, send)``: not to send is as good as delivered (a file run
+        has it in its output already); to send, and delivered before, is sent anew."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            for index, send in indices:
+                if send:
+                    self._db.execute("DELETE FROM lines WHERE idx = ? AND delivered = 1", (index,))
+                else:
+                    self._db.execute(
+                        "INSERT INTO lines (idx, job, delivered) VALUES (?, '', 1) "
+                        "ON CONFLICT (idx) DO UPDATE SET delivered = 1",
+                        (index,),
+                    )
+
+    def prune(self) -> None:
+        """Delete the local files of jobs the caller has had every line of."""
+        for record in self._all_jobs():
+            if not self.pending(record.key):
+                shutil.rmtree(self.job_dir(record.key), ignore_errors=True)
+
+    def _all_jobs(self) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, endpoint, model, state, file_id, batch_id FROM jobs"
+            ).fetchall()
+        return [JobRecord(*row) for row in rows]
 
     def close(self) -> None:
         """Close the file; a temporary journal is deleted with its jobs' files."""

@@ -21,6 +21,7 @@ from .config import Secret
 from .costs import PriceTable
 from .jobs import JobOptions, JobRoute
 from .journal import Journal
+from .results import BatchSummary
 from .spending import Spending
 from .stream import ResultPair
 from .validation import check_bool, check_int, check_positive
@@ -96,6 +97,7 @@ class BatchMode:
         check_item: Callable[[int, object], None] | None,
         spending: Spending | None,
         wake: Callable[[], None],
+        summary: BatchSummary,
     ) -> JobRoute:
         """The Batch API route of this batch's `requests` (its thread starts on first read)."""
         return JobRoute(
@@ -107,6 +109,7 @@ class BatchMode:
             check_item=check_item,
             spending=spending,
             wake=wake,
+            summary=summary,
         )
 
 

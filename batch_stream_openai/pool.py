@@ -375,6 +375,7 @@ class BatchPool:
             self._cache, self.settings.routed_base_url, spending, replays=postprocess is not None
         )
         total = len(requests) if isinstance(requests, Sequence) else None
+        summary = BatchSummary()
         jobs = None
         if route.mode == "batch":
             jobs = route.route(
@@ -385,6 +386,7 @@ class BatchPool:
                 check_item=None if checked else checker,
                 spending=spending,
                 wake=self._supervisor.wake,
+                summary=summary,
             )
         dispatcher: Dispatcher[Worker] = Dispatcher(
             batch_id,
@@ -395,6 +397,7 @@ class BatchPool:
             rich=rich,
             check_item=None if checked or jobs is not None else checker,
             indexed=jobs is not None,
+            summary=summary,
             deadline=route.deadline if route.mode != "batch" else None,
             flex_fallback=route.mode == "flex" and route.flex_fallback,
         )

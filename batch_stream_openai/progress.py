@@ -27,7 +27,11 @@ class ProgressBar:
         """Move the bar to the summary's counts."""
         summary = self._summary
         self._bar.update(summary.done - self._bar.n)
-        extra = {"cached": summary.cached} if summary.cached else {}
+        extra: dict[str, Any] = {"cached": summary.cached} if summary.cached else {}
+        if summary.jobs:  # the Batch API's jobs: "2 in_progress 1 done (1500/3000)"
+            states = " ".join(f"{n} {status}" for status, n in sorted(summary.jobs.items()))
+            answered, total = summary.job_lines
+            extra["jobs"] = states + (f" ({answered}/{total})" if total else "")
         self._bar.set_postfix(
             failed=summary.failed,
             retried=summary.retries,

@@ -140,6 +140,9 @@ class BatchSummary:
         cost_usd: what this batch spent; ``unpriced``: answers whose price is unknown
             (not in ``cost_usd``); ``saved_usd``: what the cached answers cost when they
             were first paid for.
+        jobs: ``mode="batch"``: the Batch API jobs by status (``{"in_progress": 2, ...}``,
+            ``"done"`` for those read); ``job_lines``: (answered, total) lines of the
+            jobs still open.
     """
 
     ok: int = 0
@@ -154,6 +157,8 @@ class BatchSummary:
     cost_usd: float = 0.0
     unpriced: int = 0
     saved_usd: float = 0.0
+    jobs: dict[str, int] = field(default_factory=dict)
+    job_lines: tuple[int, int] = (0, 0)
     started_at: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
 
@@ -207,6 +212,8 @@ class BatchSummary:
         ]
         if self.cached:
             parts.append(f"{self.cached} cached ({self.deduplicated} deduplicated)")
+        if self.jobs:
+            parts.append(f"{sum(self.jobs.values())} batch jobs")
         parts.append(f"{self.input_tokens + self.output_tokens} tokens")
         cost = f"${self.cost_usd:.4f}"
         if self.unpriced:

@@ -569,3 +569,33 @@ def test_embeddings_lines_are_sent_and_written_like_the_batch_api(
         expected_embedding("beta"),
     ]
     assert records["chat-1"]["error"] is None
+
+
+@pytest.mark.timeout(90)
+def test_batch_mode_sigterm_then_a_rerun_reattaches_to_the_jobs(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    fake.configure(batch_seconds=3.0)
+    try:
+        source = _prompt_file(tmp_path / "in.jsonl", 30)
+        output = tmp_path / "out.jsonl"
+        flags = ("--mode", "batch", "--batch-size", "10", "--poll-interval", "0.05")
+        process = _start(fake, source, output, *flags, "--grace", "0.2")
+        jobs = lambda: [job for job in fake.batch_jobs()["jobs"] if "id" in job]  # noqa: E731
+        _wait_for(lambda: len(jobs()) == 3)
+        process.send_signal(signal.SIGTERM)
+        _stdout, stderr = process.communicate(timeout=30)
+        assert process.returncode == 75, stderr
+        assert (tmp_path / "out.jsonl.jobs").exists()
+
+        resumed = _run(fake, source, output, *flags)
+        assert resumed.returncode == 0, resumed.stderr
+        records = _records(output)
+        assert sorted(r["custom_id"] for r in records) == sorted(f"id-{i}" for i in range(30))
+        assert all(r["error"] is None for r in records)
+        assert len(jobs()) == 3  # re-attached: no job submitted twice
+        assert not any((tmp_path / "out.jsonl.jobs.d").iterdir())  # local job files pruned
+        again = _run(fake, source, output, *flags)
+        assert again.returncode == 0 and len(jobs()) == 3 and len(_records(output)) == 30
+    finally:
+        fake.configure(batch_seconds=1.0)

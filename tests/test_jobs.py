@@ -154,8 +154,10 @@ def test_postprocess_runs_on_batch_answers(
     jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any]
 ) -> None:
     with BatchPool(max_concurrency=4, workers=1, postprocess=str.upper, **pool_options) as pool:
-        values = dict(pool.stream([ask("p0"), ask("p1")], **FAST))
+        stream = pool.stream([ask("p0"), ask("p1")], **FAST)
+        values = dict(stream)
     assert values == {0: answers(["p0"])[0].upper(), 1: answers(["p1"])[0].upper()}
+    assert stream.summary.jobs == {"done": 1} and "1 batch jobs" in str(stream.summary)
 
 
 def test_a_deadline_cancels_the_jobs_and_sends_the_rest_online(
@@ -221,8 +223,11 @@ def test_a_line_is_written_as_the_batch_api_wants_it(
 ) -> None:
     journal = tmp_path / "j"
     with BatchPool(max_concurrency=2, workers=1, **pool_options) as pool:
-        assert pool.run([ask("w0")], **FAST, journal=journal) == answers(["w0"])
-    folder = next((tmp_path / "j.d").iterdir())
-    line = json.loads((folder / "input.jsonl").read_text())
+        stream = pool.stream([ask("w0"), ask("w1")], **FAST, journal=journal)
+        assert next(stream)[1] in answers(["w0", "w1"])
+        folder = next((tmp_path / "j.d").iterdir())  # the job's files, while it is open
+        line = json.loads((folder / "input.jsonl").read_text().splitlines()[0])
+        assert len(list(stream)) == 1
     assert line["custom_id"] == "0" and line["method"] == "POST"
     assert line["url"] == "/v1/chat/completions" and line["body"]["model"] == "gpt-4o-mini"
+    assert not any((tmp_path / "j.d").iterdir())  # deleted once every line was had

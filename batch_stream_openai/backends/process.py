@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -24,7 +25,7 @@ from typing import Any
 
 from .base import PipeWorker
 
-__all__ = ["WorkerProcess", "default_start_method", "process_context"]
+__all__ = ["WorkerProcess", "block_group_signals", "default_start_method", "process_context"]
 
 # Time a hung worker gets between SIGTERM and SIGKILL.
 _KILL_GRACE_S = 2.0
@@ -54,7 +55,7 @@ def process_context(start_method: str) -> BaseContext:
     """The multiprocessing context for worker processes."""
     context = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
-        context.set_forkserver_preload(["batch_stream_openai.worker"])
+        context.set_forkserver_preload(["batch_stream_openai.backends.preload"])
     return context
 
 
@@ -79,7 +80,15 @@ class WorkerProcess(PipeWorker):
             name=name,
             daemon=True,
         )
-        with _group_signals_ignored(), _main_module_spawnable():
+        if parent is not None:
+            # Forked children take the fork server's dispositions: only its own start
+            # needs the signals ignored, and other threads of ours never lose one.
+            with _group_signals_ignored():
+                multiprocessing.forkserver.ensure_running()
+        with contextlib.ExitStack() as stack:
+            if parent is None:
+                stack.enter_context(_group_signals_ignored())
+            stack.enter_context(_main_module_spawnable())
             self.process.start()
         self._pid: int | None = self.process.pid
         self._sentinel: int = self.process.sentinel
@@ -126,6 +135,12 @@ class WorkerProcess(PipeWorker):
                 self.process.kill()
 
 
+def block_group_signals() -> None:
+    """Keep Ctrl-C and SIGTERM away from the calling thread (call it first in a thread the
+    library starts in the parent): the main thread takes them, or they stay pending."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)
+
+
 @contextlib.contextmanager
 def _group_signals_ignored() -> Iterator[None]:
     """Start a child with Ctrl-C and SIGTERM ignored from its first instruction.
@@ -133,8 +148,10 @@ def _group_signals_ignored() -> Iterator[None]:
     An ignored signal stays ignored across exec, so a Ctrl-C while the worker imports
     prints no traceback; the worker keeps ignoring them (the parent decides when workers
     stop). In the parent the signals are blocked meanwhile, not lost: one that arrives
-    stays pending (Linux never discards a blocked signal) and is handled once restored.
-    Only the main thread may change signal handlers; elsewhere the child starts as is.
+    stays pending (Linux never discards a blocked signal) and is handled once restored,
+    as long as no other thread takes it meanwhile (the threads this library starts in
+    the parent block them: `block_group_signals`). Only the main thread may change
+    signal handlers; elsewhere the child starts as is.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
