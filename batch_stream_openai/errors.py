@@ -137,6 +137,19 @@ class APIError(RequestError):
         self.request_id = request_id
         self.retry_after_s = retry_after_s
 
+    def for_index(self, index: int) -> APIError:
+        """A copy of this error for request `index` (one error of a whole job, say)."""
+        return APIError(
+            self.message,
+            status_code=self.status_code,
+            code=self.code,
+            body=self.body,
+            request_id=self.request_id,
+            index=index,
+            attempts=max(1, self.attempts),
+            retryable=self.retryable,
+        )
+
     def __str__(self) -> str:
         return (
             f"request {self.index}: HTTP {self.status_code}: {self.message} "

@@ -23,28 +23,22 @@ input: it iterates ``(index, item)`` pairs, and `PENDING` while it waits for a j
 
 from __future__ import annotations
 
-import json
-import pickle
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, BinaryIO
+from dataclasses import dataclass
+from typing import Any
 
-from .answers import answer_result, reading_of, usage_of
 from .backends.process import block_group_signals
 from .batchapi import BatchClient
-from .bodies import http_call
 from .costs import PriceTable
 from .errors import APIError, BudgetExceededError, RequestError
 from .intake import PENDING, Answered
+from .joblines import Job, batch_line, line_result
 from .journal import JobRecord, Journal
 from .limits import token_estimate
-from .protocol import Task
 from .results import BatchSummary, Result
-from .retry import retryable_status
 from .spending import Spending
 
 __all__ = ["MAX_FILE_BYTES", "JobOptions", "JobRoute"]
@@ -54,6 +48,8 @@ MAX_FILE_BYTES = 190 * 2**20
 # A job refused for the enqueued-token limit is created again after this many polls,
 # doubling each time, waiting at most `_MAX_REFUSED_WAIT_S`.
 _MAX_REFUSED_WAIT_S = 600.0
+# Items handed to the batch loop and not yet taken, at most.
+_MAX_QUEUED = 4096
 _FINAL = frozenset({"completed", "expired", "cancelled", "failed"})
 
 
@@ -67,43 +63,6 @@ class JobOptions:
     deadline: float | None = None  # monotonic
     online_reserve: float | None = None  # seconds kept for the online rest
     online_rate: float = 10.0  # requests per second this pool is expected to do online
-
-
-@dataclass
-class _Job:
-    """A group of lines on its way: spooled (open), submitted, or waiting to be re-created."""
-
-    record: JobRecord
-    folder: Path
-    lines: int = 0
-    size: int = 0  # bytes of input lines
-    indices: list[int] = field(default_factory=list)
-    status: str = "spooled"
-    retry_at: float = 0.0  # monotonic: when a refused job is created again
-    refusals: int = 0
-    reserved: dict[int, float] = field(default_factory=dict)  # {index: USD} (max_cost)
-    counts: tuple[int, int] = (0, 0)  # the provider's (answered, total) lines
-    files: tuple[BinaryIO, BinaryIO] | None = None  # input lines, pickled requests
-
-    def write(self, index: int, line: bytes, payload: bytes) -> None:
-        """Add one request: its input line, and its pickle (to read its answer by)."""
-        if self.files is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.files = (
-                open(self.folder / "input.jsonl", "ab"),  # noqa: SIM115 (closed in close_files)
-                open(self.folder / "requests.pickle", "ab"),  # noqa: SIM115
-            )
-        self.files[0].write(line)
-        pickle.dump((index, payload), self.files[1])
-        self.lines += 1
-        self.size += len(line)
-        self.indices.append(index)
-
-    def close_files(self) -> None:
-        if self.files is not None:
-            for file in self.files:
-                file.close()
-            self.files = None
 
 
 class JobRoute:
@@ -143,9 +102,10 @@ class JobRoute:
         self._check_item = check_item
         self._spending = spending
         self._wake = wake
-        self._out: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
-        self._groups: dict[tuple[str, str], _Job] = {}  # open, by (endpoint, model)
-        self._jobs: list[_Job] = []  # submitted (or refused, to be created again)
+        # Bounded: a finished job of 50,000 lines waits here while the loop takes them.
+        self._out: queue.Queue[tuple[int, Any]] = queue.Queue(_MAX_QUEUED)
+        self._groups: dict[tuple[str, str], Job] = {}  # open, by (endpoint, model)
+        self._jobs: list[Job] = []  # submitted (or refused, to be created again)
         self._attempts: dict[int, int] = {}  # {index: attempts} of lines sent again
         self._online = False  # past the deadline's switch: everything goes online
         self._reading = False  # the input is being read
@@ -257,14 +217,14 @@ class JobRoute:
                 self._give(index, Answered(Result(index, error=error)))
                 return
             reserved = found
-        endpoint, body = http_call(request)
-        line = {"custom_id": str(index), "method": "POST", "url": endpoint, "body": body}
-        self._spool(index, endpoint, str(body.get("model")), json.dumps(line), request)
+        group = self._spool(index, request)
         if reserved:
-            self._groups[(endpoint, str(body.get("model")))].reserved[index] = reserved
+            group.reserved[index] = reserved
 
-    def _spool(self, index: int, endpoint: str, model: str, line: str, request: Any) -> None:
-        data = line.encode() + b"\n"
+    def _spool(self, index: int, request: Any) -> Job:
+        """Write `request` into its endpoint and model's open group (a full one is
+        submitted first); the group."""
+        endpoint, model, data = batch_line(index, request)
         group = self._groups.get((endpoint, model))
         if group is not None and (
             group.lines >= self._options.batch_size or group.size + len(data) > MAX_FILE_BYTES
@@ -273,11 +233,12 @@ class JobRoute:
             group = None
         if group is None:
             key = f"job-{time.time_ns():x}"
-            group = _Job(JobRecord(key, endpoint, model, "spooled"), self._journal.job_dir(key))
+            group = Job(JobRecord(key, endpoint, model, "spooled"), self._journal.job_dir(key))
             self._groups[(endpoint, model)] = group
-        group.write(index, data, Task.pickle_payload(request))
+        group.write(index, data, request)
+        return group
 
-    def _submit(self, job: _Job) -> None:
+    def _submit(self, job: Job) -> None:
         """Record, upload and start a group's job."""
         self._groups.pop((job.record.endpoint, job.record.model), None)
         job.close_files()
@@ -286,7 +247,7 @@ class JobRoute:
         self._jobs.append(job)
         self._start(job)
 
-    def _start(self, job: _Job, resumed: bool = False) -> None:
+    def _start(self, job: Job, resumed: bool = False) -> None:
         """Upload the job's lines and create it; a resumed job is looked for first (the
         run before may have died between creating it and writing its id down)."""
         record = job.record
@@ -302,7 +263,7 @@ class JobRoute:
             self._journal.update(record)
         job.status = "validating"
 
-    def _refused(self, job: _Job) -> None:
+    def _refused(self, job: Job) -> None:
         """The job cannot be created now (the enqueued-token limit): try again later."""
         job.refusals += 1
         job.status = "refused"
@@ -313,7 +274,7 @@ class JobRoute:
     def _reattach(self) -> None:
         """Take up the jobs a previous run left open (none without a kept journal)."""
         for record in self._journal.open_jobs():
-            job = _Job(record, self._journal.job_dir(record.key))
+            job = Job(record, self._journal.job_dir(record.key))
             self._jobs.append(job)
             if record.state in ("downloaded", "read"):
                 self._read_answers(job, "completed")
@@ -346,36 +307,31 @@ class JobRoute:
             self._read_answers(job, batch.status, failure=self._client.failure(batch))
         self._report()
 
-    def _download(self, job: _Job, batch: Any) -> None:
+    def _download(self, job: Job, batch: Any) -> None:
         """Keep the job's output and error files beside the journal, then delete them (and
         the input file) at the provider."""
         for name, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
             if file_id:
-                (job.folder / f"{name}.jsonl").write_bytes(self._client.content(file_id))
+                job.keep(name, self._client.content(file_id))
         job.record.state = "downloaded"
         self._journal.update(job.record)
         for file_id in (batch.output_file_id, batch.error_file_id, job.record.file_id):
             if file_id:
                 self._client.delete(file_id)
 
-    def _read_answers(self, job: _Job, status: str, failure: APIError | None = None) -> None:
+    def _read_answers(self, job: Job, status: str, failure: APIError | None = None) -> None:
         """Hand each pending index of a finished job back: its answer, an error, or a
         later attempt (another job, or online past the switch)."""
         pending = self._pending(job)
-        requests = _requests_of(job.folder, pending)
-        answered: set[int] = set()
-        for name in ("output", "errors"):
-            path = job.folder / f"{name}.jsonl"
-            if path.exists():
-                for raw in path.read_bytes().splitlines():
-                    answered.add(self._answer_line(job, json.loads(raw), pending, requests))
+        requests = job.requests(pending)
+        answered = {self._answer_line(job, line, pending, requests) for line in job.answers()}
         for index in sorted(pending - answered):  # the job ended before answering these
             error, tries = failure, self._attempts.get(index, 0) + 1
             if error is None and status != "cancelled" and tries > self._options.max_retries:
                 message = f"batch jobs ended ({status}) before answering it, {tries} times"
                 error = APIError(message, status_code=0)
             if error is not None:
-                self._give(index, Answered(Result(index, error=_for_index(error, index))))
+                self._give(index, Answered(Result(index, error=error.for_index(index))))
             else:
                 self._again(index, requests[index], count=status != "cancelled")
         job.record.state = "read"
@@ -387,57 +343,25 @@ class JobRoute:
                 self._submit(group)
 
     def _answer_line(
-        self, job: _Job, line: dict[str, Any], pending: set[int], requests: dict[int, Any]
+        self, job: Job, line: dict[str, Any], pending: set[int], requests: dict[int, Any]
     ) -> int:
-        """Give one output or error line's index its result; returns the index (-1 if
-        the line is not one this job still owes)."""
+        """Give one output or error line's index its result, or a later attempt; returns
+        the index (-1 if the line is not one this job still owes)."""
         index = int(line.get("custom_id", -1))
         if index not in pending:
             return -1
-        request = requests[index]
         attempts = self._attempts.get(index, 0) + 1
-        response = line.get("response") or {}
-        status = int(response.get("status_code") or 0)
-        data = response.get("body") or {}
-        reserved = job.reserved.pop(index, 0.0)
-        if status == 200:
-            endpoint, body = http_call(request)
-            usage = usage_of(data)
-            cost = self._prices.cost(request.model, usage, tier="batch")
-            result = answer_result(
-                index,
-                reading_of(request, endpoint, body),
-                data,
-                response.get("request_id"),
-                attempts=attempts,
-                usage=usage,
-                cost_usd=cost,
-            )
-            if self._spending is not None:
-                output = usage.output_tokens if usage is not None else 0
-                self._spending.settle(reserved, cost, result.error, output)
-            self._give(index, Answered(replace(result, batch_id=job.record.batch_id)))
-            return index
-        error = _line_error(line, status, index, attempts)
+        result = line_result(line, requests[index], attempts, self._prices, job.record.batch_id)
         if self._spending is not None:
-            self._spending.settle(reserved, None, error)
-        if error.retryable and attempts <= self._options.max_retries:
-            self._again(index, request, count=True)
+            output = result.usage.output_tokens if result.usage is not None else 0
+            reserved = job.reserved.pop(index, 0.0)
+            self._spending.settle(reserved, result.cost_usd, result.error, output)
+        error = result.error
+        retryable = isinstance(error, APIError) and error.retryable
+        if retryable and attempts <= self._options.max_retries:
+            self._again(index, requests[index], count=True)
         else:
-            self._give(
-                index,
-                Answered(
-                    Result(
-                        index,
-                        attempts=attempts,
-                        status_code=status,
-                        body=data or None,
-                        request_id=response.get("request_id"),
-                        error=error,
-                        batch_id=job.record.batch_id,
-                    )
-                ),
-            )
+            self._give(index, Answered(result))
         return index
 
     def _again(self, index: int, request: Any, *, count: bool) -> None:
@@ -447,9 +371,7 @@ class JobRoute:
         if self._online:
             self._give(index, request)
             return
-        endpoint, body = http_call(request)
-        line = {"custom_id": str(index), "method": "POST", "url": endpoint, "body": body}
-        self._spool(index, endpoint, str(body.get("model")), json.dumps(line), request)
+        self._spool(index, request)
 
     def _must_go_online(self) -> bool:
         """Whether what is still in jobs must now go online to be done by the deadline."""
@@ -474,19 +396,25 @@ class JobRoute:
                 self._client.cancel(job.record.batch_id)
                 continue
             self._jobs.remove(job)  # never created: all of it goes online
-            for index, request in _requests_of(job.folder, self._pending(job)).items():
+            for index, request in job.requests(self._pending(job)).items():
                 self._give(index, request)
         for group in list(self._groups.values()):
             self._groups.pop((group.record.endpoint, group.record.model))
             group.close_files()
-            for index, request in _requests_of(group.folder, set(group.indices)).items():
+            for index, request in group.requests(set(group.indices)).items():
                 self._give(index, request)
 
-    def _pending(self, job: _Job) -> set[int]:
+    def _pending(self, job: Job) -> set[int]:
         return self._journal.pending(job.record.key)
 
     def _give(self, index: int, item: Any) -> None:
-        self._out.put((index, item))
+        """Hand `item` to the batch loop (waiting while it has many not yet taken)."""
+        while not self._stop.is_set():
+            try:
+                self._out.put((index, item), timeout=0.1)
+                break
+            except queue.Full:
+                self._wake()
         self._wake()
 
     def _fail_open(self, error: BaseException) -> None:
@@ -499,46 +427,3 @@ class JobRoute:
         for index in sorted(set(owed)):
             failed = RequestError(f"the Batch API route failed: {error!r}", index=index)
             self._give(index, Answered(Result(index, error=failed)))
-
-
-def _requests_of(folder: Path, indices: set[int]) -> dict[int, Any]:
-    """The requests of a job's `indices`, from its pickled spool."""
-    found: dict[int, Any] = {}
-    with open(folder / "requests.pickle", "rb") as pickles:
-        while True:
-            try:
-                index, payload = pickle.load(pickles)
-            except EOFError:
-                return found
-            if index in indices:
-                found[index] = pickle.loads(payload)
-
-
-def _line_error(line: dict[str, Any], status: int, index: int, attempts: int) -> APIError:
-    """The `APIError` of an output or error line that did not answer 200."""
-    data = (line.get("response") or {}).get("body") or {}
-    detail = data.get("error") if isinstance(data, dict) else None
-    detail = detail or line.get("error") or {}
-    code = detail.get("code") if isinstance(detail, dict) else None
-    message = detail.get("message") if isinstance(detail, dict) else None
-    return APIError(
-        str(message or f"the batch line failed with status {status}"),
-        status_code=status or 500,
-        code=code,
-        body=data or None,
-        index=index,
-        attempts=attempts,
-        retryable=retryable_status(status or 500, code),
-    )
-
-
-def _for_index(error: APIError, index: int) -> APIError:
-    """A copy of a job-wide `error` for one of its indices."""
-    return APIError(
-        error.message,
-        status_code=error.status_code,
-        code=error.code,
-        body=error.body,
-        index=index,
-        attempts=1,
-    )

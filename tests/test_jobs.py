@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from batch_stream_openai import APIError, BatchPool, EmbeddingRequest, RawRequest, Result
+from batch_stream_openai import (
+    APIError,
+    BatchPool,
+    BudgetExceededError,
+    EmbeddingRequest,
+    RawRequest,
+    Result,
+)
 from batch_stream_openai.testing import FakeOpenAIServer
 from batch_stream_openai.testing.answers import expected_embedding
 
@@ -231,3 +238,20 @@ def test_a_line_is_written_as_the_batch_api_wants_it(
     assert line["custom_id"] == "0" and line["method"] == "POST"
     assert line["url"] == "/v1/chat/completions" and line["body"]["model"] == "gpt-4o-mini"
     assert not any((tmp_path / "j.d").iterdir())  # deleted once every line was had
+
+
+def test_max_cost_holds_in_batch_mode(
+    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    # Each line reserves its worst case (~$0.0006 uncapped) when it is spooled.
+    with BatchPool(max_concurrency=4, workers=1, **pool_options) as pool:
+        stream = pool.stream([ask(f"c{i}") for i in range(10)], **FAST, max_cost=0.002)
+        values = dict(stream)
+    sent = [i for i in range(10) if isinstance(values[i], str)]
+    refused = [i for i in range(10) if isinstance(values[i], BudgetExceededError)]
+    assert sorted(sent + refused) == list(range(10))
+    assert 1 <= len(sent) <= 3 and refused
+    assert stream.summary.cost_usd <= 0.002
+    assert sorted(cid for job in jobs_of(jobs_fake) for cid in job["custom_ids"]) == sorted(
+        str(i) for i in sent
+    )

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from batch_stream_openai import (
+    APIError,
     EmptyResponseError,
     OpenAIRequest,
     ProviderNotInstalledError,
@@ -94,3 +95,18 @@ def test_a_raw_request_answered_without_text_keeps_its_body() -> None:
     assert answer_text(Reading(CHAT_ENDPOINT, raw=True), tool_call) == ""
     with pytest.raises(EmptyResponseError):
         answer_text(Reading(CHAT_ENDPOINT), tool_call)
+
+
+@pytest.mark.timeout(120)
+def test_a_litellm_provider_without_its_key_is_a_401_that_is_not_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if importlib.util.find_spec("litellm") is None:  # not imported here: it costs ~5 s
+        pytest.skip("the [litellm] extra is not installed")
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    request = OpenAIRequest("s", "u", model="gemini/gemini-2.0-flash")
+    [result] = run_batch([request], api_key="sk-unused-by-this-route", max_retries=3)
+    assert isinstance(result, APIError), result
+    assert result.status_code == 401 and not result.retryable
+    assert result.attempts == 1  # LiteLLM says 500 for a missing key: it is not retried

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from .answers import error_body
@@ -326,12 +327,9 @@ async def batch_route(jobs: BatchJobs, request: web.BaseRequest, path: str) -> w
     method = request.method
     found: Any = None
     if parts == ["files"] and method == "POST":
-        form = await request.post()
-        upload = form.get("file")
-        if not isinstance(upload, web.FileField):
+        found = await _upload(jobs, request)
+        if found is None:
             return _json(400, json.loads(error_body(400, "'file' is required")))
-        data = upload.file.read()
-        found = jobs.upload(data, str(upload.filename), str(form.get("purpose", "")))
     elif len(parts) == 2 and parts[0] == "files":
         found = jobs.file(parts[1]) if method == "GET" else jobs.delete(parts[1])
     elif len(parts) == 3 and parts[0] == "files" and parts[2] == "content":
@@ -352,6 +350,23 @@ async def batch_route(jobs: BatchJobs, request: web.BaseRequest, path: str) -> w
     if found is None:
         return _json(404, json.loads(error_body(404, f"No such object: {method} {path}")))
     return _json(200, found)
+
+
+async def _upload(jobs: BatchJobs, request: web.BaseRequest) -> dict[str, Any] | None:
+    """POST /v1/files: read the multipart form as a stream (files up to the API's 200 MB,
+    past aiohttp's 1 MB limit for `post()`); the FileObject, or None without a file."""
+    fields: dict[str, bytes] = {}
+    filename = "upload.jsonl"
+    # aiohttp's own limit is 1 MB; the file limit (`MAX_BATCH_BYTES`) is the API's to say.
+    reader = await request.clone(client_max_size=2 * MAX_BATCH_BYTES).multipart()
+    while (part := await reader.next()) is not None:
+        if isinstance(part, aiohttp.BodyPartReader) and part.name:
+            if part.name == "file" and part.filename:
+                filename = part.filename
+            fields[part.name] = await part.read()
+    if "file" not in fields:
+        return None
+    return jobs.upload(fields["file"], filename, fields.get("purpose", b"").decode())
 
 
 def _json(status: int, data: Any) -> web.Response:

@@ -1,0 +1,177 @@
+"""Online vs the Batch API vs the Batch API under a deadline, and flat memory while spooling.
+
+Usage: ``python scripts/bench_jobs.py [--runs 3] [--requests 2000] [--rss-lines 200000]``
+
+1. One batch of chat requests (gpt-4o-mini) against the bundled server, whose online
+   answers take 200 ms and whose Batch API jobs take `JOB_SECONDS`: online
+   (concurrency 50), ``mode="batch"`` (jobs of 1,000 lines), and ``mode="batch"`` with a
+   deadline shorter than the jobs take (they are cancelled, the rest runs online). Wall
+   time, cost (genai-prices: batch lines at the batch rate), and the calls the server
+   saw (online requests + Batch API calls); medians of `--runs`, runs interleaved.
+2. Memory: ``mode="batch"`` over lazy generators of 50,000 and `--rss-lines` requests
+   (jobs of 50,000), parent RSS peak while the lines are written and read back.
+
+Writes section "jobs" of BENCHMARKS.md (``--print-only``: only prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench_core import git_revision
+from benchmarks_md import save_section
+
+from batch_stream_openai import BatchPool, OpenAIRequest
+from batch_stream_openai.testing import FakeOpenAIServer
+
+API_KEY = "sk-bench-0123456789"
+HERE = Path(__file__).resolve().parent
+JOB_SECONDS = 20.0
+LATENCY_S = 0.2
+DEADLINE_S = 12.0
+
+
+def requests(count: int, tag: str) -> Iterator[OpenAIRequest]:
+    for i in range(count):
+        yield OpenAIRequest("You are terse.", f"{tag} {i}", model="gpt-4o-mini", api="chat")
+
+
+def one_run(server: FakeOpenAIServer, label: str, count: int, tag: str) -> dict[str, float]:
+    server.reset()
+    options: dict[str, Any] = {}
+    if label != "online":
+        options = {"mode": "batch", "batch_size": 1000, "poll_interval": 0.5}
+    if label == "batch + deadline":
+        options.update(deadline=DEADLINE_S, online_reserve=DEADLINE_S / 2)
+    with BatchPool(max_concurrency=50, base_url=server.base_url, api_key=API_KEY) as pool:
+        started = time.monotonic()
+        stream = pool.stream(requests(count, tag), **options)
+        done = sum(1 for _, value in stream if isinstance(value, str))
+        wall = time.monotonic() - started
+    if done != count:
+        raise RuntimeError(f"{label}: {done} of {count} done: {stream.summary}")
+    jobs = server.batch_jobs()
+    online = server.stats().requests
+    return {
+        "wall": wall,
+        "cost": stream.summary.cost_usd,
+        "online": online,
+        "batch_calls": len(jobs["calls"]),
+        "jobs": len(jobs["jobs"]) - 1,
+    }
+
+
+def modes(server: FakeOpenAIServer, runs: int, count: int) -> str:
+    labels = ("online", "batch", "batch + deadline")
+    samples: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
+    for run in range(runs):
+        for label in labels:
+            tag = f"run {run} mode {labels.index(label)}"  # same length: same tokens
+            samples[label].append(one_run(server, label, count, tag))
+            print(f"run {run + 1} {label}: {samples[label][-1]}", file=sys.stderr)
+    base = statistics.median(s["cost"] for s in samples["online"])
+    lines = [
+        "| mode | wall s | cost USD | vs online | online requests | Batch API calls | jobs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, rows in samples.items():
+        med = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+        lines.append(
+            f"| {label} | {med['wall']:.1f} | {med['cost']:.5f} | {med['cost'] / base:.2f}x "
+            f"| {med['online']:,.0f} | {med['batch_calls']:,.0f} | {med['jobs']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+RSS_RUN = textwrap.dedent(
+    """
+    import json, sys, time
+    sys.path.insert(0, sys.argv[3])
+    from memory import RssSampler, _mb
+    from batch_stream_openai import BatchPool, OpenAIRequest
+
+    base_url, total = sys.argv[1], int(sys.argv[2])
+    if __name__ == "__main__":
+        lazy = (OpenAIRequest("You are terse.", f"rss {i}", model="gpt-4o-mini", api="chat")
+                for i in range(total))
+        with RssSampler(exclude=set()) as sampler:
+            before = _mb(sampler.read())[0]
+            started = time.monotonic()
+            with BatchPool(max_concurrency=50, base_url=base_url, api_key="sk-bench-0") as pool:
+                done = sum(1 for _ in pool.stream(lazy, mode="batch", poll_interval=1))
+            wall = time.monotonic() - started
+            peak = _mb(sampler.peaks())[0]
+        print(json.dumps({"done": done, "before": before, "peak": peak, "wall": wall}))
+    """
+)
+
+
+def memory(server: FakeOpenAIServer, totals: list[int]) -> str:
+    """Parent RSS of a fresh process sending `total` requests in batch mode, per total."""
+    server.configure(batch_seconds=2.0)
+    rows = ["| lines | parent RSS before, MB | peak, MB | growth, MB | wall s |"]
+    rows.append("|---|---|---|---|---|")
+    for total in totals:
+        server.reset()
+        command = [sys.executable, "-c", RSS_RUN, server.base_url, str(total), str(HERE)]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=True)
+        run = json.loads(out.stdout.strip().splitlines()[-1])
+        assert run["done"] == total, run
+        growth = run["peak"] - run["before"]
+        rows.append(
+            f"| {total:,} | {run['before']:.0f} | {run['peak']:.0f} | {growth:.0f} "
+            f"| {run['wall']:.1f} |"
+        )
+        print(rows[-1], file=sys.stderr)
+    server.configure(batch_seconds=JOB_SECONDS)
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rss-lines", type=int, default=200_000)
+    parser.add_argument("--print-only", action="store_true")
+    args = parser.parse_args()
+    command = " ".join(["python scripts/bench_jobs.py", *sys.argv[1:]])
+    with FakeOpenAIServer() as server:
+        server.configure(latency=LATENCY_S, batch_seconds=JOB_SECONDS)
+        table = modes(server, args.runs, args.requests)
+        flat = memory(server, [50_000, args.rss_lines])
+    section = "\n".join(
+        [
+            "## K. Half price: the Batch API and a deadline",
+            "",
+            f"`{command}` on {time.strftime('%Y-%m-%d')}, library at git `{git_revision()}`.",
+            f"{args.requests:,} chat requests (gpt-4o-mini); the bundled server answers online "
+            f"in {LATENCY_S * 1000:.0f} ms and finishes a Batch API job in {JOB_SECONDS:.0f} s "
+            f"(answering its lines as it goes); the deadline is {DEADLINE_S:.0f} s with "
+            f"`online_reserve={DEADLINE_S / 2:.0f}`. Medians of {args.runs} interleaved runs.",
+            "",
+            table,
+            "",
+            "Memory while writing and reading back one batch of jobs of 50,000 lines, from a",
+            "lazy generator (the lines go to disk as they are read; the parent keeps each",
+            "open job's indices only):",
+            "",
+            flat,
+        ]
+    )
+    print(section)
+    if not args.print_only:
+        save_section("jobs", section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
