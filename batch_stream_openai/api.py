@@ -9,10 +9,10 @@ from typing import Any
 
 from typing_extensions import Unpack
 
-from .pool import BatchPool, StreamOptions, in_input_order
+from .pool import BatchPool, StreamOptions
 from .protocol import Postprocess
 from .request import AnyRequest
-from .stream import AsyncBatchStream, BatchStream, ResultPair
+from .stream import AsyncBatchStream, BatchStream, ResultPair, in_input_order
 
 __all__ = ["BatchArguments", "arun_batch", "astream_batch", "run_batch", "stream_batch"]
 

@@ -36,12 +36,11 @@ Data flow (one batch)::
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import itertools
 import multiprocessing
 import multiprocessing.util
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypedDict
@@ -65,11 +64,11 @@ from .results import BatchSummary
 from .retry import RetrySchedule
 from .settings import PoolSettings, default_workers
 from .spending import Spending
-from .stream import AsyncBatchStream, BatchStream, ResultPair
+from .stream import AsyncBatchStream, BatchStream, ResultPair, async_pairs, in_input_order
 from .supervisor import MAIN_GUARD_HINT, Supervisor
 from .validation import RequestChecker, check_bool, check_callable, check_positive, pickled_callable
 
-__all__ = ["BatchPool", "PoolState", "StreamOptions", "default_workers", "in_input_order"]
+__all__ = ["BatchPool", "PoolState", "StreamOptions", "default_workers"]
 
 # Priority of the pool's exit handler among multiprocessing's: it must stop the workers
 # before multiprocessing joins its children at exit, whatever the import order was.
@@ -305,29 +304,12 @@ class BatchPool:
         the batch within about a second and leaves the pool ready for the next one.
         """
         chunks, summary = self.open_stream(requests, "astream", **options)
-        return AsyncBatchStream(self._async_pairs(chunks), summary)
+        return AsyncBatchStream(async_pairs(chunks, self._interrupt), summary)
 
-    async def _async_pairs(
-        self, chunks: Generator[list[ResultPair], None, None]
-    ) -> AsyncGenerator[ResultPair, None]:
-        loop = asyncio.get_running_loop()
-        pending: asyncio.Future[list[ResultPair] | None] | None = None
-        try:
-            while True:
-                pending = loop.run_in_executor(None, next, chunks, None)
-                # Shielded: a cancelled caller must not cancel this future while its thread
-                # still runs the loop; it is awaited below, once the loop has stopped.
-                chunk = await asyncio.shield(pending)
-                pending = None
-                if chunk is None:
-                    return
-                for result in chunk:
-                    yield result
-        finally:
-            if pending is not None and self._loop is not None:  # cancelled while it waited
-                self._loop.interrupt()
-                await asyncio.wait([pending])
-            await loop.run_in_executor(None, chunks.close)
+    def _interrupt(self) -> None:
+        """Stop the batch streaming now at its next turn (from any thread)."""
+        if self._loop is not None:
+            self._loop.interrupt()
 
     async def arun(
         self, requests: Iterable[AnyRequest], **options: Unpack[StreamOptions]
@@ -350,31 +332,8 @@ class BatchPool:
         check_bool("progress", options.get("progress", False))
         spending = self._spending(options.get("max_cost"))
         checker = self._checker if spending is None else self._checker.with_prices(self._prices)
-        checked = isinstance(requests, Sequence)
-        if checked:
-            checker.check_all(requests)  # type: ignore[arg-type]
-        elif not isinstance(requests, Iterable):
-            raise TypeError(
-                f"requests must be an iterable of OpenAIRequest, got {type(requests).__name__}"
-            )
+        check_item = self._check_requests(requests, checker)
         route = BatchMode.check(options, self.settings.max_retries, self._online_rate)
-        batch_id = next(self._batch_ids)
-        blob = None
-        if postprocess is not None:
-            blob = pickled_callable(
-                "postprocess", postprocess, lambda: cloudpickle.dumps(postprocess)
-            )
-        options_message = BatchOptions(
-            batch_id,
-            blob,
-            with_body=rich or self._cache is not None,
-            service_tier=route.service_tier,
-            timeout=route.attempt_timeout(self.settings.timeout),
-        )
-        admission = Admission(
-            self._cache, self.settings.routed_base_url, spending, replays=postprocess is not None
-        )
-        total = len(requests) if isinstance(requests, Sequence) else None
         summary = BatchSummary()
         jobs = None
         if route.mode == "batch":
@@ -383,11 +342,15 @@ class BatchPool:
                 base_url=self.settings.routed_base_url,
                 api_key=self.settings.secret,
                 prices=self._prices,
-                check_item=None if checked else checker,
+                check_item=check_item,
                 spending=spending,
                 wake=self._supervisor.wake,
                 summary=summary,
             )
+        admission = Admission(
+            self._cache, self.settings.routed_base_url, spending, replays=postprocess is not None
+        )
+        batch_id = next(self._batch_ids)
         dispatcher: Dispatcher[Worker] = Dispatcher(
             batch_id,
             requests if jobs is None else jobs,
@@ -395,17 +358,50 @@ class BatchPool:
             retries=self._retries,
             admission=admission,
             rich=rich,
-            check_item=None if checked or jobs is not None else checker,
+            check_item=check_item if jobs is None else None,
             indexed=jobs is not None,
             summary=summary,
-            deadline=route.deadline if route.mode != "batch" else None,
+            deadline=route.deadline if jobs is None else None,
             flex_fallback=route.mode == "flex" and route.flex_fallback,
         )
-        progress = ProgressBar(dispatcher.summary, total) if options.get("progress") else None
-        loop = BatchLoop(dispatcher, self._supervisor, options_message, admission, progress)
+        total = len(requests) if isinstance(requests, Sequence) else None
+        progress = ProgressBar(summary, total) if options.get("progress") else None
+        message = self._options_message(batch_id, postprocess, rich, route)
+        loop = BatchLoop(dispatcher, self._supervisor, message, admission, progress)
         if jobs is not None:
-            return delivering(self._run(loop, online=False), jobs), dispatcher.summary
-        return self._run(loop), dispatcher.summary
+            return delivering(self._run(loop, online=False), jobs), summary
+        return self._run(loop), summary
+
+    @staticmethod
+    def _check_requests(
+        requests: object, checker: RequestChecker
+    ) -> Callable[[int, object], None] | None:
+        """Check a list whole now; the check for each item of any other iterable."""
+        if isinstance(requests, Sequence):
+            checker.check_all(requests)
+            return None
+        if not isinstance(requests, Iterable):
+            raise TypeError(
+                f"requests must be an iterable of OpenAIRequest, got {type(requests).__name__}"
+            )
+        return checker
+
+    def _options_message(
+        self, batch_id: int, postprocess: Postprocess | None, rich: bool, route: BatchMode
+    ) -> BatchOptions:
+        """What the workers are told of the batch before its first task."""
+        blob = None
+        if postprocess is not None:
+            blob = pickled_callable(
+                "postprocess", postprocess, lambda: cloudpickle.dumps(postprocess)
+            )
+        return BatchOptions(
+            batch_id,
+            blob,
+            with_body=rich or self._cache is not None,
+            service_tier=route.service_tier,
+            timeout=route.attempt_timeout(self.settings.timeout),
+        )
 
     def _spending(self, max_cost: object) -> Spending | None:
         if max_cost is None:
@@ -461,9 +457,3 @@ def _shut_down(supervisor: Supervisor, cache: ResponseCache | None) -> None:
     supervisor.stop_all()
     if cache is not None:
         cache.close()
-
-
-def in_input_order(results: Iterable[ResultPair]) -> list[Any]:
-    """The values of ``(index, value)`` pairs, in index order."""
-    by_index = dict(results)
-    return [by_index[index] for index in range(len(by_index))]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
 from .results import BatchSummary
 
-__all__ = ["AsyncBatchStream", "BatchStream", "ResultPair"]
+__all__ = ["AsyncBatchStream", "BatchStream", "ResultPair", "async_pairs", "in_input_order"]
 
 # (index, value): the text or the Exception, a `Result`, or what `postprocess` made.
 ResultPair = tuple[int, Any]
@@ -92,3 +93,37 @@ class AsyncBatchStream(AsyncIterator[ResultPair]):
     async def aclose(self) -> None:
         """Stop the batch: what is in flight is cancelled, nothing more is yielded."""
         await self._pairs.aclose()
+
+
+async def async_pairs(
+    chunks: Generator[list[ResultPair], None, None], interrupt: Callable[[], None]
+) -> AsyncGenerator[ResultPair, None]:
+    """The pairs of `chunks`, each group waited for in a thread so the event loop runs.
+
+    Cancelled while it waits, it calls `interrupt` (the batch loop stops at its next
+    turn), lets the thread finish, then closes the batch.
+    """
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[list[ResultPair] | None] | None = None
+    try:
+        while True:
+            pending = loop.run_in_executor(None, next, chunks, None)
+            # Shielded: a cancelled caller must not cancel this future while its thread
+            # still runs the loop; it is awaited below, once the loop has stopped.
+            chunk = await asyncio.shield(pending)
+            pending = None
+            if chunk is None:
+                return
+            for result in chunk:
+                yield result
+    finally:
+        if pending is not None:  # cancelled while it waited
+            interrupt()
+            await asyncio.wait([pending])
+        await loop.run_in_executor(None, chunks.close)
+
+
+def in_input_order(results: Iterable[ResultPair]) -> list[Any]:
+    """The values of ``(index, value)`` pairs, in index order."""
+    by_index = dict(results)
+    return [by_index[index] for index in range(len(by_index))]
