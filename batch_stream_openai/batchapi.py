@@ -20,7 +20,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from .config import Secret
+from .config import Secret, mask_secret
 from .errors import APIError
 
 if TYPE_CHECKING:
@@ -111,6 +111,11 @@ class BatchClient:
 
     def delete(self, file_id: str) -> None:
         self._call(lambda sdk: sdk.files.delete(file_id))
+
+    def masked(self, text: str) -> str:
+        """`text` with the key masked (an error's message may quote it)."""
+        key = self._api_key.reveal() if self._api_key is not None else None
+        return text.replace(key, mask_secret(key)) if key and key in text else text
 
     @staticmethod
     def refused(batch: Batch) -> bool:

@@ -424,6 +424,7 @@ class JobRoute:
             owed.extend(self._pending(job))
         self._groups.clear()
         self._jobs.clear()
+        message = self._client.masked(f"the Batch API route failed: {error!r}")
         for index in sorted(set(owed)):
-            failed = RequestError(f"the Batch API route failed: {error!r}", index=index)
+            failed = RequestError(message, index=index)
             self._give(index, Answered(Result(index, error=failed)))

@@ -21,6 +21,7 @@ from batch_stream_openai import (
     BudgetExceededError,
     EmbeddingRequest,
     RawRequest,
+    RequestError,
     Result,
 )
 from batch_stream_openai.testing import FakeOpenAIServer
@@ -255,3 +256,16 @@ def test_max_cost_holds_in_batch_mode(
     assert sorted(cid for job in jobs_of(jobs_fake) for cid in job["custom_ids"]) == sorted(
         str(i) for i in sent
     )
+
+
+def test_a_batch_api_that_refuses_us_fails_each_index_once_without_the_key(
+    fake: FakeOpenAIServer,
+) -> None:
+    # No Batch API under this path: every call is a 404, which no retry will fix.
+    broken = {"base_url": fake.base_url + "/nowhere", "api_key": TEST_API_KEY}
+    with BatchPool(max_concurrency=2, workers=1, **broken) as pool:
+        values = dict(pool.stream([ask(f"n{i}") for i in range(3)], **FAST))
+    assert sorted(values) == [0, 1, 2]
+    for index, value in values.items():
+        assert isinstance(value, RequestError) and value.index == index
+        assert "the Batch API route failed" in str(value) and TEST_API_KEY not in str(value)

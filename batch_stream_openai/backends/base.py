@@ -18,7 +18,7 @@ import struct
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
-__all__ = ["ExitSignal", "PipeWorker", "Worker"]
+__all__ = ["ExitSignal", "PipeWorker", "SignalledWorker", "Worker"]
 
 
 class Worker(abc.ABC):
@@ -204,3 +204,20 @@ class ExitSignal:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.reader.close()
+
+
+class SignalledWorker(PipeWorker):
+    """A `PipeWorker` that is not a process of ours (a thread, a Ray actor): its exit
+    code and sentinel come from an `ExitSignal`, which the subclass sets when it ends."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._exit = ExitSignal()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._exit.exitcode
+
+    @property
+    def sentinel(self) -> Any:
+        return self._exit.reader

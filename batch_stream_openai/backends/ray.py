@@ -51,7 +51,7 @@ except ImportError as exc:
     raise ImportError("backend='ray' needs Ray: pip install 'batch-stream-openai[ray]'") from exc
 
 from ..protocol import EXIT_OK, EXIT_STARTUP_FAILED, Ready, StartupFailed
-from .base import ExitSignal, PipeWorker
+from .base import SignalledWorker
 
 if TYPE_CHECKING:
     from ..engine import TaskServer
@@ -226,7 +226,7 @@ def _daemon(target: Callable[[], None], name: str) -> threading.Thread:
     return thread
 
 
-class RayWorker(PipeWorker):
+class RayWorker(SignalledWorker):
     """A worker that is a Ray actor, seen by the pool through the usual pipes.
 
     Parameters:
@@ -241,7 +241,6 @@ class RayWorker(PipeWorker):
         _connect(address)
         self.name = f"{ACTOR_NAME_PREFIX}{slot}-{uuid.uuid4().hex[:8]}"
         super().__init__(self.name)
-        self._exit = ExitSignal()
         self._pid: int | None = None
         self.node_id: str | None = None  # the Ray node the actor runs on, once started
         self._actor: Any = _RemoteWorkerActor.options(
@@ -258,14 +257,6 @@ class RayWorker(PipeWorker):
     def pid(self) -> int | None:
         """The actor's process id (on its node), once started."""
         return self._pid
-
-    @property
-    def exitcode(self) -> int | None:
-        return self._exit.exitcode
-
-    @property
-    def sentinel(self) -> Any:
-        return self._exit.reader
 
     def join(self, timeout: float) -> None:
         self._result_pump.join(timeout)

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from ..protocol import EXIT_OK
-from .base import ExitSignal, PipeWorker
+from .base import SignalledWorker
 
 __all__ = ["WorkerThread"]
 
@@ -27,7 +27,7 @@ def _worker_entry(*args: Any) -> None:
     worker.main(*args)
 
 
-class WorkerThread(PipeWorker):
+class WorkerThread(SignalledWorker):
     """The worker code in a daemon thread of this process.
 
     Parameters:
@@ -38,7 +38,6 @@ class WorkerThread(PipeWorker):
     def __init__(self, config_blob: bytes, slot: int) -> None:
         name = f"batch-stream-openai-worker-{slot}"
         super().__init__(name)
-        self._exit = ExitSignal()
         self._thread = threading.Thread(
             target=self._run, args=(config_blob,), name=name, daemon=True
         )
@@ -47,14 +46,6 @@ class WorkerThread(PipeWorker):
     @property
     def pid(self) -> int | None:
         return os.getpid()
-
-    @property
-    def exitcode(self) -> int | None:
-        return self._exit.exitcode
-
-    @property
-    def sentinel(self) -> Any:
-        return self._exit.reader
 
     def _run(self, config_blob: bytes) -> None:
         exitcode = _EXIT_FAILED
