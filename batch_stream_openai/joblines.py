@@ -8,6 +8,7 @@ and it is sent online from it if it comes to that) and, once the job ended, its
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from collections.abc import Iterator
@@ -24,7 +25,12 @@ from .protocol import Task
 from .results import Result
 from .retry import retryable_status
 
-__all__ = ["Job", "batch_line", "line_result"]
+__all__ = ["Job", "batch_line", "line_digest", "line_result"]
+
+
+def line_digest(line: bytes) -> bytes:
+    """A short digest of an input line: a re-run with the journal checks it sends the same."""
+    return hashlib.sha256(line).digest()[:8]
 
 
 def batch_line(index: int, request: Any) -> tuple[str, str, bytes]:
@@ -42,7 +48,7 @@ class Job:
     folder: Path
     lines: int = 0
     size: int = 0  # bytes of input lines
-    indices: list[int] = field(default_factory=list)  # while spooled
+    lines_sent: list[tuple[int, bytes]] = field(default_factory=list)  # (index, digest)
     status: str = "spooled"
     retry_at: float = 0.0  # monotonic: when a refused job is created again
     refusals: int = 0
@@ -62,7 +68,12 @@ class Job:
         pickle.dump((index, Task.pickle_payload(request)), self.files[1])
         self.lines += 1
         self.size += len(line)
-        self.indices.append(index)
+        self.lines_sent.append((index, line_digest(line)))
+
+    @property
+    def indices(self) -> list[int]:
+        """The indices spooled into it."""
+        return [index for index, _ in self.lines_sent]
 
     def close_files(self) -> None:
         if self.files is not None:

@@ -35,7 +35,7 @@ from .batchapi import BatchClient
 from .costs import PriceTable
 from .errors import APIError, BudgetExceededError, RequestError
 from .intake import PENDING, Answered
-from .joblines import Job, batch_line, line_result
+from .joblines import Job, batch_line, line_digest, line_result
 from .journal import JobRecord, Journal
 from .limits import token_estimate
 from .results import BatchSummary, Result
@@ -187,8 +187,10 @@ class JobRoute:
             for index, request in enumerate(self._requests):
                 if self._stop.is_set():
                     return
-                if self._journal.known(index):
-                    continue  # in a job of an earlier run, or delivered by one
+                known, digest = self._journal.known(index)
+                if known:  # in a job of an earlier run, or delivered by one
+                    _check_same(index, request, digest, self._journal)
+                    continue
                 if self._check_item is not None:
                     self._check_item(index, request)
                 self._take(index, request)
@@ -242,8 +244,8 @@ class JobRoute:
         """Record, upload and start a group's job."""
         self._groups.pop((job.record.endpoint, job.record.model), None)
         job.close_files()
-        self._journal.add_job(job.record, job.indices)
-        job.indices = []
+        self._journal.add_job(job.record, job.lines_sent)
+        job.lines_sent = []
         self._jobs.append(job)
         self._start(job)
 
@@ -428,3 +430,14 @@ class JobRoute:
         for index in sorted(set(owed)):
             failed = RequestError(message, index=index)
             self._give(index, Answered(Result(index, error=failed)))
+
+
+def _check_same(index: int, request: Any, digest: bytes | None, journal: Journal) -> None:
+    """Raise if `request` is not the one the journal sent as `index` (a digest of None:
+    not recorded, as for the lines a file run has in its output already)."""
+    if digest is not None and line_digest(batch_line(index, request)[2]) != digest:
+        raise ValueError(
+            f"request {index} is not the one the journal {journal.path} sent as {index}: "
+            "a journal re-attaches the same requests in the same order; pass a new journal "
+            "for other requests"
+        )

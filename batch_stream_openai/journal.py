@@ -13,7 +13,7 @@ Without a path the journal lives in a temporary directory for the one run.
 Tables::
 
     jobs(key, endpoint, model, state, file_id, batch_id, created)   -- one per job
-    lines(idx, job, delivered)                                      -- the job that owns idx
+    lines(idx, job, delivered, digest)        -- the job that owns idx, and what it sent
 
 A job's state goes ``spooled -> uploaded -> submitted -> downloaded -> read``; an index
 belongs to the last job it was put in (a line retried in a later job moves there).
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     file_id TEXT, batch_id TEXT, created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS lines (
-    idx INTEGER PRIMARY KEY, job TEXT NOT NULL, delivered INTEGER NOT NULL DEFAULT 0
+    idx INTEGER PRIMARY KEY, job TEXT NOT NULL, delivered INTEGER NOT NULL DEFAULT 0,
+    digest BLOB
 );
 CREATE INDEX IF NOT EXISTS lines_by_job ON lines (job, delivered);
 """
@@ -88,8 +89,9 @@ class Journal:
         """Where job `key` keeps its input lines, requests and downloaded output."""
         return self.files / key
 
-    def add_job(self, job: JobRecord, indices: Iterable[int]) -> None:
-        """Record a spooled job and make it the owner of `indices` (before its upload)."""
+    def add_job(self, job: JobRecord, lines: Iterable[tuple[int, bytes]]) -> None:
+        """Record a spooled job and make it the owner of its ``(index, digest)`` lines
+        (before its upload); a digest tells a re-run whether it sends the same request."""
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.execute(
@@ -97,8 +99,8 @@ class Journal:
                 (job.key, job.endpoint, job.model, job.state, None, None, time.time()),
             )
             self._db.executemany(
-                "INSERT OR REPLACE INTO lines (idx, job) VALUES (?, ?)",
-                ((index, job.key) for index in indices),
+                "INSERT OR REPLACE INTO lines (idx, job, digest) VALUES (?, ?, ?)",
+                ((index, job.key, digest) for index, digest in lines),
             )
 
     def update(self, job: JobRecord) -> None:
@@ -126,11 +128,12 @@ class Journal:
             ).fetchall()
         return {row[0] for row in rows}
 
-    def known(self, index: int) -> bool:
-        """Whether `index` is in a job already (or was delivered): not to be sent again."""
+    def known(self, index: int) -> tuple[bool, bytes | None]:
+        """Whether `index` is in a job already (or was delivered), not to be sent again;
+        and the digest of the line it was sent as (None when it was not recorded)."""
         with self._lock:
-            row = self._db.execute("SELECT 1 FROM lines WHERE idx = ?", (index,)).fetchone()
-        return row is not None
+            row = self._db.execute("SELECT digest FROM lines WHERE idx = ?", (index,)).fetchone()
+        return (row is not None, row[0] if row is not None else None)
 
     def delivered(self, indices: Iterable[int]) -> None:
         """The caller has had these indices: a re-run does not yield them again."""

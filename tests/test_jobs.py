@@ -196,7 +196,7 @@ def test_a_rerun_with_the_journal_reattaches_after_a_kill(
         f"""
         from batch_stream_openai import BatchPool, OpenAIRequest
         if __name__ == "__main__":
-            requests = [OpenAIRequest({SYSTEM!r}, f"k{{i}}", model="gpt-4o-mini")
+            requests = [OpenAIRequest({SYSTEM!r}, f"k{{i}}", model="gpt-4o-mini", api="chat")
                         for i in range(30)]
             with BatchPool(max_concurrency=4, workers=1, base_url={jobs_fake.base_url!r},
                            api_key={TEST_API_KEY!r}) as pool:
@@ -269,3 +269,16 @@ def test_a_batch_api_that_refuses_us_fails_each_index_once_without_the_key(
     for index, value in values.items():
         assert isinstance(value, RequestError) and value.index == index
         assert "the Batch API route failed" in str(value) and TEST_API_KEY not in str(value)
+
+
+def test_a_journal_refuses_other_requests_at_the_same_indices(
+    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any], tmp_path: Path
+) -> None:
+    journal = tmp_path / "j"
+    with BatchPool(max_concurrency=2, workers=1, **pool_options) as pool:
+        assert pool.run([ask("same 0"), ask("same 1")], **FAST, journal=journal) == answers(
+            ["same 0", "same 1"]
+        )
+        with pytest.raises(ValueError, match="request 1 is not the one the journal"):
+            list(pool.stream([ask("same 0"), ask("other 1")], **FAST, journal=journal))
+    assert len(jobs_of(jobs_fake)) == 1  # nothing more was sent
