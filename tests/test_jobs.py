@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -282,3 +283,34 @@ def test_a_journal_refuses_other_requests_at_the_same_indices(
         with pytest.raises(ValueError, match="request 1 is not the one the journal"):
             list(pool.stream([ask("same 0"), ask("other 1")], **FAST, journal=journal))
     assert len(jobs_of(jobs_fake)) == 1  # nothing more was sent
+
+
+def test_a_job_cancelled_by_someone_else_keeps_what_it_answered_and_the_rest_is_sent_again(
+    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    import openai
+
+    jobs_fake.configure(batch_seconds=4.0)
+    sdk = openai.OpenAI(base_url=jobs_fake.base_url, api_key=TEST_API_KEY, max_retries=0)
+
+    def cancel_once_half_answered() -> None:
+        def half_answered() -> bool:
+            jobs = jobs_of(jobs_fake)
+            return bool(jobs) and len(jobs[0]["answered"]) >= 4
+
+        wait_until(half_answered, timeout=30, what="the first job half answered")
+        sdk.batches.cancel(jobs_of(jobs_fake)[0]["id"])  # as from the dashboard
+
+    canceller = threading.Thread(target=cancel_once_half_answered)
+    users = [f"x{i}" for i in range(10)]
+    with BatchPool(max_concurrency=4, workers=1, **pool_options) as pool:
+        canceller.start()
+        try:
+            results = stream_results(pool, [ask(u) for u in users])
+        finally:
+            canceller.join()
+    assert [results[i].text for i in range(10)] == answers(users)
+    first, second = jobs_of(jobs_fake)
+    assert first["status"] == "cancelled" and 4 <= len(first["answered"]) < 10
+    assert set(second["custom_ids"]) == {str(i) for i in range(10)} - set(first["answered"])
+    assert max(answered_by_jobs(jobs_fake).values()) == 1  # nothing paid for twice
