@@ -20,7 +20,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from .config import Secret, mask_secret
+from .config import Secret, mask_in
 from .errors import APIError
 
 if TYPE_CHECKING:
@@ -114,8 +114,8 @@ class BatchClient:
 
     def masked(self, text: str) -> str:
         """`text` with the key masked (an error's message may quote it)."""
-        key = self._api_key.reveal() if self._api_key is not None else None
-        return text.replace(key, mask_secret(key)) if key and key in text else text
+        masked: str = mask_in(text, self._api_key.reveal() if self._api_key else None)
+        return masked
 
     @staticmethod
     def refused(batch: Batch) -> bool:

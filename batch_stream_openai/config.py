@@ -5,17 +5,30 @@ This module imports nothing heavy: the parent process never needs the `openai` p
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ClientConfig", "RetryPolicy", "Secret", "WorkerConfig", "mask_secret"]
+__all__ = ["ClientConfig", "RetryPolicy", "Secret", "WorkerConfig", "mask_in", "mask_secret"]
 
 
 def mask_secret(secret: str) -> str:
     """``sk-abc...wxyz`` -> ``sk-...wxyz``: enough to tell keys apart, not to use one."""
     return f"{secret[:3]}...{secret[-4:]}" if len(secret) > 12 else "***"
+
+
+def mask_in(value: Any, secret: str | None) -> Any:
+    """`value` (text, or JSON-like data) with every occurrence of `secret` masked."""
+    if not secret or value is None:
+        return value
+    if isinstance(value, str):
+        return value.replace(secret, mask_secret(secret)) if secret in value else value
+    text = json.dumps(value)
+    if secret not in text:
+        return value
+    return json.loads(text.replace(secret, mask_secret(secret)))
 
 
 class Secret:

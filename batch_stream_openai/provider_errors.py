@@ -10,17 +10,16 @@ wherever it appears, since some proxies echo the Authorization header.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import aiohttp
 import openai
 
 from . import errors
-from .config import mask_secret
+from .config import mask_in
 from .retry import parse_retry_after, retryable_status
 
-__all__ = ["mask_in", "to_request_error"]
+__all__ = ["to_request_error"]
 
 # LiteLLM reports some missing provider keys as a connection error with status 500
 # ("Missing Gemini API key"); they are an authentication failure, not worth a retry.
@@ -124,15 +123,3 @@ def _error_code(exc: BaseException, body: object) -> str | None:
 def _message_of(exc: BaseException) -> str:
     message = getattr(exc, "message", None)
     return message if isinstance(message, str) and message else str(exc)
-
-
-def mask_in(value: Any, secret: str | None) -> Any:
-    """`value` (text, or JSON-like data) with every occurrence of `secret` masked."""
-    if not secret or value is None:
-        return value
-    if isinstance(value, str):
-        return value.replace(secret, mask_secret(secret)) if secret in value else value
-    text = json.dumps(value)
-    if secret not in text:
-        return value
-    return json.loads(text.replace(secret, mask_secret(secret)))
