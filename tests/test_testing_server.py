@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.timeout(30)
 
 @pytest.fixture(autouse=True)
 def _clean(server: FakeOpenAIServer) -> None:
-    server.configure(latency=0.0)
+    server.configure(latency=0.0, capacity=0, queue_limit=0)
     server.reset()
 
 
@@ -225,6 +226,49 @@ def test_latency_directive_adds_delay(client: openai.OpenAI) -> None:
     start = time.monotonic()
     assert _chat(client, "[[latency=0.3]]") == expected_answer(SYSTEM, "[[latency=0.3]]")
     assert time.monotonic() - start >= 0.3
+
+
+def test_straggle_slows_only_the_first_request_with_a_prompt(client: openai.OpenAI) -> None:
+    timings = []
+    for _ in range(2):
+        start = time.monotonic()
+        _chat(client, "late [[straggle=0.5]]")
+        timings.append(time.monotonic() - start)
+    assert timings[0] >= 0.5 > 0.3 > timings[1]
+
+
+def _concurrently(server: FakeOpenAIServer, count: int) -> list[int]:
+    """`count` requests at once; the status each got."""
+
+    def one(i: int) -> int:
+        body = {"model": "m", "messages": [{"role": "user", "content": f"c{i}"}]}
+        request = urllib.request.Request(
+            server.base_url + "/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": "Bearer k"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    with ThreadPoolExecutor(count) as threads:
+        return list(threads.map(one, range(count)))
+
+
+def test_capacity_serves_k_at_once_and_queues_the_rest(server: FakeOpenAIServer) -> None:
+    server.configure(latency=0.2, capacity=2)
+    start = time.monotonic()
+    assert _concurrently(server, 6) == [200] * 6
+    assert time.monotonic() - start >= 0.6  # three rounds of two
+    stats = server.stats()
+    assert (stats.max_in_flight, stats.max_queued, stats.queued) == (6, 4, 0)
+
+
+def test_a_full_queue_answers_503(server: FakeOpenAIServer) -> None:
+    server.configure(latency=0.3, capacity=1, queue_limit=1)
+    assert sorted(_concurrently(server, 4)) == [200, 200, 503, 503]
 
 
 def test_big_answer_has_exact_length(client: openai.OpenAI) -> None:

@@ -36,6 +36,7 @@ from .answers import (
     tool_call_of,
 )
 from .batches import BatchJobs, batch_route
+from .capacity import CapacityGate
 from .directives import FAULT_KINDS, Directive, expected_answer, parse_directives
 from .settings import ServerSettings
 
@@ -106,6 +107,7 @@ class _State:
         self.seen: dict[str, int] = {}
         self.batch_calls: list[str] = []  # "POST /v1/batches", ... (Batch API calls)
         self.jobs: BatchJobs  # set by the app, which answers their lines
+        self.gate = CapacityGate()  # the capacity model, when `settings.capacity` is set
 
     def reset(self) -> None:
         # The epoch keeps requests that started before a reset out of the new counters.
@@ -117,6 +119,7 @@ class _State:
         self.seen.clear()
         self.batch_calls.clear()
         self.jobs = BatchJobs(self.settings, self.jobs.answer_line)
+        self.gate.reset()
 
 
 @dataclasses.dataclass
@@ -203,6 +206,26 @@ class _App:
         limited = self._rate_limit(prompt_chars) or self._flex_unavailable(body)
         if limited is not None:
             return limited
+        capacity = int(self.state.settings.capacity)
+        if capacity < 1:
+            return await self._respond(request, path, body, (system, user, prompt_chars), plan)
+        gate = self.state.gate
+        if not await gate.acquire(capacity, int(self.state.settings.queue_limit)):
+            return _error(503, "The server is overloaded: its queue is full. Retry later.")
+        try:
+            return await self._respond(request, path, body, (system, user, prompt_chars), plan)
+        finally:
+            gate.release()
+
+    async def _respond(
+        self,
+        request: web.BaseRequest,
+        path: str,
+        body: dict[str, Any],
+        prompts: tuple[str, str, int],
+        plan: _Plan,
+    ) -> web.StreamResponse | None:
+        """Wait the request's latency (its service time), then answer as `plan` says."""
         if plan.latency > 0:
             await asyncio.sleep(plan.latency)
         if plan.fault is not None:
@@ -211,7 +234,7 @@ class _App:
             data, kind = _BAD_BODIES[plan.bad_body]
             return web.Response(body=data, headers={"content-type": kind})
         try:
-            payload = self._answer(path, body, system, user, prompt_chars, plan)
+            payload = self._answer(path, body, *prompts, plan)
         except ValueError as exc:
             return _error(400, str(exc))
         if "echo_auth" in plan.shape:
@@ -268,7 +291,7 @@ class _App:
         for d in directives:
             if d.times is not None and index >= d.times:
                 continue
-            if d.kind == "latency":
+            if d.kind == "latency" or (d.kind == "straggle" and index == 0):
                 plan.latency += d.value
             elif d.kind == "slow_body":
                 plan.slow_body = d.value
@@ -330,7 +353,7 @@ class _App:
     def _count(self, user: str, directives: tuple[Directive, ...]) -> int:
         """Return how many earlier requests carried this exact user prompt (if needed)."""
         # Only prompts using times= are counted, so memory does not grow with traffic.
-        if all(d.times is None for d in directives):
+        if all(d.times is None and d.kind != "straggle" for d in directives):
             return 0
         index = self.state.seen.get(user, 0)
         self.state.seen[user] = index + 1
@@ -346,6 +369,8 @@ class _App:
                 "in_flight": state.in_flight,
                 "max_in_flight": state.max_in_flight,
                 "by_status": state.by_status,
+                "queued": state.gate.queued,
+                "max_queued": state.gate.max_queued,
             }
         elif name == "requests" and method == "GET":
             result = list(state.records)

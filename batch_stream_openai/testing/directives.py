@@ -4,6 +4,8 @@ A directive in the user prompt changes how the server answers that request, e.g.
 ``[[status=429 retry_after=0.1 times=1]]`` or ``[[latency=0.5]] [[refuse]]``. Kinds:
 
 - ``latency=S``: wait S seconds more before answering.
+- ``straggle=S``: a straggler: the first request with this user prompt waits S seconds
+  more, later ones (a retry, a hedge) do not.
 - ``status=N``: answer HTTP N with an OpenAI-shaped error body; modifiers ``retry_after``,
   ``retry_after_ms`` and ``should_retry`` set those headers (sent as written, valid or
   not), ``code`` the error's code and type.
@@ -37,7 +39,7 @@ MAX_BIG = 100_000_000
 
 _DIRECTIVE_RE = re.compile(r"\[\[(.*?)\]\]", re.DOTALL)
 FAULT_KINDS = frozenset({"status", "drop", "hang"})
-_NUMBER_KINDS = frozenset({"latency", "status", "slow_body", "big"})
+_NUMBER_KINDS = frozenset({"latency", "straggle", "status", "slow_body", "big"})
 _FLAG_KINDS = frozenset(
     {"drop", "hang", "refuse", "incomplete", "no_text", "echo_auth", "tool_call", "bad_json"}
 )

@@ -53,6 +53,7 @@ class FakeOpenAIServer:
         startup_timeout: Seconds to wait for the child to report it is listening.
         rpm: Requests per minute the server accepts, 0 for no limit (see `ServerSettings`).
         tpm: Tokens per minute the server accepts, 0 for no limit.
+        settings: Any other field of `ServerSettings`, e.g. ``capacity=64``.
     """
 
     def __init__(
@@ -64,9 +65,10 @@ class FakeOpenAIServer:
         startup_timeout: float = 15.0,
         rpm: float = 0.0,
         tpm: float = 0.0,
+        **settings: float,
     ) -> None:
         self._settings = ServerSettings()
-        self._settings.update({"latency": latency, "rpm": rpm, "tpm": tpm})
+        self._settings.update({"latency": latency, "rpm": rpm, "tpm": tpm, **settings})
         self._host = host
         self._requested_port = port
         self._startup_timeout = startup_timeout
@@ -143,6 +145,12 @@ class FakeOpenAIServer:
                 with contextlib.suppress(OSError):
                     pipe.close()
 
+    def kill(self) -> None:
+        """End the server process at once (SIGKILL), as a crashed node; idempotent."""
+        if self._process is not None:
+            self._process.kill()
+        self.stop()
+
     def __enter__(self) -> FakeOpenAIServer:
         return self.start()
 
@@ -191,6 +199,8 @@ class FakeOpenAIServer:
             in_flight=int(data["in_flight"]),
             max_in_flight=int(data["max_in_flight"]),
             by_status={int(k): int(v) for k, v in data["by_status"].items()},
+            queued=int(data["queued"]),
+            max_queued=int(data["max_queued"]),
         )
 
     def requests(self) -> list[RecordedRequest]:
@@ -214,7 +224,7 @@ class FakeOpenAIServer:
         """Change server-wide settings at run time, e.g. ``configure(latency=0.2)``.
 
         Parameters:
-            settings: Any field of :class:`ServerSettings` (currently ``latency``).
+            settings: Any field of :class:`ServerSettings`.
 
         Raises:
             ValueError: Unknown setting or invalid value.

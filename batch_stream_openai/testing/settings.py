@@ -22,12 +22,16 @@ class ServerStats:
         in_flight: Requests currently being handled.
         max_in_flight: Highest ``in_flight`` since start/reset.
         by_status: Responses sent by HTTP status; dropped/abandoned connections under ``0``.
+        queued: Of ``in_flight``, those waiting for a slot (``capacity`` mode).
+        max_queued: Highest ``queued`` since start/reset.
     """
 
     requests: int
     in_flight: int
     max_in_flight: int
     by_status: dict[int, int]
+    queued: int = 0
+    max_queued: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,11 @@ class ServerSettings:
         batch_fail_validation: The next N jobs fail validation with ``invalid_request``.
         flex_unavailable: The next N requests with ``service_tier: "flex"`` are answered
             429 ``resource_unavailable``.
+        capacity: Requests served at once, like a GPU server (0: no limit). Each holds
+            its slot for its latency (the service time); the others wait in a FIFO
+            queue, so their latency grows with it (see `capacity.py`).
+        queue_limit: With ``capacity``: requests that may wait (0: no limit); one more is
+            answered 503.
     """
 
     latency: float = 0.0
@@ -83,6 +92,8 @@ class ServerSettings:
     batch_refuse: float = 0.0
     batch_fail_validation: float = 0.0
     flex_unavailable: float = 0.0
+    capacity: float = 0.0
+    queue_limit: float = 0.0
 
     def update(self, values: Mapping[str, Any]) -> None:
         """Validate and apply ``values`` (field name -> new value); all-or-nothing.
