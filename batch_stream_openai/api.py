@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from typing_extensions import Unpack
 
@@ -20,8 +20,10 @@ __all__ = ["BatchArguments", "arun_batch", "astream_batch", "run_batch", "stream
 class BatchArguments(StreamOptions, total=False):
     """Keyword arguments of the batch functions: `BatchPool`'s and `BatchPool.stream`'s."""
 
+    max_concurrency_cap: int
     workers: int | None
-    base_url: str | None
+    base_url: str | Sequence[str] | None
+    endpoint_concurrency: int | None
     api_key: str | None
     timeout: float
     max_retries: int
@@ -40,7 +42,9 @@ class BatchArguments(StreamOptions, total=False):
 _STREAM_KEYS = frozenset(StreamOptions.__annotations__)
 
 
-def _pool_for(max_concurrency: int, options: BatchArguments) -> tuple[BatchPool, StreamOptions]:
+def _pool_for(
+    max_concurrency: int | Literal["auto"], options: BatchArguments
+) -> tuple[BatchPool, StreamOptions]:
     """A pool for one batch; the per-batch options go to its stream."""
     pool_options: dict[str, Any] = {k: v for k, v in options.items() if k not in _STREAM_KEYS}
     stream_options: Any = {k: v for k, v in options.items() if k in _STREAM_KEYS}
@@ -50,7 +54,10 @@ def _pool_for(max_concurrency: int, options: BatchArguments) -> tuple[BatchPool,
 
 
 def stream_batch(
-    requests: Iterable[AnyRequest], *, max_concurrency: int = 5, **options: Unpack[BatchArguments]
+    requests: Iterable[AnyRequest],
+    *,
+    max_concurrency: int | Literal["auto"] = 5,
+    **options: Unpack[BatchArguments],
 ) -> BatchStream:
     """Fire the requests concurrently; yield ``(index, str | Exception)`` as each completes.
 
@@ -80,7 +87,10 @@ def _closing(
 
 
 def run_batch(
-    requests: Iterable[AnyRequest], *, max_concurrency: int = 5, **options: Unpack[BatchArguments]
+    requests: Iterable[AnyRequest],
+    *,
+    max_concurrency: int | Literal["auto"] = 5,
+    **options: Unpack[BatchArguments],
 ) -> list[Any]:
     """Fire the requests concurrently; return ``str | Exception`` per request, in input order.
 
@@ -90,7 +100,10 @@ def run_batch(
 
 
 def astream_batch(
-    requests: Iterable[AnyRequest], *, max_concurrency: int = 5, **options: Unpack[BatchArguments]
+    requests: Iterable[AnyRequest],
+    *,
+    max_concurrency: int | Literal["auto"] = 5,
+    **options: Unpack[BatchArguments],
 ) -> AsyncBatchStream:
     """`stream_batch` for code already inside an event loop; never blocks that loop.
 
@@ -121,7 +134,10 @@ async def _aclosing(pool: BatchPool, stream: AsyncBatchStream) -> AsyncGenerator
 
 
 async def arun_batch(
-    requests: Iterable[AnyRequest], *, max_concurrency: int = 5, **options: Unpack[BatchArguments]
+    requests: Iterable[AnyRequest],
+    *,
+    max_concurrency: int | Literal["auto"] = 5,
+    **options: Unpack[BatchArguments],
 ) -> list[Any]:
     """`run_batch` for code already inside an event loop; never blocks that loop."""
     stream = astream_batch(requests, max_concurrency=max_concurrency, **options)

@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from typing_extensions import Unpack
 
@@ -221,7 +221,7 @@ def run_batch_file(
     resend_changed: bool = False,
     skip_invalid: bool = False,
     grace: float | None = 30.0,
-    max_concurrency: int = 50,
+    max_concurrency: int | Literal["auto"] = 50,
     **options: Unpack[BatchArguments],
 ) -> FileRunReport:
     """Send every line of a Batch API JSONL file not yet in the output; append the results.
@@ -250,7 +250,7 @@ def run_batch_file(
             `InvalidInputError`.
         grace: seconds requests in flight get after SIGTERM, which stops new ones
             (main thread only); None leaves SIGTERM alone.
-        max_concurrency: requests in flight at most.
+        max_concurrency: requests in flight at most, or ``"auto"`` (see `BatchPool`).
         options: the other keyword arguments of `stream_batch` (``workers``, ``rpm``,
             ``base_url``, ``progress``, ...).
 
@@ -410,7 +410,7 @@ def _send(
     preemption: Preemption,
     report: FileRunReport,
     state: OutputState,
-    max_concurrency: int,
+    max_concurrency: int | Literal["auto"],
     options: BatchArguments,
 ) -> None:
     """Stream the lines through the pool; append each result as it arrives.

@@ -35,6 +35,8 @@ _REAL_API_DEMO_SIZE = 10  # a real key costs money: keep the default small
 # Python parameter names in the library's messages, as the flags that set them here.
 _FLAG_OF = {
     "max_concurrency": "--max-concurrency",
+    "endpoint_concurrency": "--endpoint-concurrency",
+    "hedge": "--hedge",
     "max_retries": "--max-retries",
     "base_url": "--base-url",
     "workers": "--workers",
@@ -159,6 +161,8 @@ def _run(args: argparse.Namespace) -> int:
             rpm=args.rpm,
             tpm=args.tpm,
             base_url=args.base_url,
+            endpoint_concurrency=args.endpoint_concurrency,
+            hedge=args.hedge,
             timeout=args.timeout,
             max_retries=args.max_retries,
             cache=args.cache,
@@ -238,6 +242,11 @@ def _number(
     return parse
 
 
+def _concurrency(text: str) -> int | str:
+    """An argparse type: ``auto``, or a whole number >= 1."""
+    return text if text == "auto" else int(_number(int, 1)(text))
+
+
 def _add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = commands.add_parser(
         "run",
@@ -276,9 +285,26 @@ def _add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     )
     run.add_argument(
         "--max-concurrency",
-        type=_number(int, 1),
+        type=_concurrency,
         default=50,
-        help="requests in flight at most (default: 50)",
+        help="requests in flight at most, or 'auto': found from the latency of each "
+        "endpoint, for self-hosted servers (default: 50)",
+    )
+    run.add_argument(
+        "--endpoint-concurrency",
+        type=_number(int, 1),
+        metavar="N",
+        help="requests in flight to one endpoint at most (with several --base-url)",
+    )
+    run.add_argument(
+        "--hedge",
+        type=_number(float, 0, inclusive=False),
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="FRACTION",
+        help="send a duplicate of a request that runs far longer than most; the first "
+        "answer wins (at most FRACTION more requests, default 0.02)",
     )
     run.add_argument(
         "--workers", type=_number(int, 0), help="worker processes (default: one per core)"
@@ -289,7 +315,12 @@ def _add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     run.add_argument(
         "--tpm", type=_number(float, 0, inclusive=False), help="tokens per minute at most"
     )
-    run.add_argument("--base-url", help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL)")
+    run.add_argument(
+        "--base-url",
+        action="append",
+        help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL); repeat it for several "
+        "replicas of one server: each request goes to the least busy",
+    )
     run.add_argument(
         "--timeout",
         type=_number(float, 0, inclusive=False),

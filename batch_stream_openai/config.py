@@ -80,13 +80,14 @@ class ClientConfig:
     Parameters:
         api_key: OpenAI API key (kept as a `Secret`); None means ``OPENAI_API_KEY`` from
             the environment.
-        base_url: OpenAI-compatible endpoint; None means ``OPENAI_BASE_URL`` or the SDK's.
+        base_urls: the OpenAI-compatible endpoints a `Task` names by number; empty means
+            one, ``OPENAI_BASE_URL`` or the SDK's.
         timeout: seconds one attempt may take, all of it (connect, send, wait, read).
         max_connections: connection pool size of the worker's client.
     """
 
     api_key: Secret | str | None = field(default=None)
-    base_url: str | None = None
+    base_urls: tuple[str, ...] = ()
     timeout: float = 600.0
     max_connections: int = 100
 

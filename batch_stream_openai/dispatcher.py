@@ -1,17 +1,18 @@
-"""One batch's ledger and policy, with no I/O: what to send where, what is owed, what is done.
+"""One batch's policy, with no I/O: what to send where, what is owed, what is done.
 
-The batch loop in `pool.py` asks `fill` what to send to which ready worker, feeds each
-`Outcome` to `settle` and each exited worker to `reclaim`, and yields what
-`take_results` returns. Workers are opaque keys here, so the whole policy (budgets,
-retries, crash counting, quarantine, the cache and the cost cap) is tested without a
-single process.
+The batch loop in `loop.py` asks `fill` what to send to which ready worker (and which
+attempts to cancel), feeds each `Outcome` to `settle` and each exited worker to
+`reclaim`, and yields what `take_results` returns. Workers are opaque keys here, so the
+whole policy (budgets, retries, crash counting, quarantine, the cache and the cost cap,
+the endpoints each attempt goes to, hedges) is tested without a single process.
 
-The ledger holds every request read from the input and not yet yielded: sent, waiting
-for its next attempt or to be re-sent after its worker died, a cache hit on its way
-through a worker's `postprocess`, or a duplicate waiting for an identical request's
-answer. Requests to send count against `max_concurrency`; everything in the ledger
-together is bounded too (`_READ_AHEAD`), so memory does not grow with the batch.
-"""
+The ledger (`ledger.py`) holds every request read from the input and not yet yielded:
+sent, waiting for its next attempt or to be re-sent after its worker died, a cache hit
+on its way through a worker's `postprocess`, or a duplicate waiting for an identical
+request's answer. Requests to send (and hedges) take a slot of `max_concurrency`;
+everything in the ledger together is bounded too (`_READ_AHEAD`), so memory does not
+grow with the batch. Each OpenAI-routed attempt goes to the endpoint the `Fleet` picks;
+one that failed because its endpoint did is sent again at once elsewhere."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import heapq
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
 from .admission import Admission
@@ -30,9 +31,12 @@ from .errors import (
     RequestError,
     WorkerCrashedError,
 )
+from .fleet import Fleet
+from .hedging import Hedging
 from .intake import Answered, Intake
+from .ledger import Attempt, Entry, Ledger
 from .limits import Budget, token_estimate
-from .protocol import Outcome, Task
+from .protocol import Cancel, Outcome, Task
 from .quarantine import MAX_CRASHES_PER_REQUEST, Quarantine
 from .results import BatchSummary, Result
 from .retry import RetrySchedule
@@ -51,35 +55,13 @@ POLL_INTERVAL_S = 1.0
 _READ_AHEAD = 256
 
 
-@dataclass
-class _Entry:
-    """A ledger entry: a request owed to the caller and where it currently runs."""
-
-    payload: bytes  # the pickled request (or, for a replay, the cached Result)
-    tokens: int  # estimated, charged to the token budget on every attempt
-    model: str = ""
-    prompt_tokens: int = 0  # for the cost reservation
-    output_cap: int | None = None
-    key: bytes | None = None  # its response-cache key, when the cache is on
-    replay: bool = False  # a cache hit sent to a worker only for `postprocess`
-    counted: bool = False  # counted against the concurrency (a request to send)
-    attempts: int = 0  # attempts sent so far (retries and re-sends after a crash)
-    crashes: int = 0  # workers that died while running it
-    worker: Any = None  # the worker it runs on; None while waiting to be (re-)sent
-    first_sent_at: float = 0.0  # monotonic
-    charge: list[float] | None = None  # the token budget's record of the last attempt
-    reserved: float = 0.0  # USD reserved for the attempt in flight (`max_cost`)
-    standard: bool = False  # sent at the standard tier: flex had no capacity for it
-    standard_from: int = 0  # attempts made at the flex tier before that
-
-
 class Dispatcher(Generic[W]):
     """The ledger and policy of one batch.
 
     Example::
 
         dispatcher = Dispatcher(1, requests, budget=budget, retries=schedule)
-        tasks = dispatcher.fill(ready_workers)       # {worker: [Task, ...]}
+        messages = dispatcher.fill(ready_workers)    # {worker: [Task, Cancel, ...]}
         dispatcher.settle(worker, outcome)            # an attempt ended
         dispatcher.reclaim(worker, exit)              # a worker died: re-send what it owed
         for index, value in dispatcher.take_results(): ...
@@ -99,6 +81,9 @@ class Dispatcher(Generic[W]):
             yields `DeadlineExceededError` (what is running is given up).
         flex_fallback: a request that flex (``service_tier="flex"``) had no capacity for,
             retries included, is sent at the standard tier.
+        fleet: the pool's endpoints (`fleet.py`), where each OpenAI-routed attempt goes;
+            None: one endpoint.
+        hedging: hedge stragglers (`hedging.py`), or None.
         summary: the batch's live counts.
         clock: monotonic seconds (injectable for tests).
     """
@@ -118,6 +103,8 @@ class Dispatcher(Generic[W]):
         indexed: bool = False,
         deadline: float | None = None,
         flex_fallback: bool = False,
+        fleet: Fleet | None = None,
+        hedging: Hedging | None = None,
     ) -> None:
         self.batch_id = batch_id
         self.summary = summary if summary is not None else BatchSummary()
@@ -127,10 +114,7 @@ class Dispatcher(Generic[W]):
         self._admission = admission or Admission()
         self._rich = rich
         self._clock = clock
-        self._ledger: dict[int, _Entry] = {}  # {index: <_Entry>}
-        self._requests = 0  # ledger entries that are requests to send (not replays)
-        self._owed_by: dict[W, set[int]] = {}  # {worker: {3, 8, ...}}
-        self._owing_since: dict[W, float] = {}  # {worker: when it last went from idle to owing}
+        self._ledger: Ledger[W] = Ledger()
         self._due: deque[int] = deque()  # to send now: re-sends, retries, replays, ...
         self._backoff: list[tuple[float, int]] = []  # heap of (retry time, index)
         self._quarantine: Quarantine[W] = Quarantine()  # requests whose workers died
@@ -140,6 +124,11 @@ class Dispatcher(Generic[W]):
         self._refusal: Callable[[int], RequestError] | None = None
         self._deadline = deadline
         self._flex_fallback = flex_fallback
+        self._fleet = fleet if fleet is not None else Fleet([""])  # one, unnamed
+        self._fleet.begin()
+        self._hedging = hedging
+        self._read = 0  # requests read from the input
+        self._cancels: dict[W, list[Task | Cancel]] = {}  # attempts to stop: the other copy won
         self.abandoned = False  # requests given up while in flight (to cancel in workers)
         self._done: list[ResultPair] = []  # results not yet taken
 
@@ -152,7 +141,7 @@ class Dispatcher(Generic[W]):
     @property
     def finished(self) -> bool:
         """Everything read has been yielded, and nothing more will be read."""
-        return self._intake.done and not self._ledger and not self._done
+        return self._intake.done and not self._ledger.entries and not self._done
 
     @property
     def input_error(self) -> BaseException | None:
@@ -166,7 +155,7 @@ class Dispatcher(Generic[W]):
 
     def owing_since(self, worker: W) -> float | None:
         """Since when `worker` holds requests of this batch without a break (None: idle)."""
-        return self._owing_since.get(worker)
+        return self._ledger.owing_since(worker)
 
     def take_results(self) -> list[ResultPair]:
         """The results finished since the last call, for the caller."""
@@ -183,6 +172,10 @@ class Dispatcher(Generic[W]):
             wake = min(wake, self._blocked_until - now)
         if self._backoff:
             wake = min(wake, self._backoff[0][0] - now)
+        if self._hedging is not None and self._hedging.running:
+            threshold = self._hedging.threshold(tail=self._intake.exhausted)
+            if threshold is not None:
+                wake = min(wake, self._hedging.running[0][0] + threshold - now)
         return max(0.0, wake)
 
     def peek(self) -> None:
@@ -190,10 +183,12 @@ class Dispatcher(Generic[W]):
         if (item := self._intake.next()) is not None:
             self._intake.hold(item)
 
-    def fill(self, workers: Sequence[W]) -> dict[W, list[Task]]:
+    def fill(self, workers: Sequence[W]) -> dict[W, list[Task | Cancel]]:
         """What to send now, to which of the ready `workers`: re-sends and retries first,
-        then new requests while the concurrency, rate and cost budgets allow."""
-        sends: dict[W, list[Task]] = {}
+        then new requests while the concurrency, rate and cost budgets allow, then hedges;
+        and the attempts to cancel, which lost to their other copy."""
+        sends: dict[W, list[Task | Cancel]] = dict(self._cancels)
+        self._cancels = {}
         now = self._clock()
         if self._deadline is not None and now >= self._deadline and self._refusal is None:
             self._give_up_running()
@@ -203,67 +198,121 @@ class Dispatcher(Generic[W]):
             self._refuse_more(self._refusal)
         return sends
 
-    def _fill(self, workers: Sequence[W], sends: dict[W, list[Task]], now: float) -> None:
+    def _fill(self, workers: Sequence[W], sends: dict[W, list[Task | Cancel]], now: float) -> None:
         while self._backoff and self._backoff[0][0] <= now:
             self._due.append(heapq.heappop(self._backoff)[1])
 
         def send_suspect(index: int, among: list[W]) -> W | None:
-            if not self._may_send(self._ledger[index], now):
+            reserved = self._may_send(self._ledger.entries[index], now)
+            if reserved is None:
                 return None
-            return self._send(index, among, sends, now)
+            return self._send(index, among, sends, now, reserved)
 
         self._quarantine.release(workers, self._ran_a_crash, send_suspect)
         innocent = self._quarantine.innocent(workers)
-        while self._due and innocent and self._may_send(self._ledger[self._due[0]], now):
-            self._send(self._due.popleft(), innocent, sends, now)
-        capacity = self._budget.concurrency()
-        while self._requests < capacity and len(self._ledger) < capacity + _READ_AHEAD:
+        while self._due and innocent:
+            reserved = self._may_send(self._ledger.entries[self._due[0]], now)
+            if reserved is None:
+                break
+            self._send(self._due.popleft(), innocent, sends, now, reserved)
+        capacity = min(self._budget.concurrency(), self._fleet.capacity())
+        if self._hedging is not None:  # before new requests: a straggler holds the batch up
+            self._send_hedges(self._hedging, workers, sends, now, capacity)
+        while self._ledger.slots < capacity and len(self._ledger) < capacity + _READ_AHEAD:
             item = None if self._refusal else self._intake.next()
             if item is None or not self._admit(*item, workers, sends, now):
                 break
 
+    def _send_hedges(
+        self,
+        hedging: Hedging,
+        workers: Sequence[W],
+        sends: dict[W, list[Task | Cancel]],
+        now: float,
+        capacity: float,
+    ) -> None:
+        """A duplicate for each request running past the hedging threshold, while
+        slots, budgets and the hedging fraction allow (`Hedging.due`)."""
+        tail = self._intake.exhausted and self._ledger.slots < capacity
+        due = hedging.due(self._ledger.entries, now, tail, self._read)
+        while self._ledger.slots < capacity and (index := next(due, None)) is not None:
+            reserved = self._may_send(self._ledger.entries[index], now)
+            if reserved is None:
+                return
+            self._send(index, workers, sends, now, reserved, hedge=True)
+
     def settle(self, worker: W, outcome: Outcome) -> None:
         """An attempt ended: finish its request, or schedule its next attempt."""
-        entry = self._ledger.get(outcome.index)
-        # Outcomes of another batch, or of an attempt since re-sent elsewhere, are owed to
-        # nobody: taking them would break exactly-once.
-        if (
-            outcome.batch_id != self.batch_id
-            or entry is None
-            or entry.worker != worker
-            or outcome.attempt != entry.attempts
-        ):
+        entry = self._ledger.entries.get(outcome.index)
+        # Outcomes of another batch, or of an attempt since re-sent elsewhere or
+        # cancelled, are owed to nobody: taking them would break exactly-once.
+        if outcome.batch_id != self.batch_id or entry is None:
             return
-        self._owed_by[worker].discard(outcome.index)
-        if not self._owed_by[worker]:
-            del self._owing_since[worker]
-        entry.worker = None
-        self._quarantine.settled(worker, outcome.index)
+        attempt = entry.copy_on(worker, outcome.attempt)
+        if attempt is None:
+            return
+        index = outcome.index
+        other = self._ledger.end(index, attempt)  # the copy still running, if any
+        self._quarantine.settled(worker, index)
         result = outcome.value()
         if entry.replay:
-            self._finish(outcome.index, entry, result)
+            self._finish(index, entry, result)
             return
-        self._admission.settle_cost(entry.reserved, result)
-        entry.reserved = 0.0
+        self._admission.settle_cost(attempt.reserved, result)
+        blamed = self._ended(entry, attempt, result)
         error = result.error
         if error is None:
             used = result.usage.total_tokens if result.usage is not None else None
-            self._budget.on_answer(entry.charge, used, outcome.pause_s)
-        elif self._retry_later(outcome.index, entry, error):
+            self._budget.on_answer(attempt.charge, used, outcome.pause_s)
+            if other is not None:
+                self._cancel(index, entry, other)  # the first answer wins
+        elif other is not None:  # the other copy may still answer
+            self._count_throttled(error)
             return
-        self._finish(outcome.index, entry, result)
+        elif self._retry_later(index, entry, error, blamed):
+            return
+        self._finish(index, entry, result)
+
+    def _ended(self, entry: Entry, attempt: Attempt, result: Result) -> int | None:
+        """Tell the fleet and the hedging how an attempt went; the endpoint to blame for
+        its failure, if any."""
+        latency = result.latency_s
+        if self._hedging is not None and result.error is None:
+            # As the parent sees it: what a running request's age is compared with.
+            self._hedging.answered(self._clock() - attempt.sent_at)
+        target = attempt.endpoint
+        if target is None:
+            return None
+        entry.endpoint = target
+        self.summary.add_attempt(self._fleet.urls[target], latency, result.error is None)
+        return target if self._fleet.ended(target, latency, result.error) else None
+
+    def _cancel(self, index: int, entry: Entry, attempt: Attempt) -> None:
+        """Stop `attempt`: its other copy answered first."""
+        self._cancels.setdefault(attempt.worker, []).append(
+            Cancel(self.batch_id, index, attempt.number)
+        )
+        self._ledger.end(index, attempt)
+        self._withdraw(attempt)
+
+    def _withdraw(self, attempt: Attempt) -> None:
+        """`attempt` ends without an answer: what it holds of the budgets goes back
+        (what it reserved under ``max_cost`` counts as spent: it may have been billed)."""
+        self._admission.settle_cost(attempt.reserved, None)
+        if attempt.endpoint is not None:
+            self._fleet.withdrawn(attempt.endpoint)
 
     def reclaim(self, worker: W, exit_: Exit) -> None:
         """A worker exited: what it owed is re-sent, or fails after too many deaths."""
         self._quarantine.forget(worker)
-        self._owing_since.pop(worker, None)
-        for index in sorted(self._owed_by.pop(worker, ())):
-            entry = self._ledger[index]
-            entry.worker = None
-            self._admission.settle_cost(entry.reserved, None)
-            entry.reserved = 0.0
+        for index, lost in self._ledger.take_owed(worker).items():
+            entry = self._ledger.entries[index]
+            for attempt in lost:
+                self._withdraw(attempt)
             if exit_.was_ready:
                 entry.crashes += 1
+            if entry.running is not None:
+                continue  # its other copy still runs
             verdict = Quarantine.verdict(entry.crashes)
             if verdict == "give up":
                 error = WorkerCrashedError.describe(
@@ -287,24 +336,23 @@ class Dispatcher(Generic[W]):
         self._intake.stop()
         if (held := self._intake.take_held()) is not None:
             self._finish(held[0], None, Result(held[0], error=describe(held[0])))
-        for index in list(self._ledger):
-            self._finish(index, self._ledger[index], Result(index, error=describe(index)))
-        self._owed_by.clear()
-        self._owing_since.clear()
+        self._give_up(describe)
+        for index, entry in list(self._ledger.entries.items()):
+            self._finish(index, entry, Result(index, error=describe(index)))
         self._due.clear()
         self._backoff.clear()
-        self._quarantine.clear()
 
     def _admit(
         self,
         index: int,
         request: Any,
         workers: Sequence[W],
-        sends: dict[W, list[Task]],
+        sends: dict[W, list[Task | Cancel]],
         now: float,
     ) -> bool:
         """Take in one new request: answer it from the cache, park it behind an identical
         one, or send it. False when a budget holds it back (it is kept for later)."""
+        self._read += 1
         if isinstance(request, Answered):
             self._answer_with(index, request.result)
             return True
@@ -319,83 +367,138 @@ class Dispatcher(Generic[W]):
             self._finish(index, None, Result(index, error=error))
             return True
         if self._admission.wait_for(key, index):
-            self._ledger[index] = entry  # a duplicate: it waits for the first one's answer
+            self._ledger.add(index, entry, counted=False)  # waits for the first one's answer
             return True
-        if not self._may_send(entry, now):
+        reserved = self._may_send(entry, now)
+        if reserved is None:
+            self._read -= 1  # read again later
             self._intake.hold((index, request))
             return False
-        self._ledger[index] = entry
-        entry.counted = True
-        self._requests += 1
+        self._ledger.add(index, entry, counted=True)
         self._admission.claim(key, index)
-        self._send(index, workers, sends, now)
+        self._send(index, workers, sends, now, reserved)
         return True
 
-    def _entry(self, request: Any, key: bytes | None) -> _Entry:
+    def _entry(self, request: Any, key: bytes | None) -> Entry:
         """A ledger entry for a new request; raises ResultTransferError if it cannot go."""
         payload = Task.pickle_payload(request)
+        routed = request.uses_openai_sdk
         if not self._budget.counts_tokens and self._admission.spending is None:
-            return _Entry(payload, 0, key=key)
+            return Entry(payload, 0, key=key, routed=routed)
         prompt_tokens, cap = token_estimate(request)
-        return _Entry(payload, prompt_tokens + (cap or 0), request.model, prompt_tokens, cap, key)
+        return Entry(
+            payload,
+            prompt_tokens + (cap or 0),
+            request.model,
+            prompt_tokens,
+            cap,
+            key,
+            routed=routed,
+        )
 
-    def _may_send(self, entry: _Entry, now: float) -> bool:
-        """Whether the budgets let `entry` go now; the cost budget is reserved if so."""
+    def _may_send(self, entry: Entry, now: float) -> float | None:
+        """Whether the budgets and the endpoints let `entry` go now: the USD reserved for
+        it under the cost cap (0.0 without one), or None when it may not go yet."""
         if entry.replay:
-            return True
+            return 0.0
         if self._refusal is not None:
-            return False
+            return None
+        if entry.routed and self._fleet.pick() is None:
+            return None  # every endpoint is full: an answer will make room
         wait = self._budget.delay(entry.tokens)
         if wait > 0:
             self._blocked_until = now + wait
-            return False
+            return None
         reserved = self._admission.reserve_cost(entry.model, entry.prompt_tokens, entry.output_cap)
-        if reserved is None:
+        if reserved is None and self._admission.cost_exhausted:
             # With nothing in flight to settle below its reservation, it never will fit.
-            if self._admission.cost_exhausted:
-                self._refusal = self._over_budget
-            return False
-        entry.reserved = reserved
-        return True
+            self._refusal = self._over_budget
+        return reserved
 
-    def _send(self, index: int, among: Sequence[W], sends: dict[W, list[Task]], now: float) -> W:
-        worker = min(among, key=lambda w: len(self._owed_by.get(w, ())))
-        entry = self._ledger[index]
-        entry.worker = worker
+    def _send(
+        self,
+        index: int,
+        among: Sequence[W],
+        sends: dict[W, list[Task | Cancel]],
+        now: float,
+        reserved: float,
+        hedge: bool = False,
+    ) -> W:
+        """Send the next attempt of `index` (or, `hedge`, a duplicate of the running one)
+        to the least busy of the workers `among`, and its endpoint."""
+        entry = self._ledger.entries[index]
+        worker, target = self._where(entry, among, hedge)
         entry.attempts += 1
-        if entry.attempts == 1:
-            entry.first_sent_at = now
-        owed = self._owed_by.setdefault(worker, set())
-        if not owed:  # not `now`: reading the input may have taken a while since
-            self._owing_since[worker] = self._clock()
-        owed.add(index)
-        if not entry.replay:
-            entry.charge = self._budget.spend(entry.tokens)
-        task = Task(
-            self.batch_id, index, entry.attempts, entry.payload, entry.replay, entry.standard
-        )
-        sends.setdefault(worker, []).append(task)
+        charge = None if entry.replay else self._budget.spend(entry.tokens)
+        attempt = Attempt(worker, entry.attempts, target, now, charge, reserved)
+        # Not `now` for the watchdog: reading the input may have taken a while since.
+        self._ledger.place(index, attempt, hedge, self._clock())
+        if hedge:
+            assert self._hedging is not None
+            self._hedging.sent += 1
+            self.summary.hedges += 1
+        else:
+            entry.tries += entry.avoid is None  # a failover is not a retry
+            entry.avoid = None
+            if entry.attempts == 1:
+                entry.first_sent_at = now
+            if self._hedging is not None and not entry.replay:
+                self._hedging.started(index, entry.attempts, now)
+        sends.setdefault(worker, []).append(entry.task(self.batch_id, index, target))
         return worker
+
+    def _where(self, entry: Entry, among: Sequence[W], hedge: bool) -> tuple[W, int | None]:
+        """The worker and the endpoint for `entry`'s next attempt: the least busy ones; a
+        hedge goes elsewhere than the copy it duplicates, where it can."""
+        busy = self._ledger.busy
+        if hedge:
+            assert entry.running is not None
+            original, avoid = entry.running.worker, entry.running.endpoint
+            worker = min(among, key=lambda w: (w == original, busy(w)))
+        else:
+            worker, avoid = min(among, key=busy), entry.avoid
+        if not entry.routed:
+            return worker, None
+        target = self._fleet.pick(avoid)
+        assert target is not None  # `_may_send` saw room
+        self._fleet.sent(target)
+        return worker, target
 
     def _ran_a_crash(self, worker: W) -> bool:
         """Whether `worker` runs a request that was on a worker that died."""
-        return any(self._ledger[i].crashes for i in self._owed_by.get(worker, ()))
+        return any(self._ledger.entries[i].crashes for i in self._ledger.owed(worker))
 
-    def _retry_later(self, index: int, entry: _Entry, error: Exception) -> bool:
-        """Schedule the next attempt if the policy wants one; count 429s either way."""
-        if isinstance(error, APIError) and error.status_code == 429:
-            self.summary.rate_limited += 1
-            self._budget.on_throttled(error.retry_after_s)
+    def _retry_later(self, index: int, entry: Entry, error: Exception, blamed: int | None) -> bool:
+        """Schedule the next attempt if the policy wants one; count 429s either way.
+
+        An attempt that failed because its endpoint did (`blamed`) goes at once to
+        another one, and is not counted as a retry, once per other endpoint.
+        """
+        self._count_throttled(error)
+        if (
+            blamed is not None
+            and getattr(error, "retryable", False)
+            and entry.failovers < len(self._fleet.urls) - 1
+        ):
+            entry.failovers += 1
+            entry.avoid = blamed
+            self._due.append(index)
+            return True
         now = self._clock()
-        tries = entry.attempts - entry.standard_from  # the tier's own
-        wait = self._retries.next_wait(error, tries, now - entry.first_sent_at)
+        wait = self._retries.next_wait(error, entry.tries, now - entry.first_sent_at)
         if wait is None:
             if entry.standard or not self._flex_fallback or not _flex_unavailable(error):
                 return False
             # Flex had no capacity for it, retries included: the standard tier then.
-            entry.standard, entry.standard_from, wait = True, entry.attempts, 0.0
+            entry.standard, entry.tries, wait = True, 0, 0.0
         heapq.heappush(self._backoff, (now + wait, index))
         return True
+
+    def _count_throttled(self, error: Exception) -> None:
+        """A 429: count it, and let the budget slow down."""
+        if isinstance(error, APIError) and error.status_code == 429:
+            self.summary.rate_limited += 1
+            self._budget.on_throttled(error.retry_after_s)
 
     def _answer_from_cache(self, index: int, result: Result, duplicate: bool) -> None:
         """Finish `index` with a stored answer, through a worker if there is a postprocess."""
@@ -408,7 +511,7 @@ class Dispatcher(Generic[W]):
         if not self._admission.replays or result.error is not None:
             self._finish(index, None, result)
             return
-        self._ledger[index] = _Entry(Task.pickle_payload(result), 0, replay=True)
+        self._ledger.add(index, Entry(Task.pickle_payload(result), 0, replay=True), counted=False)
         self._due.append(index)
 
     def _refuse_more(self, refusal: Callable[[int], RequestError]) -> None:
@@ -417,11 +520,13 @@ class Dispatcher(Generic[W]):
         The input is read a bounded chunk at a time, so a long generator's refusals
         stream out like results instead of piling up.
         """
-        for index in [i for i, e in self._ledger.items() if e.worker is None and not e.replay]:
-            self._finish(index, self._ledger[index], Result(index, error=refusal(index)))
-        self._due = deque(i for i in self._due if i in self._ledger)
-        self._backoff = [(t, i) for t, i in self._backoff if i in self._ledger]
-        self._quarantine.keep_only(self._ledger)
+        entries = self._ledger.entries
+        for index, entry in [(i, e) for i, e in entries.items() if e.running is None]:
+            if not entry.replay:
+                self._finish(index, entry, Result(index, error=refusal(index)))
+        self._due = deque(i for i in self._due if i in entries)
+        self._backoff = [(t, i) for t, i in self._backoff if i in entries]
+        self._quarantine.keep_only(entries)
         for _ in range(_READ_AHEAD):
             if (item := self._intake.next()) is None:
                 break
@@ -430,14 +535,15 @@ class Dispatcher(Generic[W]):
     def _give_up_running(self) -> None:
         """The deadline passed: what runs is given up, and nothing more is sent."""
         self._refusal = self._too_late
-        for worker, owed in self._owed_by.items():
-            for index in sorted(owed):
-                entry = self._ledger[index]
-                self._admission.settle_cost(entry.reserved, None)
-                self._finish(index, entry, Result(index, error=self._too_late(index)))
-            self.abandoned = self.abandoned or bool(owed)
-            self._owing_since.pop(worker, None)
-        self._owed_by.clear()
+        self._give_up(self._too_late)
+
+    def _give_up(self, describe: Callable[[int], RequestError]) -> None:
+        """Every attempt running is given up: its request yields `describe(index)`."""
+        for index, attempts in self._ledger.give_up():
+            for attempt in attempts:
+                self._withdraw(attempt)
+            self._finish(index, self._ledger.entries[index], Result(index, error=describe(index)))
+            self.abandoned = True
         self._quarantine.clear()
 
     def _too_late(self, index: int) -> DeadlineExceededError:
@@ -449,17 +555,17 @@ class Dispatcher(Generic[W]):
             f"not sent: it could take the batch's spend past max_cost=${cap:g}", index=index
         )
 
-    def _finish(self, index: int, entry: _Entry | None, result: Result) -> None:
+    def _finish(self, index: int, entry: Entry | None, result: Result) -> None:
         attempts = entry.attempts if entry is not None else result.attempts
         if entry is not None:
-            del self._ledger[index]
-            self._requests -= entry.counted
+            self._ledger.remove(index)
             self._answer_duplicates(entry.key, index, result)
         self.summary.add(result, attempts)
         if self._rich:
-            latency = self._clock() - entry.first_sent_at if entry is not None else 0.0
-            result = replace(result, index=index, attempts=attempts, latency_s=latency)
-            self._done.append((index, result))
+            rich = replace(result, index=index, attempts=attempts, latency_s=0.0)
+            if entry is not None:
+                rich = entry.rich(index, result, self._clock(), self._fleet.urls)
+            self._done.append((index, rich))
         else:
             self._done.append((index, result.value))
 
@@ -467,11 +573,10 @@ class Dispatcher(Generic[W]):
         """The request that others waited for is done: answer them, or send them now."""
         for other in self._admission.done(key, index, result):
             if result.error is None:
-                del self._ledger[other]
+                self._ledger.remove(other)
                 self._answer_from_cache(other, result, duplicate=True)
             else:  # each is sent on its own
-                self._ledger[other].counted = True
-                self._requests += 1
+                self._ledger.count(self._ledger.entries[other])
                 self._due.append(other)
 
 

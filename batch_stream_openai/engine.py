@@ -85,12 +85,14 @@ class RequestRunner:
         with_body: bool = True,
         service_tier: str | None = None,
         timeout: float | None = None,
+        target: int = 0,
     ) -> tuple[Result, float]:
         """The attempt's `Result` (never raises), and the pause its answer's headers ask.
 
         `with_body` False leaves a successful answer's body out (only rich results and
         the cache need it, and it is the costliest part to send to the parent).
-        `service_tier` goes into the body; `timeout` replaces the pool's.
+        `service_tier` goes into the body; `timeout` replaces the pool's; `target` is the
+        number of the base URL to send it to.
         """
         started = time.monotonic()
         try:
@@ -99,7 +101,7 @@ class RequestRunner:
                 body = {**body, "service_tier": service_tier}
             # The whole attempt is bounded, a server trickling its body byte by byte included.
             async with asyncio.timeout(timeout or self._timeout):
-                data, request_id, pause_s = await self._provider.complete(endpoint, body)
+                data, request_id, pause_s = await self._provider.complete(endpoint, body, target)
         except Exception as exc:  # every failure becomes this attempt's result
             error = to_request_error(
                 exc, index=index, attempts=attempt, secret=self._provider.secret
@@ -178,7 +180,8 @@ class TaskServer:
     def __init__(self, runner: RequestRunner, outbox: Outbox) -> None:
         self._runner = runner
         self._outbox = outbox
-        self._running: dict[tuple[int, int], asyncio.Task[None]] = {}  # {(batch, index): task}
+        # {(batch, index, attempt): its asyncio task}
+        self._running: dict[tuple[int, int, int], asyncio.Task[None]] = {}
         self._options = BatchOptions(0, None)
         self._postprocess: Postprocess | None = None
         self._postprocess_started: float | None = None  # monotonic; None when idle
@@ -190,7 +193,7 @@ class TaskServer:
         """Act on messages from the parent: Task, BatchOptions, Cancel. Call in the loop."""
         for message in messages:
             if isinstance(message, Task):
-                key = (message.batch_id, message.index)
+                key = (message.batch_id, message.index, message.attempt)
                 self._running[key] = job = asyncio.get_running_loop().create_task(
                     self._run(message)
                 )
@@ -198,6 +201,10 @@ class TaskServer:
             elif isinstance(message, BatchOptions):
                 self._options = message
                 self._postprocess = load_postprocess(message)
+            elif isinstance(message, Cancel) and message.index is not None:
+                key = (message.batch_id, message.index, message.attempt or 0)
+                if key in self._running:
+                    self._running.pop(key).cancel()
             elif isinstance(message, Cancel):
                 for key in [key for key in self._running if key[0] == message.batch_id]:
                     self._running.pop(key).cancel()
@@ -221,6 +228,7 @@ class TaskServer:
                 options.with_body,
                 None if task.standard else options.service_tier,
                 options.timeout,
+                task.endpoint,
             )
         if result.error is None and self._postprocess is not None:
             output = await asyncio.get_running_loop().run_in_executor(
@@ -267,7 +275,9 @@ class TaskServer:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _forget(running: dict[tuple[int, int], Any], key: tuple[int, int], _job: object) -> None:
+def _forget(
+    running: dict[tuple[int, int, int], Any], key: tuple[int, int, int], _job: object
+) -> None:
     running.pop(key, None)
 
 

@@ -43,7 +43,7 @@ import multiprocessing.util
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 import cloudpickle
 from typing_extensions import Unpack
@@ -54,6 +54,8 @@ from .cache import ResponseCache
 from .costs import PriceTable
 from .dispatcher import Dispatcher
 from .errors import PoolClosedError
+from .fleet import Fleet
+from .hedging import Hedging
 from .limits import Budget
 from .loop import BatchLoop
 from .modes import BatchMode, delivering
@@ -66,7 +68,14 @@ from .settings import PoolSettings, default_workers
 from .spending import Spending
 from .stream import AsyncBatchStream, BatchStream, ResultPair, async_pairs, in_input_order
 from .supervisor import MAIN_GUARD_HINT, Supervisor
-from .validation import RequestChecker, check_bool, check_callable, check_positive, pickled_callable
+from .validation import (
+    RequestChecker,
+    check_bool,
+    check_callable,
+    check_hedge,
+    check_positive,
+    pickled_callable,
+)
 
 __all__ = ["BatchPool", "PoolState", "StreamOptions", "default_workers"]
 
@@ -97,6 +106,7 @@ class StreamOptions(TypedDict, total=False):
     poll_interval: float | None
     online_reserve: float | None
     flex_fallback: bool | None
+    hedge: bool | float
 
 
 class BatchPool:
@@ -110,10 +120,19 @@ class BatchPool:
             results = pool.run(more_requests)
 
     Parameters:
-        max_concurrency: requests in flight at most, across all workers together.
+        max_concurrency: requests in flight at most, across all workers and endpoints
+            together; or ``"auto"``: find, from latency, what each endpoint sustains
+            (for self-hosted servers that queue instead of answering 429; see
+            `concurrency.py`), up to `max_concurrency_cap` in all.
+        max_concurrency_cap: with ``max_concurrency="auto"``, the most it may reach.
         workers: worker processes; default `default_workers(max_concurrency)`, never
             more than `max_concurrency`. ``0`` means ``backend="thread"`` with one thread.
-        base_url: OpenAI-compatible endpoint; default ``OPENAI_BASE_URL`` or the SDK's.
+        base_url: OpenAI-compatible endpoint, or a list of them (replicas of one model
+            server): each attempt goes to the one with the fewest requests in flight,
+            and one that keeps failing is set aside for a while (see `fleet.py`).
+            Default ``OPENAI_BASE_URL`` or the SDK's.
+        endpoint_concurrency: requests in flight to one endpoint at most (None: only
+            `max_concurrency` for them all).
         api_key: OpenAI API key; default ``OPENAI_API_KEY``. Never logged.
         timeout: seconds one attempt of one request may take, all of it.
         max_retries: retries after the first attempt, for retryable errors only.
@@ -150,14 +169,20 @@ class BatchPool:
             Identical requests are then answered from it, and sent once per batch.
         prices: model prices, USD per million tokens, that win over genai-prices':
             ``{"my-model": {"input": 0.15, "output": 0.60, "cached_input": 0.075}}``.
+
+    Attributes:
+        fleet: the endpoints (`fleet.Fleet`): each one's requests in flight, whether it
+            is set aside, and with ``"auto"`` its limit (``fleet.endpoints[0].limit``).
     """
 
     def __init__(
         self,
         *,
-        max_concurrency: int = 5,
+        max_concurrency: int | Literal["auto"] = 5,
+        max_concurrency_cap: int = 1024,
         workers: int | None = None,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
+        endpoint_concurrency: int | None = None,
         api_key: str | None = None,
         timeout: float = 600.0,
         max_retries: int = 5,
@@ -175,8 +200,10 @@ class BatchPool:
     ) -> None:
         self.settings = settings = PoolSettings.check(
             max_concurrency=max_concurrency,
+            max_concurrency_cap=max_concurrency_cap,
             workers=workers,
             base_url=base_url,
+            endpoint_concurrency=endpoint_concurrency,
             api_key=api_key,
             timeout=timeout,
             max_retries=max_retries,
@@ -194,7 +221,12 @@ class BatchPool:
         )
         self.backend, self.workers = settings.backend, settings.workers
         self.max_concurrency, self.postprocess = max_concurrency, postprocess
-        self.budget = Budget(max_concurrency, rpm, tpm, adaptive)
+        self.budget = Budget(settings.max_concurrency, rpm, tpm, adaptive)
+        self.fleet = Fleet(
+            settings.endpoint_urls,
+            endpoint_concurrency,
+            settings.max_concurrency if settings.auto_concurrency else None,
+        )
         self._retries = RetrySchedule(settings.retry_policy())
         self._prices = PriceTable(settings.prices)
         # Ray actors may read OPENAI_API_KEY on their own nodes: no key check here for them.
@@ -212,7 +244,7 @@ class BatchPool:
         self._loop: BatchLoop | None = None  # the batch streaming now
         # Requests per second this pool did online (its last batch): what a deadline in
         # batch mode expects of the online rest. A guess until a batch has run.
-        self._online_rate = max_concurrency / 10.0
+        self._online_rate = settings.max_concurrency / 10.0
         # multiprocessing's own exit handler joins every child; this one runs before it.
         self._finalizer = multiprocessing.util.Finalize(
             self, _shut_down, args=(self._supervisor, self._cache), exitpriority=_EXIT_PRIORITY
@@ -285,6 +317,12 @@ class BatchPool:
             flex_fallback: ``mode="flex"`` (online at the flex tier, half price, 900 s
                 attempts): send a request at the standard tier once flex had no
                 capacity for it ``max_retries`` times (default True).
+            hedge: send a duplicate of a request still running after 1.5 times the p95
+                latency of the batch's answers (after the p95 once the input is
+                exhausted and slots are idle), to another worker and
+                endpoint; the first answer wins and the other is cancelled (see
+                `hedging.py`). ``True`` allows 2% more requests than the batch has, a
+                fraction says how many. Off by default: a hedge may be billed.
         """
         chunks, summary = self.open_stream(requests, "stream", **options)
         return BatchStream(chunks, summary)
@@ -330,6 +368,7 @@ class BatchPool:
         rich = options.get("return_results", False)
         check_bool("return_results", rich)
         check_bool("progress", options.get("progress", False))
+        hedge = check_hedge(options.get("hedge", False))
         spending = self._spending(options.get("max_cost"))
         checker = self._checker if spending is None else self._checker.with_prices(self._prices)
         check_item = self._check_requests(requests, checker)
@@ -363,6 +402,8 @@ class BatchPool:
             summary=summary,
             deadline=route.deadline if jobs is None else None,
             flex_fallback=route.mode == "flex" and route.flex_fallback,
+            fleet=self.fleet,
+            hedging=Hedging(hedge) if hedge is not None else None,
         )
         total = len(requests) if isinstance(requests, Sequence) else None
         progress = ProgressBar(summary, total) if options.get("progress") else None

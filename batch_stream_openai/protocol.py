@@ -73,7 +73,8 @@ class Task:
     unpickled in the worker) fails its own index, not the message carrying many tasks.
     A `replay` task carries an answer from the response cache instead (a `Result`): the
     worker only runs the batch's postprocess on it. A `standard` task goes at the
-    standard tier whatever the batch's `service_tier` (flex gave up on it).
+    standard tier whatever the batch's `service_tier` (flex gave up on it). `endpoint`
+    is the number of the pool's ``base_url`` the attempt goes to.
     """
 
     batch_id: int
@@ -82,6 +83,7 @@ class Task:
     payload: bytes
     replay: bool = False
     standard: bool = False
+    endpoint: int = 0
 
     @staticmethod
     def pickle_payload(value: AnyRequest | Result) -> bytes:
@@ -111,9 +113,12 @@ class Task:
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
-    """Parent -> worker: drop every task of batch `batch_id`; the caller stopped listening."""
+    """Parent -> worker: drop every task of batch `batch_id` (the caller stopped
+    listening), or only attempt `attempt` of request `index` (its duplicate answered)."""
 
     batch_id: int
+    index: int | None = None
+    attempt: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

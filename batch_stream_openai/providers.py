@@ -100,8 +100,8 @@ class Provider:
 
     Example::
 
-        provider = Provider(ClientConfig(base_url="http://127.0.0.1:8000/v1"))
-        data, request_id, pause_s = await provider.complete("/v1/chat/completions", body)
+        provider = Provider(ClientConfig(base_urls=("http://127.0.0.1:8000/v1",)))
+        data, request_id, pause_s = await provider.complete("/v1/chat/completions", body, 0)
         await provider.aclose()
     """
 
@@ -109,9 +109,11 @@ class Provider:
         self._config = config
         self.secret = config.resolved_api_key
         self._secret_bytes = self.secret.encode() if self.secret else b""
-        self._base_url = ""  # the SDK's, with a trailing slash: ".../v1/"
+        # The endpoints as the SDK spells them, with a trailing slash (".../v1/"), and
+        # the proxy of each.
+        self._base_urls: list[str] = []
+        self._proxies: list[str | None] = []
         self._headers: dict[str, str] = {}
-        self._proxy: str | None = None
         self._session: aiohttp.ClientSession | None = None
         self._litellm: Any = None
 
@@ -119,27 +121,27 @@ class Provider:
         """Take the endpoint and headers from the SDK now, so a bad setup fails early."""
         if not self.secret:
             return  # no key: OpenAI-routed requests fail one by one, saying so
-        client = openai.AsyncOpenAI(
-            api_key=self.secret, base_url=self._config.base_url, max_retries=0
-        )
-        self._base_url = str(client.base_url).rstrip("/") + "/"
+        for base_url in self._config.base_urls or (None,):
+            client = openai.AsyncOpenAI(api_key=self.secret, base_url=base_url, max_retries=0)
+            self._base_urls.append(str(client.base_url).rstrip("/") + "/")
+            self._proxies.append(_proxy_for(self._base_urls[-1]))
         headers = {**client.default_headers, **client.auth_headers}
         self._headers = {k: v for k, v in headers.items() if isinstance(v, str)}
-        self._proxy = _proxy_for(self._base_url)
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""
         if self._session is not None:
             await self._session.close()
 
-    async def complete(self, endpoint: str, body: dict[str, Any]) -> Answer:
-        """Send one request body (one attempt) and return its `Answer`; raise on failure."""
+    async def complete(self, endpoint: str, body: dict[str, Any], target: int) -> Answer:
+        """Send one request body (one attempt) to base URL number `target` and return
+        its `Answer`; raise on failure. LiteLLM's models go where LiteLLM says."""
         sdk_model = openai_model_name(body["model"])
         if sdk_model is None:
             return await self._complete_litellm(endpoint, body), None, 0.0
         if sdk_model != body["model"]:
             body = {**body, "model": sdk_model}
-        status, content, headers = await self._post(endpoint, body)
+        status, content, headers = await self._post(endpoint, body, target)
         if status >= 400:
             raise self._status_error(status, content, headers)
         limits = RateLimitHeaders.parse(headers)
@@ -147,17 +149,17 @@ class Provider:
         return self._json_object(status, content, headers), headers.get("x-request-id"), pause_s
 
     async def _post(
-        self, endpoint: str, body: dict[str, Any]
+        self, endpoint: str, body: dict[str, Any], target: int
     ) -> tuple[int, bytes, Mapping[str, str]]:
         if not self._headers:
             raise errors.RequestError(
                 "no API key in this worker: pass api_key= or set OPENAI_API_KEY"
             )
-        url = self._base_url + endpoint.removeprefix("/v1/")
+        url = self._base_urls[target] + endpoint.removeprefix("/v1/")
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         session = self._http()
         async with session.post(
-            url, data=data, headers=self._headers, proxy=self._proxy
+            url, data=data, headers=self._headers, proxy=self._proxies[target]
         ) as response:
             return response.status, await response.read(), response.headers
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from .pickling import pickles_fast
 
-__all__ = ["BatchSummary", "Result", "ToolCall", "Usage"]
+__all__ = ["BatchSummary", "EndpointSummary", "Result", "ToolCall", "Usage"]
 
 
 @pickles_fast
@@ -89,6 +89,10 @@ class Result:
         tool_calls: the tools the model called (`ToolCall`), when it answered with calls.
         embedding: the vector of an `EmbeddingRequest` (a list of vectors for a list input).
         batch_id: the Batch API job that answered it (``mode="batch"``), else None.
+        base_url: the endpoint that answered (of the pool's ``base_url`` list), for an
+            OpenAI-routed request.
+        hedged: a duplicate of it was sent, as it ran long (``hedge=``); the first
+            answer won.
     """
 
     index: int
@@ -109,6 +113,8 @@ class Result:
     tool_calls: tuple[ToolCall, ...] = ()
     embedding: list[float] | list[list[float]] | None = None
     batch_id: str | None = None
+    base_url: str | None = None
+    hedged: bool = False
 
     @property
     def ok(self) -> bool:
@@ -118,6 +124,28 @@ class Result:
     def value(self) -> Any:
         """What the plain stream yields for this request: `output`, or the `error`."""
         return self.output if self.error is None else self.error
+
+
+@dataclass
+class EndpointSummary:
+    """One endpoint's attempts in a batch (`BatchSummary.endpoints`).
+
+    Parameters:
+        ok, failed: attempts answered, and failed (refused, timed out, an error status).
+        latency_s: their latencies added up (see `mean_latency_s`).
+    """
+
+    ok: int = 0
+    failed: int = 0
+    latency_s: float = 0.0
+
+    @property
+    def mean_latency_s(self) -> float:
+        attempts = self.ok + self.failed
+        return self.latency_s / attempts if attempts else 0.0
+
+    def __str__(self) -> str:
+        return f"{self.ok} ok, {self.failed} failed, {self.mean_latency_s * 1000:.0f} ms mean"
 
 
 @dataclass
@@ -143,6 +171,8 @@ class BatchSummary:
         jobs: ``mode="batch"``: the Batch API jobs by status (``{"in_progress": 2, ...}``,
             ``"done"`` for those read); ``job_lines``: (answered, total) lines of the
             jobs still open.
+        hedges: duplicates sent of requests that ran long (``hedge=``).
+        endpoints: the attempts of each endpoint (`EndpointSummary`), by base URL.
     """
 
     ok: int = 0
@@ -159,6 +189,8 @@ class BatchSummary:
     saved_usd: float = 0.0
     jobs: dict[str, int] = field(default_factory=dict)
     job_lines: tuple[int, int] = (0, 0)
+    hedges: int = 0
+    endpoints: dict[str, EndpointSummary] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
 
@@ -197,6 +229,17 @@ class BatchSummary:
             self.input_tokens += usage.input_tokens
             self.output_tokens += usage.output_tokens
 
+    def add_attempt(self, base_url: str, latency_s: float, ok: bool) -> None:
+        """Count one attempt that `base_url` answered (or failed)."""
+        endpoint = self.endpoints.get(base_url)
+        if endpoint is None:
+            endpoint = self.endpoints[base_url] = EndpointSummary()
+        if ok:
+            endpoint.ok += 1
+        else:
+            endpoint.failed += 1
+        endpoint.latency_s += latency_s
+
     def add_cached(self, paid_usd: float | None, deduplicated: bool) -> None:
         """Count that the next result added came from the cache (or an identical request)."""
         self.cached += 1
@@ -214,6 +257,12 @@ class BatchSummary:
             parts.append(f"{self.cached} cached ({self.deduplicated} deduplicated)")
         if self.jobs:
             parts.append(f"{sum(self.jobs.values())} batch jobs")
+        if self.hedges:
+            parts.append(f"{self.hedges} hedges")
+        if len(self.endpoints) > 1:
+            parts.append(
+                "endpoints: " + "; ".join(f"{url} {e}" for url, e in self.endpoints.items())
+            )
         parts.append(f"{self.input_tokens + self.output_tokens} tokens")
         cost = f"${self.cost_usd:.4f}"
         if self.unpriced:

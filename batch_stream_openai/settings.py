@@ -22,7 +22,7 @@ from .costs import Price, check_prices
 from .protocol import Postprocess
 from .validation import (
     check_api_key,
-    check_base_url,
+    check_base_urls,
     check_bool,
     check_callable,
     check_int,
@@ -53,10 +53,12 @@ def default_workers(max_concurrency: int) -> int:
 class PoolSettings:
     """Every `BatchPool` argument, checked (see `BatchPool` for what each means)."""
 
-    max_concurrency: int
+    max_concurrency: int  # with "auto", its cap
+    auto_concurrency: bool
+    endpoint_concurrency: int | None
     workers: int
     backend: str
-    base_url: str | None
+    base_url: tuple[str, ...]  # () for OPENAI_BASE_URL or OpenAI's
     api_key: str | None = field(repr=False)
     timeout: float
     max_retries: int
@@ -75,7 +77,18 @@ class PoolSettings:
     def check(cls, **arguments: Any) -> PoolSettings:
         """The settings, or the exact error for the first bad argument."""
         a = arguments
+        cap = a.pop("max_concurrency_cap")
+        check_int("max_concurrency_cap", cap, minimum=1)
+        a["auto_concurrency"] = a["max_concurrency"] == "auto"
+        if a["auto_concurrency"]:
+            a["max_concurrency"] = cap
+        elif isinstance(a["max_concurrency"], str):
+            raise ValueError(
+                f"max_concurrency must be an int or 'auto', got {a['max_concurrency']!r}"
+            )
         check_int("max_concurrency", a["max_concurrency"], minimum=1)
+        if a["endpoint_concurrency"] is not None:
+            check_int("endpoint_concurrency", a["endpoint_concurrency"], minimum=1)
         check_callable("postprocess", a["postprocess"])
         check_callable("initializer", a["initializer"])
         check_int("max_retries", a["max_retries"], minimum=0)
@@ -85,7 +98,7 @@ class PoolSettings:
                 check_positive(name, a[name])
         check_bool("adaptive", a["adaptive"])
         check_api_key(a["api_key"])
-        check_base_url(a["base_url"])
+        a["base_url"] = check_base_urls(a["base_url"])
         if a["start_method"] is None:
             from .backends.process import default_start_method
 
@@ -113,8 +126,14 @@ class PoolSettings:
 
     @property
     def routed_base_url(self) -> str:
-        """Where OpenAI-routed requests go: the argument, ``OPENAI_BASE_URL``, or OpenAI."""
-        return self.base_url or os.environ.get("OPENAI_BASE_URL") or _OPENAI_BASE_URL
+        """Where OpenAI-routed requests go: the (first) argument, ``OPENAI_BASE_URL``, or
+        OpenAI. The Batch API and the response cache's keys use this one."""
+        return self.endpoint_urls[0]
+
+    @property
+    def endpoint_urls(self) -> tuple[str, ...]:
+        """Every endpoint OpenAI-routed requests go to (`fleet.py`)."""
+        return self.base_url or (os.environ.get("OPENAI_BASE_URL") or _OPENAI_BASE_URL,)
 
     @property
     def secret(self) -> Secret | None:
@@ -129,7 +148,7 @@ class PoolSettings:
         config = WorkerConfig(
             client=ClientConfig(
                 api_key=self.secret,
-                base_url=self.base_url,
+                base_urls=self.base_url,
                 timeout=self.timeout,
                 max_connections=self.max_concurrency,
             ),

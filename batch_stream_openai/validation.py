@@ -15,9 +15,10 @@ from .request import EmbeddingRequest, OpenAIRequest, RawRequest
 __all__ = [
     "RequestChecker",
     "check_api_key",
-    "check_base_url",
+    "check_base_urls",
     "check_bool",
     "check_callable",
+    "check_hedge",
     "check_int",
     "check_positive",
     "check_workers",
@@ -25,6 +26,8 @@ __all__ = [
 ]
 
 _REQUEST_TYPES = (OpenAIRequest, EmbeddingRequest, RawRequest)
+# hedge=True: at most this share of the batch's requests is sent twice.
+DEFAULT_HEDGE_FRACTION = 0.02
 # Worker processes allowed per CPU core (and at least this many in all): far beyond this,
 # processes only compete for the cores and memory, and starting them stalls the machine.
 _WORKERS_PER_CORE = 8
@@ -104,20 +107,52 @@ def check_api_key(api_key: object) -> None:
         raise ValueError("api_key must be ASCII (it is sent in an HTTP header)")
 
 
-def check_base_url(base_url: object) -> None:
+def check_base_urls(base_url: object) -> tuple[str, ...]:
+    """The endpoints `base_url` names (a URL, or a list of them); () for None."""
     if base_url is None:
-        return
-    if not isinstance(base_url, str):
-        raise TypeError(f"base_url must be a str, got {type(base_url).__name__}")
-    parts = urllib.parse.urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(
-            f"base_url must be an http:// or https:// URL with a host, got {base_url!r}"
+        return ()
+    if isinstance(base_url, str):
+        _check_url("base_url", base_url)
+        return (base_url,)
+    if not isinstance(base_url, Sequence) or not base_url:
+        raise TypeError(
+            f"base_url must be a URL or a non-empty list of URLs, got {type(base_url).__name__}"
         )
+    for number, url in enumerate(base_url):
+        _check_url(f"base_url[{number}]", url)
+    if len(set(base_url)) < len(base_url):
+        raise ValueError(f"base_url lists an endpoint twice: {list(base_url)!r}")
+    return tuple(base_url)
+
+
+def _check_url(name: str, url: object) -> None:
+    if not isinstance(url, str):
+        raise TypeError(f"{name} must be a str, got {type(url).__name__}")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} must be an http:// or https:// URL with a host, got {url!r}")
     try:
         parts.port  # noqa: B018 - raises for a port that is not a number in range
     except ValueError as exc:
-        raise ValueError(f"base_url has a bad port: {base_url!r} ({exc})") from None
+        raise ValueError(f"{name} has a bad port: {url!r} ({exc})") from None
+
+
+def check_hedge(hedge: object) -> float | None:
+    """The share of extra requests hedging may send (``True``: 0.02), or None (off)."""
+    if hedge is None or hedge is False:
+        return None
+    if hedge is True:
+        return DEFAULT_HEDGE_FRACTION
+    if (
+        not isinstance(hedge, (int, float))
+        or isinstance(hedge, bool)
+        or not math.isfinite(hedge)
+        or not 0 < hedge <= 1
+    ):
+        raise ValueError(
+            f"hedge must be True, False or a fraction of the batch in (0, 1], got {hedge!r}"
+        )
+    return float(hedge)
 
 
 def check_positive(name: str, value: object) -> None:

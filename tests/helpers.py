@@ -16,6 +16,16 @@ from batch_stream_openai.testing import expected_answer
 SYSTEM = "You are terse."
 
 
+class FakeClock:
+    """Monotonic seconds that move only when a test says: ``clock.now += 1.5``."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def ask(user: str, api: str = "chat", **options: Any) -> OpenAIRequest:
     """A request for the bundled server, with the tests' system prompt."""
     return OpenAIRequest(SYSTEM, user, model="gpt-4o-mini", api=api, **options)  # type: ignore[arg-type]

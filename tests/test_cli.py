@@ -599,3 +599,34 @@ def test_batch_mode_sigterm_then_a_rerun_reattaches_to_the_jobs(
         assert again.returncode == 0 and len(jobs()) == 3 and len(_records(output)) == 30
     finally:
         fake.configure(batch_seconds=1.0)
+
+
+@pytest.mark.timeout(60)
+def test_several_base_urls_auto_concurrency_and_hedging_from_the_command_line(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    source, output = _prompt_file(tmp_path / "in.jsonl", 40), tmp_path / "out.jsonl"
+    with FakeOpenAIServer() as other:
+        done = _run(
+            fake,
+            source,
+            output,
+            "--base-url",
+            other.base_url,
+            "--max-concurrency",
+            "auto",
+            "--endpoint-concurrency",
+            "4",
+            "--hedge",
+        )
+        assert done.returncode == 0, done.stderr
+        assert fake.stats().requests > 0 and other.stats().requests > 0
+        assert fake.stats().max_in_flight <= 4 and other.stats().max_in_flight <= 4
+    assert sorted(_latest(output)) == sorted(f"id-{i}" for i in range(40))
+    assert all(line["error"] is None for line in _latest(output).values())
+
+
+def test_a_bad_max_concurrency_names_the_flag(fake: FakeOpenAIServer, tmp_path: Path) -> None:
+    source, output = _prompt_file(tmp_path / "in.jsonl", 1), tmp_path / "out.jsonl"
+    done = _run(fake, source, output, "--max-concurrency", "lots")
+    assert done.returncode == 2 and "--max-concurrency" in done.stderr and "lots" in done.stderr

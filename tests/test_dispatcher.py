@@ -10,23 +10,20 @@ import pytest
 from batch_stream_openai import APIError, OpenAIRequest, WorkerCrashedError
 from batch_stream_openai.config import RetryPolicy
 from batch_stream_openai.dispatcher import MAX_CRASHES_PER_REQUEST, Dispatcher
+from batch_stream_openai.errors import APIConnectionError
+from batch_stream_openai.fleet import Fleet
+from batch_stream_openai.hedging import Hedging
 from batch_stream_openai.limits import Budget
-from batch_stream_openai.protocol import Outcome, Task
+from batch_stream_openai.protocol import Cancel, Outcome, Task
 from batch_stream_openai.results import Result, Usage
 from batch_stream_openai.retry import RetrySchedule
 from batch_stream_openai.supervisor import Exit
 
+from .helpers import FakeClock
+
 pytestmark = pytest.mark.timeout(10)
 
 CRASHED = Exit(exitcode=-9, was_ready=True)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def ask(i: int) -> OpenAIRequest:
@@ -41,6 +38,8 @@ def make(
     clock: FakeClock | None = None,
     policy: RetryPolicy | None = None,
     rpm: float | None = None,
+    fleet: Fleet | None = None,
+    hedging: Hedging | None = None,
 ) -> Dispatcher[str]:
     clock = clock or FakeClock()
     return Dispatcher(
@@ -50,6 +49,8 @@ def make(
         retries=RetrySchedule(policy or RetryPolicy(max_attempts=3, initial_backoff=0.1)),
         rich=rich,
         clock=clock,
+        fleet=fleet,
+        hedging=hedging,
     )
 
 
@@ -64,10 +65,11 @@ def failure(task: Task, status: int, retryable: bool) -> Outcome:
     return Outcome.of(task, Result(task.index, status_code=status, error=error))
 
 
-def tasks_of(sends: dict[str, list[Task]]) -> Iterator[tuple[str, Task]]:
-    for worker, tasks in sends.items():
-        for task in tasks:
-            yield worker, task
+def tasks_of(sends: dict[str, list[Task | Cancel]]) -> Iterator[tuple[str, Task]]:
+    for worker, messages in sends.items():
+        for task in messages:
+            if isinstance(task, Task):
+                yield worker, task
 
 
 def test_at_most_the_concurrency_is_sent_and_the_load_is_spread() -> None:
@@ -145,7 +147,7 @@ def test_a_worker_that_dies_before_it_is_ready_costs_no_crash() -> None:
     dispatcher = make([ask(0)])
     dispatcher.fill(["a"])
     for _ in range(MAX_CRASHES_PER_REQUEST + 2):
-        dispatcher.reclaim(next(iter(dispatcher._owed_by)), Exit(1, was_ready=False))
+        dispatcher.reclaim("a", Exit(1, was_ready=False))
         dispatcher.fill(["a"])
     assert dispatcher.take_results() == []
 
@@ -155,6 +157,7 @@ def test_quarantine_runs_a_suspect_only_beside_fresh_requests_then_fails_the_poi
     dispatcher = make([ask(i) for i in range(30)], concurrency=6)
     workers, spawned, deaths = ["a", "b"], 0, 0
     results: dict[int, object] = {}
+    crashes: Counter[int] = Counter()  # of each index: the workers it was on that died
     while not dispatcher.finished:
         sends = dispatcher.fill(workers)
         holder = next((w for w, t in tasks_of(sends) if t.index == 0), None)
@@ -162,10 +165,10 @@ def test_quarantine_runs_a_suspect_only_beside_fresh_requests_then_fails_the_poi
             if worker != holder:
                 dispatcher.settle(worker, answer(task))
         if holder is not None:
-            crashed = dispatcher._ledger[0].crashes
-            if crashed >= 2:  # a suspect runs only beside requests that never crashed
-                beside = dispatcher._owed_by[holder] - {0}
-                assert not any(dispatcher._ledger[i].crashes for i in beside)
+            held = {task.index for worker, task in tasks_of(sends) if worker == holder}
+            if crashes[0] >= 2:  # a suspect runs only beside requests that never crashed
+                assert not any(crashes[i] for i in held - {0})
+            crashes.update(held)
             dispatcher.reclaim(holder, CRASHED)
             deaths += 1
             spawned += 1
@@ -217,3 +220,86 @@ def test_rich_results_carry_attempts_and_latency_from_the_first_send() -> None:
     dispatcher.settle("a", answer(retry))
     ((index, result),) = dispatcher.take_results()
     assert (index, result.attempts, result.latency_s, result.text) == (0, 2, 6.0, "answer 0")
+
+
+def hedged_batch(count: int, fraction: float) -> tuple[Dispatcher[str], str, Task]:
+    """`count` requests sent at once; all but index 0 answered after 0.1 s; 0.3 s later,
+    the tail (the input is exhausted, slots idle): the fill that may hedge index 0."""
+    clock = FakeClock()
+    dispatcher = make(
+        [ask(i) for i in range(count)],
+        concurrency=count,
+        rich=True,
+        clock=clock,
+        hedging=Hedging(fraction),
+    )
+    first = list(tasks_of(dispatcher.fill(["a", "b"])))
+    clock.now += 0.1
+    for worker, task in first:
+        if task.index != 0:
+            dispatcher.settle(worker, answer(task))
+    assert len(dispatcher.take_results()) == count - 1
+    clock.now += 0.3
+    ((owner, original),) = [(worker, task) for worker, task in first if task.index == 0]
+    return dispatcher, owner, original
+
+
+def test_a_straggler_gets_a_duplicate_elsewhere_and_the_first_answer_wins() -> None:
+    dispatcher, owner, original = hedged_batch(30, fraction=0.1)
+    ((worker, hedge),) = tasks_of(dispatcher.fill(["a", "b"]))
+    assert hedge.index == 0 and hedge.attempt == 2 and worker != owner
+    dispatcher.settle(worker, answer(hedge))
+    ((index, result),) = dispatcher.take_results()
+    assert index == 0 and isinstance(result, Result) and result.hedged and result.attempts == 2
+    assert dispatcher.summary.hedges == 1
+    assert dispatcher.fill(["a", "b"]) == {owner: [Cancel(1, 0, original.attempt)]}
+    dispatcher.settle(owner, answer(original))  # too late: owed to nobody
+    assert dispatcher.take_results() == [] and dispatcher.finished
+
+
+def test_when_a_duplicate_fails_the_original_still_answers_once() -> None:
+    dispatcher, owner, original = hedged_batch(30, fraction=0.1)
+    ((worker, hedge),) = tasks_of(dispatcher.fill(["a", "b"]))
+    dispatcher.settle(worker, failure(hedge, 500, retryable=True))
+    assert dispatcher.take_results() == []
+    dispatcher.settle(owner, answer(original))
+    ((index, result),) = dispatcher.take_results()
+    assert index == 0 and isinstance(result, Result) and result.ok and result.hedged
+
+
+def test_hedges_stay_within_their_fraction_of_the_batch() -> None:
+    clock = FakeClock()
+    dispatcher = make(
+        [ask(i) for i in range(100)], concurrency=200, clock=clock, hedging=Hedging(0.02)
+    )
+    first = list(tasks_of(dispatcher.fill(["a", "b"])))
+    clock.now += 0.1
+    for worker, task in first[:20]:
+        dispatcher.settle(worker, answer(task))
+    clock.now += 10.0  # the other 80 all run far too long
+    hedges = list(tasks_of(dispatcher.fill(["a", "b"])))
+    assert len(hedges) == 2 == dispatcher.summary.hedges
+
+
+def test_a_worker_dying_with_one_copy_leaves_the_other_to_answer() -> None:
+    dispatcher, owner, original = hedged_batch(30, fraction=0.1)
+    ((worker, _),) = tasks_of(dispatcher.fill(["a", "b"]))
+    dispatcher.reclaim(worker, CRASHED)
+    assert list(tasks_of(dispatcher.fill([owner, "new"]))) == []  # nothing to re-send
+    dispatcher.settle(owner, answer(original))
+    assert [i for i, _ in dispatcher.take_results()] == [0]
+
+
+def test_a_request_whose_endpoint_failed_goes_at_once_to_another_not_as_a_retry() -> None:
+    fleet = Fleet(["http://a:8000/v1", "http://b:8000/v1"])
+    dispatcher = make([ask(0)], rich=True, fleet=fleet, policy=RetryPolicy(max_attempts=1))
+    ((worker, task),) = tasks_of(dispatcher.fill(["a"]))
+    refused = APIConnectionError("Connection refused", index=0, retryable=True)
+    dispatcher.settle(worker, Outcome.of(task, Result(0, error=refused)))
+    ((worker, again),) = tasks_of(dispatcher.fill(["a"]))
+    assert again.endpoint != task.endpoint and again.attempt == 2
+    dispatcher.settle(worker, answer(again))
+    ((_, result),) = dispatcher.take_results()
+    assert isinstance(result, Result) and result.ok
+    assert result.base_url == fleet.urls[again.endpoint]
+    assert dispatcher.summary.endpoints[fleet.urls[task.endpoint]].failed == 1

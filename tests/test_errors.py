@@ -38,7 +38,7 @@ def test_request_errors_name_index_and_attempts() -> None:
 
 def test_api_key_is_masked_in_config_repr() -> None:
     key = "sk-proj-abcdefghijklmnopqrstuvwxyz"
-    text = repr(ClientConfig(api_key=key, base_url="http://127.0.0.1:1/v1"))
+    text = repr(ClientConfig(api_key=key, base_urls=("http://127.0.0.1:1/v1",)))
     assert key not in text
     assert mask_secret(key) in text
     assert mask_secret("short") == "***"

@@ -17,13 +17,7 @@ from batch_stream_openai.limits import (
 from batch_stream_openai.providers import RateLimitHeaders
 from batch_stream_openai.request import RawRequest
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from .helpers import FakeClock
 
 
 def test_pacer_spaces_sends_at_the_rate() -> None:
@@ -41,7 +35,7 @@ def test_pacer_spaces_sends_at_the_rate() -> None:
 def test_pacer_never_lets_a_window_hold_more_than_the_limit() -> None:
     # 5,000 then 10,000 tokens at 10,000 per minute: the second must wait until the
     # first has left the window, not only until the rate says (which would be 30 s).
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     pacer = Pacer(per_minute=10_000, clock=clock)
     pacer.consume(5_000)
     clock.now += 30
@@ -54,7 +48,7 @@ def test_pacer_never_lets_a_window_hold_more_than_the_limit() -> None:
 
 
 def test_a_send_larger_than_the_limit_goes_alone() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     pacer = Pacer(per_minute=100, clock=clock)
     assert pacer.delay(500) == 0  # an empty window: it goes, or it never would
     pacer.consume(500)

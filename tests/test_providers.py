@@ -61,7 +61,7 @@ def test_without_litellm_the_error_names_the_extra(monkeypatch: pytest.MonkeyPat
     request = OpenAIRequest("s", "u", model="gemini/gemini-2.0-flash")
     hint = r"pip install batch-stream-openai\[litellm\]"
     with pytest.raises(ProviderNotInstalledError, match=hint):
-        asyncio.run(provider.complete(*http_call(request)))
+        asyncio.run(provider.complete(*http_call(request), 0))
 
 
 def test_responses_text_joins_every_output_text_part_like_the_sdk() -> None:
