@@ -27,6 +27,7 @@ from batch_stream_openai.testing import (
     ServerStats,
     expected_answer,
 )
+from batch_stream_openai.testing.capacity import CapacityGate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SYSTEM = "You are a test."
@@ -264,6 +265,22 @@ def test_capacity_serves_k_at_once_and_queues_the_rest(server: FakeOpenAIServer)
     assert time.monotonic() - start >= 0.6  # three rounds of two
     stats = server.stats()
     assert (stats.max_in_flight, stats.max_queued, stats.queued) == (6, 4, 0)
+
+
+def test_a_request_that_leaves_the_queue_as_its_slot_frees_up_leaves_no_trace() -> None:
+    async def main() -> None:
+        gate = CapacityGate()
+        assert await gate.acquire(capacity=1, queue_limit=0)
+        waiter = asyncio.create_task(gate.acquire(capacity=1, queue_limit=0))
+        await asyncio.sleep(0)  # it waits in the queue
+        waiter.cancel()  # its client went away...
+        gate.release()  # ...and the slot frees up before the waiter runs again
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert (gate.serving, gate.queued) == (0, 0)
+        assert await gate.acquire(capacity=1, queue_limit=0)
+
+    asyncio.run(main())
 
 
 def test_a_full_queue_answers_503(server: FakeOpenAIServer) -> None:

@@ -56,7 +56,7 @@ class CapacityGate:
         except asyncio.CancelledError:  # the client went away while it waited
             if future.done() and not future.cancelled():
                 self.release()  # the slot was handed over just before: pass it on
-            else:
+            elif future in self._waiting:  # `release` may have passed over it already
                 self._waiting.remove(future)
             raise
         return True
