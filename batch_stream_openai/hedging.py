@@ -2,10 +2,12 @@
 
 A batch waits for its slowest request. When one runs past `HEDGE_AFTER_P95` times the
 p95 latency of the batch's answers so far (once the input is exhausted and slots stand
-idle, past the p95 itself), a duplicate is sent to another worker and endpoint; the
-first answer wins and the other copy is cancelled (`Dispatcher`). Hedges are requests
-like any other: they take a concurrency slot, pass the rate budget, reserve their cost
-under ``max_cost``, and they never exceed `fraction` of the requests read.
+idle, past the p95 itself), and past `HEDGE_AFTER_P50` times their median either way
+(noise on a server whose answers all take about as long is no straggler), a duplicate
+is sent to another worker and endpoint; the first answer wins and the other copy is
+cancelled (`Dispatcher`). Hedges are requests like any other: they take a concurrency
+slot, pass the rate budget, reserve their cost under ``max_cost``, and they never
+exceed `fraction` of the requests read.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from collections.abc import Iterator, Mapping
 
 from .ledger import Entry
 
-__all__ = ["HEDGE_AFTER_P95", "Hedging"]
+__all__ = ["HEDGE_AFTER_P50", "HEDGE_AFTER_P95", "Hedging"]
 
-# A request still running after this many times the p95 latency is hedged.
+# A request still running after this many times the p95 latency is hedged...
 HEDGE_AFTER_P95 = 1.5
+# ...and after this many times the median.
+HEDGE_AFTER_P50 = 3.0
 # Answers needed before the percentiles mean something; and how many are kept.
 _MIN_SAMPLES = 20
 _SAMPLES = 512
@@ -47,6 +51,7 @@ class Hedging:
         self.running: deque[tuple[float, int, int]] = deque()
         self._latencies: deque[float] = deque(maxlen=_SAMPLES)
         self._new = 0  # answers since the percentiles were computed
+        self._p50 = 0.0
         self._p95: float | None = None
 
     def __repr__(self) -> str:
@@ -61,14 +66,16 @@ class Hedging:
         self._latencies.append(latency_s)
         self._new += 1
         if len(self._latencies) >= _MIN_SAMPLES and self._new >= _MIN_SAMPLES:
-            self._p95, self._new = statistics.quantiles(self._latencies, n=20)[18], 0
+            cuts = statistics.quantiles(self._latencies, n=20)
+            self._p50, self._p95, self._new = cuts[9], cuts[18], 0
 
     def threshold(self, tail: bool) -> float | None:
         """Seconds a request may run before it is hedged (None: not yet known). `tail`:
         the input is exhausted and slots stand idle."""
         if self._p95 is None:
             return None
-        return self._p95 if tail else HEDGE_AFTER_P95 * self._p95
+        p95 = self._p95 if tail else HEDGE_AFTER_P95 * self._p95
+        return max(p95, HEDGE_AFTER_P50 * self._p50)
 
     def due(self, entries: Mapping[int, Entry], now: float, tail: bool, read: int) -> Iterator[int]:
         """The requests of `entries` to hedge now, oldest first, while the fraction of

@@ -319,7 +319,7 @@ class BatchPool:
                 capacity for it ``max_retries`` times (default True).
             hedge: send a duplicate of a request still running after 1.5 times the p95
                 latency of the batch's answers (after the p95 once the input is
-                exhausted and slots are idle), to another worker and
+                exhausted and slots are idle) and 3 times their median, to another worker and
                 endpoint; the first answer wins and the other is cancelled (see
                 `hedging.py`). ``True`` allows 2% more requests than the batch has, a
                 fraction says how many. Off by default: a hedge may be billed.

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench_core import git_revision
-from benchmarks_md import save_section
+from benchmarks_md import medians, save_section
 
 from batch_stream_openai import BatchPool, OpenAIRequest
 from batch_stream_openai.errors import APITimeoutError
@@ -107,17 +107,14 @@ def auto_concurrency(runs: int) -> str:
                 )
                 completions[str(label)].append(out["done_at"])
                 print(f"auto run {run + 1} {label}: {samples[str(label)][-1]}", file=sys.stderr)
-    medians = {
-        label: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-        for label, rows in samples.items()
-    }
-    best = max(m["rps"] for label, m in medians.items() if label != "auto")
+    medians_of = medians(samples)
+    best = max(m["rps"] for label, m in medians_of.items() if label != "auto")
     lines = [
         "| concurrency | req/s | vs best fixed | p50 ms | p99 ms | timeouts "
         "| 90% of best after s |",
         "|---|---|---|---|---|---|---|",
     ]
-    for label, m in medians.items():
+    for label, m in medians_of.items():
         reach = statistics.median(first_reaching(d, 0.9 * best) for d in completions[label])
         reached = f"{reach:.1f}" if reach == reach else "never"  # NaN: not reached
         lines.append(
@@ -156,16 +153,16 @@ def hedging(runs: int) -> str:
                 extra = server.stats().requests - HEDGE_REQUESTS
                 samples[label].append({"wall": out["wall"], "extra": extra, "slow": len(slow)})
                 print(f"hedge run {run + 1} {label}: {samples[label][-1]}", file=sys.stderr)
-    base = statistics.median(s["wall"] for s in samples[labels[0]])
+    table = medians(samples)
+    base = table[labels[0]]["wall"]
     lines = ["| run | makespan s | vs no stragglers | extra requests |", "|---|---|---|---|"]
-    for label, rows in samples.items():
-        wall = statistics.median(r["wall"] for r in rows)
-        extra = statistics.median(r["extra"] for r in rows)
+    for label, med in table.items():
+        wall, extra = med["wall"], med["extra"]
         lines.append(
             f"| {label} | {wall:.2f} | {wall / base:.2f}x | {extra:.0f} "
             f"({extra / HEDGE_REQUESTS:.1%}) |"
         )
-    stragglers = statistics.median(r["slow"] for r in samples[labels[1]])
+    stragglers = table[labels[1]]["slow"]
     return (
         "\n".join(lines)
         + f"\n\nStragglers per run (median): {stragglers:.0f} of {HEDGE_REQUESTS:,}."
@@ -207,13 +204,13 @@ def lost_endpoint(runs: int) -> str:
                 for server in servers:
                     server.stop()
             print(f"fleet run {run + 1} {label}: {samples[label][-1]}", file=sys.stderr)
-    base = statistics.median(s["wall"] for s in samples[labels[0]])
+    table = medians(samples)
+    base = table[labels[0]]["wall"]
     lines = [
         "| endpoints | wall s | vs three healthy | errors | attempts failed (re-sent) |",
         "|---|---|---|---|---|",
     ]
-    for label, rows in samples.items():
-        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    for label, med in table.items():
         lines.append(
             f"| {label} | {med['wall']:.2f} | {med['wall'] / base:.2f}x "
             f"| {med['errors']:.0f} | {med['failed']:.0f} |"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_core import git_revision
-from benchmarks_md import save_section
+from benchmarks_md import medians, save_section
 
 from batch_stream_openai import BatchPool, OpenAIRequest
 from batch_stream_openai.testing import FakeOpenAIServer
@@ -83,8 +83,7 @@ def modes(server: FakeOpenAIServer, runs: int, count: int) -> str:
         "| mode | wall s | cost USD | vs online | online requests | Batch API calls | jobs |",
         "|---|---|---|---|---|---|---|",
     ]
-    for label, rows in samples.items():
-        med = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+    for label, med in medians(samples).items():
         lines.append(
             f"| {label} | {med['wall']:.1f} | {med['cost']:.5f} | {med['cost'] / base:.2f}x "
             f"| {med['online']:,.0f} | {med['batch_calls']:,.0f} | {med['jobs']:.0f} |"

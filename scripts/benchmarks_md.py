@@ -7,9 +7,11 @@ so running one benchmark never erases another's figures.
 from __future__ import annotations
 
 import re
+import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["MARKDOWN", "owned_sections", "save_section"]
+__all__ = ["MARKDOWN", "medians", "owned_sections", "save_section"]
 
 MARKDOWN = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 _SECTION = re.compile(r"<!-- (?P<name>[\w-]+):start -->.*?<!-- (?P=name):end -->", re.DOTALL)
@@ -35,3 +37,11 @@ def owned_sections(markdown: Path = MARKDOWN, exclude: frozenset[str] = frozense
         return ""
     text = markdown.read_text()
     return "\n\n".join(m.group(0) for m in _SECTION.finditer(text) if m["name"] not in exclude)
+
+
+def medians(samples: Mapping[str, Sequence[Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+    """The median of each figure over each label's runs: ``{label: {figure: median}}``."""
+    return {
+        label: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        for label, runs in samples.items()
+    }

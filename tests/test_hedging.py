@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from batch_stream_openai import run_batch, stream_batch
-from batch_stream_openai.hedging import HEDGE_AFTER_P95, Hedging
+from batch_stream_openai.hedging import HEDGE_AFTER_P50, HEDGE_AFTER_P95, Hedging
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
 from .conftest import TEST_API_KEY
@@ -17,12 +17,19 @@ pytestmark = pytest.mark.timeout(10)
 
 def test_no_threshold_until_enough_answers_then_a_multiple_of_the_p95() -> None:
     hedging = Hedging(0.02)
-    for _ in range(19):
-        hedging.answered(0.1)
+    for i in range(19):
+        hedging.answered(0.1 if i % 4 else 1.0)  # a quarter of them slow
     assert hedging.threshold(tail=False) is None
-    hedging.answered(0.1)
-    assert hedging.threshold(tail=False) == pytest.approx(HEDGE_AFTER_P95 * 0.1)
-    assert hedging.threshold(tail=True) == pytest.approx(0.1)
+    hedging.answered(1.0)
+    assert hedging.threshold(tail=False) == pytest.approx(HEDGE_AFTER_P95 * 1.0)
+    assert hedging.threshold(tail=True) == pytest.approx(1.0)
+
+
+def test_answers_that_all_take_about_as_long_are_hedged_past_a_multiple_of_the_median() -> None:
+    hedging = Hedging(0.02)
+    for i in range(20):
+        hedging.answered(0.100 + i / 10_000)  # only noise: no straggler among them
+    assert hedging.threshold(tail=True) == pytest.approx(HEDGE_AFTER_P50 * 0.101, rel=0.02)
 
 
 def test_hedges_stay_within_the_fraction_of_the_requests_read() -> None:
