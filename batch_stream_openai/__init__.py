@@ -32,7 +32,7 @@ from .errors import (
 )
 from .pool import BatchPool
 from .request import EmbeddingRequest, OpenAIRequest, RawRequest
-from .results import BatchSummary, Result, ToolCall, Usage
+from .results import BatchSummary, EndpointSummary, Result, ToolCall, Usage
 from .stream import AsyncBatchStream, BatchStream
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "CacheError",
     "DeadlineExceededError",
     "EmbeddingRequest",
+    "EndpointSummary",
     "EmptyResponseError",
     "OpenAIRequest",
     "ParseError",

@@ -186,3 +186,21 @@ def test_an_endpoint_killed_mid_batch_loses_nothing_and_rejoins_when_restarted()
         summary = stream.summary.endpoints
         assert summary[urls[1]].failed <= 40  # what was in flight, and a probe or two
         assert summary[urls[0]].ok + summary[urls[2]].ok > 2 * summary[urls[1]].ok
+
+
+@pytest.mark.timeout(60)
+def test_with_one_base_url_every_result_names_it(fake: FakeOpenAIServer) -> None:
+    stream = stream_batch(
+        [ask(f"q{i}") for i in range(10)] + [ask("down [[status=503]]")],
+        base_url=fake.base_url,
+        api_key=TEST_API_KEY,
+        workers=1,
+        max_retries=1,
+        return_results=True,
+    )
+    results = dict(stream)
+    assert {result.base_url for result in results.values()} == {fake.base_url}
+    assert [index for index, result in results.items() if not result.ok] == [10]
+    endpoint = stream.summary.endpoints[fake.base_url]
+    assert (endpoint.ok, endpoint.failed) == (10, 2)  # the 503, tried twice
+    assert "endpoints:" not in str(stream.summary)
