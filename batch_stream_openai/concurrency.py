@@ -5,7 +5,10 @@ queue inside it and their latency climbs, until they time out. So the limit is f
 the way TCP Vegas and Netflix's gradient limiter find a congestion window, from the
 latency itself:
 
-- the *baseline* is the lowest latency seen: the server's service time, unloaded;
+- the *baseline* is the median latency of the first window, which runs at a low limit:
+  what the server needs unloaded, for this mix of requests (a median, not the fastest
+  answer: on an LLM server, answers of 20 and of 400 tokens differ far more than
+  queueing makes them; the lowest of many medians would be as biased);
 - each *window* (as many answers as the limit, about one round trip), the window's
   median latency is compared with the baseline: within `TOLERANCE` of it (plus
   `SLACK_S`, so that a fast server is not taken for a queueing one when what varies is
@@ -16,7 +19,8 @@ latency itself:
 - the limit only grows when it was used (the window saw at least half of it in flight),
   and after a change the answers to requests sent before it are not counted;
 - every `REPROBE_S` the baseline is measured again, over one window at half the limit
-  (BBR's probe of its minimum RTT): what the server needs may change with the prompts.
+  (BBR's probe of its minimum RTT): what the server needs may change with the prompts;
+  when it needs much longer than before, the search starts again (doubling).
 
 With a server that serves K requests at once, the limit settles between K and about
 ``TOLERANCE * K`` (plus what `SLACK_S` adds): its full throughput, at a median latency
@@ -42,7 +46,7 @@ SLACK_S = 0.01
 REPROBE_S = 10.0
 # Halving on throttling happens once per burst of answers.
 _BURST_WINDOW_S = 1.0
-_MIN_WINDOW = 8  # answers per window at least, so that a median means something
+_MIN_WINDOW = 32  # answers per window at least, so that a median means something
 
 
 class GradientLimit:
@@ -86,8 +90,6 @@ class GradientLimit:
         if self._skip:
             self._skip -= 1
             return
-        if self.baseline is None or latency_s < self.baseline:
-            self.baseline = latency_s
         self._window.append(latency_s)
         self._busiest = max(self._busiest, in_flight + 1)
         if len(self._window) >= max(_MIN_WINDOW, self.allowed):
@@ -99,18 +101,23 @@ class GradientLimit:
         if now - self._last_halving >= _BURST_WINDOW_S:
             self._last_halving = now
             self.limit = max(1.0, self.limit / 2)
+            if self._probing is not None:  # the limit the probe returns to, halved too
+                self._probing = max(1.0, self._probing / 2)
             self._slow_start = False
 
     def _end_window(self) -> None:
-        window, busiest = self._window, self._busiest
+        busiest, median = self._busiest, max(statistics.median(self._window), 1e-6)
         self._window, self._busiest = [], 0
         if self._probing is not None:  # the window at half the limit: a fresh baseline
-            self.baseline, self.limit, self._probing = min(window), self._probing, None
+            # A server that needs much longer than before is searched again from here.
+            self._slow_start = self.baseline is not None and median > TOLERANCE * self.baseline
+            self.baseline, self.limit, self._probing = median, self._probing, None
             self._reprobe_at = self._clock() + REPROBE_S
             return
-        assert self.baseline is not None
+        if self.baseline is None:
+            self.baseline = median
         before = self.limit
-        gradient = (self.baseline * TOLERANCE + SLACK_S) / statistics.median(window)
+        gradient = (self.baseline * TOLERANCE + SLACK_S) / median
         if gradient < 1.0:
             self.limit = max(1.0, self.limit * max(0.5, gradient))
             self._slow_start = False

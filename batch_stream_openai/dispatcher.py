@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
@@ -125,9 +125,10 @@ class Dispatcher(Generic[W]):
         self._deadline = deadline
         self._flex_fallback = flex_fallback
         self._fleet = fleet if fleet is not None else Fleet([""])  # one, unnamed
-        self._fleet.begin()
         self._hedging = hedging
         self._read = 0  # requests read from the input
+        self._workers_seen = False  # the last `fill` had ready workers
+        self._hedge_held = False  # a budget held a hedge back: wait for an answer
         self._cancels: dict[W, list[Task | Cancel]] = {}  # attempts to stop: the other copy won
         self.abandoned = False  # requests given up while in flight (to cancel in workers)
         self._done: list[ResultPair] = []  # results not yet taken
@@ -172,11 +173,19 @@ class Dispatcher(Generic[W]):
             wake = min(wake, self._blocked_until - now)
         if self._backoff:
             wake = min(wake, self._backoff[0][0] - now)
-        if self._hedging is not None and self._hedging.running:
-            threshold = self._hedging.threshold(tail=self._intake.exhausted)
-            if threshold is not None:
-                wake = min(wake, self._hedging.running[0][0] + threshold - now)
-        return max(0.0, wake)
+        return max(0.0, min(wake, self._hedge_due(now)))
+
+    def _hedge_due(self, now: float) -> float:
+        """Seconds until the oldest running request is due a hedge that could be sent
+        (inf: none could; an answer, freeing a slot, wakes the loop then)."""
+        hedging = self._hedging
+        if hedging is None or not hedging.running or not self._workers_seen or self._hedge_held:
+            return float("inf")
+        capacity = min(self._budget.concurrency(), self._fleet.capacity())
+        if self._ledger.slots >= capacity or not hedging.allowed(self._read):
+            return float("inf")
+        threshold = hedging.threshold(tail=self._intake.exhausted)
+        return float("inf") if threshold is None else hedging.running[0][0] + threshold - now
 
     def peek(self) -> None:
         """Read the first request ahead, so that an empty input is known to be empty."""
@@ -192,6 +201,7 @@ class Dispatcher(Generic[W]):
         now = self._clock()
         if self._deadline is not None and now >= self._deadline and self._refusal is None:
             self._give_up_running()
+        self._workers_seen = bool(workers)
         if workers:
             self._fill(workers, sends, now)
         if self._refusal is not None:
@@ -235,9 +245,12 @@ class Dispatcher(Generic[W]):
         slots, budgets and the hedging fraction allow (`Hedging.due`)."""
         tail = self._intake.exhausted and self._ledger.slots < capacity
         due = hedging.due(self._ledger.entries, now, tail, self._read)
-        while self._ledger.slots < capacity and (index := next(due, None)) is not None:
+        while self._ledger.slots < capacity and (item := next(due, None)) is not None:
+            index = item[1]
             reserved = self._may_send(self._ledger.entries[index], now)
             if reserved is None:
+                hedging.running.appendleft(item)  # a budget holds it: offered again later
+                self._hedge_held = True
                 return
             self._send(index, workers, sends, now, reserved, hedge=True)
 
@@ -252,13 +265,14 @@ class Dispatcher(Generic[W]):
         if attempt is None:
             return
         index = outcome.index
+        self._hedge_held = False
         other = self._ledger.end(index, attempt)  # the copy still running, if any
         self._quarantine.settled(worker, index)
         result = outcome.value()
         if entry.replay:
             self._finish(index, entry, result)
             return
-        self._admission.settle_cost(attempt.reserved, result)
+        self._admission.settle_cost(attempt.reserved or 0.0, result)
         blamed = self._ended(entry, attempt, result)
         error = result.error
         if error is None:
@@ -298,7 +312,8 @@ class Dispatcher(Generic[W]):
     def _withdraw(self, attempt: Attempt) -> None:
         """`attempt` ends without an answer: what it holds of the budgets goes back
         (what it reserved under ``max_cost`` counts as spent: it may have been billed)."""
-        self._admission.settle_cost(attempt.reserved, None)
+        if attempt.reserved is not None:
+            self._admission.settle_cost(attempt.reserved, None)
         if attempt.endpoint is not None:
             self._fleet.withdrawn(attempt.endpoint)
 
@@ -430,7 +445,9 @@ class Dispatcher(Generic[W]):
         worker, target = self._where(entry, among, hedge)
         entry.attempts += 1
         charge = None if entry.replay else self._budget.spend(entry.tokens)
-        attempt = Attempt(worker, entry.attempts, target, now, charge, reserved)
+        attempt = Attempt(
+            worker, entry.attempts, target, now, charge, None if entry.replay else reserved
+        )
         # Not `now` for the watchdog: reading the input may have taken a while since.
         self._ledger.place(index, attempt, hedge, self._clock())
         if hedge:
@@ -438,8 +455,8 @@ class Dispatcher(Generic[W]):
             self._hedging.sent += 1
             self.summary.hedges += 1
         else:
-            entry.tries += entry.avoid is None  # a failover is not a retry
-            entry.avoid = None
+            entry.tries += not entry.failing_over  # a failover is not a retry
+            entry.failing_over = False
             if entry.attempts == 1:
                 entry.first_sent_at = now
             if self._hedging is not None and not entry.replay:
@@ -453,10 +470,13 @@ class Dispatcher(Generic[W]):
         busy = self._ledger.busy
         if hedge:
             assert entry.running is not None
-            original, avoid = entry.running.worker, entry.running.endpoint
+            original = entry.running.worker
             worker = min(among, key=lambda w: (w == original, busy(w)))
+            avoid: Collection[int] = (
+                () if entry.running.endpoint is None else {entry.running.endpoint}
+            )
         else:
-            worker, avoid = min(among, key=busy), entry.avoid
+            worker, avoid = min(among, key=busy), entry.failed_on
         if not entry.routed:
             return worker, None
         target = self._fleet.pick(avoid)
@@ -472,16 +492,17 @@ class Dispatcher(Generic[W]):
         """Schedule the next attempt if the policy wants one; count 429s either way.
 
         An attempt that failed because its endpoint did (`blamed`) goes at once to
-        another one, and is not counted as a retry, once per other endpoint.
+        an endpoint it has not failed on, while there is one, and is not counted as a
+        retry.
         """
         self._count_throttled(error)
         if (
             blamed is not None
             and getattr(error, "retryable", False)
-            and entry.failovers < len(self._fleet.urls) - 1
+            and len(entry.failed_on | {blamed}) < len(self._fleet.urls)
         ):
-            entry.failovers += 1
-            entry.avoid = blamed
+            entry.failed_on |= {blamed}
+            entry.failing_over = True
             self._due.append(index)
             return True
         now = self._clock()
@@ -560,7 +581,7 @@ class Dispatcher(Generic[W]):
         if entry is not None:
             self._ledger.remove(index)
             self._answer_duplicates(entry.key, index, result)
-        self.summary.add(result, attempts)
+        self.summary.add(result, attempts - (entry is not None and entry.hedged))
         if self._rich:
             rich = replace(result, index=index, attempts=attempts, latency_s=0.0)
             if entry is not None:

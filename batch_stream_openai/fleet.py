@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from .concurrency import GradientLimit
@@ -113,19 +113,19 @@ class Fleet:
             return math.inf
         return sum(endpoint.allowed() for endpoint in self._usable(self._clock()))
 
-    def pick(self, avoid: int | None = None) -> int | None:
-        """The endpoint for the next attempt (not `avoid` if another has room); None when
-        every endpoint is full."""
+    def pick(self, avoid: Collection[int] = ()) -> int | None:
+        """The endpoint for the next attempt (not one of `avoid` if another has room);
+        None when every endpoint is full."""
         if self._trivial:
             return 0
-        best: tuple[bool, int, int] | None = None  # (is `avoid`, in flight, number)
+        best: tuple[bool, int, int] | None = None  # (in `avoid`, in flight, number)
         count = len(self.endpoints)
         usable = self._usable(self._clock())
         for step in range(count):
             number = (self._next + step) % count
             endpoint = self.endpoints[number]
             if endpoint in usable and endpoint.in_flight < endpoint.allowed():
-                key = (number == avoid, endpoint.in_flight, number)
+                key = (number in avoid, endpoint.in_flight, number)
                 best = key if best is None or key[:2] < best[:2] else best
         return None if best is None else best[2]
 
@@ -148,7 +148,8 @@ class Fleet:
         failure (it is then worth retrying elsewhere at once)."""
         endpoint = self.endpoints[target]
         endpoint.in_flight -= 1
-        overloaded = isinstance(error, APIError) and error.status_code == 429
+        # Throttled, or a full queue: too much is sent.
+        overloaded = isinstance(error, APIError) and error.status_code in (429, 503)
         if endpoint.limit is not None:
             if error is None:
                 endpoint.limit.on_answer(latency_s, endpoint.in_flight)

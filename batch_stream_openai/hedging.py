@@ -77,24 +77,34 @@ class Hedging:
         p95 = self._p95 if tail else HEDGE_AFTER_P95 * self._p95
         return max(p95, HEDGE_AFTER_P50 * self._p50)
 
-    def due(self, entries: Mapping[int, Entry], now: float, tail: bool, read: int) -> Iterator[int]:
-        """The requests of `entries` to hedge now, oldest first, while the fraction of
-        the `read` requests allows; `tail`: see `threshold`. A request taken from here
-        is not offered again."""
+    def due(
+        self, entries: Mapping[int, Entry], now: float, tail: bool, read: int
+    ) -> Iterator[tuple[float, int, int]]:
+        """The attempts of `entries` to hedge now, ``(sent at, index, attempt)``, oldest
+        first, while the fraction of the `read` requests allows; `tail`: see
+        `threshold`. One taken from here is not offered again unless put back."""
         threshold = self.threshold(tail)
         running = self.running
         while running:
-            sent_at, index, number = running[0]
-            entry = entries.get(index)
-            if entry is None or entry.running is None or entry.running.number != number:
+            sent_at, index, number = item = running[0]
+            if not _runs(entries, index, number):
                 running.popleft()  # it ended
                 continue
             if threshold is None or now - sent_at < threshold or not self.allowed(read):
+                if len(running) > 2 * len(entries) + _SAMPLES:  # ended ones behind it
+                    self.running = deque(i for i in running if _runs(entries, i[1], i[2]))
                 return
             running.popleft()
+            entry = entries[index]
             if entry.hedge is None and not entry.crashes:  # a suspect runs alone
-                yield index
+                yield item
 
     def allowed(self, read: int) -> bool:
         """Whether one more hedge fits in `fraction` of the `read` requests."""
         return self.sent + 1 <= self.fraction * read
+
+
+def _runs(entries: Mapping[int, Entry], index: int, number: int) -> bool:
+    """Whether attempt `number` of request `index` is still the one running."""
+    entry = entries.get(index)
+    return entry is not None and entry.running is not None and entry.running.number == number

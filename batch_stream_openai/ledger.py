@@ -33,7 +33,8 @@ class Attempt:
             through the fleet, as a LiteLLM model or a cache replay).
         sent_at: when it was sent (monotonic, the parent's clock).
         charge: the token budget's record of it, corrected by its answer.
-        reserved: USD reserved for it under ``max_cost``.
+        reserved: USD reserved for it under ``max_cost`` (None: nothing was reserved, as
+            for a cache replay).
     """
 
     worker: Any
@@ -41,7 +42,7 @@ class Attempt:
     endpoint: int | None
     sent_at: float
     charge: list[float] | None = None
-    reserved: float = 0.0
+    reserved: float | None = 0.0
 
 
 @dataclass(slots=True)
@@ -59,13 +60,13 @@ class Entry:
     counted: bool = False  # counted against the concurrency (a request to send)
     attempts: int = 0  # attempts sent so far (retries, re-sends, failovers, hedges)
     tries: int = 0  # of those, what the retry policy counts (its tier's, no failovers)
-    failovers: int = 0  # attempts sent again at once elsewhere: their endpoint failed
     crashes: int = 0  # workers that died while running it
     first_sent_at: float = 0.0  # monotonic
     running: Attempt | None = None  # the attempt awaited; None while waiting to be sent
     hedge: Attempt | None = None  # its duplicate, when it was hedged
     hedged: bool = False  # a duplicate was sent at some point
-    avoid: int | None = None  # the endpoint its last attempt failed on (send elsewhere)
+    failed_on: frozenset[int] = frozenset()  # endpoints that failed it (send elsewhere)
+    failing_over: bool = False  # its next attempt goes elsewhere at once: not a retry
     endpoint: int | None = None  # the endpoint of its last attempt that ended
     standard: bool = False  # sent at the standard tier: flex had no capacity for it
 

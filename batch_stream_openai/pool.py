@@ -460,6 +460,7 @@ class BatchPool:
                 "generator before starting another"
             )
         self._loop = loop
+        self.fleet.begin()  # what an earlier batch left in flight was cancelled
         try:
             loop.dispatcher.peek()
             if not loop.dispatcher.finished:

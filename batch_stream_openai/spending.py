@@ -56,6 +56,11 @@ class Spending:
         return f"<Spending ${self.spent:.4f} + ${self.reserved:.4f} reserved of ${self.max_cost}>"
 
     @property
+    def open_reservations(self) -> int:
+        """Reservations of attempts not settled yet."""
+        return self._open
+
+    @property
     def exhausted(self) -> bool:
         """Nothing in flight can free room: a request that does not fit now never will."""
         return self._open == 0

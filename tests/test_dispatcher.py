@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from batch_stream_openai import APIError, OpenAIRequest, WorkerCrashedError
+from batch_stream_openai.admission import Admission
+from batch_stream_openai.cache import ResponseCache
 from batch_stream_openai.config import RetryPolicy
+from batch_stream_openai.costs import PriceTable
 from batch_stream_openai.dispatcher import MAX_CRASHES_PER_REQUEST, Dispatcher
 from batch_stream_openai.errors import APIConnectionError
 from batch_stream_openai.fleet import Fleet
@@ -17,6 +22,7 @@ from batch_stream_openai.limits import Budget
 from batch_stream_openai.protocol import Cancel, Outcome, Task
 from batch_stream_openai.results import Result, Usage
 from batch_stream_openai.retry import RetrySchedule
+from batch_stream_openai.spending import Spending
 from batch_stream_openai.supervisor import Exit
 
 from .helpers import FakeClock
@@ -303,3 +309,78 @@ def test_a_request_whose_endpoint_failed_goes_at_once_to_another_not_as_a_retry(
     assert isinstance(result, Result) and result.ok
     assert result.base_url == fleet.urls[again.endpoint]
     assert dispatcher.summary.endpoints[fleet.urls[task.endpoint]].failed == 1
+
+
+def test_a_straggler_the_hedge_budget_cannot_take_does_not_spin_the_loop() -> None:
+    dispatcher, _, _ = hedged_batch(30, fraction=0.02)  # 2% of 30: no hedge at all
+    assert list(tasks_of(dispatcher.fill(["a", "b"]))) == []
+    assert dispatcher.next_wake() > 0.5  # not 0: nothing could be sent
+
+
+def test_a_hedge_a_rate_budget_holds_back_is_sent_once_the_budget_allows() -> None:
+    clock = FakeClock()
+    dispatcher = make(
+        [ask(i) for i in range(30)], concurrency=30, clock=clock, hedging=Hedging(0.1), rpm=60
+    )
+    for _ in range(21):  # one request a second; all but index 0 answered in 50 ms
+        sent = list(tasks_of(dispatcher.fill(["a", "b"])))
+        clock.now += 0.05
+        for worker, task in sent:
+            if task.index != 0:
+                dispatcher.settle(worker, answer(task))
+        clock.now += 0.95
+    clock.now -= 0.5  # index 0 is due a hedge, but the rate budget has no room yet
+    assert list(tasks_of(dispatcher.fill(["a", "b"]))) == []
+    clock.now += 0.5
+    ((_, hedge),) = tasks_of(dispatcher.fill(["a", "b"]))
+    assert (hedge.index, hedge.attempt) == (0, 2)
+
+
+def test_a_new_dispatcher_leaves_the_fleet_counts_of_the_batch_running_alone() -> None:
+    fleet = Fleet(["http://a:8000/v1", "http://b:8000/v1"], endpoint_concurrency=1)
+    running = make([ask(i) for i in range(4)], fleet=fleet)
+    assert len(list(tasks_of(running.fill(["a"])))) == 2
+    make([ask(9)], fleet=fleet)  # a second stream opened (it will be refused when run)
+    assert fleet.pick() is None  # both endpoints are still full
+
+
+def test_a_worker_dying_with_a_cache_replay_settles_no_reservation() -> None:
+    clock = FakeClock()
+    with tempfile.TemporaryDirectory() as folder:
+        spending = Spending(1.0, PriceTable())
+        cache = ResponseCache(Path(folder) / "cache.sqlite")
+        dispatcher = Dispatcher(
+            1,
+            [ask(0), ask(0), ask(1)],
+            budget=Budget(1, rpm=None, tpm=None, adaptive=False, clock=clock),
+            retries=RetrySchedule(RetryPolicy(max_attempts=3)),
+            clock=clock,
+            admission=Admission(cache, spending=spending, replays=True),
+        )
+        ((worker, task),) = tasks_of(dispatcher.fill(["a"]))
+        dispatcher.settle(worker, answer(task))
+        done = [index for index, _ in dispatcher.take_results()]
+        for _ in range(5):
+            list(tasks_of(dispatcher.fill(["a"])))
+            dispatcher.reclaim("a", CRASHED)  # it held the replay of index 1
+            for worker, task in tasks_of(dispatcher.fill(["b"])):
+                dispatcher.settle(worker, answer(task))
+            done += [index for index, _ in dispatcher.take_results()]
+            clock.now += 1
+        assert sorted(done) == [0, 1, 2] and dispatcher.finished
+        assert spending.open_reservations == 0
+        cache.close()
+
+
+def test_a_failover_goes_to_an_endpoint_the_request_has_not_failed_on() -> None:
+    fleet = Fleet(["http://e0/v1", "http://e1/v1", "http://e2/v1"])
+    dispatcher = make([ask(i) for i in range(3)], concurrency=3, fleet=fleet, rich=True)
+    sent = list(tasks_of(dispatcher.fill(["w"])))
+    worker, task = next((w, t) for w, t in sent if t.endpoint == 0)
+    tried = [task.endpoint]
+    for _ in range(2):  # refused fast: the refusing endpoints have the fewest in flight
+        refused = APIConnectionError("refused", index=task.index, retryable=True)
+        dispatcher.settle(worker, Outcome.of(task, Result(task.index, error=refused)))
+        ((worker, task),) = tasks_of(dispatcher.fill(["w"]))
+        tried.append(task.endpoint)
+    assert sorted(tried) == [0, 1, 2]

@@ -76,7 +76,7 @@ def test_a_failed_probe_sets_it_aside_for_longer() -> None:
     assert send(fleet, avoid=0) == 1
 
 
-def test_a_4xx_or_a_timeout_of_one_request_does_not_set_an_endpoint_aside() -> None:
+def test_answers_with_a_4xx_do_not_set_an_endpoint_aside() -> None:
     fleet = Fleet(URLS[:2])
     for _ in range(10):
         fleet.sent(0)
