@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import pytest
 
@@ -23,7 +23,7 @@ URLS = ["http://a:8000/v1", "http://b:8000/v1", "http://c:8000/v1"]
 REFUSED = APIConnectionError("Connection refused (http://b:8000)", retryable=True)
 
 
-def send(fleet: Fleet, avoid: int | None = None) -> int:
+def send(fleet: Fleet, avoid: Collection[int] = ()) -> int:
     target = fleet.pick(avoid)
     assert target is not None
     fleet.sent(target)
@@ -36,7 +36,7 @@ def test_the_endpoint_with_the_fewest_in_flight_goes_first_ties_in_turn() -> Non
     fleet.ended(1, 0.1, None)
     fleet.ended(1, 0.1, None)
     assert send(fleet) == 1  # the least busy now
-    assert send(fleet, avoid=1) != 1
+    assert send(fleet, avoid={1}) != 1
 
 
 def test_no_endpoint_takes_more_than_its_cap() -> None:
@@ -68,12 +68,12 @@ def test_a_failed_probe_sets_it_aside_for_longer() -> None:
         fleet.sent(1)
         fleet.ended(1, 0.001, REFUSED)
     clock.now += COOL_DOWN_S
-    assert send(fleet, avoid=0) == 1
+    assert send(fleet, avoid={0}) == 1
     fleet.ended(1, 0.001, APIError("Error code: 502", status_code=502, retryable=True))
     clock.now += COOL_DOWN_S  # the second cool-down is twice as long
     assert {send(fleet) for _ in range(5)} == {0}
     clock.now += COOL_DOWN_S
-    assert send(fleet, avoid=0) == 1
+    assert send(fleet, avoid={0}) == 1
 
 
 def test_answers_with_a_4xx_do_not_set_an_endpoint_aside() -> None:
