@@ -442,9 +442,13 @@ def test_chaos_a_kill_every_200_ms_loses_nothing_and_costs_under_3x(
     options = {"workers": 2, "max_concurrency": 64, "start_method": "forkserver", **pool_options}
     with BatchPool(**options) as pool:  # type: ignore[arg-type]
         pool.run([ask("warm up")])
-        started = time.monotonic()
-        assert len(pool.run(ask(f"calm {i}") for i in range(total))) == total
-        fault_free = time.monotonic() - started
+
+        def fault_free_run(tag: str) -> float:
+            started = time.monotonic()
+            assert len(pool.run(ask(f"{tag} {i}") for i in range(total))) == total
+            return time.monotonic() - started
+
+        calm_before = fault_free_run("calm")
 
         seen: Counter[int] = Counter()
         ok = failed = 0
@@ -463,6 +467,9 @@ def test_chaos_a_kill_every_200_ms_loses_nothing_and_costs_under_3x(
             stop.set()
             killer.join()
         chaotic = time.monotonic() - started
+        # The fault-free time on either side of the chaos, the slower of the two: on a
+        # shared machine a slow spell during the chaos is not the kills' cost.
+        fault_free = max(calm_before, fault_free_run("calm after"))
     assert seen == Counter(range(total))
     assert ok + failed == total
     assert len(kills) >= chaotic / 0.2 * 0.5
