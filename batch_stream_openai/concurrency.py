@@ -34,6 +34,8 @@ import statistics
 import time
 from collections.abc import Callable
 
+from .limits import BURST_WINDOW_S
+
 __all__ = ["INITIAL_LIMIT", "REPROBE_S", "SLACK_S", "TOLERANCE", "GradientLimit"]
 
 # Where the search starts: low enough for a small server, doubled every round trip.
@@ -44,8 +46,6 @@ TOLERANCE = 1.25
 SLACK_S = 0.01
 # Seconds between two measurements of the baseline.
 REPROBE_S = 10.0
-# Halving on throttling happens once per burst of answers.
-_BURST_WINDOW_S = 1.0
 _MIN_WINDOW = 32  # answers per window at least, so that a median means something
 
 
@@ -71,7 +71,7 @@ class GradientLimit:
         self._slow_start = True
         self._window: list[float] = []
         self._busiest = 0  # most requests in flight seen in this window
-        self._last_halving = -_BURST_WINDOW_S
+        self._last_halving = -BURST_WINDOW_S
         self._reprobe_at = clock() + REPROBE_S
         self._probing: float | None = None  # the limit to return to after a probe
         self._skip = 0  # answers to ignore: sent before the probe, they queued
@@ -98,7 +98,7 @@ class GradientLimit:
     def on_overload(self) -> None:
         """A timeout, or a 429: halve the limit (once per burst)."""
         now = self._clock()
-        if now - self._last_halving >= _BURST_WINDOW_S:
+        if now - self._last_halving >= BURST_WINDOW_S:
             self._last_halving = now
             self.limit = max(1.0, self.limit / 2)
             if self._probing is not None:  # the limit the probe returns to, halved too

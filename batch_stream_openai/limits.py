@@ -16,6 +16,7 @@ from collections.abc import Callable
 from .request import AnyRequest, EmbeddingRequest, OpenAIRequest
 
 __all__ = [
+    "BURST_WINDOW_S",
     "MAX_POOL_PAUSE_S",
     "AdaptiveConcurrency",
     "Budget",
@@ -25,7 +26,7 @@ __all__ = [
 ]
 
 # A burst of 429s arrives as many messages within moments; it halves concurrency once.
-_BURST_WINDOW_S = 1.0
+BURST_WINDOW_S = 1.0
 # The window over which a per-minute limit holds.
 _WINDOW_S = 60.0
 # Longest pause of the whole pool that one answer can cause (a 429's retry-after, an
@@ -117,7 +118,7 @@ class AdaptiveConcurrency:
     def __init__(self, maximum: int) -> None:
         self.maximum = maximum
         self.limit = float(maximum)
-        self._last_decrease = -_BURST_WINDOW_S
+        self._last_decrease = -BURST_WINDOW_S
 
     def __repr__(self) -> str:
         return f"<AdaptiveConcurrency {int(self.limit)}/{self.maximum}>"
@@ -129,7 +130,7 @@ class AdaptiveConcurrency:
 
     def on_throttled(self) -> None:
         now = time.monotonic()
-        if now - self._last_decrease >= _BURST_WINDOW_S:
+        if now - self._last_decrease >= BURST_WINDOW_S:
             self.limit = max(1.0, self.limit / 2)
             self._last_decrease = now
 
