@@ -79,9 +79,13 @@ def with_worker_pid(text: str) -> tuple[str, int]:
     return text, os.getpid()
 
 
-openai_error_on_poison = on_poison(
-    lambda: _raise(openai.APIConnectionError(request=None))  # type: ignore[arg-type]
-)
+def _failed_sdk_call() -> None:
+    """Raise the SDK's own APIConnectionError, built by the SDK: a call to a closed port."""
+    client = openai.OpenAI(api_key="sk-test", base_url="http://127.0.0.1:9/v1", max_retries=0)
+    client.models.list()
+
+
+openai_error_on_poison = on_poison(_failed_sdk_call)
 
 
 def die_soon_on_killer(text: str) -> str:
