@@ -11,7 +11,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ClientConfig", "RetryPolicy", "Secret", "WorkerConfig", "mask_in", "mask_secret"]
+__all__ = [
+    "ClientConfig",
+    "RetryPolicy",
+    "Secret",
+    "WorkerConfig",
+    "mask_in",
+    "mask_secret",
+    "maskable",
+]
+
+# A "key" shorter than this, or one of these placeholders (vLLM's "EMPTY", ...), is not a
+# secret: masking it would rewrite ordinary text ("not known" -> "not ***nown" for "k").
+_MIN_SECRET_LENGTH = 12
+_PLACEHOLDERS = frozenset({"sk-no-key-required", "no-key-required", "not-needed"})
 
 
 def mask_secret(secret: str) -> str:
@@ -19,9 +32,20 @@ def mask_secret(secret: str) -> str:
     return f"{secret[:3]}...{secret[-4:]}" if len(secret) > 12 else "***"
 
 
+def maskable(secret: str | None) -> bool:
+    """Whether `secret` is a real secret, to be masked wherever it shows up: long enough
+    that it appears in a text only because the text quotes it (an echoed header)."""
+    return (
+        secret is not None
+        and len(secret) >= _MIN_SECRET_LENGTH
+        and secret.lower() not in _PLACEHOLDERS
+    )
+
+
 def mask_in(value: Any, secret: str | None) -> Any:
-    """`value` (text, or JSON-like data) with every occurrence of `secret` masked."""
-    if not secret or value is None:
+    """`value` (text, or JSON-like data) with every occurrence of `secret` masked (when it
+    is `maskable`: a placeholder such as ``"EMPTY"`` is left alone, and so is the text)."""
+    if secret is None or value is None or not maskable(secret):
         return value
     if isinstance(value, str):
         return value.replace(secret, mask_secret(secret)) if secret in value else value

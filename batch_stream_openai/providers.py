@@ -24,7 +24,7 @@ import aiohttp
 import openai
 
 from . import errors
-from .config import ClientConfig, mask_secret
+from .config import ClientConfig, mask_secret, maskable
 from .request import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, explain_route, openai_model_name
 from .retry import parse_retry_after, retryable_status
 
@@ -108,7 +108,9 @@ class Provider:
     def __init__(self, config: ClientConfig) -> None:
         self._config = config
         self.secret = config.resolved_api_key
-        self._secret_bytes = self.secret.encode() if self.secret else b""
+        # Masked in answers and errors where it shows up (a proxy echoing the header); a
+        # placeholder such as "EMPTY" is no secret, and masking it would rewrite answers.
+        self._secret_bytes = self.secret.encode() if maskable(self.secret) else b""
         # The endpoints as the SDK spells them, with a trailing slash (".../v1/"), and
         # the proxy of each.
         self._base_urls: list[str] = []

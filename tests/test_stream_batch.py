@@ -370,3 +370,22 @@ def test_a_200_that_is_not_a_json_object_says_what_came_back(
     assert "HTTP 200" in str(result)
     if body == "html":
         assert "text/html" in str(result) and "Bad Gateway" in str(result)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("placeholder", ["EMPTY", "none", "k", "echo"])
+def test_a_placeholder_key_never_rewrites_answers(
+    placeholder: str, fake: FakeOpenAIServer
+) -> None:
+    users = ["Name or service not known", "EMPTY none echo k", "[[status=400]] none known"]
+    results = run_batch(
+        [ask(user) for user in users],
+        base_url=fake.base_url,
+        api_key=placeholder,
+        return_results=True,
+    )
+    expected = [expected_answer("You are terse.", user) for user in users[:2]]
+    assert [r.text for r in results[:2]] == expected
+    assert "***" not in str(results[1].body)
+    error = results[2].error
+    assert isinstance(error, APIError) and "***" not in str(error) + str(error.body)
