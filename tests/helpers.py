@@ -10,8 +10,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import openai
+import pytest
+
 from batch_stream_openai import OpenAIRequest
-from batch_stream_openai.testing import expected_answer
+from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
 SYSTEM = "You are terse."
 
@@ -65,3 +68,18 @@ def run_script(
         timeout=timeout,
         env=env,
     )
+
+
+def sdk_error(
+    server: FakeOpenAIServer, user: str, *, timeout: float = 10.0, api_key: str = "sk-test"
+) -> openai.APIError:
+    """The exception the openai SDK itself raises for a chat request to `server` (the
+    directives in `user` choose it): SDK objects are never built from their constructors."""
+    client = openai.OpenAI(
+        api_key=api_key, base_url=server.base_url, max_retries=0, timeout=timeout
+    )
+    with client, pytest.raises(openai.APIError) as raised:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": user}]
+        )
+    return raised.value

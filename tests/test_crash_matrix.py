@@ -36,6 +36,7 @@ from batch_stream_openai import (
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
 from .conftest import signal_worker
+from .helpers import sdk_error
 
 SYSTEM = "You are terse."
 START_METHODS = ["spawn", "forkserver"]
@@ -516,14 +517,14 @@ def test_breaking_out_with_full_channels_returns_fast_and_leaks_nothing(
 # -- 9. unpicklable everything ---------------------------------------------------------------
 
 
-def test_real_openai_exceptions_do_not_unpickle_which_is_why_we_convert_them() -> None:
+@pytest.mark.timeout(30)
+def test_real_openai_exceptions_do_not_unpickle_which_is_why_we_convert_them(
+    fake: FakeOpenAIServer,
+) -> None:
     import pickle
 
-    import httpx2
-
-    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
-    response = httpx2.Response(400, request=request)
-    error = openai.BadRequestError("bad", response=response, body=None)
+    error = sdk_error(fake, "[[status=400]] bad")
+    assert isinstance(error, openai.BadRequestError)
     with pytest.raises(TypeError):
         pickle.loads(pickle.dumps(error))
 

@@ -1,7 +1,8 @@
 """Retry policy: what is retried, how long it waits, how failures are reported.
 
-Real SDK exceptions built on real httpx2 responses, converted as a worker converts them;
-the schedule is asked for each wait, so nothing is slept.
+Errors are built as a worker builds them from an HTTP answer (`retryable_status`,
+`parse_retry_after`); the schedule is asked for each wait, so nothing is slept. The SDK's
+own exceptions (which LiteLLM raises) are raised by the SDK in real calls.
 """
 
 from __future__ import annotations
@@ -9,23 +10,34 @@ from __future__ import annotations
 import math
 import time
 
-import httpx2
-import openai
 import pytest
 
 from batch_stream_openai import errors
 from batch_stream_openai.config import RetryPolicy
 from batch_stream_openai.provider_errors import to_request_error
-from batch_stream_openai.retry import MAX_RETRY_AFTER_S, RetrySchedule, parse_retry_after
+from batch_stream_openai.retry import (
+    MAX_RETRY_AFTER_S,
+    RetrySchedule,
+    parse_retry_after,
+    retryable_status,
+)
+from batch_stream_openai.testing import FakeOpenAIServer
 
-REQUEST = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+from .helpers import sdk_error
 
 
-def status_error(status: int, headers: dict[str, str] | None = None, code: str = "x") -> Exception:
-    response = httpx2.Response(status, headers=headers or {}, request=REQUEST)
-    body = {"message": f"status {status}", "code": code, "type": code}
-    client = openai.OpenAI(api_key="sk-test", base_url="http://127.0.0.1/v1")
-    return client._make_status_error(f"status {status}", body=body, response=response)
+def status_error(
+    status: int, headers: dict[str, str] | None = None, code: str = "x"
+) -> errors.APIError:
+    """The error a worker makes of an HTTP `status` answer with these headers."""
+    headers = headers or {}
+    return errors.APIError(
+        f"status {status}",
+        status_code=status,
+        code=code,
+        retry_after_s=parse_retry_after(headers),
+        retryable=retryable_status(status, code, headers.get("x-should-retry")),
+    )
 
 
 def converted(exc: Exception) -> errors.RequestError:
@@ -52,9 +64,9 @@ def test_the_server_can_say_whether_to_retry() -> None:
 
 
 def test_connection_errors_and_timeouts_are_retried() -> None:
-    connection = converted(openai.APIConnectionError(request=REQUEST))
+    connection = converted(ConnectionResetError("reset by peer"))
     assert isinstance(connection, errors.APIConnectionError) and connection.retryable
-    timeout = converted(openai.APITimeoutError(request=REQUEST))
+    timeout = converted(TimeoutError())
     assert isinstance(timeout, errors.APITimeoutError) and timeout.retryable
     assert not converted(ValueError("ours")).retryable
 
@@ -133,17 +145,17 @@ def test_does_not_retry_a_bad_request() -> None:
     assert waits == []
 
 
-def test_final_errors_are_converted_and_the_key_masked() -> None:
+@pytest.mark.timeout(30)
+def test_final_errors_are_converted_and_the_key_masked(fake: FakeOpenAIServer) -> None:
     key = "sk-live-abcdefghijklmnop"
-    sdk_error = status_error(401)
-    sdk_error.message = f"Incorrect API key provided: {key}"  # type: ignore[attr-defined]
-    sdk_error.body = {"message": f"echo: Bearer {key}", "code": "x"}  # type: ignore[attr-defined]
-    error = to_request_error(sdk_error, index=4, attempts=1, secret=key)
+    raised = sdk_error(fake, "[[echo_auth]] [[status=401]] who am I", api_key=key)
+    error = to_request_error(raised, index=4, attempts=1, secret=key)
     assert isinstance(error, errors.APIError)
     assert (error.status_code, error.index, error.attempts, error.retryable) == (401, 4, 1, False)
-    assert key not in str(error)
-    assert key not in repr(error.body) and "sk-...mnop" in repr(error.body)
-    sdk_timeout = openai.APITimeoutError(request=REQUEST)
+    assert key in str(raised.body)  # what the server echoed
+    assert key not in str(error) and key not in repr(error.body)
+    assert "sk-...mnop" in repr(error.body)
+    sdk_timeout = sdk_error(fake, "[[hang]] anyone?", timeout=0.3)
     timeout = to_request_error(sdk_timeout, index=0, attempts=3, secret=None)
     assert isinstance(timeout, errors.APITimeoutError)
     assert timeout.retryable

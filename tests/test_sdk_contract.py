@@ -1,0 +1,236 @@
+"""What the library uses of its dependencies beyond their call API, against the installed releases.
+
+CI installs the newest release of every dependency on each run, and then the oldest that
+``pyproject.toml`` allows (``.ci/run``). Each test here covers one place where the library
+leans on something the SDKs do not promise (an attribute, a private helper, an error's
+fields, a transport's exceptions) and, when a release moves it, fails with a message that
+names the package, its version, what moved and the library code that needs updating, so the
+drift is seen before it breaks a landing. SDK objects are built by the SDKs themselves, in
+real calls against the bundled server, never from their constructors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import importlib.util
+import io
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from pydantic import BaseModel
+
+from batch_stream_openai import errors
+from batch_stream_openai.provider_errors import to_request_error
+from batch_stream_openai.testing import FakeOpenAIServer
+
+from .conftest import TEST_API_KEY
+from .helpers import sdk_error
+
+
+@contextlib.contextmanager
+def relied_on(package: str, what: str, where: str) -> Iterator[None]:
+    """Fail with a message naming `package`, `what` moved and `where` it is used."""
+    try:
+        yield
+    except Exception as exc:  # an AttributeError, an ImportError, a failed assertion
+        version = importlib.metadata.version(package)
+        pytest.fail(
+            f"{package} {version} changed {what}, which {where} relies on: {exc!r}",
+            pytrace=False,
+        )
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # nothing listens there once closed
+
+
+def test_the_client_gives_the_endpoint_and_headers_the_workers_send_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-contract")
+    with relied_on(
+        "openai",
+        "AsyncOpenAI.base_url / default_headers / auth_headers",
+        "batch_stream_openai/providers.py (Provider.open)",
+    ):
+        client = openai.AsyncOpenAI(
+            api_key="sk-contract", base_url="http://127.0.0.1:1/v1", max_retries=0
+        )
+        assert str(client.base_url).rstrip("/") == "http://127.0.0.1:1/v1"
+        headers = {**client.default_headers, **client.auth_headers}
+        assert headers["Authorization"] == "Bearer sk-contract"
+        assert headers["OpenAI-Organization"] == "org-contract"
+        assert "User-Agent" in headers
+
+
+def test_the_sdk_helper_turns_a_pydantic_class_into_a_strict_json_schema() -> None:
+    class Label(BaseModel):
+        label: str
+
+    with relied_on(
+        "openai",
+        "openai.lib._parsing._completions.type_to_response_format_param",
+        "batch_stream_openai/bodies.py (response_format_param)",
+    ):
+        from openai.lib._parsing._completions import type_to_response_format_param
+
+        param: Any = type_to_response_format_param(Label)
+        assert param["type"] == "json_schema"
+        assert param["json_schema"]["name"] == "Label"
+        assert param["json_schema"]["strict"] is True
+        assert param["json_schema"]["schema"]["properties"] == {
+            "label": {"title": "Label", "type": "string"}
+        }
+
+
+@pytest.mark.timeout(30)
+def test_status_errors_carry_status_code_headers_and_body(fake: FakeOpenAIServer) -> None:
+    with relied_on(
+        "openai",
+        "APIStatusError.status_code / response.headers / body / code",
+        "batch_stream_openai/provider_errors.py (_api_error: LiteLLM raises the SDK's errors)",
+    ):
+        error = sdk_error(fake, "[[status=429 retry_after=2 code=rate_limit_exceeded]] x")
+        assert isinstance(error, openai.APIStatusError)
+        assert error.status_code == 429
+        assert error.response.headers["retry-after"] == "2"
+        assert isinstance(error.body, dict) and error.body["code"] == "rate_limit_exceeded"
+        converted = to_request_error(error, index=3, attempts=1, secret=None)
+        assert isinstance(converted, errors.APIError)
+        assert (converted.status_code, converted.code) == (429, "rate_limit_exceeded")
+        assert converted.retry_after_s == 2.0 and converted.retryable
+        assert converted.request_id is not None
+
+
+@pytest.mark.timeout(30)
+def test_connection_errors_and_timeouts_say_where(fake: FakeOpenAIServer) -> None:
+    port = closed_port()
+    with relied_on(
+        "openai",
+        "APIConnectionError / APITimeoutError (their classes and request.url)",
+        "batch_stream_openai/provider_errors.py and batchapi.py (_transient)",
+    ):
+        client = openai.OpenAI(
+            api_key=TEST_API_KEY, base_url=f"http://127.0.0.1:{port}/v1", max_retries=0
+        )
+        with pytest.raises(openai.APIConnectionError) as refused:
+            client.models.list()
+        assert not isinstance(refused.value, openai.APITimeoutError)
+        converted = to_request_error(refused.value, index=0, attempts=1, secret=None)
+        assert type(converted) is errors.APIConnectionError
+        assert f"127.0.0.1:{port}" in str(converted)
+        timeout = sdk_error(fake, "[[hang]] x", timeout=0.3)
+        assert isinstance(timeout, openai.APITimeoutError)
+        assert isinstance(timeout, openai.APIConnectionError)
+        converted = to_request_error(timeout, index=0, attempts=1, secret=None)
+        assert type(converted) is errors.APITimeoutError and converted.retryable
+
+
+@pytest.mark.timeout(60)
+def test_the_batch_api_resources_and_the_batch_fields_the_job_route_reads(
+    fake: FakeOpenAIServer,
+) -> None:
+    fake.configure(batch_seconds=0.2)
+    line = {
+        "custom_id": "0",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    }
+    with relied_on(
+        "openai",
+        "files.create/content/delete, batches.create/list/retrieve/cancel or the Batch type",
+        "batch_stream_openai/batchapi.py (BatchClient) and jobs.py (JobRoute._poll)",
+    ):
+        sdk = openai.OpenAI(api_key=TEST_API_KEY, base_url=fake.base_url, max_retries=0)
+        uploaded = sdk.files.create(
+            file=("input.jsonl", io.BytesIO(json.dumps(line).encode())), purpose="batch"
+        )
+        job = sdk.batches.create(
+            input_file_id=uploaded.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"batch_stream_openai_job": "k1"},
+        )
+        listed = sdk.batches.list(limit=100).data
+        assert any((b.metadata or {}).get("batch_stream_openai_job") == "k1" for b in listed)
+        batch = sdk.batches.retrieve(job.id)
+        while batch.status not in ("completed", "failed", "expired", "cancelled"):
+            batch = sdk.batches.retrieve(job.id)
+        assert batch.status == "completed" and batch.errors is None
+        assert batch.request_counts is not None and batch.request_counts.total == 1
+        assert batch.request_counts.completed + batch.request_counts.failed == 1
+        assert batch.output_file_id is not None and batch.error_file_id is None
+        output = sdk.files.content(batch.output_file_id).content
+        assert json.loads(output)["response"]["status_code"] == 200
+        sdk.files.delete(batch.output_file_id)
+        again = sdk.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert sdk.batches.cancel(again.id).status in ("cancelling", "cancelled")
+
+
+@pytest.mark.timeout(30)
+def test_aiohttp_reports_a_refused_connection_with_its_host_and_port() -> None:
+    port = closed_port()
+
+    async def post() -> BaseException:
+        connector = aiohttp.TCPConnector(limit=4)
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            try:
+                await session.post(f"http://127.0.0.1:{port}/v1/x", data=b"{}", proxy=None)
+            except aiohttp.ClientError as error:
+                return error
+        raise AssertionError("the post went through")
+
+    with relied_on(
+        "aiohttp",
+        "TCPConnector(limit=), ClientTimeout(total=), ClientConnectorError.host/port",
+        "batch_stream_openai/providers.py (_post) and provider_errors.py (_host_of)",
+    ):
+        error = asyncio.run(post())
+        assert isinstance(error, aiohttp.ClientConnectorError)
+        assert (error.host, error.port) == ("127.0.0.1", port)
+        converted = to_request_error(error, index=0, attempts=1, secret=None)
+        assert f"127.0.0.1:{port}" in str(converted) and converted.retryable
+
+
+@pytest.mark.timeout(120)
+def test_litellm_takes_our_arguments_and_answers_with_model_dump(
+    fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if importlib.util.find_spec("litellm") is None:  # not imported here: it costs ~5 s
+        pytest.skip("the [litellm] extra is not installed")
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    body = {"model": "hosted_vllm/llama", "messages": [{"role": "user", "content": "hi"}]}
+    with relied_on(
+        "litellm",
+        "acompletion(timeout=, num_retries=, max_retries=), model_dump() or suppress_debug_info",
+        "batch_stream_openai/providers.py (_complete_litellm, _import_litellm)",
+    ):
+        litellm.suppress_debug_info = True
+        answer = asyncio.run(
+            litellm.acompletion(
+                **body,
+                api_base=fake.base_url,
+                api_key="sk-vllm",
+                timeout=10,
+                num_retries=0,
+                max_retries=0,
+            )
+        )
+        data = answer.model_dump()
+        assert data["choices"][0]["message"]["content"].startswith("echo: hi")
+        assert data["usage"]["prompt_tokens"] > 0
