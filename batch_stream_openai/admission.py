@@ -14,6 +14,7 @@ pays a few attribute lookups.
 
 from __future__ import annotations
 
+from .answers import StoredAnswer
 from .cache import ResponseCache, cache_key
 from .request import AnyRequest
 from .results import Result
@@ -60,12 +61,11 @@ class Admission:
         """The request's cache key, or None without a cache."""
         return cache_key(request, self._base_url) if self.cache is not None else None
 
-    def stored(self, key: bytes | None) -> Result | None:
-        """The cached answer for `key`, as a `Result` (index to be set), or None."""
+    def stored(self, key: bytes | None) -> StoredAnswer | None:
+        """The cached answer for `key`, or None."""
         if key is None or self.cache is None:
             return None
-        hit = self.cache.get(key)
-        return hit.result(0) if hit is not None else None
+        return self.cache.get(key)
 
     def wait_for(self, key: bytes | None, index: int) -> bool:
         """Park `index` behind an identical request in flight; False when there is none."""
@@ -82,14 +82,16 @@ class Admission:
     def done(self, key: bytes | None, index: int, result: Result) -> list[int]:
         """`index` is done: store its answer; return the duplicates that waited for it.
 
-        A duplicate of a failed request is sent on its own; of a successful one, it is
-        answered with the same answer (and counted as deduplicated).
+        The dispatcher answers them with the same answer (counted as deduplicated), or,
+        if the request failed without one, sends each on its own.
         """
         if key is None or self._owners.get(key) != index:
             return []
         del self._owners[key]
-        if result.error is None and not result.cached and self.cache is not None:
-            self.cache.put(key, result)
+        if not result.cached and self.cache is not None:
+            answer = StoredAnswer.of(result)
+            if answer is not None:
+                self.cache.put(key, answer)
         return self._duplicates.pop(key, [])
 
     def reserve_cost(self, model: str, prompt_tokens: int, output_cap: int | None) -> float | None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import errors
-from .bodies import wants_json
+from .bodies import http_call, wants_json
 from .request import (
     CHAT_ENDPOINT,
     EMBEDDINGS_ENDPOINT,
@@ -25,6 +25,7 @@ from .results import Result, ToolCall, Usage
 
 __all__ = [
     "Reading",
+    "StoredAnswer",
     "answer_result",
     "answer_text",
     "chat_text",
@@ -260,3 +261,89 @@ def _read(reading: Reading, data: dict[str, Any]) -> tuple[Any, Any, errors.Requ
         except ValueError:
             parsed = None
     return text, parsed, None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """An answer as the response cache and the batch journal keep it: the provider's JSON
+    and ids, re-read with its request to give the very `Result` the first answer gave
+    (text, parsed object, embedding, tool calls, or the same error for an answer without
+    text), whatever the request kind, the API or the route it came by.
+
+    Parameters:
+        body: the 200 answer's JSON (for an `error`, the error answer's, if any).
+        request_id: the ``x-request-id`` of the HTTP request that got it.
+        cost_usd: what it cost when it was paid for.
+        batch_id: the Batch API job that answered it, if one did.
+        error: an `APIError` answer (a Batch API error line): its status, code, message.
+    """
+
+    body: dict[str, Any] | None
+    request_id: str | None = None
+    cost_usd: float | None = None
+    batch_id: str | None = None
+    error: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, result: Result, *, errors_too: bool = False) -> StoredAnswer | None:
+        """What to keep of `result`: an answer the provider gave (any 200 answer, even one
+        without text; with `errors_too`, an `APIError` status too); None for the rest
+        (timeouts, dropped connections, refusals of our own: sending again may do better)."""
+        if result.status_code == 200 and result.body is not None:
+            return cls(result.body, result.request_id, result.cost_usd, result.batch_id)
+        error = result.error
+        if errors_too and isinstance(error, errors.APIError) and error.status_code >= 400:
+            fields = {"status_code": error.status_code, "code": error.code}
+            fields["message"] = error.message
+            return cls(error.body, error.request_id, 0.0, result.batch_id, fields)
+        return None
+
+    def to_json(self) -> str:
+        fields = {
+            "body": self.body,
+            "request_id": self.request_id,
+            "cost_usd": self.cost_usd,
+            "batch_id": self.batch_id,
+            "error": self.error,
+        }
+        return json.dumps({k: v for k, v in fields.items() if v is not None}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> StoredAnswer:
+        """Read one back (also the rows of caches written before `error` existed)."""
+        data = json.loads(text)
+        return cls(
+            data.get("body"),
+            data.get("request_id"),
+            data.get("cost_usd"),
+            data.get("batch_id"),
+            data.get("error"),
+        )
+
+    def result(self, index: int, request: AnyRequest, *, cost_usd: float | None) -> Result:
+        """The `Result` this answer gives `request` (read as the worker read it)."""
+        if self.error is not None:
+            error = errors.APIError(
+                str(self.error.get("message")),
+                status_code=int(self.error.get("status_code") or 500),
+                code=self.error.get("code"),
+                body=self.body,
+                request_id=self.request_id,
+                index=index,
+                attempts=1,
+            )
+            return Result(
+                index,
+                attempts=1,
+                status_code=error.status_code,
+                body=self.body,
+                request_id=self.request_id,
+                error=error,
+                batch_id=self.batch_id,
+            )
+        endpoint, sent = http_call(request)
+        data = self.body or {}
+        result = answer_result(
+            index, reading_of(request, endpoint, sent), data, self.request_id, cost_usd=cost_usd
+        )
+        return replace(result, batch_id=self.batch_id)

@@ -1,22 +1,31 @@
-"""The response cache: successful answers on disk, keyed by exactly what was sent.
+"""The response cache: the provider's answers on disk, keyed by exactly what was sent.
 
 ``cache=PATH`` (or ``True``: ``<user cache dir>/batch-stream-openai/responses.sqlite``)
-keeps every successful answer in a SQLite file owned by the parent process (WAL mode, one
-writer; workers never touch it). Before a request is sent, its key is looked up:
+keeps every answer in a SQLite file owned by the parent process (WAL mode, one writer;
+workers never touch it). Before a request is sent, online or by the Batch API, its key is
+looked up:
 
 - **Key**: SHA-256 of the canonical JSON (sorted keys) of the endpoint, the full request
   body as it would be sent (model name resolved, every parameter: no allow-list of
-  fields) and where it goes (the base URL, or LiteLLM). The API key, timeout and retry
-  settings are not in it.
-- **Hit**: the stored answer is the result (``Result.cached``); it costs nothing, and
+  fields) and where it goes (the base URL without a trailing ``/``, or LiteLLM). The API
+  key, timeout and retry settings are not in it.
+- **What is kept**: every answer the provider gave with status 200, with its JSON, ids
+  and cost (`StoredAnswer`): a text, an embedding, tool calls, a refusal, an answer that
+  does not parse. Errors without an answer (statuses, timeouts) are never kept.
+- **Hit**: the stored answer is read again with the request, exactly as its first answer
+  was read, so a hit yields what the miss yielded (``Result.cached`` set, ``cost_usd``
+  0; the summary's ``saved_usd`` adds up what the hits cost when they were paid for). It
   counts against no rate, concurrency or cost budget. `postprocess` is never stored: a
   hit goes through the current one, in a worker.
 - **In flight**: a request identical to one already sent waits for that one's answer
-  instead of being sent again (``deduplicated``); if that one fails, it is sent itself.
+  instead of being sent again (``deduplicated``); if that one fails without an answer, it
+  is sent itself (online; the Batch API route looks the cache up and fills it, but sends
+  identical requests of one batch each in its job).
 
 Writes are batched (every `_COMMIT_EVERY` answers or `_COMMIT_AFTER_S` seconds), so a
-``kill -9`` loses at most the last second of answers and never corrupts the file. Errors
-are never stored. Several runs may share one file at a time.
+``kill -9`` loses at most the last second of answers and never corrupts the file. Several
+runs may share one file at a time; in one run, the batch loop and the Batch API route's
+thread share it (a lock).
 """
 
 from __future__ import annotations
@@ -24,17 +33,17 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .answers import StoredAnswer
 from .bodies import http_call
 from .errors import CacheError
 from .request import AnyRequest, openai_model_name
-from .results import Result, Usage
 
-__all__ = ["CacheHit", "ResponseCache", "cache_key", "default_cache_path"]
+__all__ = ["ResponseCache", "cache_key", "default_cache_path"]
 
 _FORMAT = "batch-stream-openai responses 1"
 _COMMIT_EVERY = 500
@@ -54,7 +63,7 @@ def cache_key(request: AnyRequest, base_url: str) -> bytes:
     """The digest of what `request` sends, and to where: equal requests, equal keys."""
     endpoint, body = http_call(request)
     sdk_model = openai_model_name(body["model"])
-    route = base_url if sdk_model is not None else "litellm"
+    route = base_url.rstrip("/") if sdk_model is not None else "litellm"
     if sdk_model is not None and sdk_model != body["model"]:
         body = {**body, "model": sdk_model}
     canonical = json.dumps(
@@ -63,43 +72,14 @@ def cache_key(request: AnyRequest, base_url: str) -> bytes:
     return hashlib.sha256(canonical.encode()).digest()
 
 
-@dataclass(frozen=True, slots=True)
-class CacheHit:
-    """A stored answer: what its `Result` had, and what it cost when it was paid for."""
-
-    text: str | None
-    body: dict[str, Any] | None
-    usage: Usage | None
-    model: str | None
-    response_id: str | None
-    request_id: str | None
-    cost_usd: float | None
-
-    def result(self, index: int) -> Result:
-        """The result this answer gives request `index` now: cached, costing nothing."""
-        return Result(
-            index,
-            text=self.text,
-            output=self.text,
-            usage=self.usage,
-            model=self.model,
-            response_id=self.response_id,
-            request_id=self.request_id,
-            status_code=200,
-            body=self.body,
-            cached=True,
-            cost_usd=0.0,
-        )
-
-
 class ResponseCache:
     """Successful answers in a SQLite file; see the module docstring.
 
     Example::
 
         cache = ResponseCache(Path("answers.sqlite"))
-        hit = cache.get(key)          # a CacheHit, or None
-        cache.put(key, result)        # a successful Result; committed in batches
+        stored = cache.get(key)           # a StoredAnswer, or None
+        cache.put(key, StoredAnswer(body, request_id, cost_usd))  # committed in batches
         cache.close()
 
     Raises `CacheError` (naming the path) for a file that is not a cache, or is corrupt.
@@ -109,52 +89,25 @@ class ResponseCache:
         self.path = path
         self._pending: dict[bytes, tuple[bytes, str, float]] = {}  # {key: row}, not committed
         self._last_commit = time.monotonic()
+        self._lock = threading.Lock()  # the batch loop and the Batch API route share it
         self._db = self._open(path)
 
     def __repr__(self) -> str:
         return f"<ResponseCache {self.path} pending={len(self._pending)}>"
 
-    def get(self, key: bytes) -> CacheHit | None:
-        pending = self._pending.get(key)
-        if pending is not None:
-            answer = pending[1]
-        else:
+    def get(self, key: bytes) -> StoredAnswer | None:
+        """The answer stored for `key`, or None."""
+        with self._lock:
+            pending = self._pending.get(key)
+            if pending is not None:
+                return StoredAnswer.from_json(pending[1])
             row = self._query("SELECT answer FROM responses WHERE key = ?", (key,))
-            if row is None:
-                return None
-            answer = row[0]
-        stored = json.loads(answer)
-        usage = stored.get("usage")
-        return CacheHit(
-            stored.get("text"),
-            stored.get("body"),
-            Usage(*usage) if usage is not None else None,
-            stored.get("model"),
-            stored.get("response_id"),
-            stored.get("request_id"),
-            stored.get("cost_usd"),
-        )
+        return StoredAnswer.from_json(row[0]) if row is not None else None
 
-    def put(self, key: bytes, result: Result) -> None:
-        """Store a successful answer (committed with the next batch of writes)."""
-        usage = result.usage
-        stored = {
-            "text": result.text,
-            "body": result.body,
-            "usage": None
-            if usage is None
-            else [
-                usage.input_tokens,
-                usage.output_tokens,
-                usage.reasoning_tokens,
-                usage.cached_tokens,
-            ],
-            "model": result.model,
-            "response_id": result.response_id,
-            "request_id": result.request_id,
-            "cost_usd": result.cost_usd,
-        }
-        self._pending[key] = (key, json.dumps(stored, separators=(",", ":")), time.time())
+    def put(self, key: bytes, answer: StoredAnswer) -> None:
+        """Store an answer (committed with the next batch of writes)."""
+        with self._lock:
+            self._pending[key] = (key, answer.to_json(), time.time())
         self.commit_if_due()
 
     def commit_if_due(self) -> None:
@@ -166,6 +119,10 @@ class ResponseCache:
 
     def commit(self) -> None:
         """Write every pending answer now, in one transaction."""
+        with self._lock:
+            self._commit()
+
+    def _commit(self) -> None:
         self._last_commit = time.monotonic()
         if not self._pending:
             return
@@ -190,7 +147,8 @@ class ResponseCache:
         try:
             self.commit()
         finally:
-            self._db.close()
+            with self._lock:
+                self._db.close()
 
     @staticmethod
     def _open(path: Path) -> sqlite3.Connection:
@@ -198,7 +156,9 @@ class ResponseCache:
             raise CacheError(f"cache {path} is a directory, not a cache file")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+            db = sqlite3.connect(
+                path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             raise CacheError(f"cannot open the cache {path}: {exc}") from None
         try:

@@ -17,6 +17,7 @@ one that failed because its endpoint did is sent again at once elsewhere."""
 from __future__ import annotations
 
 import heapq
+import pickle
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
@@ -24,6 +25,7 @@ from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
 from .admission import Admission
+from .answers import StoredAnswer
 from .errors import (
     APIError,
     BudgetExceededError,
@@ -372,8 +374,8 @@ class Dispatcher(Generic[W]):
             self._answer_with(index, request.result)
             return True
         key = self._admission.key_of(request)
-        if (stored := self._admission.stored(key)) is not None:
-            self._answer_from_cache(index, stored, duplicate=False)  # no provider, no budget
+        if (stored := self._admission.stored(key)) is not None:  # no provider, no budget
+            self._answer_from_cache(index, stored, request, duplicate=False)
             return True
         try:
             entry = self._entry(request, key)
@@ -521,10 +523,14 @@ class Dispatcher(Generic[W]):
             self.summary.rate_limited += 1
             self._budget.on_throttled(error.retry_after_s)
 
-    def _answer_from_cache(self, index: int, result: Result, duplicate: bool) -> None:
-        """Finish `index` with a stored answer, through a worker if there is a postprocess."""
-        self.summary.add_cached(result.cost_usd, duplicate)
-        self._answer_with(index, replace(result, cached=True, cost_usd=0.0, output=result.text))
+    def _answer_from_cache(
+        self, index: int, stored: StoredAnswer, request: Any, duplicate: bool
+    ) -> None:
+        """Finish `index` with a stored answer (read as its first answer was read),
+        through a worker if there is a postprocess."""
+        self.summary.add_cached(stored.cost_usd, duplicate)
+        result = stored.result(index, request, cost_usd=0.0)
+        self._answer_with(index, replace(result, cached=True))
 
     def _answer_with(self, index: int, result: Result) -> None:
         """Finish `index` with an answer it already has, through a worker's `postprocess`."""
@@ -592,11 +598,13 @@ class Dispatcher(Generic[W]):
 
     def _answer_duplicates(self, key: bytes | None, index: int, result: Result) -> None:
         """The request that others waited for is done: answer them, or send them now."""
-        for other in self._admission.done(key, index, result):
-            if result.error is None:
-                self._ledger.remove(other)
-                self._answer_from_cache(other, result, duplicate=True)
-            else:  # each is sent on its own
+        waiting = self._admission.done(key, index, result)
+        stored = StoredAnswer.of(result) if waiting else None
+        for other in waiting:
+            if stored is not None:  # the same request: the same answer
+                request = pickle.loads(self._ledger.remove(other).payload)
+                self._answer_from_cache(other, stored, request, duplicate=True)
+            else:  # it failed without an answer: each is sent on its own
                 self._ledger.count(self._ledger.entries[other])
                 self._due.append(other)
 

@@ -136,10 +136,10 @@ class RequestRunner:
         return result, pause_s
 
 
-def apply_postprocess(postprocess: Postprocess, index: int, text: str) -> Any:
-    """`postprocess(text)`, or a PostprocessError carrying the worker-side traceback."""
+def apply_postprocess(postprocess: Postprocess, index: int, answer: Any) -> Any:
+    """`postprocess(answer)`, or a PostprocessError carrying the worker-side traceback."""
     try:
-        return postprocess(text)
+        return postprocess(answer)
     except BaseException as exc:  # SystemExit from user code must not end the worker
         return PostprocessError(
             f"postprocess raised {type(exc).__name__}: {exc}",
@@ -236,7 +236,7 @@ class TaskServer:
                 self._timed_postprocess,
                 self._postprocess,
                 task.index,
-                result.text or "",
+                result.output,  # the text (an embedding's vector), as the plain stream has it
             )
             if isinstance(output, PostprocessError):
                 result = replace(result, output=None, error=output)
@@ -244,10 +244,10 @@ class TaskServer:
                 result = replace(result, output=output)
         self._outbox.put(Outcome.of(task, result, pause_s, self._postprocess is not None))
 
-    def _timed_postprocess(self, postprocess: Postprocess, index: int, text: str) -> Any:
+    def _timed_postprocess(self, postprocess: Postprocess, index: int, answer: Any) -> Any:
         self._postprocess_started = time.monotonic()
         try:
-            return apply_postprocess(postprocess, index, text)
+            return apply_postprocess(postprocess, index, answer)
         finally:
             self._postprocess_started = None
 

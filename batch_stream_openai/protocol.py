@@ -39,8 +39,9 @@ EXIT_STARTUP_FAILED = 3
 # How often a busy worker tells the parent it is alive (the watchdog allows `hang_timeout`).
 HEARTBEAT_INTERVAL_S = 0.5
 
-# What `postprocess` is: the answer's text in, anything picklable out (run in a worker).
-Postprocess = Callable[[str], Any]
+# What `postprocess` is: the answer's text (an embedding's vector) in, anything picklable
+# out (run in a worker).
+Postprocess = Callable[[Any], Any]
 
 
 @dataclass(frozen=True, slots=True)

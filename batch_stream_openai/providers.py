@@ -110,7 +110,8 @@ class Provider:
         self.secret = config.resolved_api_key
         # Masked in answers and errors where it shows up (a proxy echoing the header); a
         # placeholder such as "EMPTY" is no secret, and masking it would rewrite answers.
-        self._secret_bytes = self.secret.encode() if maskable(self.secret) else b""
+        secret = self.secret if maskable(self.secret) else None
+        self._secret_bytes = secret.encode() if secret is not None else b""
         # The endpoints as the SDK spells them, with a trailing slash (".../v1/"), and
         # the proxy of each.
         self._base_urls: list[str] = []

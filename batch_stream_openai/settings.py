@@ -133,7 +133,8 @@ class PoolSettings:
     @property
     def endpoint_urls(self) -> tuple[str, ...]:
         """Every endpoint OpenAI-routed requests go to (`fleet.py`)."""
-        return self.base_url or (os.environ.get("OPENAI_BASE_URL") or _OPENAI_BASE_URL,)
+        from_environment = os.environ.get("OPENAI_BASE_URL") or _OPENAI_BASE_URL
+        return self.base_url or (from_environment.rstrip("/"),)
 
     @property
     def secret(self) -> Secret | None:

@@ -113,16 +113,17 @@ def check_base_urls(base_url: object) -> tuple[str, ...]:
         return ()
     if isinstance(base_url, str):
         _check_url("base_url", base_url)
-        return (base_url,)
+        return (base_url.rstrip("/"),)
     if not isinstance(base_url, Sequence) or not base_url:
         raise TypeError(
             f"base_url must be a URL or a non-empty list of URLs, got {type(base_url).__name__}"
         )
     for number, url in enumerate(base_url):
         _check_url(f"base_url[{number}]", url)
-    if len(set(base_url)) < len(base_url):
+    urls = tuple(url.rstrip("/") for url in base_url)  # ".../v1/" and ".../v1" are one
+    if len(set(urls)) < len(urls):
         raise ValueError(f"base_url lists an endpoint twice: {list(base_url)!r}")
-    return tuple(base_url)
+    return urls
 
 
 def _check_url(name: str, url: object) -> None:

@@ -13,18 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from batch_stream_openai import (
     BatchPool,
     CacheError,
+    EmbeddingRequest,
     OpenAIRequest,
     RawRequest,
     Result,
     run_batch,
     stream_batch,
 )
+from batch_stream_openai.answers import StoredAnswer
 from batch_stream_openai.cache import ResponseCache, cache_key
-from batch_stream_openai.results import Usage
 from batch_stream_openai.testing import FakeOpenAIServer
 
 from .helpers import answers, ask, wait_until
@@ -64,16 +66,15 @@ def test_any_change_to_what_is_sent_changes_the_key() -> None:
 def test_answers_are_stored_and_visible_before_they_are_committed(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
     cache = ResponseCache(path)
-    answer = Result(
-        0, text="hi", usage=Usage(3, 1), model="m", status_code=200, body={"id": "x"}, cost_usd=0.5
-    )
-    cache.put(b"k", answer)
-    hit = cache.get(b"k")
-    assert hit is not None and (hit.text, hit.usage, hit.cost_usd) == ("hi", Usage(3, 1), 0.5)
+    body = {"id": "x", "model": "m", "choices": [{"message": {"content": "hi"}}]}
+    cache.put(b"k", StoredAnswer(body, "req_1", 0.5))
+    assert cache.get(b"k") == StoredAnswer(body, "req_1", 0.5)
     cache.close()
     again = ResponseCache(path)
     reread = again.get(b"k")
-    assert reread is not None and reread.result(7).cached and reread.result(7).index == 7
+    assert reread is not None
+    result = reread.result(7, ask("q"), cost_usd=0.0)
+    assert (result.index, result.text, result.request_id, result.cost_usd) == (7, "hi", "req_1", 0)
     assert again.get(b"other") is None
     again.close()
 
@@ -265,3 +266,82 @@ def test_the_default_cache_lives_in_the_user_cache_directory(
     pool.close()
     assert pool.settings.cache == tmp_path / "batch-stream-openai" / "responses.sqlite"
     assert pool.settings.cache.is_file()
+
+
+class Label(BaseModel):
+    answer: str
+
+
+SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "reply",
+        "schema": {"type": "object", "properties": {"answer": {"type": "string"}}},
+    },
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    }
+]
+RESPONSES_TOOLS = [{"type": "function", **TOOLS[0]["function"]}]
+# Every kind of request and answer, on both APIs: what a hit must give back as the miss did.
+EVERY_KIND = [
+    ask("plain chat"),
+    ask("plain responses", api="responses"),
+    ask("pydantic chat", response_format=Label),
+    ask("pydantic responses", api="responses", response_format=Label),
+    ask("schema chat", response_format=SCHEMA),
+    ask("schema responses", api="responses", response_format=SCHEMA),
+    ask("[[tool_call]] tools chat", tools=TOOLS),
+    ask("[[tool_call]] tools responses", api="responses", tools=RESPONSES_TOOLS),
+    ask("[[refuse]] refused"),
+    ask("[[bad_json]] unparsable", response_format=Label),
+    EmbeddingRequest("one text"),
+    EmbeddingRequest(["two", "texts"]),
+    RawRequest(
+        "/v1/chat/completions",
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "raw"}]},
+    ),
+]
+# What a hit may differ in: it was not paid for now, nor timed, nor sent.
+_NOT_COMPARED = {"cached", "cost_usd", "latency_s", "attempts", "base_url", "error", "index"}
+
+
+def comparable(result: Result) -> dict[str, Any]:
+    fields = {f: getattr(result, f) for f in Result.__slots__ if f not in _NOT_COMPARED}
+    error = result.error
+    fields["error"] = None if error is None else (type(error), str(error).split("(attempts")[0])
+    return fields
+
+
+@pytest.mark.parametrize("postprocess", [None, repr], ids=["plain", "postprocess"])
+def test_a_hit_yields_exactly_what_the_miss_yielded_for_every_kind(
+    postprocess: Any, tmp_path: Path, fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    cache = tmp_path / "answers.sqlite"
+    options = {**pool_options, "cache": cache, "postprocess": postprocess}
+    miss = stream_batch(EVERY_KIND, return_results=True, **options)
+    misses = dict(miss)
+    sent = fake.stats().requests
+    assert sent == len(EVERY_KIND)
+    # The same endpoint with a trailing slash is the same endpoint.
+    options["base_url"] = fake.base_url + "/"
+    hit = stream_batch(EVERY_KIND, return_results=True, **options)
+    hits = dict(hit)
+    assert fake.stats().requests == sent  # nothing sent again
+    for index, result in misses.items():
+        assert comparable(hits[index]) == comparable(result), EVERY_KIND[index]
+        assert hits[index].cached and hits[index].cost_usd == 0
+    assert isinstance(hits[2].parsed, Label) and hits[3].parsed.answer  # type: ignore[union-attr]
+    assert hits[6].tool_calls and hits[7].tool_calls
+    assert hits[10].embedding and len(hits[11].embedding or []) == 2
+    assert hit.summary.cached == len(EVERY_KIND)
+    assert miss.summary.cost_usd > 0
+    assert hit.summary.saved_usd == pytest.approx(miss.summary.cost_usd)
+    plain = run_batch(EVERY_KIND[:1] + EVERY_KIND[10:11], **options)
+    assert plain == [misses[0].value, misses[10].value]
