@@ -67,6 +67,11 @@ class Admission:
             return None
         return self.cache.get(key)
 
+    def keep(self, key: bytes | None, answer: StoredAnswer) -> None:
+        """Store an answer that came another way (a Batch API job), without a cache: drop it."""
+        if key is not None and self.cache is not None:
+            self.cache.put(key, answer)
+
     def wait_for(self, key: bytes | None, index: int) -> bool:
         """Park `index` behind an identical request in flight; False when there is none."""
         if key is None or key not in self._owners:

@@ -12,7 +12,7 @@ from typing_extensions import Unpack
 from .pool import BatchPool, StreamOptions
 from .protocol import Postprocess
 from .request import AnyRequest
-from .stream import AsyncBatchStream, BatchStream, ResultPair, in_input_order
+from .stream import AsyncBatchStream, BatchStream, ResultPair
 
 __all__ = ["BatchArguments", "arun_batch", "astream_batch", "run_batch", "stream_batch"]
 
@@ -75,8 +75,12 @@ def stream_batch(
     Keyword arguments are those of `BatchPool` and `BatchPool.stream`.
     """
     pool, stream_options = _pool_for(max_concurrency, options)
-    chunks, summary = pool.open_stream(requests, **stream_options)
-    return BatchStream(_closing(pool, chunks), summary)
+    try:
+        chunks, summary, taken = pool.open_stream(requests, **stream_options)
+    except BaseException:
+        pool.close()
+        raise
+    return BatchStream(_closing(pool, chunks), summary, taken)
 
 
 def _closing(
@@ -96,7 +100,9 @@ def run_batch(
 
     Keyword arguments are those of `stream_batch`.
     """
-    return in_input_order(stream_batch(requests, max_concurrency=max_concurrency, **options))
+    pool, stream_options = _pool_for(max_concurrency, options)
+    with pool:
+        return pool.run(requests, **stream_options)
 
 
 def astream_batch(
@@ -120,7 +126,7 @@ def astream_batch(
     except BaseException:
         pool.close()
         raise
-    return AsyncBatchStream(_aclosing(pool, stream), stream.summary)
+    return AsyncBatchStream(_aclosing(pool, stream), stream.summary)  # `stream` tells the journal
 
 
 async def _aclosing(pool: BatchPool, stream: AsyncBatchStream) -> AsyncGenerator[ResultPair, None]:
@@ -140,5 +146,9 @@ async def arun_batch(
     **options: Unpack[BatchArguments],
 ) -> list[Any]:
     """`run_batch` for code already inside an event loop; never blocks that loop."""
-    stream = astream_batch(requests, max_concurrency=max_concurrency, **options)
-    return in_input_order([result async for result in stream])
+    pool, stream_options = _pool_for(max_concurrency, options)
+    try:
+        return await pool.arun(requests, **stream_options)
+    finally:
+        # Joining workers takes a moment: not on the caller's loop.
+        await asyncio.get_running_loop().run_in_executor(None, pool.close)

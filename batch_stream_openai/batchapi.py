@@ -21,7 +21,7 @@ from tenacity import (
 )
 
 from .config import Secret, mask_in
-from .errors import APIError
+from .errors import APIError, RequestError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -71,6 +71,10 @@ class BatchClient:
     def __repr__(self) -> str:
         return f"<BatchClient {self._base_url}>"
 
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
     def upload(self, path: Path) -> str:
         """Upload a job's input lines; the file's id."""
 
@@ -116,6 +120,20 @@ class BatchClient:
         """`text` with the key masked (an error's message may quote it)."""
         masked: str = mask_in(text, self._api_key.reveal() if self._api_key else None)
         return masked
+
+    def refusal(self, error: Exception) -> RequestError:
+        """An SDK error of a call (after the retries) as the error of each line it
+        concerns, the key masked; anything else (a bug) is raised again."""
+        import openai
+
+        from .provider_errors import to_request_error
+
+        if not isinstance(error, openai.APIError):
+            raise error
+        secret = self._api_key.reveal() if self._api_key else None
+        converted = to_request_error(error, index=-1, attempts=1, secret=secret)
+        converted.message = f"the Batch API refused the job: {converted.message}"
+        return converted
 
     @staticmethod
     def refused(batch: Batch) -> bool:

@@ -87,6 +87,8 @@ class Dispatcher(Generic[W]):
             None: one endpoint.
         hedging: hedge stragglers (`hedging.py`), or None.
         summary: the batch's live counts.
+        on_finish: told each index's result as it is done (before `postprocess` output
+            is taken for a rich result), or None.
         clock: monotonic seconds (injectable for tests).
     """
 
@@ -107,6 +109,7 @@ class Dispatcher(Generic[W]):
         flex_fallback: bool = False,
         fleet: Fleet | None = None,
         hedging: Hedging | None = None,
+        on_finish: Callable[[int, Result], None] | None = None,
     ) -> None:
         self.batch_id = batch_id
         self.summary = summary if summary is not None else BatchSummary()
@@ -128,6 +131,7 @@ class Dispatcher(Generic[W]):
         self._flex_fallback = flex_fallback
         self._fleet = fleet if fleet is not None else Fleet([""])  # one, unnamed
         self._hedging = hedging
+        self._on_finish = on_finish
         self._read = 0  # requests read from the input
         self._workers_seen = False  # the last `fill` had ready workers
         self._hedge_held = False  # a budget held a hedge back: wait for an answer
@@ -371,6 +375,8 @@ class Dispatcher(Generic[W]):
         one, or send it. False when a budget holds it back (it is kept for later)."""
         self._read += 1
         if isinstance(request, Answered):
+            if request.result.cached:
+                self.summary.add_cached(request.paid, deduplicated=False)
             self._answer_with(index, request.result)
             return True
         key = self._admission.key_of(request)
@@ -458,6 +464,7 @@ class Dispatcher(Generic[W]):
             self.summary.hedges += 1
         else:
             entry.tries += not entry.failing_over  # a failover is not a retry
+            entry.failovers += entry.failing_over
             entry.failing_over = False
             if entry.attempts == 1:
                 entry.first_sent_at = now
@@ -584,10 +591,14 @@ class Dispatcher(Generic[W]):
 
     def _finish(self, index: int, entry: Entry | None, result: Result) -> None:
         attempts = entry.attempts if entry is not None else result.attempts
+        tries = attempts  # what the summary counts as retries: no hedges, no failovers
         if entry is not None:
             self._ledger.remove(index)
             self._answer_duplicates(entry.key, index, result)
-        self.summary.add(result, attempts - (entry is not None and entry.hedged))
+            tries -= entry.hedged + entry.failovers
+        self.summary.add(result, tries)
+        if self._on_finish is not None:
+            self._on_finish(index, result)
         if self._rich:
             rich = replace(result, index=index, attempts=attempts, latency_s=0.0)
             if entry is not None:

@@ -25,10 +25,13 @@ PENDING: Any = object()
 
 @dataclass(frozen=True)
 class Answered:
-    """An indexed source's item that is already answered (by a Batch API job, say):
-    it goes through `postprocess` like a cache hit, and costs no provider capacity."""
+    """An indexed source's item that is already answered (by a Batch API job, the
+    response cache, or the journal of an earlier run): it goes through `postprocess`
+    like a cache hit, and costs no provider capacity. `paid`: what a cache hit cost when
+    it was paid for (the summary's ``saved_usd``)."""
 
     result: Result
+    paid: float | None = None
 
 
 class Intake:

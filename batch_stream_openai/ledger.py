@@ -67,6 +67,7 @@ class Entry:
     hedged: bool = False  # a duplicate was sent at some point
     failed_on: frozenset[int] = frozenset()  # endpoints that failed it (send elsewhere)
     failing_over: bool = False  # its next attempt goes elsewhere at once: not a retry
+    failovers: int = 0  # attempts sent elsewhere at once after an endpoint failed
     endpoint: int | None = None  # the endpoint of its last attempt that ended
     standard: bool = False  # sent at the standard tier: flex had no capacity for it
 

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .admission import Admission
 from .batchapi import BatchClient
 from .config import Secret
 from .costs import PriceTable
@@ -65,13 +66,13 @@ class BatchMode:
         given = [name for name in batch_only if options.get(name) is not None]
         if given and mode != "batch":
             raise ValueError(f"{given[0]} is only for mode='batch' (mode={mode!r})")
-        batch_size = options.get("batch_size") or 50_000
+        batch_size = _given_or(options, "batch_size", 50_000)
         check_int("batch_size", batch_size, minimum=1)
         if batch_size > 50_000:
             raise ValueError(
                 f"batch_size must be at most 50000 (the API's limit), got {batch_size}"
             )
-        poll_interval = options.get("poll_interval") or 30.0
+        poll_interval = _given_or(options, "poll_interval", 30.0)
         check_positive("poll_interval", poll_interval)
         reserve = options.get("online_reserve")
         if reserve is not None:
@@ -96,21 +97,32 @@ class BatchMode:
         prices: PriceTable,
         check_item: Callable[[int, object], None] | None,
         spending: Spending | None,
+        admission: Admission,
+        replay: bool,
         wake: Callable[[], None],
         summary: BatchSummary,
     ) -> JobRoute:
-        """The Batch API route of this batch's `requests` (its thread starts on first read)."""
+        """The Batch API route of this batch's `requests` (its thread starts on first
+        read); the caller's journal is opened (and locked) now, so a bad one fails here."""
         return JobRoute(
             requests,
             client=BatchClient(base_url, api_key),
-            journal=Journal(self.journal),
+            journal=Journal(self.journal) if self.journal is not None else None,
             options=self.jobs,
             prices=prices,
             check_item=check_item,
             spending=spending,
+            admission=admission,
+            replay=replay,
             wake=wake,
             summary=summary,
         )
+
+
+def _given_or(options: Mapping[str, Any], name: str, default: Any) -> Any:
+    """The option as given (0 included: checked, never replaced), else its default."""
+    value = options.get(name)
+    return default if value is None else value
 
 
 def _deadline_of(deadline: object) -> float | None:
@@ -131,11 +143,11 @@ def _deadline_of(deadline: object) -> float | None:
 def delivering(
     chunks: Generator[list[ResultPair], None, None], route: JobRoute
 ) -> Generator[list[ResultPair], None, None]:
-    """`chunks`, each recorded in the route's journal once the caller has taken it."""
+    """`chunks`; then the route is closed, told whether the caller had every result."""
+    completed = False
     try:
-        for chunk in chunks:
-            yield chunk
-            route.delivered(index for index, _ in chunk)
+        yield from chunks
+        completed = True
     finally:
         chunks.close()
-        route.close()
+        route.close(completed)

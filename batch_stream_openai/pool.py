@@ -40,10 +40,10 @@ import enum
 import itertools
 import multiprocessing
 import multiprocessing.util
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence, Sized
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NamedTuple, TypedDict
 
 import cloudpickle
 from typing_extensions import Unpack
@@ -77,7 +77,7 @@ from .validation import (
     pickled_callable,
 )
 
-__all__ = ["BatchPool", "PoolState", "StreamOptions", "default_workers"]
+__all__ = ["BatchPool", "OpenedStream", "PoolState", "StreamOptions", "default_workers"]
 
 # Priority of the pool's exit handler among multiprocessing's: it must stop the workers
 # before multiprocessing joins its children at exit, whatever the import order was.
@@ -90,6 +90,14 @@ class PoolState(enum.Enum):
     CREATED = "created"  # no worker started yet; the first batch starts them
     RUNNING = "running"  # workers started; batches can stream one after the other
     CLOSED = "closed"  # close() was called; the pool cannot be used again
+
+
+class OpenedStream(NamedTuple):
+    """A batch, checked and ready to run: what `BatchStream` is built of."""
+
+    chunks: Generator[list[ResultPair], None, None]  # groups of results, as they come
+    summary: BatchSummary
+    taken: Callable[[int], None] | None  # told each index the caller takes (batch mode)
 
 
 class StreamOptions(TypedDict, total=False):
@@ -324,13 +332,11 @@ class BatchPool:
                 `hedging.py`). ``True`` allows 2% more requests than the batch has, a
                 fraction says how many. Off by default: a hedge may be billed.
         """
-        chunks, summary = self.open_stream(requests, "stream", **options)
-        return BatchStream(chunks, summary)
+        return BatchStream(*self.open_stream(requests, "stream", **options))
 
     def run(self, requests: Iterable[AnyRequest], **options: Unpack[StreamOptions]) -> list[Any]:
         """Send every request and return the results in input order (`stream` options)."""
-        chunks, summary = self.open_stream(requests, "run", **options)
-        return in_input_order(BatchStream(chunks, summary))
+        return in_input_order(BatchStream(*self.open_stream(requests, "run", **options)))
 
     def astream(
         self, requests: Iterable[AnyRequest], **options: Unpack[StreamOptions]
@@ -341,8 +347,13 @@ class BatchPool:
         together. Cancelling the caller (``asyncio.wait_for``, ``task.cancel()``) stops
         the batch within about a second and leaves the pool ready for the next one.
         """
-        chunks, summary = self.open_stream(requests, "astream", **options)
-        return AsyncBatchStream(async_pairs(chunks, self._interrupt), summary)
+        return self._astream(requests, "astream", options)
+
+    def _astream(
+        self, requests: Iterable[AnyRequest], operation: str, options: StreamOptions
+    ) -> AsyncBatchStream:
+        chunks, summary, taken = self.open_stream(requests, operation, **options)
+        return AsyncBatchStream(async_pairs(chunks, self._interrupt), summary, taken)
 
     def _interrupt(self) -> None:
         """Stop the batch streaming now at its next turn (from any thread)."""
@@ -353,15 +364,17 @@ class BatchPool:
         self, requests: Iterable[AnyRequest], **options: Unpack[StreamOptions]
     ) -> list[Any]:
         """`run()` for callers inside an event loop."""
-        return in_input_order([result async for result in self.astream(requests, **options)])
+        stream = self._astream(requests, "arun", options)
+        return in_input_order([result async for result in stream])
 
     def open_stream(
         self,
         requests: Iterable[AnyRequest],
         operation: str = "stream",
         **options: Unpack[StreamOptions],
-    ) -> tuple[Generator[list[ResultPair], None, None], BatchSummary]:
-        """Check the arguments now; return the generator of result groups and its summary."""
+    ) -> OpenedStream:
+        """Check the arguments now; return the generator of result groups, its summary,
+        and what to tell of each index the caller takes (batch mode's journal)."""
         self._check_open(operation)
         postprocess = options.get("postprocess") or self.postprocess
         check_callable("postprocess", postprocess)
@@ -374,6 +387,9 @@ class BatchPool:
         check_item = self._check_requests(requests, checker)
         route = BatchMode.check(options, self.settings.max_retries, self._online_rate)
         summary = BatchSummary()
+        admission = Admission(
+            self._cache, self.settings.routed_base_url, spending, replays=postprocess is not None
+        )
         jobs = None
         if route.mode == "batch":
             jobs = route.route(
@@ -383,12 +399,11 @@ class BatchPool:
                 prices=self._prices,
                 check_item=check_item,
                 spending=spending,
+                admission=admission,
+                replay=operation in ("run", "arun"),
                 wake=self._supervisor.wake,
                 summary=summary,
             )
-        admission = Admission(
-            self._cache, self.settings.routed_base_url, spending, replays=postprocess is not None
-        )
         batch_id = next(self._batch_ids)
         dispatcher: Dispatcher[Worker] = Dispatcher(
             batch_id,
@@ -404,14 +419,16 @@ class BatchPool:
             flex_fallback=route.mode == "flex" and route.flex_fallback,
             fleet=self.fleet,
             hedging=Hedging(hedge) if hedge is not None else None,
+            on_finish=jobs.finished if jobs is not None else None,
         )
-        total = len(requests) if isinstance(requests, Sequence) else None
+        total = len(requests) if isinstance(requests, Sized) else None
         progress = ProgressBar(summary, total) if options.get("progress") else None
         message = self._options_message(batch_id, postprocess, rich, route)
         loop = BatchLoop(dispatcher, self._supervisor, message, admission, progress)
         if jobs is not None:
-            return delivering(self._run(loop, online=False), jobs), summary
-        return self._run(loop), summary
+            chunks = delivering(self._run(loop, online=False), jobs)
+            return OpenedStream(chunks, summary, jobs.taken)
+        return OpenedStream(self._run(loop), summary, None)
 
     @staticmethod
     def _check_requests(
@@ -439,7 +456,8 @@ class BatchPool:
         return BatchOptions(
             batch_id,
             blob,
-            with_body=rich or self._cache is not None,
+            # The cache and the batch journal keep answers whole (`StoredAnswer`).
+            with_body=rich or self._cache is not None or route.mode == "batch",
             service_tier=route.service_tier,
             timeout=route.attempt_timeout(self.settings.timeout),
         )

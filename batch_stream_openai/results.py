@@ -93,6 +93,9 @@ class Result:
             OpenAI-routed request.
         hedged: a duplicate of it was sent, as it ran long (``hedge=``); the first
             answer won.
+        replayed: ``mode="batch"``: an earlier run with the same journal yielded this
+            answer already (`run` gives every answer back; a `stream` gives back the one
+            it was on when it stopped, which its caller may not have finished with).
     """
 
     index: int
@@ -115,6 +118,7 @@ class Result:
     batch_id: str | None = None
     base_url: str | None = None
     hedged: bool = False
+    replayed: bool = False
 
     @property
     def ok(self) -> bool:

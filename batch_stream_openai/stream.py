@@ -30,9 +30,15 @@ class BatchStream(Iterator[ResultPair]):
     what is still in flight.
     """
 
-    def __init__(self, chunks: Generator[list[ResultPair], None, None], summary: BatchSummary):
+    def __init__(
+        self,
+        chunks: Generator[list[ResultPair], None, None],
+        summary: BatchSummary,
+        taken: Callable[[int], None] | None = None,
+    ) -> None:
         self._chunks = chunks
         self._buffer: deque[ResultPair] = deque()
+        self._taken = taken  # told each index as the caller takes it (the batch journal)
         self.summary = summary
 
     def __repr__(self) -> str:
@@ -44,7 +50,10 @@ class BatchStream(Iterator[ResultPair]):
     def __next__(self) -> ResultPair:
         while not self._buffer:
             self._buffer.extend(next(self._chunks))
-        return self._buffer.popleft()
+        pair = self._buffer.popleft()
+        if self._taken is not None:
+            self._taken(pair[0])
+        return pair
 
     def __enter__(self) -> BatchStream:
         return self
@@ -77,8 +86,14 @@ class AsyncBatchStream(AsyncIterator[ResultPair]):
     cancels what is still in flight.
     """
 
-    def __init__(self, pairs: AsyncGenerator[ResultPair, None], summary: BatchSummary) -> None:
+    def __init__(
+        self,
+        pairs: AsyncGenerator[ResultPair, None],
+        summary: BatchSummary,
+        taken: Callable[[int], None] | None = None,
+    ) -> None:
         self._pairs = pairs
+        self._taken = taken  # told each index as the caller takes it (the batch journal)
         self.summary = summary
 
     def __repr__(self) -> str:
@@ -88,7 +103,10 @@ class AsyncBatchStream(AsyncIterator[ResultPair]):
         return self
 
     async def __anext__(self) -> ResultPair:
-        return await self._pairs.__anext__()
+        pair = await self._pairs.__anext__()
+        if self._taken is not None:
+            self._taken(pair[0])
+        return pair
 
     async def aclose(self) -> None:
         """Stop the batch: what is in flight is cancelled, nothing more is yielded."""
@@ -120,6 +138,8 @@ async def async_pairs(
         if pending is not None:  # cancelled while it waited
             interrupt()
             await asyncio.wait([pending])
+            if not pending.cancelled():
+                pending.exception()  # the Interrupted asked for: retrieved, not logged
         await loop.run_in_executor(None, chunks.close)
 
 

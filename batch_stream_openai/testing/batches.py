@@ -10,7 +10,8 @@ line is answered as the same request sent online would be, directives included.
 Settings make jobs misbehave the ways real ones do: `batch_expire` (the next N expire
 half way, with the lines done so far), `batch_refuse` (the next N jobs fail validation
 with ``token_limit_exceeded``, as an enqueued-token limit does), `batch_fail_validation`
-(the next N fail with ``invalid_request``). A cancelled job keeps the lines it did. The
+(the next N fail with ``invalid_request``), `batch_refuse_upload` (the next N uploads are
+answered 413, as by a proxy's body size limit). A cancelled job keeps the lines it did. The
 real limits are enforced: 50,000 lines and 200 MB per file, one model per file.
 """
 
@@ -169,13 +170,15 @@ class BatchJobs:
         }
 
     def records(self) -> list[dict[str, Any]]:
-        """Every job as tests see it: its id, status, lines' custom ids, files deleted."""
+        """Every job as tests see it: its id, status, its first input line and every
+        line's custom id, what it answered, the files deleted."""
         return [
             {
                 "id": job.id,
                 "status": self._advance(job),
                 "model": job.model,
                 "custom_ids": [line.get("custom_id") for line in job.lines],
+                "first_line": job.lines[0] if job.lines else None,
                 "answered": [answer["custom_id"] for answer in job.answers],
                 "input_file_id": job.input_file_id,
                 "output_file_id": job.output_file_id,
@@ -183,6 +186,13 @@ class BatchJobs:
             }
             for job in self._jobs.values()
         ] + [{"deleted_files": list(self.deleted)}]
+
+    def refuse_upload(self) -> bool:
+        """Whether this upload is refused (`batch_refuse_upload`)."""
+        if self._settings.batch_refuse_upload >= 1:
+            self._settings.batch_refuse_upload -= 1
+            return True
+        return False
 
     def _next_failure(self) -> str | None:
         settings = self._settings
@@ -328,6 +338,8 @@ async def batch_route(jobs: BatchJobs, request: web.BaseRequest, path: str) -> w
     found: Any = None
     if parts == ["files"] and method == "POST":
         found = await _upload(jobs, request)
+        if jobs.refuse_upload():  # as a proxy in front of the API does past its body limit
+            return web.Response(status=413, text=_TOO_LARGE, content_type="text/html")
         if found is None:
             return _json(400, json.loads(error_body(400, "'file' is required")))
     elif len(parts) == 2 and parts[0] == "files":
@@ -367,6 +379,12 @@ async def _upload(jobs: BatchJobs, request: web.BaseRequest) -> dict[str, Any] |
     if "file" not in fields:
         return None
     return jobs.upload(fields["file"], filename, fields.get("purpose", b"").decode())
+
+
+_TOO_LARGE = (
+    "<html><head><title>413 Request Entity Too Large</title></head><body><center><h1>413 "
+    "Request Entity Too Large</h1></center><hr><center>nginx</center></body></html>"
+)
 
 
 def _json(status: int, data: Any) -> web.Response:

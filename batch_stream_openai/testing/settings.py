@@ -75,6 +75,8 @@ class ServerSettings:
         batch_refuse: The next N jobs fail validation with ``token_limit_exceeded`` (as
             when the enqueued-token limit is reached).
         batch_fail_validation: The next N jobs fail validation with ``invalid_request``.
+        batch_refuse_upload: The next N file uploads are answered 413 with an HTML page, as
+            a proxy in front of the API does past its body size limit.
         flex_unavailable: The next N requests with ``service_tier: "flex"`` are answered
             429 ``resource_unavailable``.
         capacity: Requests served at once, like a GPU server (0: no limit). Each holds
@@ -91,6 +93,7 @@ class ServerSettings:
     batch_expire: float = 0.0
     batch_refuse: float = 0.0
     batch_fail_validation: float = 0.0
+    batch_refuse_upload: float = 0.0
     flex_unavailable: float = 0.0
     capacity: float = 0.0
     queue_limit: float = 0.0
