@@ -155,6 +155,8 @@ class Fleet:
                 endpoint.limit.on_answer(latency_s, endpoint.in_flight)
             elif overloaded or isinstance(error, APITimeoutError):
                 endpoint.limit.on_overload()
+            else:
+                endpoint.limit.on_error()
         if self._trivial or len(self.endpoints) == 1:
             return False
         if not _endpoint_failure(error):

@@ -11,6 +11,7 @@ import pytest
 from batch_stream_openai import APIError, BatchPool, stream_batch
 from batch_stream_openai.concurrency import (
     INITIAL_LIMIT,
+    OVERLOAD_SAMPLE,
     REPROBE_S,
     SLACK_S,
     TOLERANCE,
@@ -56,17 +57,48 @@ def test_the_limit_never_passes_its_cap() -> None:
     assert max(serve(limit, clock, capacity=1000, service_s=0.1, rounds=30)) == 50
 
 
-def test_overload_halves_the_limit_once_per_burst() -> None:
+def test_a_burst_of_overload_halves_the_limit_once() -> None:
     clock = FakeClock()
     limit = GradientLimit(1024, clock)
     serve(limit, clock, capacity=64, service_s=0.1, rounds=20)
     before = limit.allowed
-    limit.on_overload()
-    limit.on_overload()  # the same burst
+    for _ in range(OVERLOAD_SAMPLE):  # a full queue turns everything away
+        limit.on_overload()
     assert limit.allowed == before // 2
     clock.now += 1.0
-    limit.on_overload()
+    for _ in range(OVERLOAD_SAMPLE):
+        limit.on_overload()
     assert limit.allowed == before // 4
+
+
+def test_a_503_now_and_then_and_other_errors_are_not_load() -> None:
+    clock = FakeClock()
+    limit = GradientLimit(1024, clock)
+    serve(limit, clock, capacity=64, service_s=0.1, rounds=20)
+    before = limit.allowed
+    for answer in range(3000):
+        clock.now += 0.002
+        if answer % 30 == 0:
+            limit.on_overload()  # one 503 in 30
+        elif answer % 7 == 0:
+            limit.on_error()  # a 400, a refused connection
+        else:
+            limit.on_answer(0.1, before - 1)
+    assert limit.allowed >= 0.9 * before
+
+
+def test_after_a_burst_the_limit_is_back_within_a_few_round_trips() -> None:
+    clock = FakeClock()
+    limit = GradientLimit(1024, clock)
+    serve(limit, clock, capacity=64, service_s=0.1, rounds=30)
+    before = limit.allowed
+    for _ in range(5):  # five bursts in a row take it down to 1/32 of it
+        clock.now += 1.0
+        for _ in range(OVERLOAD_SAMPLE):
+            limit.on_overload()
+    assert limit.allowed <= before / 16
+    seen = serve(limit, clock, capacity=64, service_s=0.1, rounds=12)
+    assert seen[-1] >= 0.9 * before, (before, seen)
 
 
 def test_an_unused_limit_does_not_grow() -> None:
@@ -137,7 +169,8 @@ def test_a_halving_during_a_probe_is_not_undone_when_the_probe_ends() -> None:
     while limit.allowed > limit.limit / 2 + 1:  # until the probe window (at half) starts
         serve(limit, clock, capacity=64, service_s=0.1, rounds=1)
     before = limit.limit
-    limit.on_overload()  # timeouts of what was sent at the full limit
+    for _ in range(OVERLOAD_SAMPLE):  # timeouts of what was sent at the full limit
+        limit.on_overload()
     while limit.allowed <= limit.limit / 2 + 1:  # until the probe ends
         serve(limit, clock, capacity=64, service_s=0.1, rounds=1)
     assert limit.limit == before / 2
@@ -150,3 +183,29 @@ def test_answers_of_very_different_lengths_are_not_taken_for_queueing() -> None:
         clock.now += 0.01
         limit.on_answer(0.02 + 0.005 * rng.randint(20, 400), limit.allowed - 1)
     assert limit.allowed >= 256
+
+
+@pytest.mark.timeout(120)
+def test_stragglers_and_a_503_now_and_then_do_not_slow_auto_down(
+    fake: FakeOpenAIServer,
+) -> None:
+    fake.configure(latency=0.1, capacity=16)
+    users = [
+        f"mixed {i}"
+        + (" [[status=503 times=1]]" if i % 30 == 0 else "")
+        + (" [[straggle=2]]" if i % 20 == 7 else "")
+        for i in range(300)
+    ]
+    walls = {}
+    for concurrency in (16, "auto"):
+        with BatchPool(
+            base_url=fake.base_url, api_key=TEST_API_KEY, max_concurrency=concurrency, workers=1
+        ) as pool:
+            fake.reset()
+            stream = pool.stream([ask(f"{u} {concurrency}") for u in users])
+            assert all(isinstance(value, str) for _, value in stream)
+            walls[concurrency] = stream.summary.wall_s
+            limit = pool.fleet.endpoints[0].limit
+            if limit is not None:
+                assert limit.allowed >= 8  # it never collapsed to 1
+    assert walls["auto"] <= 1.6 * walls[16], walls
