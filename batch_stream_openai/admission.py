@@ -18,7 +18,7 @@ from .answers import StoredAnswer
 from .cache import ResponseCache, cache_key
 from .request import AnyRequest
 from .results import Result
-from .spending import Spending
+from .spending import NOTHING_RESERVED, Reservation, Spending
 
 __all__ = ["Admission"]
 
@@ -99,21 +99,23 @@ class Admission:
                 self.cache.put(key, answer)
         return self._duplicates.pop(key, [])
 
-    def reserve_cost(self, model: str, prompt_tokens: int, output_cap: int | None) -> float | None:
-        """Reserve an attempt's worst case (0 without a cap); None when it does not fit."""
+    def reserve_cost(
+        self, model: str, prompt_tokens: int, output_cap: int | None
+    ) -> Reservation | None:
+        """Reserve an attempt's worst case (nothing without a cap); None when it may not go."""
         if self.spending is None:
-            return 0.0
+            return NOTHING_RESERVED
         return self.spending.reserve(model, prompt_tokens, output_cap)
 
-    def settle_cost(self, reserved: float, result: Result | None) -> None:
-        """An attempt that had `reserved` ended with `result` (None: its worker died)."""
+    def settle_cost(self, reservation: Reservation, result: Result | None) -> None:
+        """An attempt that had `reservation` ended with `result` (None: its worker died)."""
         if self.spending is None:
             return
         if result is None:
-            self.spending.settle(reserved, None, ConnectionError("the worker died"))
+            self.spending.settle(reservation, None, ConnectionError("the worker died"))
             return
         output = result.usage.output_tokens if result.usage is not None else 0
-        self.spending.settle(reserved, result.cost_usd, result.error, output)
+        self.spending.settle(reservation, result.cost_usd, result.error, output)
 
     def tick(self) -> None:
         """Commit cached answers that have waited long enough (called by the batch loop)."""

@@ -42,6 +42,7 @@ from .protocol import Cancel, Outcome, Task
 from .quarantine import MAX_CRASHES_PER_REQUEST, Quarantine
 from .results import BatchSummary, Result
 from .retry import RetrySchedule
+from .spending import NOTHING_RESERVED, Reservation
 from .stream import ResultPair
 from .supervisor import Exit
 
@@ -278,7 +279,8 @@ class Dispatcher(Generic[W]):
         if entry.replay:
             self._finish(index, entry, result)
             return
-        self._admission.settle_cost(attempt.reserved or 0.0, result)
+        if attempt.reserved is not None:
+            self._admission.settle_cost(attempt.reserved, result)
         blamed = self._ended(entry, attempt, result)
         error = result.error
         if error is None:
@@ -419,11 +421,11 @@ class Dispatcher(Generic[W]):
             routed=routed,
         )
 
-    def _may_send(self, entry: Entry, now: float) -> float | None:
-        """Whether the budgets and the endpoints let `entry` go now: the USD reserved for
-        it under the cost cap (0.0 without one), or None when it may not go yet."""
+    def _may_send(self, entry: Entry, now: float) -> Reservation | None:
+        """Whether the budgets and the endpoints let `entry` go now: what it holds of the
+        cost cap (`NOTHING_RESERVED` without one), or None when it may not go yet."""
         if entry.replay:
-            return 0.0
+            return NOTHING_RESERVED
         if self._refusal is not None:
             return None
         if entry.routed and self._fleet.pick() is None:
@@ -444,7 +446,7 @@ class Dispatcher(Generic[W]):
         among: Sequence[W],
         sends: dict[W, list[Task | Cancel]],
         now: float,
-        reserved: float,
+        reserved: Reservation,
         hedge: bool = False,
     ) -> W:
         """Send the next attempt of `index` (or, `hedge`, a duplicate of the running one)

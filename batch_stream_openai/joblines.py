@@ -24,6 +24,7 @@ from .journal import JobRecord
 from .protocol import Task
 from .results import Result
 from .retry import retryable_status
+from .spending import Reservation
 
 __all__ = ["Job", "batch_line", "line_digest", "line_result"]
 
@@ -52,7 +53,7 @@ class Job:
     status: str = "spooled"
     retry_at: float = 0.0  # monotonic: when a refused job is created again
     refusals: int = 0
-    reserved: dict[int, float] = field(default_factory=dict)  # {index: USD} (max_cost)
+    reserved: dict[int, Reservation] = field(default_factory=dict)  # {index: ...} (max_cost)
     counts: tuple[int, int] = (0, 0)  # the provider's (answered, total) lines
     files: tuple[BinaryIO, BinaryIO] | None = None  # input lines, pickled requests
 

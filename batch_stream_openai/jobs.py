@@ -52,7 +52,7 @@ from .joblines import Job, batch_line, line_digest, line_result
 from .journal import CONFIRMED, YIELDED, JobRecord, Journal, Line, auto_journal
 from .limits import token_estimate
 from .results import BatchSummary, Result
-from .spending import Spending
+from .spending import NOTHING_RESERVED, Spending
 
 __all__ = ["MAX_FILE_BYTES", "JobOptions", "JobRoute"]
 
@@ -325,11 +325,14 @@ class JobRoute:
             result = replace(stored.result(index, request, cost_usd=0.0), cached=True)
             self._give(index, Answered(result, paid=stored.cost_usd))
             return
-        reserved = 0.0
+        reserved = None
         if self._spending is not None:
             prompt_tokens, cap = token_estimate(request)
-            found = self._spending.reserve(request.model, prompt_tokens, cap, tier="batch")
-            if found is None:
+            # Reserved when spooled, hours before any answer: nothing to wait for.
+            reserved = self._spending.reserve(
+                request.model, prompt_tokens, cap, tier="batch", learn_first=False
+            )
+            if reserved is None:
                 cap_usd = self._spending.max_cost
                 error = BudgetExceededError(
                     f"not sent: it could take the batch's spend past max_cost=${cap_usd:g}",
@@ -337,9 +340,8 @@ class JobRoute:
                 )
                 self._give(index, Answered(Result(index, error=error)))
                 return
-            reserved = found
         group = self._spool(index, request)
-        if reserved:
+        if reserved is not None:
             group.reserved[index] = reserved
 
     def _send_online(self, index: int, request: Any) -> None:
@@ -529,7 +531,7 @@ class JobRoute:
         result = line_result(line, request, attempts, self._prices, job.record.batch_id)
         if self._spending is not None:
             output = result.usage.output_tokens if result.usage is not None else 0
-            reserved = job.reserved.pop(index, 0.0)
+            reserved = job.reserved.pop(index, NOTHING_RESERVED)
             self._spending.settle(reserved, result.cost_usd, result.error, output)
         error = result.error
         retryable = isinstance(error, APIError) and error.retryable

@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 
 from .protocol import Task
 from .results import Result
+from .spending import Reservation
 
 __all__ = ["Attempt", "Entry", "Ledger"]
 
@@ -33,8 +34,8 @@ class Attempt:
             through the fleet, as a LiteLLM model or a cache replay).
         sent_at: when it was sent (monotonic, the parent's clock).
         charge: the token budget's record of it, corrected by its answer.
-        reserved: USD reserved for it under ``max_cost`` (None: nothing was reserved, as
-            for a cache replay).
+        reserved: what it holds of ``max_cost`` (None: nothing was reserved, as for a
+            cache replay).
     """
 
     worker: Any
@@ -42,7 +43,7 @@ class Attempt:
     endpoint: int | None
     sent_at: float
     charge: list[float] | None = None
-    reserved: float | None = 0.0
+    reserved: Reservation | None = None
 
 
 @dataclass(slots=True)

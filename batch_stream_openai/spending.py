@@ -1,14 +1,21 @@
 """A hard cap on what a batch may spend: ``max_cost=``, across every worker.
 
 Before a request is sent, its worst case is reserved: its estimated input tokens at the
-input price, plus its output cap (``max_output_tokens``) at the output price, or, with no
-cap, half again the most output tokens any answer of the batch has had so far (starting
-from a conservative `_FIRST_OUTPUT_GUESS`). Only a cap makes the worst case certain: an
-uncapped answer longer than any before it can cost more than was reserved for it. When
-the answer comes, the reservation is settled with what it really cost. A request whose
-reservation would take spend past the cap is not sent; once nothing is in flight that
-could settle below its reservation, nothing more ever can be, and the batch ends with
-`BudgetExceededError` for every index not sent.
+input price, plus its output cap (``max_output_tokens``) at the output price. With no
+cap, the output is estimated per model, from the answers of that model seen so far: 1.5
+times the longest. Until a model has answered once, one request of it goes alone (the
+others wait one round trip for its answer, instead of all being sent on a guess: 1,024
+tokens reserved for answers of 10,000 overspent 8x). When the answer comes, the
+reservation is settled with what it really cost. A request whose reservation would take
+spend past the cap is not sent; once nothing is in flight that could settle below its
+reservation, nothing more ever can be, and the batch ends with `BudgetExceededError` for
+every index not sent.
+
+So with ``max_output_tokens`` spend never passes the cap; without it, it can pass only by
+what answers longer than 1.5 times the longest earlier answer of their model cost beyond
+their reservation. The Batch API route reserves every line when it is spooled, long
+before any answer: there the first estimate (`FIRST_OUTPUT_GUESS`) stands until jobs
+answer, and only ``max_output_tokens`` makes the cap certain.
 
 An attempt that failed with an HTTP error status cost nothing; one that timed out or
 lost its connection may have been paid for, so its reservation counts as spent. Every
@@ -17,15 +24,36 @@ attempt is reserved anew, retries included.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .costs import PriceTable
 from .errors import APIError
 
-__all__ = ["Spending"]
+__all__ = ["FIRST_OUTPUT_GUESS", "NOTHING_RESERVED", "Reservation", "Spending"]
 
-# Output tokens assumed for an uncapped request before any answer was seen: enough for
-# most chat answers; the running maximum (with a margin) takes over with the first answer.
-_FIRST_OUTPUT_GUESS = 1024
+# Output tokens assumed for an uncapped request before its model has answered: enough for
+# most chat answers; the longest answer seen (with a margin) takes over with the first.
+FIRST_OUTPUT_GUESS = 1024
 _OUTPUT_MARGIN = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What one attempt holds of the cap until it is settled.
+
+    Parameters:
+        usd: its worst case.
+        model: the model it was reserved for (answers teach its output length).
+        probe: the first uncapped request of its model: the others wait for its answer.
+    """
+
+    usd: float
+    model: str = ""
+    probe: bool = False
+
+
+# What an attempt holds without a cap.
+NOTHING_RESERVED = Reservation(0.0)
 
 
 class Spending:
@@ -50,7 +78,8 @@ class Spending:
         self.reserved = 0.0  # the worst cases of attempts in flight
         self._open = 0  # how many reservations are not settled yet
         self._prices = prices
-        self._most_output: int | None = None  # the most output tokens one answer has had
+        self._most_output: dict[str, int] = {}  # {model: most output tokens of one answer}
+        self._probing: set[str] = set()  # models whose first uncapped answer is awaited
 
     def __repr__(self) -> str:
         return f"<Spending ${self.spent:.4f} + ${self.reserved:.4f} reserved of ${self.max_cost}>"
@@ -66,36 +95,52 @@ class Spending:
         return self._open == 0
 
     def reserve(
-        self, model: str, input_tokens: int, output_cap: int | None, tier: str = "default"
-    ) -> float | None:
-        """Reserve an attempt's worst case; None when it would take spend past the cap."""
+        self,
+        model: str,
+        input_tokens: int,
+        output_cap: int | None,
+        tier: str = "default",
+        learn_first: bool = True,
+    ) -> Reservation | None:
+        """Reserve an attempt's worst case; None when it would take spend past the cap,
+        or (`learn_first`) when it waits for the first answer of its model."""
         price = self._prices.price(model, tier)
         if price is None:
             raise ValueError(f"no price is known for model {model!r}")
-        worst = price.worst_case(input_tokens, output_cap or self._output_guess())
+        probe = False
+        output = output_cap
+        if output is None:
+            seen = self._most_output.get(model)
+            if seen is not None:
+                output = max(16, int(seen * _OUTPUT_MARGIN))
+            elif learn_first and model in self._probing:
+                return None  # its model's first answer tells how long answers are
+            else:
+                output, probe = FIRST_OUTPUT_GUESS, learn_first
+        worst = price.worst_case(input_tokens, output)
         if self.spent + self.reserved + worst > self.max_cost:
             return None
         self.reserved += worst
         self._open += 1
-        return worst
+        if probe:
+            self._probing.add(model)
+        return Reservation(worst, model, probe)
 
     def settle(
         self,
-        reserved: float,
+        reservation: Reservation,
         cost_usd: float | None,
         error: BaseException | None,
         output_tokens: int = 0,
     ) -> None:
-        """An attempt that had `reserved` ended: charge what it cost (see the module)."""
+        """An attempt that had `reservation` ended: charge what it cost (see the module)."""
         self._open -= 1
-        self.reserved = max(0.0, self.reserved - reserved) if self._open else 0.0
+        self.reserved = max(0.0, self.reserved - reservation.usd) if self._open else 0.0
+        if reservation.probe:
+            self._probing.discard(reservation.model)
         if error is None:
-            self._most_output = max(self._most_output or 0, output_tokens)
-            self.spent += cost_usd if cost_usd is not None else reserved
+            model = reservation.model
+            self._most_output[model] = max(self._most_output.get(model, 0), output_tokens)
+            self.spent += cost_usd if cost_usd is not None else reservation.usd
         elif not isinstance(error, APIError):
-            self.spent += reserved  # a timeout or a lost connection may have been billed
-
-    def _output_guess(self) -> int:
-        if self._most_output is None:
-            return _FIRST_OUTPUT_GUESS
-        return max(16, int(self._most_output * _OUTPUT_MARGIN))
+            self.spent += reservation.usd  # a timeout or a lost connection may have been billed

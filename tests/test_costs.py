@@ -62,19 +62,59 @@ def test_bad_prices_are_named(prices: Any, message: str) -> None:
 def test_spending_reserves_the_worst_case_and_settles_what_was_paid() -> None:
     spending = Spending(0.02, PriceTable(check_prices(OWN)))
     first = spending.reserve("gpt-4o-mini", input_tokens=1_000, output_cap=500)
-    assert first == pytest.approx((1_000 * 2 + 500 * 8) / 1e6)
+    assert first is not None and first.usd == pytest.approx((1_000 * 2 + 500 * 8) / 1e6)
     second = spending.reserve("gpt-4o-mini", input_tokens=1_000, output_cap=500)
     assert second is not None
     assert spending.reserve("gpt-4o-mini", input_tokens=1_000_000, output_cap=500) is None
     assert not spending.exhausted  # something in flight may still settle below its worst
-    spending.settle(first or 0, cost_usd=0.001, error=None, output_tokens=50)
+    spending.settle(first, cost_usd=0.001, error=None, output_tokens=50)
     assert spending.spent == pytest.approx(0.001)
     error = APIError("no", status_code=500)
     spending.settle(second, cost_usd=None, error=error)  # an error answer costs nothing
     assert spending.spent == pytest.approx(0.001) and spending.exhausted
-    lost = spending.reserve("gpt-4o-mini", input_tokens=10, output_cap=10) or 0
+    lost = spending.reserve("gpt-4o-mini", input_tokens=10, output_cap=10)
+    assert lost is not None
     spending.settle(lost, cost_usd=None, error=TimeoutError())  # may have been billed
-    assert spending.spent == pytest.approx(0.001 + lost)
+    assert spending.spent == pytest.approx(0.001 + lost.usd)
+
+
+def test_an_uncapped_model_answers_once_before_the_others_go_then_is_reserved_per_model() -> None:
+    spending = Spending(1.0, PriceTable(check_prices(OWN)))
+    probe = spending.reserve("gpt-4o-mini", input_tokens=100, output_cap=None)
+    assert probe is not None and probe.probe
+    assert spending.reserve("gpt-4o-mini", input_tokens=100, output_cap=None) is None  # waits
+    other = spending.reserve("gpt-4o", input_tokens=100, output_cap=None)  # another model
+    assert other is not None and other.probe
+    capped = spending.reserve("gpt-4o-mini", input_tokens=100, output_cap=50)
+    assert capped is not None and not capped.probe
+    spending.settle(probe, cost_usd=0.08, error=None, output_tokens=10_000)
+    after = spending.reserve("gpt-4o-mini", input_tokens=100, output_cap=None)
+    assert after is not None and not after.probe
+    assert after.usd == pytest.approx((100 * 2 + 15_000 * 8) / 1e6)  # 1.5x the longest
+    # In batch mode (no answer for hours) nothing waits: the first guess stands.
+    batch = Spending(1.0, PriceTable(check_prices(OWN)))
+    lines = [batch.reserve("gpt-4o-mini", 100, None, learn_first=False) for _ in range(3)]
+    assert all(line is not None and not line.probe for line in lines)
+
+
+@pytest.mark.timeout(60)
+def test_max_cost_is_not_overshot_by_long_uncapped_answers(
+    fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    cap = 0.05  # about 8 answers of 10,000 tokens at $0.60 per million
+    stream = stream_batch(
+        [ask(f"long {i} [[big=40000]]") for i in range(100)],
+        max_cost=cap,
+        max_concurrency=50,
+        return_results=True,
+        **pool_options,
+    )
+    results = dict(stream)
+    answered = [r for r in results.values() if r.error is None]
+    assert answered and sorted(results) == list(range(100))
+    assert all(isinstance(r.error, BudgetExceededError) for r in results.values() if r.error)
+    assert stream.summary.cost_usd <= cap  # was $0.426 for this cap: 8.5x
+    assert stream.summary.cost_usd == pytest.approx(sum(r.cost_usd or 0 for r in answered))
 
 
 def test_cost_per_result_and_in_the_summary_is_the_servers_usage_at_the_price(
