@@ -1,24 +1,36 @@
-"""One batch on a pool started for it and closed after it: the functions most callers use."""
+"""One batch on a pool started for it and closed after it: the functions most callers use.
+
+Their keyword arguments are declared once, in `options.py`; the options part of each
+docstring (``help(stream_batch)``) is built from it. The overloads tell an editor what is
+yielded: ``str | Exception`` per prompt request, a vector per `EmbeddingRequest`, a
+`Result` with ``return_results=True``, what `postprocess` returns with one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast, overload
 
 from typing_extensions import Unpack
 
-from .pool import BatchPool, StreamOptions
-from .protocol import Postprocess
-from .request import AnyRequest
+from .options import options_doc, refuse_idle
+from .pool import BatchPool, PerBatchOptions, StreamOptions
+from .request import AnyRequest, EmbeddingRequest, OpenAIRequest, RawRequest
+from .results import Result
 from .stream import AsyncBatchStream, BatchStream, ResultPair
 
 __all__ = ["BatchArguments", "arun_batch", "astream_batch", "run_batch", "stream_batch"]
 
+T = TypeVar("T")
+Concurrency = int | Literal["auto"]
+Vector = list[float] | list[list[float]]
 
-class BatchArguments(StreamOptions, total=False):
-    """Keyword arguments of the batch functions: `BatchPool`'s and `BatchPool.stream`'s."""
+
+class BatchArguments(PerBatchOptions, total=False):
+    """Keyword arguments of the batch functions (but `max_concurrency`, `return_results`
+    and `postprocess`, which the overloads name): `BatchPool`'s and `BatchPool.stream`'s."""
 
     max_concurrency_cap: int
     workers: int | None
@@ -39,26 +51,77 @@ class BatchArguments(StreamOptions, total=False):
     prices: Mapping[str, Mapping[str, float]] | None
 
 
-_STREAM_KEYS = frozenset(StreamOptions.__annotations__)
+_STREAM_KEYS = frozenset(PerBatchOptions.__annotations__)
 
 
 def _pool_for(
-    max_concurrency: int | Literal["auto"], options: BatchArguments
+    max_concurrency: Concurrency,
+    return_results: bool,
+    postprocess: Callable[[Any], Any] | None,
+    options: BatchArguments,
 ) -> tuple[BatchPool, StreamOptions]:
     """A pool for one batch; the per-batch options go to its stream."""
+    refuse_idle({"max_concurrency": max_concurrency, **options})
     pool_options: dict[str, Any] = {k: v for k, v in options.items() if k not in _STREAM_KEYS}
-    stream_options: Any = {k: v for k, v in options.items() if k in _STREAM_KEYS}
-    postprocess: Postprocess | None = stream_options.pop("postprocess", None)
+    per_batch = {k: v for k, v in options.items() if k in _STREAM_KEYS}
+    stream_options = cast(StreamOptions, {**per_batch, "return_results": return_results})
     pool = BatchPool(max_concurrency=max_concurrency, postprocess=postprocess, **pool_options)
     return pool, stream_options
 
 
+@overload
 def stream_batch(
     requests: Iterable[AnyRequest],
     *,
-    max_concurrency: int | Literal["auto"] = 5,
+    max_concurrency: Concurrency = ...,
+    return_results: Literal[True],
+    postprocess: Callable[[Any], Any] | None = ...,
     **options: Unpack[BatchArguments],
-) -> BatchStream:
+) -> BatchStream[Result]: ...
+@overload
+def stream_batch(
+    requests: Iterable[AnyRequest],
+    *,
+    max_concurrency: Concurrency = ...,
+    return_results: Literal[False] = ...,
+    postprocess: Callable[[Any], T],
+    **options: Unpack[BatchArguments],
+) -> BatchStream[T | Exception]: ...
+@overload
+def stream_batch(
+    requests: Iterable[EmbeddingRequest],
+    *,
+    max_concurrency: Concurrency = ...,
+    return_results: Literal[False] = ...,
+    postprocess: None = ...,
+    **options: Unpack[BatchArguments],
+) -> BatchStream[Vector | Exception]: ...
+@overload
+def stream_batch(
+    requests: Iterable[OpenAIRequest | RawRequest],
+    *,
+    max_concurrency: Concurrency = ...,
+    return_results: Literal[False] = ...,
+    postprocess: None = ...,
+    **options: Unpack[BatchArguments],
+) -> BatchStream[str | Exception]: ...
+@overload
+def stream_batch(
+    requests: Iterable[AnyRequest],
+    *,
+    max_concurrency: Concurrency = ...,
+    return_results: bool = ...,
+    postprocess: Callable[[Any], Any] | None = ...,
+    **options: Unpack[BatchArguments],
+) -> BatchStream[Any]: ...
+def stream_batch(
+    requests: Iterable[AnyRequest],
+    *,
+    max_concurrency: Concurrency = 5,
+    return_results: bool = False,
+    postprocess: Callable[[Any], Any] | None = None,
+    **options: Unpack[BatchArguments],
+) -> BatchStream[Any]:
     """Fire the requests concurrently; yield ``(index, str | Exception)`` as each completes.
 
     Example::
@@ -71,10 +134,10 @@ def stream_batch(
 
     Results come in completion order. A failed request yields its Exception and the
     batch goes on. Arguments are checked now (and a list of requests, whole); the worker
-    processes start on the first iteration and stop when the stream ends or is closed.
-    Keyword arguments are those of `BatchPool` and `BatchPool.stream`.
+    processes start on the first iteration and stop when the stream ends or is closed
+    (``with stream_batch(...) as stream:``, ``stream.close()``, or running out).
     """
-    pool, stream_options = _pool_for(max_concurrency, options)
+    pool, stream_options = _pool_for(max_concurrency, return_results, postprocess, options)
     try:
         chunks, summary, taken = pool.open_stream(requests, **stream_options)
     except BaseException:
@@ -90,17 +153,64 @@ def _closing(
         yield from chunks
 
 
+@overload
 def run_batch(
     requests: Iterable[AnyRequest],
     *,
-    max_concurrency: int | Literal["auto"] = 5,
+    max_concurrency: Concurrency = ...,
+    return_results: Literal[True],
+    postprocess: Callable[[Any], Any] | None = ...,
+    **options: Unpack[BatchArguments],
+) -> list[Result]: ...
+@overload
+def run_batch(
+    requests: Iterable[AnyRequest],
+    *,
+    max_concurrency: Concurrency = ...,
+    return_results: Literal[False] = ...,
+    postprocess: Callable[[Any], T],
+    **options: Unpack[BatchArguments],
+) -> list[T | Exception]: ...
+@overload
+def run_batch(
+    requests: Iterable[EmbeddingRequest],
+    *,
+    max_concurrency: Concurrency = ...,
+    return_results: Literal[False] = ...,
+    postprocess: None = ...,
+    **options: Unpack[BatchArguments],
+) -> list[Vector | Exception]: ...
+@overload
+def run_batch(
+    requests: Iterable[OpenAIRequest | RawRequest],
+    *,
+    max_concurrency: Concurrency = ...,
+    return_results: Literal[False] = ...,
+    postprocess: None = ...,
+    **options: Unpack[BatchArguments],
+) -> list[str | Exception]: ...
+@overload
+def run_batch(
+    requests: Iterable[AnyRequest],
+    *,
+    max_concurrency: Concurrency = ...,
+    return_results: bool = ...,
+    postprocess: Callable[[Any], Any] | None = ...,
+    **options: Unpack[BatchArguments],
+) -> list[Any]: ...
+def run_batch(
+    requests: Iterable[AnyRequest],
+    *,
+    max_concurrency: Concurrency = 5,
+    return_results: bool = False,
+    postprocess: Callable[[Any], Any] | None = None,
     **options: Unpack[BatchArguments],
 ) -> list[Any]:
     """Fire the requests concurrently; return ``str | Exception`` per request, in input order.
 
     Keyword arguments are those of `stream_batch`.
     """
-    pool, stream_options = _pool_for(max_concurrency, options)
+    pool, stream_options = _pool_for(max_concurrency, return_results, postprocess, options)
     with pool:
         return pool.run(requests, **stream_options)
 
@@ -108,9 +218,11 @@ def run_batch(
 def astream_batch(
     requests: Iterable[AnyRequest],
     *,
-    max_concurrency: int | Literal["auto"] = 5,
+    max_concurrency: Concurrency = 5,
+    return_results: bool = False,
+    postprocess: Callable[[Any], Any] | None = None,
     **options: Unpack[BatchArguments],
-) -> AsyncBatchStream:
+) -> AsyncBatchStream[Any]:
     """`stream_batch` for code already inside an event loop; never blocks that loop.
 
     Example::
@@ -120,7 +232,7 @@ def astream_batch(
             ...
         print(stream.summary)
     """
-    pool, stream_options = _pool_for(max_concurrency, options)
+    pool, stream_options = _pool_for(max_concurrency, return_results, postprocess, options)
     try:
         stream = pool.astream(requests, **stream_options)
     except BaseException:
@@ -129,7 +241,9 @@ def astream_batch(
     return AsyncBatchStream(_aclosing(pool, stream), stream.summary)  # `stream` tells the journal
 
 
-async def _aclosing(pool: BatchPool, stream: AsyncBatchStream) -> AsyncGenerator[ResultPair, None]:
+async def _aclosing(
+    pool: BatchPool, stream: AsyncBatchStream[Any]
+) -> AsyncGenerator[ResultPair, None]:
     try:
         async for result in stream:
             yield result
@@ -142,13 +256,19 @@ async def _aclosing(pool: BatchPool, stream: AsyncBatchStream) -> AsyncGenerator
 async def arun_batch(
     requests: Iterable[AnyRequest],
     *,
-    max_concurrency: int | Literal["auto"] = 5,
+    max_concurrency: Concurrency = 5,
+    return_results: bool = False,
+    postprocess: Callable[[Any], Any] | None = None,
     **options: Unpack[BatchArguments],
 ) -> list[Any]:
     """`run_batch` for code already inside an event loop; never blocks that loop."""
-    pool, stream_options = _pool_for(max_concurrency, options)
+    pool, stream_options = _pool_for(max_concurrency, return_results, postprocess, options)
     try:
         return await pool.arun(requests, **stream_options)
     finally:
         # Joining workers takes a moment: not on the caller's loop.
         await asyncio.get_running_loop().run_in_executor(None, pool.close)
+
+
+for _function in (stream_batch, run_batch, astream_batch, arun_batch):
+    _function.__doc__ = f"{_function.__doc__}\n{options_doc(indent=4)}"

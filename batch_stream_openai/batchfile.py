@@ -21,7 +21,7 @@ import contextlib
 import enum
 import fcntl
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
@@ -41,7 +41,7 @@ from .batchformat import (
     recover_output,
 )
 from .errors import BatchFileError
-from .journal import Journal
+from .journal import Journal, owed_by
 from .preemption import GraceExpired, Preemption
 from .request import AnyRequest
 from .results import BatchSummary
@@ -118,6 +118,8 @@ class FileRunReport:
         superseded: output lines dropped at the end because a later line has the same
             ``custom_id`` (0: none).
         preempted: SIGTERM arrived.
+        in_jobs: ``mode="batch"``: of the lines not written, those in Batch API jobs that
+            go on at the provider (a re-run collects them without paying again).
         summary: the stream's `BatchSummary` (retries, tokens, wall time).
     """
 
@@ -137,6 +139,7 @@ class FileRunReport:
     torn_bytes: int = 0
     superseded: int = 0
     preempted: bool = False
+    in_jobs: int = 0
     summary: BatchSummary | None = None
     to_openai: int = field(default=0, repr=False)  # lines to send that need an OpenAI key
 
@@ -174,8 +177,21 @@ class FileRunReport:
                 f"({self.superseded} superseded lines dropped)"
             )
         if not self.complete:
-            notes.append(f"partial: {self.to_send - self.written} lines still to send")
+            notes.append(self._partial())
         return "\n".join(notes)
+
+
+    def _partial(self) -> str:
+        """What a partial run left: lines still to send, and lines in running jobs."""
+        parts = []
+        if unsent := self.to_send - self.written - self.in_jobs:
+            parts.append(f"{unsent} lines still to send")
+        if self.in_jobs:
+            parts.append(
+                f"{self.in_jobs} lines in Batch API jobs that go on at the provider (a re-run "
+                "collects their answers without paying again)"
+            )
+        return "partial: " + ", ".join(parts)
 
 
 class _Decision(enum.Enum):
@@ -302,7 +318,20 @@ def _check_arguments(input_path: Path, output_path: Path, shard: tuple[int, int]
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[IO[bytes]]:
-    """The output file, opened to read and append, locked against a second run."""
+    """The output file, opened to read and append, locked against a second run; one this
+    created is removed again if the run fails before it holds anything."""
+    created = not path.exists()
+    try:
+        with _opened(path) as output:
+            yield output
+    except BaseException:
+        if created and path.exists() and path.stat().st_size == 0:
+            path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[IO[bytes]]:
     with path.open("a+b") as output:
         try:
             fcntl.flock(output.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -404,6 +433,20 @@ def _journal_beside(output_path: Path, lines: Iterator[tuple[InputLine, bool]]) 
     return path
 
 
+class _Sized(Iterable[AnyRequest]):
+    """A lazy iterable that knows its length (what a progress bar shows as the total)."""
+
+    def __init__(self, items: Iterator[AnyRequest], length: int) -> None:
+        self._items = items
+        self._length = length
+
+    def __iter__(self) -> Iterator[AnyRequest]:
+        return self._items
+
+    def __len__(self) -> int:
+        return self._length
+
+
 def _send(
     lines: Callable[[], Iterator[tuple[InputLine, bool]]],
     output: IO[bytes],
@@ -419,9 +462,11 @@ def _send(
     (its journal skips those not to send), so that a line's index never changes.
     """
     in_flight: dict[int, InputLine] = {}
-    by_jobs = options.get("mode") == "batch"
-    if by_jobs:
-        options = {**options, "journal": _journal_beside(report.output_path, lines())}
+    journal = None
+    if options.get("mode") == "batch":
+        journal = _journal_beside(report.output_path, lines())
+        options = {**options, "journal": journal}
+    by_jobs = journal is not None
 
     def requests() -> Iterator[AnyRequest]:
         index = -1
@@ -434,13 +479,21 @@ def _send(
                     in_flight[index] = line
                 yield line.request
 
-    stream_options: BatchArguments = {**options, "return_results": True}
-    stream = stream_batch(requests(), max_concurrency=max_concurrency, **stream_options)
+    stream = stream_batch(
+        _Sized(requests(), report.to_send),  # the progress bar's total
+        max_concurrency=max_concurrency,
+        return_results=True,
+        **options,
+    )
     report.summary = stream.summary
-    with stream:
-        for index, result in stream:
-            line = in_flight.pop(index)
-            preemption.write(output, output_line(line.custom_id, line.request_sha256, result))
-            state.note_written(line.custom_id)
-            report.written += 1
-            report.failed += result.error is not None
+    try:
+        with stream:
+            for index, result in stream:
+                line = in_flight.pop(index)
+                preemption.write(output, output_line(line.custom_id, line.request_sha256, result))
+                state.note_written(line.custom_id)
+                report.written += 1
+                report.failed += result.error is not None
+    finally:
+        if journal is not None:
+            report.in_jobs = owed_by(journal)

@@ -20,6 +20,7 @@ from typing import Any
 
 from .api import stream_batch
 from .errors import BatchFileError, CacheError, PoolError
+from .options import OPTIONS
 from .request import OpenAIRequest
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_PARTIAL", "EXIT_USAGE", "main"]
@@ -33,20 +34,7 @@ _LOCAL_DEMO_SIZE = 300
 _REAL_API_DEMO_SIZE = 10  # a real key costs money: keep the default small
 
 # Python parameter names in the library's messages, as the flags that set them here.
-_FLAG_OF = {
-    "max_concurrency": "--max-concurrency",
-    "endpoint_concurrency": "--endpoint-concurrency",
-    "hedge": "--hedge",
-    "max_retries": "--max-retries",
-    "base_url": "--base-url",
-    "workers": "--workers",
-    "rpm": "--rpm",
-    "tpm": "--tpm",
-    "timeout": "--timeout",
-    "grace": "--grace",
-    "max_cost": "--max-cost",
-    "cache": "--cache",
-}
+_FLAG_OF = {option.name: option.flag for option in OPTIONS if option.flag} | {"grace": "--grace"}
 _PHRASES = {
     "skip_invalid=True": "--skip-invalid",
     "resend_changed=True": "--resend-changed",
@@ -54,11 +42,14 @@ _PHRASES = {
     "pass api_key= or set OPENAI_API_KEY": "set OPENAI_API_KEY",
     "give it: prices=": "give it with --prices ",
 }
-# A parameter named as such: "workers=7", "rpm must be ..."; underscored names anywhere.
+# A parameter named as such: "workers=7", "rpm must be ...", "hedge=0.5 cannot act";
+# underscored names anywhere.
 _PARAMETER = re.compile(
     r"\b("
     + "|".join(_FLAG_OF)
-    + r")\b(?:(=)|(?=\s+must\b))|\b(max_concurrency|max_retries|base_url|max_cost)\b"
+    + r")\b(?:(=)|(?=\s+(?:must|cannot)\b))|\b("
+    + "|".join(name for name in _FLAG_OF if "_" in name)
+    + r")\b"
 )
 
 
@@ -242,6 +233,14 @@ def _number(
     return parse
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535."""
+    port = int(_number(int, 0)(text))
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {text!r}")
+    return port
+
+
 def _concurrency(text: str) -> int | str:
     """An argparse type: ``auto``, or a whole number >= 1."""
     return text if text == "auto" else int(_number(int, 1)(text))
@@ -417,7 +416,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the bundled OpenAI-compatible test server")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=_number(int, 0), default=8000)
+    serve.add_argument("--port", type=_port, default=8000, help="0 for any free port")
     serve.add_argument("--latency", type=_number(float, 0), default=0.0)
     serve.set_defaults(handler=_serve)
 

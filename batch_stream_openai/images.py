@@ -11,12 +11,15 @@ from __future__ import annotations
 import base64
 import mimetypes
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["image_urls"]
 
 _URL_SCHEMES = ("http://", "https://", "data:")
+# "ftp://host/cat.png": a URL of a scheme no API fetches, not a file named "ftp:/host/...".
+_OTHER_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # The image types vision models take, by their first bytes.
 _SIGNATURES = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -45,6 +48,11 @@ def image_urls(images: object, owner: str = "OpenAIRequest.images") -> tuple[str
 def _image_url(image: object, where: str) -> str:
     if isinstance(image, str) and image.startswith(_URL_SCHEMES):
         return image
+    if isinstance(image, str) and (scheme := _OTHER_URL.match(image)) is not None:
+        raise ValueError(
+            f"{where}: {scheme.group(0)} URLs are not fetched by the APIs: give an http(s) "
+            "or data: URL, a file path, or the bytes"
+        )
     if isinstance(image, (bytes, bytearray, memoryview)):
         data = bytes(image)
         return _data_url(data, _sniffed(data, where))

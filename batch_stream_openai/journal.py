@@ -38,7 +38,16 @@ from typing import IO
 
 from .errors import BatchFileError
 
-__all__ = ["CONFIRMED", "NOT_YIELDED", "YIELDED", "JobRecord", "Journal", "Line", "auto_journal"]
+__all__ = [
+    "CONFIRMED",
+    "NOT_YIELDED",
+    "YIELDED",
+    "JobRecord",
+    "Journal",
+    "Line",
+    "auto_journal",
+    "owed_by",
+]
 
 NOT_YIELDED, YIELDED, CONFIRMED = 0, 1, 2
 
@@ -53,6 +62,9 @@ CREATE TABLE IF NOT EXISTS lines (
 );
 CREATE INDEX IF NOT EXISTS lines_by_job ON lines (job, delivered);
 """
+_OWED = (
+    "SELECT COUNT(*) FROM lines WHERE delivered = 0 AND (job != '' OR answer IS NOT NULL)"
+)
 _UPSERT_DELIVERED = (
     "INSERT INTO lines (idx, job, delivered) VALUES (?, '', ?) "
     "ON CONFLICT (idx) DO UPDATE SET delivered = excluded.delivered"
@@ -88,6 +100,17 @@ def auto_journal(base_url: str, first_line: bytes) -> Path:
 
     digest = hashlib.sha256(base_url.encode() + b"\0" + first_line).hexdigest()[:24]
     return platformdirs.user_cache_path("batch-stream-openai") / "journals" / digest
+
+
+def owed_by(path: Path) -> int:
+    """Lines the journal at `path` has in jobs, or answered, not yet yielded (read only)."""
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return int(db.execute(_OWED).fetchone()[0])
+    finally:
+        db.close()
 
 
 class Journal:
@@ -247,10 +270,7 @@ class Journal:
     def owed(self) -> int:
         """Lines in open jobs, or answered, that the caller has not been handed."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT COUNT(*) FROM lines WHERE delivered = 0 AND (job != '' OR answer IS "
-                "NOT NULL)"
-            ).fetchone()
+            row = self._db.execute(_OWED).fetchone()
         return int(row[0])
 
     def close(self, delete: bool = False) -> None:

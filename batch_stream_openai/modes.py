@@ -55,17 +55,12 @@ class BatchMode:
 
     @classmethod
     def check(cls, options: Mapping[str, Any], max_retries: int, online_rate: float) -> BatchMode:
-        """The options' route, or the exact error for the first bad one."""
+        """The options' route, or the exact error for the first bad one (an option that
+        cannot act in the mode is refused before, by `options.refuse_idle`)."""
         mode = options.get("mode", "online")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
         deadline = _deadline_of(options.get("deadline"))
-        batch_only = ("journal", "batch_size", "poll_interval", "online_reserve")
-        if options.get("flex_fallback") is not None and mode != "flex":
-            raise ValueError(f"flex_fallback is only for mode='flex' (mode={mode!r})")
-        given = [name for name in batch_only if options.get(name) is not None]
-        if given and mode != "batch":
-            raise ValueError(f"{given[0]} is only for mode='batch' (mode={mode!r})")
         batch_size = _given_or(options, "batch_size", 50_000)
         check_int("batch_size", batch_size, minimum=1)
         if batch_size > 50_000:

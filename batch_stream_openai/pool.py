@@ -59,6 +59,7 @@ from .hedging import Hedging
 from .limits import Budget
 from .loop import BatchLoop
 from .modes import BatchMode, delivering
+from .options import options_doc, refuse_idle
 from .progress import ProgressBar
 from .protocol import BatchOptions, Postprocess
 from .request import AnyRequest
@@ -77,7 +78,14 @@ from .validation import (
     pickled_callable,
 )
 
-__all__ = ["BatchPool", "OpenedStream", "PoolState", "StreamOptions", "default_workers"]
+__all__ = [
+    "BatchPool",
+    "OpenedStream",
+    "PerBatchOptions",
+    "PoolState",
+    "StreamOptions",
+    "default_workers",
+]
 
 # Priority of the pool's exit handler among multiprocessing's: it must stop the workers
 # before multiprocessing joins its children at exit, whatever the import order was.
@@ -100,11 +108,9 @@ class OpenedStream(NamedTuple):
     taken: Callable[[int], None] | None  # told each index the caller takes (batch mode)
 
 
-class StreamOptions(TypedDict, total=False):
-    """Per-batch keyword arguments of `BatchPool.stream` and friends."""
+class PerBatchOptions(TypedDict, total=False):
+    """Per-batch keyword arguments but those that shape what is yielded (see `options.py`)."""
 
-    postprocess: Postprocess | None
-    return_results: bool
     progress: bool
     max_cost: float | None
     mode: str
@@ -117,6 +123,13 @@ class StreamOptions(TypedDict, total=False):
     hedge: bool | float
 
 
+class StreamOptions(PerBatchOptions, total=False):
+    """Per-batch keyword arguments of `BatchPool.stream` and friends (see `options.py`)."""
+
+    postprocess: Postprocess | None
+    return_results: bool
+
+
 class BatchPool:
     """A pool of workers that streams many batches of requests.
 
@@ -127,56 +140,8 @@ class BatchPool:
                 ...
             results = pool.run(more_requests)
 
-    Parameters:
-        max_concurrency: requests in flight at most, across all workers and endpoints
-            together; or ``"auto"``: find, from latency, what each endpoint sustains
-            (for self-hosted servers that queue instead of answering 429; see
-            `concurrency.py`), up to `max_concurrency_cap` in all.
-        max_concurrency_cap: with ``max_concurrency="auto"``, the most it may reach.
-        workers: worker processes; default `default_workers(max_concurrency)`, never
-            more than `max_concurrency`. ``0`` means ``backend="thread"`` with one thread.
-        base_url: OpenAI-compatible endpoint, or a list of them (replicas of one model
-            server): each attempt goes to the one with the fewest requests in flight,
-            and one that keeps failing is set aside for a while (see `fleet.py`).
-            Default ``OPENAI_BASE_URL`` or the SDK's.
-        endpoint_concurrency: requests in flight to one endpoint at most (None: only
-            `max_concurrency` for them all).
-        api_key: OpenAI API key; default ``OPENAI_API_KEY``. Never logged.
-        timeout: seconds one attempt of one request may take, all of it.
-        max_retries: retries after the first attempt, for retryable errors only.
-        postprocess: a callable applied to each answer's text inside the workers, so
-            CPU-heavy parsing runs on every core; lambdas and closures work (cloudpickle).
-            What it returns is what the stream yields; what it raises becomes that index's
-            `PostprocessError`. `stream()` and `run()` can override it per batch.
-        rpm: requests per minute at most, across all workers (None: no limit). Every
-            attempt counts, retries included.
-        tpm: tokens per minute at most, across all workers, estimated from the prompts and
-            corrected by the usage each answer reports (None: no limit).
-        adaptive: on 429s halve the concurrency (growing back by one per window of
-            successes) and wait what the server asks (30 s at most for the whole pool);
-            pause while the ``x-ratelimit-remaining-*`` headers say a budget is spent.
-        hang_timeout: seconds a worker that owes results may stay silent (event loop
-            blocked) or spend in one postprocess call before it is ended and its
-            requests re-sent. None: never.
-        initializer: called once in each worker before it serves; cloudpickled. If it
-            raises, workers cannot start and the batch fails with its traceback.
-        start_method: ``"forkserver"`` (the default where the platform has it: workers
-            fork from a server that imported the SDK once, so pools after the first start
-            in a fraction of a second; each worker takes on this process's environment,
-            working directory and ``sys.path`` as they are when it starts) or ``"spawn"``
-            (a fresh interpreter per worker, which re-imports the main module); never
-            ``"fork"``.
-        backend: ``"process"`` (default: worker processes on this machine), ``"thread"``
-            (the same worker code in threads of this process), or ``"ray"`` (one Ray
-            async actor per worker, across a cluster; needs the ``[ray]`` extra). The
-            dispatcher, ledger, budgets and streaming stay here either way.
-        ray_address: the Ray cluster to join (``"auto"``, ``"ray://host:10001"``); None
-            starts or joins a local one. Only with ``backend="ray"``.
-        cache: a response cache file (created if missing; see `cache.py`), ``True`` for
-            ``<user cache dir>/batch-stream-openai/responses.sqlite``, or None (off).
-            Identical requests are then answered from it, and sent once per batch.
-        prices: model prices, USD per million tokens, that win over genai-prices':
-            ``{"my-model": {"input": 0.15, "output": 0.60, "cached_input": 0.075}}``.
+    It takes the options marked as the pool's below; `stream`, `run`, `astream` and
+    `arun` take the others (each batch its own; a batch's `postprocess` wins).
 
     Attributes:
         fleet: the endpoints (`fleet.Fleet`): each one's requests in flight, whether it
@@ -294,7 +259,7 @@ class BatchPool:
 
     def stream(
         self, requests: Iterable[AnyRequest], **options: Unpack[StreamOptions]
-    ) -> BatchStream:
+    ) -> BatchStream[Any]:
         """Send every request; yield ``(index, str | Exception)`` in completion order.
 
         A failed request yields its Exception and the batch goes on. A list is checked
@@ -303,34 +268,7 @@ class BatchPool:
         is raised once every item read before it has been yielded). Closing the stream
         early cancels what is still in flight.
 
-        Parameters:
-            postprocess: overrides the pool's for this batch.
-            return_results: yield `Result` objects (text, parsed JSON, usage, latency,
-                attempts, ids, cost, error) instead of ``str | Exception``.
-            progress: show a progress bar on stderr.
-            max_cost: USD this batch may spend at most, across all workers (see
-                `spending.py`): what could take spend past it is not sent, and yields
-                `BudgetExceededError`. Every model needs a known price then.
-            mode: ``"online"`` (default), or ``"batch"``: through the provider's Batch
-                API at half price (see `jobs.py`), results as each job finishes.
-            deadline: seconds from now, or an aware `datetime`, by which every index must
-                have its result: in batch mode, what jobs could not finish in time is
-                sent online (`jobs.py`).
-            journal: batch mode: a file recording the jobs, so that a re-run with the same
-                requests re-attaches to them and yields only what it has not yielded.
-            batch_size: batch mode: lines per job at most (default and maximum 50,000).
-            poll_interval: batch mode: seconds between looks at the open jobs (30).
-            online_reserve: batch mode: seconds before the deadline at which what is
-                still in jobs goes online (default: estimated from the online rate).
-            flex_fallback: ``mode="flex"`` (online at the flex tier, half price, 900 s
-                attempts): send a request at the standard tier once flex had no
-                capacity for it ``max_retries`` times (default True).
-            hedge: send a duplicate of a request still running after 1.5 times the p95
-                latency of the batch's answers (after the p95 once the input is
-                exhausted and slots are idle) and 3 times their median, to another worker and
-                endpoint; the first answer wins and the other is cancelled (see
-                `hedging.py`). ``True`` allows 2% more requests than the batch has, a
-                fraction says how many. Off by default: a hedge may be billed.
+        Its options (each batch its own) are listed in the class docstring.
         """
         return BatchStream(*self.open_stream(requests, "stream", **options))
 
@@ -340,7 +278,7 @@ class BatchPool:
 
     def astream(
         self, requests: Iterable[AnyRequest], **options: Unpack[StreamOptions]
-    ) -> AsyncBatchStream:
+    ) -> AsyncBatchStream[Any]:
         """`stream()` for callers inside an event loop: waiting never blocks the loop.
 
         The waiting happens in a thread, one hop per group of results that arrived
@@ -351,7 +289,7 @@ class BatchPool:
 
     def _astream(
         self, requests: Iterable[AnyRequest], operation: str, options: StreamOptions
-    ) -> AsyncBatchStream:
+    ) -> AsyncBatchStream[Any]:
         chunks, summary, taken = self.open_stream(requests, operation, **options)
         return AsyncBatchStream(async_pairs(chunks, self._interrupt), summary, taken)
 
@@ -376,6 +314,7 @@ class BatchPool:
         """Check the arguments now; return the generator of result groups, its summary,
         and what to tell of each index the caller takes (batch mode's journal)."""
         self._check_open(operation)
+        refuse_idle(options)
         postprocess = options.get("postprocess") or self.postprocess
         check_callable("postprocess", postprocess)
         rich = options.get("return_results", False)
@@ -510,6 +449,9 @@ class BatchPool:
     def _check_open(self, operation: str) -> None:
         if self._state is PoolState.CLOSED:
             raise PoolClosedError(f"Cannot call {operation}() on a closed BatchPool")
+
+
+BatchPool.__doc__ = f"{BatchPool.__doc__}\n{options_doc(indent=4)}"
 
 
 def _shut_down(supervisor: Supervisor, cache: ResponseCache | None) -> None:

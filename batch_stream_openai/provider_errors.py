@@ -21,6 +21,9 @@ from .retry import parse_retry_after, retryable_status
 
 __all__ = ["to_request_error"]
 
+# What LiteLLM appends to some messages: its traceback, then a bug-report link.
+_APPENDED = ("\nTraceback (most recent call last):", "\n\nThis looks like a bug in LiteLLM")
+
 # LiteLLM reports some missing provider keys as a connection error with status 500
 # ("Missing Gemini API key"); they are an authentication failure, not worth a retry.
 _MISSING_KEY_HINTS = ("missing", "no api key", "api key not")
@@ -121,5 +124,10 @@ def _error_code(exc: BaseException, body: object) -> str | None:
 
 
 def _message_of(exc: BaseException) -> str:
+    """The exception's message, without the traceback and the bug-report boilerplate
+    LiteLLM appends to some (a whole traceback in an error message helps nobody)."""
     message = getattr(exc, "message", None)
-    return message if isinstance(message, str) and message else str(exc)
+    text = message if isinstance(message, str) and message else str(exc)
+    for cut in _APPENDED:
+        text = text.split(cut, 1)[0]
+    return text.strip()

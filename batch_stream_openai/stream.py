@@ -6,7 +6,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from .results import BatchSummary
 
@@ -14,9 +14,11 @@ __all__ = ["AsyncBatchStream", "BatchStream", "ResultPair", "async_pairs", "in_i
 
 # (index, value): the text or the Exception, a `Result`, or what `postprocess` made.
 ResultPair = tuple[int, Any]
+# What a stream yields beside each index (``str | Exception``, `Result`, ...).
+T = TypeVar("T")
 
 
-class BatchStream(Iterator[ResultPair]):
+class BatchStream(Iterator[tuple[int, T]]):
     """Yields ``(index, result)`` as requests complete; `summary` counts them as it goes.
 
     Example::
@@ -44,10 +46,10 @@ class BatchStream(Iterator[ResultPair]):
     def __repr__(self) -> str:
         return f"<BatchStream {self.summary}>"
 
-    def __iter__(self) -> BatchStream:
+    def __iter__(self) -> BatchStream[T]:
         return self
 
-    def __next__(self) -> ResultPair:
+    def __next__(self) -> tuple[int, T]:
         while not self._buffer:
             self._buffer.extend(next(self._chunks))
         pair = self._buffer.popleft()
@@ -55,7 +57,7 @@ class BatchStream(Iterator[ResultPair]):
             self._taken(pair[0])
         return pair
 
-    def __enter__(self) -> BatchStream:
+    def __enter__(self) -> BatchStream[T]:
         return self
 
     def __exit__(
@@ -72,7 +74,7 @@ class BatchStream(Iterator[ResultPair]):
         self._chunks.close()
 
 
-class AsyncBatchStream(AsyncIterator[ResultPair]):
+class AsyncBatchStream(AsyncIterator[tuple[int, T]]):
     """`BatchStream` for ``async for``: yields ``(index, result)``; `summary` counts them.
 
     Example::
@@ -99,10 +101,10 @@ class AsyncBatchStream(AsyncIterator[ResultPair]):
     def __repr__(self) -> str:
         return f"<AsyncBatchStream {self.summary}>"
 
-    def __aiter__(self) -> AsyncBatchStream:
+    def __aiter__(self) -> AsyncBatchStream[T]:
         return self
 
-    async def __anext__(self) -> ResultPair:
+    async def __anext__(self) -> tuple[int, T]:
         pair = await self._pairs.__anext__()
         if self._taken is not None:
             self._taken(pair[0])

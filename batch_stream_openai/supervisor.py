@@ -41,9 +41,10 @@ _MIN_RESPAWNS_PER_WINDOW = 8
 _CLOSE_GRACE_S = 1.0
 
 MAIN_GUARD_HINT = (
-    "With start_method='spawn', worker processes re-import your main module. If your "
-    "script calls batch_stream_openai at module level, put that code under "
-    '`if __name__ == "__main__":`.'
+    "Each worker process imports your main module (as __mp_main__), with start_method "
+    "'forkserver' (the default) and 'spawn' alike, so code at its module level runs again "
+    "in every worker. If your script calls batch_stream_openai (or does anything meant to "
+    'run once) at module level, put that code under `if __name__ == "__main__":`.'
 )
 
 

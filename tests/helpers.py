@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -83,3 +84,10 @@ def sdk_error(
             model="gpt-4o-mini", messages=[{"role": "user", "content": user}]
         )
     return raised.value
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (a probe bound it, then let it go)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -80,6 +80,7 @@ def test_images_from_urls_files_and_bytes(tmp_path: Path) -> None:
         ([b"GIF? no, text"], r"images\[0\]: these bytes are not a png"),
         ("https://example.com/a.png", "must be a list"),
         ([PNG, 42], r"images\[1\] must be a URL, a file path or bytes"),
+        (["ftp://x/y.png"], r"images\[0\]: ftp:// URLs are not fetched by the APIs"),
     ],
 )
 def test_bad_images_are_named_when_the_request_is_built(images: Any, message: str) -> None:

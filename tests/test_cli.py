@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
+from batch_stream_openai.batchfile import run_batch_file
 from batch_stream_openai.testing import FakeOpenAIServer
 
 from .conftest import TEST_API_KEY
@@ -587,6 +588,8 @@ def test_batch_mode_sigterm_then_a_rerun_reattaches_to_the_jobs(
         _stdout, stderr = process.communicate(timeout=30)
         assert process.returncode == 75, stderr
         assert (tmp_path / "out.jsonl.jobs").exists()
+        assert "30 lines in Batch API jobs that go on at the provider" in stderr
+        assert "still to send" not in stderr
 
         resumed = _run(fake, source, output, *flags)
         assert resumed.returncode == 0, resumed.stderr
@@ -630,3 +633,36 @@ def test_a_bad_max_concurrency_names_the_flag(fake: FakeOpenAIServer, tmp_path: 
     source, output = _prompt_file(tmp_path / "in.jsonl", 1), tmp_path / "out.jsonl"
     done = _run(fake, source, output, "--max-concurrency", "lots")
     assert done.returncode == 2 and "--max-concurrency" in done.stderr and "lots" in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_nothing_sent_leaves_no_output_file_behind(fake: FakeOpenAIServer, tmp_path: Path) -> None:
+    source = _write(tmp_path / "in.jsonl", [{"custom_id": "x", "system_prompt": 3}])
+    output = tmp_path / "out.jsonl"
+    out = _run(fake, source, output)
+    assert out.returncode == 2 and "invalid line" in out.stderr
+    assert not output.exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_port_out_of_range_is_a_usage_error() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "batch_stream_openai.cli", "serve", "--port", "99999"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 2 and "a port is at most 65535" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.timeout(60)
+def test_the_progress_bar_knows_its_total(
+    fake: FakeOpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, output = _prompt_file(tmp_path / "in.jsonl", 7), tmp_path / "out.jsonl"
+    report = run_batch_file(
+        source, output, base_url=fake.base_url, api_key=TEST_API_KEY, progress=True
+    )
+    assert report.complete
+    assert "7/7" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from batch_stream_openai.fleet import COOL_DOWN_S, FAILURES_TO_SET_ASIDE, Fleet
 from batch_stream_openai.testing import FakeOpenAIServer
 
 from .conftest import TEST_API_KEY
-from .helpers import FakeClock, answers, ask
+from .helpers import FakeClock, answers, ask, closed_port
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -204,3 +204,18 @@ def test_with_one_base_url_every_result_names_it(fake: FakeOpenAIServer) -> None
     endpoint = stream.summary.endpoints[fake.base_url]
     assert (endpoint.ok, endpoint.failed) == (10, 2)  # the 503, tried twice
     assert "endpoints:" not in str(stream.summary)
+
+
+@pytest.mark.timeout(60)
+def test_a_failover_is_not_counted_as_a_retry(fake: FakeOpenAIServer) -> None:
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
+    stream = stream_batch(
+        [ask(f"f{i}") for i in range(20)],
+        base_url=[dead, fake.base_url],
+        api_key=TEST_API_KEY,
+        workers=1,
+        max_concurrency=4,
+    )
+    assert all(isinstance(value, str) for _, value in stream)
+    assert stream.summary.endpoints[dead].failed >= 1  # some went there first
+    assert stream.summary.retries == 0

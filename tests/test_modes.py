@@ -82,9 +82,9 @@ def test_mode_options_are_checked(pool_options: dict[str, Any]) -> None:
             pool.run([ask("x")], mode="cheap")
         with pytest.raises(ValueError, match="batch_size must be at most 50000"):
             pool.run([ask("x")], mode="batch", batch_size=50_001)
-        with pytest.raises(ValueError, match="journal is only for mode='batch'"):
+        with pytest.raises(ValueError, match="journal='j' cannot act here: it is only for mode='b"):
             pool.run([ask("x")], journal="j")
-        with pytest.raises(ValueError, match="flex_fallback is only for mode='flex'"):
+        with pytest.raises(ValueError, match="flex_fallback=False cannot act here: it is only f"):
             pool.run([ask("x")], flex_fallback=False)
         with pytest.raises(ValueError, match="deadline must be timezone-aware"):
             pool.run([ask("x")], deadline=datetime(2030, 1, 1))

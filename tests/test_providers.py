@@ -109,4 +109,6 @@ def test_a_litellm_provider_without_its_key_is_a_401_that_is_not_retried(
     [result] = run_batch([request], api_key="sk-unused-by-this-route", max_retries=3)
     assert isinstance(result, APIError), result
     assert result.status_code == 401 and not result.retryable
+    assert "Missing Gemini API key" in str(result)
+    assert "Traceback" not in str(result) and "bug in LiteLLM" not in str(result)
     assert result.attempts == 1  # LiteLLM says 500 for a missing key: it is not retried

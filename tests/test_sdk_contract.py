@@ -17,7 +17,6 @@ import importlib.metadata
 import importlib.util
 import io
 import json
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,7 +30,7 @@ from batch_stream_openai.provider_errors import to_request_error
 from batch_stream_openai.testing import FakeOpenAIServer
 
 from .conftest import TEST_API_KEY
-from .helpers import sdk_error
+from .helpers import closed_port, sdk_error
 
 
 @contextlib.contextmanager
@@ -45,12 +44,6 @@ def relied_on(package: str, what: str, where: str) -> Iterator[None]:
             f"{package} {version} changed {what}, which {where} relies on: {exc!r}",
             pytrace=False,
         )
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])  # nothing listens there once closed
 
 
 def test_the_client_gives_the_endpoint_and_headers_the_workers_send_with(

@@ -50,7 +50,11 @@ GOOD = OpenAIRequest("s", "u", model="gpt-4o-mini")
             "base_url lists an endpoint twice",
         ),
         ({"max_concurrency": "fast"}, ValueError, "max_concurrency must be an int or 'auto'"),
-        ({"max_concurrency_cap": 0}, ValueError, "max_concurrency_cap must be >= 1"),
+        (
+            {"max_concurrency": "auto", "max_concurrency_cap": 0},
+            ValueError,
+            "max_concurrency_cap must be >= 1",
+        ),
         ({"endpoint_concurrency": 0}, ValueError, "endpoint_concurrency must be >= 1"),
         ({"hedge": 2}, ValueError, r"hedge must be True, False or a fraction .* got 2"),
         ({"hedge": "yes"}, ValueError, "hedge must be True, False or a fraction"),
