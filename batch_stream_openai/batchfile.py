@@ -40,6 +40,7 @@ from .batchformat import (
     read_input,
     recover_output,
 )
+from .diskspace import DiskFullError, DiskSpace
 from .errors import BatchFileError
 from .journal import Journal, owed_by
 from .preemption import GraceExpired, Preemption
@@ -55,6 +56,8 @@ __all__ = [
 ]
 
 _LISTED = 20  # invalid lines and changed ids kept for messages
+# Lines that may be in flight with max_concurrency="auto" (its default cap).
+_AUTO_IN_FLIGHT = 1024
 
 
 class InvalidInputError(BatchFileError):
@@ -142,6 +145,7 @@ class FileRunReport:
     in_jobs: int = 0
     summary: BatchSummary | None = None
     to_openai: int = field(default=0, repr=False)  # lines to send that need an OpenAI key
+    resent: int = field(default=0, repr=False)  # lines to send that have an output line
 
     @property
     def complete(self) -> bool:
@@ -213,6 +217,10 @@ class _Selection:
     def failed(self, custom_id: str) -> bool:
         """Whether the output's line for `custom_id` is an error."""
         return id_key(custom_id_digest(custom_id)) in self.state.failed
+
+    def has_line(self, custom_id: str) -> bool:
+        """Whether the output holds a line for `custom_id` already."""
+        return id_key(custom_id_digest(custom_id)) in self.state.done
 
     def decide(self, line: InputLine) -> _Decision:
         digest = custom_id_digest(line.custom_id)
@@ -293,14 +301,34 @@ def run_batch_file(
             def lines() -> Iterator[tuple[InputLine, bool]]:
                 return _lines_to_send(report.input_path, model, selection, invalid)
 
+            space = DiskSpace(
+                report.output_path,
+                max_concurrency if isinstance(max_concurrency, int) else _AUTO_IN_FLIGHT,
+                rewrite=bool(state.superseded or report.resent),
+            )
             if report.to_send and not preemption.requested:
+                space.check_start()
                 with contextlib.suppress(GraceExpired), preemption.sending():
-                    _send(lines, output, preemption, report, state, max_concurrency, options)
+                    _send(lines, output, preemption, report, state, space, max_concurrency, options)
         finally:
             if state.superseded:
-                report.superseded = compact_output(output, report.output_path, state)
+                report.superseded = _compact(output, report.output_path, state)
         report.preempted = preemption.requested
     return report
+
+
+def _compact(output: IO[bytes], path: Path, state: OutputState) -> int:
+    """`compact_output`; cut short (a full disk), its temporary copy is removed."""
+    try:
+        return compact_output(output, path, state)
+    except OSError as error:
+        for temporary in path.parent.glob(f".{path.name}.*.compacting"):
+            temporary.unlink(missing_ok=True)
+        raise DiskFullError(
+            f"cannot rewrite {path} with one line per custom_id ({error.strerror or error}): "
+            "it holds every answer, the latest line of a custom_id last. Free some space, "
+            "then run the same command again: it rewrites the file"
+        ) from error
 
 
 def _check_arguments(input_path: Path, output_path: Path, shard: tuple[int, int] | None) -> None:
@@ -368,6 +396,8 @@ def _check_input(
                 report.already_failed += 1
             if decision is _Decision.SEND and item.request.uses_openai_sdk:
                 report.to_openai += 1
+            if decision is _Decision.SEND and selection.has_line(item.custom_id):
+                report.resent += 1
     if report.invalid and not skip_invalid:
         raise InvalidInputError(report.input_path, report.errors, report.invalid)
     if report.changed_count:
@@ -453,6 +483,7 @@ def _send(
     preemption: Preemption,
     report: FileRunReport,
     state: OutputState,
+    space: DiskSpace,
     max_concurrency: int | Literal["auto"],
     options: BatchArguments,
 ) -> None:
@@ -471,7 +502,7 @@ def _send(
     def requests() -> Iterator[AnyRequest]:
         index = -1
         for line, send in lines():
-            if preemption.requested:
+            if preemption.requested or space.low():
                 return
             if send or by_jobs:
                 index += 1
@@ -490,10 +521,25 @@ def _send(
         with stream:
             for index, result in stream:
                 line = in_flight.pop(index)
-                preemption.write(output, output_line(line.custom_id, line.request_sha256, result))
+                written = output_line(line.custom_id, line.request_sha256, result)
+                _write(output, written, preemption, space)
                 state.note_written(line.custom_id)
                 report.written += 1
                 report.failed += result.error is not None
     finally:
         if journal is not None:
             report.in_jobs = owed_by(journal)
+    if space.low() and report.written < report.to_send and not preemption.requested:
+        raise space.stopped()
+
+
+def _write(output: IO[bytes], line: bytes, preemption: Preemption, space: DiskSpace) -> None:
+    """Append one output line whole; a failed write (a full disk) leaves no part of it."""
+    end = os.lseek(output.fileno(), 0, os.SEEK_END)
+    try:
+        preemption.write(output, line)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.ftruncate(output.fileno(), end)
+        raise space.failed(error) from error
+    space.wrote(len(line))

@@ -8,6 +8,7 @@ SIGALRM raises `GraceExpired` in the main thread, never while a line is half wri
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -72,10 +73,16 @@ class Preemption:
             raise GraceExpired
 
     def write(self, output: IO[bytes], data: bytes) -> None:
-        """Append one line whole, even if the grace period ends meanwhile."""
+        """Append one line whole, even if the grace period ends meanwhile.
+
+        Written to the file descriptor itself: a buffer would keep the part of a line
+        that a full disk refused, and write it later past a truncation."""
         self.holding = True
-        output.write(data)
-        output.flush()
-        self.holding = False
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(output.fileno(), view) :]
+        finally:
+            self.holding = False
         if self.expired:
             raise GraceExpired

@@ -666,3 +666,77 @@ def test_the_progress_bar_knows_its_total(
     )
     assert report.complete
     assert "7/7" in capsys.readouterr().err
+
+
+DISK_SCRIPT = """
+set -u
+mount -t tmpfs -o size=600k tmpfs "$DISK"
+step() {{
+    name=$1
+    shift
+    "$@" > "$REPORT/$name.out" 2> "$REPORT/$name.err"
+    echo $? > "$REPORT/$name.rc"
+    cp "$DISK/out.jsonl" "$REPORT/$name.jsonl" 2>/dev/null
+    ls -a "$DISK" > "$REPORT/$name.ls"
+    "$PYTHON" -c "$FETCH" "$STATS" > "$REPORT/$name.stats"
+}}
+step full {command}
+step still_full {command}
+mount -o remount,size=8m "$DISK"
+step freed {command}
+head -c $(( 8 * 1024 * 1024 - $(du -sb "$DISK" | cut -f1) - 300 * 1024 )) /dev/zero > "$DISK/filler"
+step retry_nearly_full {command} --retry-failed
+(ulimit -f 100; {limited} 2> "$REPORT/limited.err"; echo $? > "$REPORT/limited.rc")
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_full_disk_stops_sending_loses_nothing_paid_and_keeps_one_line_per_id(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user namespaces here (unshare -rm) to mount a small disk in")
+    source = _prompt_file(tmp_path / "in.jsonl", 2000, "[[status=400 times=1]]")
+    disk, report = tmp_path / "disk", tmp_path / "report"
+    disk.mkdir()
+    report.mkdir()
+    command = " ".join(_command(fake, source, disk / "out.jsonl", "--max-concurrency", "8"))
+    limited = " ".join(_command(fake, source, report / "limited.jsonl", "--max-concurrency", "8"))
+    script = DISK_SCRIPT.format(command=command, limited=limited)
+    stats = fake.base_url.removesuffix("/v1") + "/_control/stats"
+    fetch = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())"
+    env = {**_env(), "DISK": str(disk), "REPORT": str(report), "STATS": stats}
+    env |= {"PYTHON": sys.executable, "FETCH": fetch}
+    subprocess.run(["unshare", "-rm", "bash", "-c", script], env=env, timeout=170, check=True)
+
+    def outcome(step: str) -> tuple[int, str, list[dict[str, Any]]]:
+        path = report / f"{step}.jsonl"
+        records = _records(path) if path.exists() else []
+        code = int((report / f"{step}.rc").read_text())
+        return code, (report / f"{step}.err").read_text(), records
+
+    def sent_by(step: str) -> int:
+        return int(json.loads((report / f"{step}.stats").read_text())["requests"])
+
+    code, err, records = outcome("full")
+    assert code == 1 and "out.jsonl" in err and "run the same command again" in err, err
+    assert 0 < len(records) < 2000  # what it wrote is whole (every line parses)
+    assert sent_by("full") - len(records) <= 8  # at most what was in flight when it stopped
+    code, err, again = outcome("still_full")
+    assert code == 1 and "nothing was sent" in err and again == records, err
+    assert sent_by("still_full") == sent_by("full")  # a re-run on a full disk pays nothing
+    code, err, records = outcome("freed")
+    assert code == 0, err
+    assert sorted(r["custom_id"] for r in records) == sorted(f"id-{i}" for i in range(2000))
+    code, err, retried = outcome("retry_nearly_full")
+    assert code == 1 and "nothing was sent" in err and "rewrite" in err, err
+    assert retried == records and sent_by("retry_nearly_full") == sent_by("freed")
+    assert not [
+        name
+        for name in (report / "retry_nearly_full.ls").read_text().split()
+        if name.endswith(".compacting")
+    ]
+    # A write that fails (here a file size limit: EFBIG) leaves no half line behind.
+    code, err, _ = outcome("limited")
+    assert code == 1 and "cannot write" in err and "limited.jsonl" in err, err
+    assert _records(report / "limited.jsonl")  # every line whole: each parses
