@@ -376,14 +376,8 @@ class Dispatcher(Generic[W]):
         """Take in one new request: answer it from the cache, park it behind an identical
         one, or send it. False when a budget holds it back (it is kept for later)."""
         self._read += 1
-        if isinstance(request, Answered):
-            if request.result.cached:
-                self.summary.add_cached(request.paid, deduplicated=False)
-            self._answer_with(index, request.result)
-            return True
-        key = self._admission.key_of(request)
-        if (stored := self._admission.stored(key)) is not None:  # no provider, no budget
-            self._answer_from_cache(index, stored, request, duplicate=False)
+        answered, key = self._known_answer(index, request)
+        if answered:
             return True
         try:
             entry = self._entry(request, key)
@@ -403,6 +397,20 @@ class Dispatcher(Generic[W]):
         self._admission.claim(key, index)
         self._send(index, workers, sends, now, reserved)
         return True
+
+    def _known_answer(self, index: int, item: Any) -> tuple[bool, bytes | None]:
+        """Answer `item` if it needs no provider (no budget, no deadline): the answer it
+        carries, or the cache's. Whether it was answered, and its cache key."""
+        if isinstance(item, Answered):
+            if item.result.cached:
+                self.summary.add_cached(item.paid, deduplicated=False)
+            self._answer_with(index, item.result)
+            return True, None
+        key = self._admission.key_of(item)
+        if (stored := self._admission.stored(key)) is not None:
+            self._answer_from_cache(index, stored, item, duplicate=False)
+            return True, key
+        return False, key
 
     def _entry(self, request: Any, key: bytes | None) -> Entry:
         """A ledger entry for a new request; raises ResultTransferError if it cannot go."""
@@ -504,18 +512,20 @@ class Dispatcher(Generic[W]):
 
         An attempt that failed because its endpoint did (`blamed`) goes at once to
         an endpoint it has not failed on, while there is one, and is not counted as a
-        retry.
+        retry. Once it has failed on every endpoint, its retries avoid only the one it
+        failed on last (else a dead replica could take every retry of it).
         """
         self._count_throttled(error)
-        if (
-            blamed is not None
-            and getattr(error, "retryable", False)
-            and len(entry.failed_on | {blamed}) < len(self._fleet.urls)
-        ):
-            entry.failed_on |= {blamed}
-            entry.failing_over = True
-            self._due.append(index)
-            return True
+        if blamed is not None:
+            failed = entry.failed_on | {blamed}
+            if len(failed) < len(self._fleet.urls):
+                entry.failed_on = failed
+                if getattr(error, "retryable", False):
+                    entry.failing_over = True
+                    self._due.append(index)
+                    return True
+            else:  # it failed everywhere: its retries avoid only where it failed last
+                entry.failed_on = frozenset({blamed})
         now = self._clock()
         wait = self._retries.next_wait(error, entry.tries, now - entry.first_sent_at)
         if wait is None:
@@ -551,7 +561,8 @@ class Dispatcher(Generic[W]):
         self._due.append(index)
 
     def _refuse_more(self, refusal: Callable[[int], RequestError]) -> None:
-        """Nothing more may be sent: fail what is not sent, and what is read from now on.
+        """Nothing more may be sent: fail what is not sent, and what is read from now on
+        (but what is answered already: a cache hit, a Batch API job's answer).
 
         The input is read a bounded chunk at a time, so a long generator's refusals
         stream out like results instead of piling up.
@@ -566,7 +577,9 @@ class Dispatcher(Generic[W]):
         for _ in range(_READ_AHEAD):
             if (item := self._intake.next()) is None:
                 break
-            self._finish(item[0], None, Result(item[0], error=refusal(item[0])))
+            index, request = item
+            if not self._known_answer(index, request)[0]:  # an answer is never refused
+                self._finish(index, None, Result(index, error=refusal(index)))
 
     def _give_up_running(self) -> None:
         """The deadline passed: what runs is given up, and nothing more is sent."""

@@ -131,6 +131,7 @@ class JobRoute:
         self._jobs: list[Job] = []  # submitted (or refused, to be created again)
         self._attempts: dict[int, int] = {}  # {index: attempts} of lines sent again
         self._sent_online: set[int] = set()  # handed to the loop as requests
+        self._yielded_before: set[int] = set()  # an earlier run yielded them: replayed
         self._online = False  # past the deadline's switch: everything goes online
         self._reading = False  # the input is being read
         self._read = 0  # items read from the input
@@ -305,6 +306,8 @@ class JobRoute:
         elif line.delivered == CONFIRMED and not self._replay:
             pass  # the caller had it (a failure without an answer, or a file run's line)
         elif not any(job.record.key == line.job for job in self._jobs):
+            if line.delivered:  # yielded before (a failure without an answer): flagged
+                self._yielded_before.add(index)
             self._take(index, request)  # no job will answer it
         return True
 
@@ -595,6 +598,9 @@ class JobRoute:
 
     def _give(self, index: int, item: Any) -> None:
         """Hand `item` to the batch loop (waiting while it has many not yet taken)."""
+        if isinstance(item, Answered) and index in self._yielded_before:
+            self._yielded_before.discard(index)
+            item = Answered(replace(item.result, replayed=True), item.paid)
         while not self._stop.is_set():
             try:
                 self._out.put((index, item), timeout=0.1)

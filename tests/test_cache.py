@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from batch_stream_openai import (
     BatchPool,
+    BudgetExceededError,
     CacheError,
     EmbeddingRequest,
     OpenAIRequest,
@@ -345,3 +346,18 @@ def test_a_hit_yields_exactly_what_the_miss_yielded_for_every_kind(
     assert hit.summary.saved_usd == pytest.approx(miss.summary.cost_usd)
     plain = run_batch(EVERY_KIND[:1] + EVERY_KIND[10:11], **options)
     assert plain == [misses[0].value, misses[10].value]
+
+
+def test_cached_answers_are_yielded_after_the_budget_ran_out(
+    tmp_path: Path, fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    cache = tmp_path / "answers.sqlite"
+    known = [ask(f"known {i}") for i in range(10)]
+    run_batch(known, cache=cache, **pool_options)
+    # New requests first use up a tiny cap; the known ones read after it are still hits.
+    new = [ask(f"new {i} [[big=4000]]") for i in range(20)]
+    results = run_batch(
+        new + known, cache=cache, max_cost=0.0005, return_results=True, **pool_options
+    )
+    assert any(isinstance(r.error, BudgetExceededError) for r in results[:20])
+    assert all(r.cached and r.error is None for r in results[20:])

@@ -219,3 +219,22 @@ def test_a_failover_is_not_counted_as_a_retry(fake: FakeOpenAIServer) -> None:
     assert all(isinstance(value, str) for _, value in stream)
     assert stream.summary.endpoints[dead].failed >= 1  # some went there first
     assert stream.summary.retries == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_request_that_failed_on_every_endpoint_still_gets_to_the_live_one(
+    fake: FakeOpenAIServer,
+) -> None:
+    # Every request meets a 503 once on the live endpoint, which is set aside for it, and
+    # a refused connection on the dead one: its retries must not all go to the dead one.
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
+    users = [f"flaky {i} [[status=503 times=1]]" for i in range(40)]
+    results = run_batch(
+        [ask(user) for user in users],
+        base_url=[fake.base_url, dead],
+        api_key=TEST_API_KEY,
+        workers=1,
+        max_concurrency=8,
+        max_retries=2,
+    )
+    assert results == answers(users)

@@ -490,3 +490,16 @@ def test_zero_is_not_taken_for_the_default(pool_options: dict[str, Any]) -> None
             pool.run([ask("x")], mode="batch", poll_interval=0)
         with pytest.raises(ValueError, match="batch_size must be >= 1"):
             pool.run([ask("x")], mode="batch", batch_size=0)
+
+
+def test_a_failure_the_caller_was_handed_comes_back_flagged_on_a_rerun(
+    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any], tmp_path: Path
+) -> None:
+    journal = tmp_path / "j"
+    requests = [ask(f"b{i}") for i in range(6)]
+    options = {**pool_options, **FAST, "journal": journal, "max_cost": 0.0006}
+    with stream_batch(requests, return_results=True, **options) as stream:
+        index, first = next(stream)  # a refusal comes first; the caller stops on it
+    assert isinstance(first.error, BudgetExceededError) and not first.replayed
+    again = dict(stream_batch(requests, return_results=True, **options))
+    assert again[index].replayed  # it may have been handled: it says so

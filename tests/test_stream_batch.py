@@ -374,9 +374,7 @@ def test_a_200_that_is_not_a_json_object_says_what_came_back(
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("placeholder", ["EMPTY", "none", "k", "echo"])
-def test_a_placeholder_key_never_rewrites_answers(
-    placeholder: str, fake: FakeOpenAIServer
-) -> None:
+def test_a_placeholder_key_never_rewrites_answers(placeholder: str, fake: FakeOpenAIServer) -> None:
     users = ["Name or service not known", "EMPTY none echo k", "[[status=400]] none known"]
     results = run_batch(
         [ask(user) for user in users],

@@ -180,6 +180,9 @@ class BatchJobs:
                 "custom_ids": [line.get("custom_id") for line in job.lines],
                 "first_line": job.lines[0] if job.lines else None,
                 "answered": [answer["custom_id"] for answer in job.answers],
+                "paid": [  # answered 200: billed
+                    a["custom_id"] for a in job.answers if a["response"]["status_code"] == 200
+                ],
                 "input_file_id": job.input_file_id,
                 "output_file_id": job.output_file_id,
                 "error_file_id": job.error_file_id,

@@ -1,0 +1,78 @@
+"""The model-based test's long profile: random scenarios for a while, every invariant checked.
+
+    python scripts/model_based.py --minutes 30 [--seed 1]
+
+Draws scenarios from `tests/model.py` (hypothesis, not derandomized: each run explores
+others) against one bundled server, for `--minutes`, and prints how many ran, how many
+were refused (an option that cannot act), and each failure with its scenario (hypothesis
+shrinks it first). Exit 1 when an invariant broke. BENCHMARKS.md reports its last run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hypothesis import HealthCheck, Phase, given, settings
+
+from batch_stream_openai.testing import FakeOpenAIServer
+from tests.model import Scenario, describe, run_scenario, scenarios
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bso-model-"))
+    os.environ["XDG_CACHE_HOME"] = str(work / "user-cache")
+    deadline = time.monotonic() + args.minutes * 60
+    counts: collections.Counter[str] = collections.Counter()
+    failures: list[str] = []
+    started = time.monotonic()
+    with FakeOpenAIServer(batch_seconds=0.2) as server:
+
+        @settings(
+            max_examples=20,  # per call: the loop below goes on until the time is up
+            deadline=None,
+            database=None,
+            phases=[Phase.generate, Phase.shrink],
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(scenario=scenarios())
+        def explore(scenario: Scenario) -> None:
+            if time.monotonic() > deadline:
+                return
+            run = sum(counts.values())
+            folder = work / f"s{run}"
+            folder.mkdir()
+            scenario = Scenario(**{**scenario.__dict__, "tag": f"r{run}-{args.seed}"})
+            try:
+                what = run_scenario(scenario, server, folder)
+            except AssertionError as broken:
+                raise AssertionError(f"{broken}\n{describe(scenario)}") from broken
+            counts["refused" if what == "refused" else scenario.mode] += 1
+
+        while time.monotonic() < deadline:
+            try:
+                explore()
+            except Exception:  # an invariant broke (hypothesis shrank it)
+                failures.append(traceback.format_exc(limit=-8))
+                counts["failed"] += 1
+    minutes = (time.monotonic() - started) / 60
+    print(f"{sum(counts.values())} scenarios in {minutes:.1f} min: {dict(counts)}")
+    for failure in failures:
+        print("-" * 80, failure, sep="\n")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
