@@ -169,8 +169,9 @@ def options_of(scenario: Scenario, server: FakeOpenAIServer, folder: Path) -> di
         "workers": scenario.workers,
         "mode": scenario.mode,
         "return_results": True,  # the plain values are checked from the Results
-        "timeout": 10.0,
     }
+    if scenario.mode != "batch" or scenario.deadline is not None:
+        options["timeout"] = 10.0  # it acts online only
     if scenario.mode == "batch":
         options["poll_interval"] = 0.05
     if scenario.cache:
