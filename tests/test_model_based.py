@@ -30,7 +30,7 @@ def quick_jobs(
 
 @pytest.mark.timeout(600)
 @settings(
-    max_examples=12,
+    max_examples=30,
     derandomize=True,  # the same scenarios on every run: the long profile explores
     deadline=None,
     database=None,
