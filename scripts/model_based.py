@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +21,9 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchmarks_md import save_section
 from hypothesis import HealthCheck, Phase, given, settings
 
 from batch_stream_openai.testing import FakeOpenAIServer
@@ -30,7 +33,8 @@ from tests.model import Scenario, describe, run_scenario, scenarios
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="a label for this run's prompts")
+    parser.add_argument("--print-only", action="store_true", help="do not write BENCHMARKS.md")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bso-model-"))
     os.environ["XDG_CACHE_HOME"] = str(work / "user-cache")
@@ -71,7 +75,30 @@ def main() -> int:
     print(f"{sum(counts.values())} scenarios in {minutes:.1f} min: {dict(counts)}")
     for failure in failures:
         print("-" * 80, failure, sep="\n")
+    if not args.print_only:
+        save_section("model", report(counts, minutes, " ".join(sys.argv[1:])))
     return 1 if failures else 0
+
+
+def report(counts: collections.Counter[str], minutes: float, arguments: str) -> str:
+    """The BENCHMARKS.md section of this run."""
+    revision = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    ran = sum(counts.values())
+    by_kind = ", ".join(f"{counts[k]} {k}" for k in ("online", "flex", "batch", "refused"))
+    return f"""## M. The model-based test, long profile
+
+`python scripts/model_based.py {arguments}` on {time.strftime("%Y-%m-%d")}, library at git
+`{revision}`: {ran} generated scenarios in {minutes:.1f} min ({by_kind}: "refused" are
+option combinations that cannot act, each checked to be refused before anything is
+sent), {counts["failed"]} broke an invariant. Each scenario is a batch of 1-24 requests of
+every kind (chat, Responses, pydantic and JSON-schema output, tool calls, embeddings, raw
+bodies) with faults (429, 503, dropped connections, stragglers, 400s) under a drawn
+combination of cache, mode, journal, max_cost, a dead endpoint, fixed or auto
+concurrency, hedge, postprocess, workers, and a crash (a worker SIGKILLed once, or the
+parent killed mid-stream and the batch run again); its invariants are listed in
+`tests/model.py`. The fast profile (30 fixed scenarios) runs in the test suite."""
 
 
 if __name__ == "__main__":
