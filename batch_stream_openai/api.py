@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar, cast, overload
 
 from typing_extensions import Unpack
 
-from .options import options_doc, refuse_idle
+from ._core.options import options_doc, refuse_idle
 from .pool import BatchPool, PerBatchOptions, StreamOptions
 from .request import AnyRequest, EmbeddingRequest, OpenAIRequest, RawRequest
 from .results import Result

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._core.options import OPTIONS
 from .api import stream_batch
 from .errors import BatchFileError, CacheError, PoolError
-from .options import OPTIONS
 from .request import OpenAIRequest
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_PARTIAL", "EXIT_USAGE", "main"]
@@ -135,7 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .batchfile import run_batch_file
+    from .files.run import run_batch_file
 
     try:
         report = run_batch_file(

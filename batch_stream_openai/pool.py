@@ -48,28 +48,8 @@ from typing import Any, Literal, NamedTuple, TypedDict
 import cloudpickle
 from typing_extensions import Unpack
 
-from .admission import Admission
-from .backends import Worker, worker_factory
-from .cache import ResponseCache
-from .costs import PriceTable
-from .dispatcher import Dispatcher
-from .errors import PoolClosedError
-from .fleet import Fleet
-from .hedging import Hedging
-from .limits import Budget
-from .loop import BatchLoop
-from .modes import BatchMode, delivering
-from .options import options_doc, refuse_idle
-from .progress import ProgressBar
-from .protocol import BatchOptions, Postprocess
-from .request import AnyRequest
-from .results import BatchSummary
-from .retry import RetrySchedule
-from .settings import PoolSettings, default_workers
-from .spending import Spending
-from .stream import AsyncBatchStream, BatchStream, ResultPair, async_pairs, in_input_order
-from .supervisor import MAIN_GUARD_HINT, Supervisor
-from .validation import (
+from ._backends import Worker, worker_factory
+from ._core.checks import (
     RequestChecker,
     check_bool,
     check_callable,
@@ -77,6 +57,26 @@ from .validation import (
     check_positive,
     pickled_callable,
 )
+from ._core.dispatcher import Dispatcher
+from ._core.loop import BatchLoop
+from ._core.modes import BatchMode, delivering
+from ._core.options import options_doc, refuse_idle
+from ._core.progress import ProgressBar
+from ._core.settings import PoolSettings, default_workers
+from ._core.supervisor import MAIN_GUARD_HINT, Supervisor
+from ._policy.fleet import Fleet
+from ._policy.hedging import Hedging
+from ._policy.limits import Budget
+from ._policy.retry import RetrySchedule
+from ._spending.admission import Admission
+from ._spending.cache import ResponseCache
+from ._spending.cap import Spending
+from ._spending.prices import PriceTable
+from ._wire.protocol import BatchOptions, Postprocess
+from .errors import PoolClosedError
+from .request import AnyRequest
+from .results import BatchSummary
+from .stream import AsyncBatchStream, BatchStream, ResultPair, async_pairs, in_input_order
 
 __all__ = [
     "BatchPool",

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
-from .images import image_urls
-from .pickling import pickles_fast
+from ._images import image_urls
+from ._pickling import pickles_fast
 
 __all__ = [
     "API_NAMES",

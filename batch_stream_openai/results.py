@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .pickling import pickles_fast
+from ._pickling import pickles_fast
 
 __all__ = ["BatchSummary", "EndpointSummary", "Result", "ToolCall", "Usage"]
 

@@ -45,7 +45,7 @@ from batch_stream_openai import (
     WorkerCrashedError,
     stream_batch,
 )
-from batch_stream_openai.options import refuse_idle
+from batch_stream_openai._core.options import refuse_idle
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 from batch_stream_openai.testing.answers import expected_embedding
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from batch_stream_openai import APIError, OpenAIRequest, RawRequest, Result
-from batch_stream_openai.batchformat import (
+from batch_stream_openai.files.jsonl import (
     InputLine,
     LineError,
     OutputState,

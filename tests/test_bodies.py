@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel
 
 from batch_stream_openai import EmbeddingRequest, OpenAIRequest, RawRequest, run_batch
-from batch_stream_openai.bodies import http_call
+from batch_stream_openai._wire.bodies import http_call
 from batch_stream_openai.testing import FakeOpenAIServer
 
 from .helpers import SYSTEM, ask

@@ -26,8 +26,8 @@ from batch_stream_openai import (
     run_batch,
     stream_batch,
 )
-from batch_stream_openai.answers import StoredAnswer
-from batch_stream_openai.cache import ResponseCache, cache_key
+from batch_stream_openai._spending.cache import ResponseCache, cache_key
+from batch_stream_openai._wire.answers import StoredAnswer
 from batch_stream_openai.testing import FakeOpenAIServer
 
 from .helpers import answers, ask, wait_until

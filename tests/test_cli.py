@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
-from batch_stream_openai.batchfile import run_batch_file
+from batch_stream_openai.files.run import run_batch_file
 from batch_stream_openai.testing import FakeOpenAIServer
 
 from .conftest import TEST_API_KEY

@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from batch_stream_openai import APIError, BatchPool, stream_batch
-from batch_stream_openai.concurrency import (
+from batch_stream_openai._policy.concurrency import (
     INITIAL_LIMIT,
     OVERLOAD_SAMPLE,
     REPROBE_S,

@@ -13,9 +13,9 @@ from batch_stream_openai import (
     run_batch,
     stream_batch,
 )
-from batch_stream_openai.costs import Price, PriceTable, check_prices
+from batch_stream_openai._spending.cap import Spending
+from batch_stream_openai._spending.prices import Price, PriceTable, check_prices
 from batch_stream_openai.results import Usage
-from batch_stream_openai.spending import Spending
 from batch_stream_openai.testing import FakeOpenAIServer
 
 from .helpers import ask

@@ -10,20 +10,20 @@ from pathlib import Path
 import pytest
 
 from batch_stream_openai import APIError, OpenAIRequest, WorkerCrashedError
-from batch_stream_openai.admission import Admission
-from batch_stream_openai.cache import ResponseCache
-from batch_stream_openai.config import RetryPolicy
-from batch_stream_openai.costs import PriceTable
-from batch_stream_openai.dispatcher import MAX_CRASHES_PER_REQUEST, Dispatcher
+from batch_stream_openai._core.dispatcher import MAX_CRASHES_PER_REQUEST, Dispatcher
+from batch_stream_openai._core.supervisor import Exit
+from batch_stream_openai._policy.fleet import Fleet
+from batch_stream_openai._policy.hedging import Hedging
+from batch_stream_openai._policy.limits import Budget
+from batch_stream_openai._policy.retry import RetrySchedule
+from batch_stream_openai._spending.admission import Admission
+from batch_stream_openai._spending.cache import ResponseCache
+from batch_stream_openai._spending.cap import Spending
+from batch_stream_openai._spending.prices import PriceTable
+from batch_stream_openai._wire.config import RetryPolicy
+from batch_stream_openai._wire.protocol import Cancel, Outcome, Task
 from batch_stream_openai.errors import APIConnectionError
-from batch_stream_openai.fleet import Fleet
-from batch_stream_openai.hedging import Hedging
-from batch_stream_openai.limits import Budget
-from batch_stream_openai.protocol import Cancel, Outcome, Task
 from batch_stream_openai.results import Result, Usage
-from batch_stream_openai.retry import RetrySchedule
-from batch_stream_openai.spending import Spending
-from batch_stream_openai.supervisor import Exit
 
 from .helpers import FakeClock
 

@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from batch_stream_openai import errors
-from batch_stream_openai.config import ClientConfig, mask_secret
+from batch_stream_openai._wire.config import ClientConfig, mask_secret
 
 EXAMPLES = [
     errors.APIError("bad", status_code=429, code="rate_limit_exceeded", index=3, attempts=4),

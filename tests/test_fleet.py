@@ -10,8 +10,8 @@ from collections.abc import Collection, Iterator
 import pytest
 
 from batch_stream_openai import BatchPool, OpenAIRequest, run_batch, stream_batch
+from batch_stream_openai._policy.fleet import COOL_DOWN_S, FAILURES_TO_SET_ASIDE, Fleet
 from batch_stream_openai.errors import APIConnectionError, APIError
-from batch_stream_openai.fleet import COOL_DOWN_S, FAILURES_TO_SET_ASIDE, Fleet
 from batch_stream_openai.testing import FakeOpenAIServer
 
 from .conftest import TEST_API_KEY

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from batch_stream_openai import run_batch, stream_batch
-from batch_stream_openai.hedging import HEDGE_AFTER_P50, HEDGE_AFTER_P95, Hedging
+from batch_stream_openai._policy.hedging import HEDGE_AFTER_P50, HEDGE_AFTER_P95, Hedging
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
 from .conftest import TEST_API_KEY

@@ -7,14 +7,14 @@ import time
 import pytest
 
 from batch_stream_openai import OpenAIRequest
-from batch_stream_openai.limits import (
+from batch_stream_openai._policy.limits import (
     MAX_POOL_PAUSE_S,
     AdaptiveConcurrency,
     Budget,
     Pacer,
     estimate_tokens,
 )
-from batch_stream_openai.providers import RateLimitHeaders
+from batch_stream_openai._worker.providers import RateLimitHeaders
 from batch_stream_openai.request import RawRequest
 
 from .helpers import FakeClock

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from batch_stream_openai import APIError, BatchPool, DeadlineExceededError, OpenAIRequest
-from batch_stream_openai.costs import PriceTable
+from batch_stream_openai._spending.prices import PriceTable
 from batch_stream_openai.testing import FakeOpenAIServer
 
 from .helpers import SYSTEM, answers, ask

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from batch_stream_openai import BatchPool, run_batch, stream_batch
+from batch_stream_openai._core.options import OPTIONS, options_table, refuse_idle
 from batch_stream_openai.api import BatchArguments
 from batch_stream_openai.cli import _parser
-from batch_stream_openai.options import OPTIONS, options_table, refuse_idle
 from batch_stream_openai.pool import StreamOptions
 from batch_stream_openai.testing import FakeOpenAIServer
 

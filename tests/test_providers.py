@@ -15,10 +15,10 @@ from batch_stream_openai import (
     ProviderNotInstalledError,
     run_batch,
 )
-from batch_stream_openai.answers import Reading, answer_text, chat_text, responses_text
-from batch_stream_openai.bodies import http_call, responses_text_format
-from batch_stream_openai.config import ClientConfig
-from batch_stream_openai.providers import Provider
+from batch_stream_openai._wire.answers import Reading, answer_text, chat_text, responses_text
+from batch_stream_openai._wire.bodies import http_call, responses_text_format
+from batch_stream_openai._wire.config import ClientConfig
+from batch_stream_openai._worker.providers import Provider
 from batch_stream_openai.request import CHAT_ENDPOINT
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 

@@ -31,10 +31,10 @@ from batch_stream_openai import (  # noqa: E402
     run_batch,
     stream_batch,
 )
-from batch_stream_openai.backends import ray as ray_backend  # noqa: E402
-from batch_stream_openai.config import ClientConfig, Secret, WorkerConfig  # noqa: E402
+from batch_stream_openai._backends import ray as ray_backend  # noqa: E402
+from batch_stream_openai._wire.config import ClientConfig, Secret, WorkerConfig  # noqa: E402
+from batch_stream_openai._wire.protocol import Ready  # noqa: E402
 from batch_stream_openai.pool import in_input_order  # noqa: E402
-from batch_stream_openai.protocol import Ready  # noqa: E402
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer  # noqa: E402
 
 from .conftest import wait_for_no_workers  # noqa: E402

@@ -13,14 +13,14 @@ import time
 import pytest
 
 from batch_stream_openai import errors
-from batch_stream_openai.config import RetryPolicy
-from batch_stream_openai.provider_errors import to_request_error
-from batch_stream_openai.retry import (
+from batch_stream_openai._policy.retry import (
     MAX_RETRY_AFTER_S,
     RetrySchedule,
     parse_retry_after,
     retryable_status,
 )
+from batch_stream_openai._wire.config import RetryPolicy
+from batch_stream_openai._wire.failures import to_request_error
 from batch_stream_openai.testing import FakeOpenAIServer
 
 from .helpers import sdk_error

@@ -26,7 +26,7 @@ import pytest
 from pydantic import BaseModel
 
 from batch_stream_openai import errors
-from batch_stream_openai.provider_errors import to_request_error
+from batch_stream_openai._wire.failures import to_request_error
 from batch_stream_openai.testing import FakeOpenAIServer
 
 from .conftest import TEST_API_KEY

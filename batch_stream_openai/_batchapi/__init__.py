@@ -1,0 +1,1 @@
+"""_batchapi: see the package docstring."""

@@ -1,0 +1,231 @@
+"""The dispatcher's ledger: the requests owed to the caller, and where each one runs.
+
+An `Entry` lives from when its request is read until its result is yielded. While an
+attempt of it runs, `Entry.running` says where (`Attempt`); a hedged request has a
+second copy running beside it, `Entry.hedge`, and the first of the two to answer
+wins (`hedging.py`). The `Ledger` keeps the entries, which worker runs what, and the
+slots they take of the concurrency; the `Dispatcher` decides, the ledger counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Generic, TypeVar
+
+from .._spending.cap import Reservation
+from .._wire.protocol import Task
+from ..results import Result
+
+__all__ = ["Attempt", "Entry", "Ledger"]
+
+# A worker, to the ledger: only a key (so its tests need no processes).
+W = TypeVar("W", bound=Hashable)
+
+
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """One attempt in flight: where it runs and what it holds of the budgets.
+
+    Parameters:
+        worker: the worker running it (a key to the dispatcher).
+        number: its attempt number (the `Task`'s and `Outcome`'s ``attempt``).
+        endpoint: the fleet's number of the endpoint it went to (None: not routed
+            through the fleet, as a LiteLLM model or a cache replay).
+        sent_at: when it was sent (monotonic, the parent's clock).
+        charge: the token budget's record of it, corrected by its answer.
+        reserved: what it holds of ``max_cost`` (None: nothing was reserved, as for a
+            cache replay).
+    """
+
+    worker: Any
+    number: int
+    endpoint: int | None
+    sent_at: float
+    charge: list[float] | None = None
+    reserved: Reservation | None = None
+
+
+@dataclass(slots=True)
+class Entry:
+    """A request owed to the caller (see the module docstring)."""
+
+    payload: bytes  # the pickled request (or, for a replay, the cached Result)
+    tokens: int  # estimated, charged to the token budget on every attempt
+    model: str = ""
+    prompt_tokens: int = 0  # for the cost reservation
+    output_cap: int | None = None
+    key: bytes | None = None  # its response-cache key, when the cache is on
+    replay: bool = False  # a cache hit sent to a worker only for `postprocess`
+    routed: bool = False  # an OpenAI-routed request: its attempts go to the fleet
+    counted: bool = False  # counted against the concurrency (a request to send)
+    attempts: int = 0  # attempts sent so far (retries, re-sends, failovers, hedges)
+    tries: int = 0  # of those, what the retry policy counts (its tier's, no failovers)
+    crashes: int = 0  # workers that died while running it
+    first_sent_at: float = 0.0  # monotonic
+    running: Attempt | None = None  # the attempt awaited; None while waiting to be sent
+    hedge: Attempt | None = None  # its duplicate, when it was hedged
+    hedged: bool = False  # a duplicate was sent at some point
+    failed_on: frozenset[int] = frozenset()  # endpoints that failed it (send elsewhere)
+    failing_over: bool = False  # its next attempt goes elsewhere at once: not a retry
+    failovers: int = 0  # attempts sent elsewhere at once after an endpoint failed
+    endpoint: int | None = None  # the endpoint of its last attempt that ended
+    standard: bool = False  # sent at the standard tier: flex had no capacity for it
+
+    def rich(self, index: int, result: Result, now: float, urls: Sequence[str]) -> Result:
+        """`result` with what the ledger knows of its request: attempts, latency since
+        the first was sent, the endpoint that answered, whether it was hedged."""
+        return replace(
+            result,
+            index=index,
+            attempts=self.attempts,
+            latency_s=now - self.first_sent_at,
+            base_url=(urls[self.endpoint] or None) if self.endpoint is not None else None,
+            hedged=self.hedged,
+        )
+
+    def task(self, batch_id: int, index: int, endpoint: int | None) -> Task:
+        """The `Task` of its latest attempt (`endpoint`: where it goes)."""
+        return Task(
+            batch_id, index, self.attempts, self.payload, self.replay, self.standard, endpoint or 0
+        )
+
+    def copies(self) -> Iterator[Attempt]:
+        """The attempts running now: none, one, or two (hedged)."""
+        if self.running is not None:
+            yield self.running
+        if self.hedge is not None:
+            yield self.hedge
+
+    def copy_on(self, worker: Any, number: int) -> Attempt | None:
+        """The running attempt `number` on `worker`, or None (an outcome owed to nobody)."""
+        for attempt in (self.running, self.hedge):  # no generator: once per answer
+            if attempt is not None and attempt.number == number and attempt.worker == worker:
+                return attempt
+        return None
+
+    def runs_on(self, worker: Any) -> bool:
+        """Whether an attempt of it runs on `worker`."""
+        running, hedge = self.running, self.hedge
+        return (running is not None and running.worker == worker) or (
+            hedge is not None and hedge.worker == worker
+        )
+
+
+class Ledger(Generic[W]):
+    """The requests read and not yet yielded; which worker runs which of their attempts.
+
+    `slots` is what counts against the concurrency: every request to send (sent, or
+    waiting for its next attempt) and every hedge running beside one. Cache replays and
+    duplicates waiting for an identical request's answer take no slot.
+
+    Example::
+
+        ledger = Ledger()
+        ledger.add(7, entry, counted=True)
+        ledger.place(7, Attempt(worker, 1, endpoint=0, sent_at=now))
+        other = ledger.end(7, attempt)          # the attempt ended (its other copy, if any)
+        ledger.remove(7)                         # its result is yielded
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[int, Entry] = {}
+        self.slots = 0
+        self._owed_by: dict[W, set[int]] = {}  # {worker: {3, 8, ...}}
+        self._owing_since: dict[W, float] = {}  # {worker: when it went from idle to owing}
+
+    def __repr__(self) -> str:
+        return (
+            f"<Ledger entries={len(self.entries)} slots={self.slots} workers={len(self._owed_by)}>"
+        )
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def add(self, index: int, entry: Entry, counted: bool) -> None:
+        """Keep `entry` for `index`; `counted`: it takes a slot (a request to send)."""
+        self.entries[index] = entry
+        if counted:
+            self.count(entry)
+
+    def count(self, entry: Entry) -> None:
+        """`entry` takes a slot from now on (a duplicate whose original failed)."""
+        entry.counted = True
+        self.slots += 1
+
+    def remove(self, index: int) -> Entry:
+        """Forget `index` (its result is yielded); nothing of it may be running."""
+        entry = self.entries.pop(index)
+        self.slots -= entry.counted
+        return entry
+
+    def busy(self, worker: W) -> int:
+        """Requests `worker` runs."""
+        owed = self._owed_by.get(worker)
+        return len(owed) if owed is not None else 0
+
+    def owed(self, worker: W) -> set[int]:
+        """The requests `worker` runs."""
+        return self._owed_by.get(worker, set())
+
+    def owing_since(self, worker: W) -> float | None:
+        """Since when `worker` runs requests without a break (None: idle)."""
+        return self._owing_since.get(worker)
+
+    def place(self, index: int, attempt: Attempt, hedge: bool, now: float) -> None:
+        """`attempt` of `index` was sent (`hedge`: beside the one running)."""
+        entry = self.entries[index]
+        if hedge:
+            entry.hedge, entry.hedged = attempt, True
+            self.slots += 1
+        else:
+            entry.running = attempt
+        owed = self._owed_by.setdefault(attempt.worker, set())
+        if not owed:
+            self._owing_since[attempt.worker] = now
+        owed.add(index)
+
+    def end(self, index: int, attempt: Attempt) -> Attempt | None:
+        """`attempt` of `index` ended (answered, or cancelled); returns the other copy,
+        which is then the one running, or None."""
+        entry = self.entries[index]
+        other = entry.hedge if attempt is entry.running else entry.running
+        entry.running, entry.hedge = other, None
+        if other is not None:
+            self.slots -= 1  # one copy of two ended
+        self._lift(attempt.worker, index, entry)
+        return other
+
+    def take_owed(self, worker: W) -> dict[int, list[Attempt]]:
+        """`worker` exited: what it ran, as ``{index: [its attempts lost]}``, in index
+        order; an entry whose other copy runs elsewhere keeps that one running."""
+        self._owing_since.pop(worker, None)
+        lost: dict[int, list[Attempt]] = {}
+        for index in sorted(self._owed_by.pop(worker, ())):
+            entry = self.entries[index]
+            lost[index] = [a for a in entry.copies() if a.worker == worker]
+            survivors = [a for a in entry.copies() if a.worker != worker]
+            self.slots -= len(lost[index]) + len(survivors) - 1  # a hedge's slot
+            entry.running, entry.hedge = (survivors[0] if survivors else None), None
+        return lost
+
+    def give_up(self) -> list[tuple[int, list[Attempt]]]:
+        """Every attempt running is stopped: ``[(index, its attempts), ...]``."""
+        stopped = []
+        for index, entry in self.entries.items():
+            if entry.running is not None:
+                stopped.append((index, list(entry.copies())))
+                self.slots -= entry.hedge is not None
+                entry.running = entry.hedge = None
+        self._owed_by.clear()
+        self._owing_since.clear()
+        return stopped
+
+    def _lift(self, worker: W, index: int, entry: Entry) -> None:
+        """`worker` no longer runs `index`, unless another copy of it runs there."""
+        if entry.runs_on(worker):
+            return
+        owed = self._owed_by[worker]
+        owed.discard(index)
+        if not owed:
+            del self._owing_since[worker]

@@ -1,0 +1,377 @@
+"""Every option of a batch, declared once: name, default, one line of help, where it acts.
+
+`BatchPool`, `BatchPool.stream` (and `run`, `astream`, `arun`), `stream_batch` and its
+twins take these keyword arguments. From this one declaration come the options part of
+their docstrings (``help(stream_batch)``), the README's option table
+(``python -m batch_stream_openai._core.options``, checked by a test), the command line's
+names for them, and the rule that refuses an option that cannot act in the chosen mode
+(`refuse_idle`): an option given a value other than its default where it would do
+nothing is a `ValueError` naming it, never silently ignored. A test checks the
+signatures (`BatchPool.__init__`, `StreamOptions`, `BatchArguments`) against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["OPTIONS", "Option", "options_doc", "options_table", "refuse_idle"]
+
+# Why an option cannot act, given every option of the batch (None: it can).
+Idle = Callable[[Mapping[str, Any]], "str | None"]
+
+
+def _online_only(options: Mapping[str, Any]) -> str | None:
+    """It acts on requests sent online: none in batch mode without a deadline."""
+    if options.get("mode") == "batch" and options.get("deadline") is None:
+        return "mode='batch' sends nothing online without a deadline"
+    return None
+
+
+def _only_mode(mode: str) -> Idle:
+    def idle(options: Mapping[str, Any]) -> str | None:
+        given = options.get("mode", "online")
+        return None if given == mode else f"it is only for mode={mode!r} (mode={given!r})"
+
+    return idle
+
+
+def _online_reserve_idle(options: Mapping[str, Any]) -> str | None:
+    return _only_mode("batch")(options) or (
+        None if options.get("deadline") is not None else "it is only for a deadline"
+    )
+
+
+def _cap_idle(options: Mapping[str, Any]) -> str | None:
+    if options.get("max_concurrency") != "auto":
+        return "it is only for max_concurrency='auto'"
+    return None
+
+
+def _auto_idle(options: Mapping[str, Any]) -> str | None:
+    return _online_only(options) if options.get("max_concurrency") == "auto" else None
+
+
+def _backend_idle(backend: str) -> Idle:
+    def idle(options: Mapping[str, Any]) -> str | None:
+        given = options.get("backend", "process")
+        if given == backend and options.get("workers") != 0:
+            return None
+        return f"it is only for backend={backend!r}"
+
+    return idle
+
+
+@dataclass(frozen=True)
+class Option:
+    """One keyword argument.
+
+    Parameters:
+        name: the keyword.
+        default: its default (what "not given" is).
+        shown: its type and default as the docs show them.
+        help: one line: what it does.
+        pool: an argument of `BatchPool` (the pool keeps it for every batch); else of
+            `BatchPool.stream` (each batch its own). `stream_batch` takes both.
+        idle: why it cannot act, given the batch's options (None: it always can).
+        flag: its command-line flag (``batch-stream-openai run``), if it has one.
+    """
+
+    name: str
+    default: Any
+    shown: str
+    help: str
+    pool: bool
+    idle: Idle | None = None
+    flag: str | None = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "max_concurrency",
+        5,
+        "int | 'auto' = 5",
+        "requests in flight at most, across all workers and endpoints; 'auto': found from"
+        " latency, for your own servers",
+        pool=True,
+        idle=_auto_idle,
+        flag="--max-concurrency",
+    ),
+    Option(
+        "max_concurrency_cap",
+        1024,
+        "int = 1024",
+        "with max_concurrency='auto', the most it may reach",
+        pool=True,
+        idle=_cap_idle,
+    ),
+    Option(
+        "workers",
+        None,
+        "int | None",
+        "worker processes (default: one per physical core, fewer for small "
+        "max_concurrency; 0: one thread)",
+        pool=True,
+        flag="--workers",
+    ),
+    Option(
+        "base_url",
+        None,
+        "str | list[str] | None",
+        "OpenAI-compatible endpoint, or a list of replicas (default: OPENAI_BASE_URL, "
+        "else OpenAI's)",
+        pool=True,
+        flag="--base-url",
+    ),
+    Option(
+        "endpoint_concurrency",
+        None,
+        "int | None",
+        "requests in flight to one endpoint at most",
+        pool=True,
+        idle=_online_only,
+        flag="--endpoint-concurrency",
+    ),
+    Option(
+        "api_key",
+        None,
+        "str | None",
+        "API key (default: OPENAI_API_KEY); never shown: masked wherever it could leak",
+        pool=True,
+    ),
+    Option(
+        "timeout",
+        600.0,
+        "float = 600.0",
+        "seconds one attempt may take, all of it (connect, send, wait, read)",
+        pool=True,
+        idle=_online_only,
+        flag="--timeout",
+    ),
+    Option(
+        "max_retries",
+        5,
+        "int = 5",
+        "retries after the first attempt, for retryable errors only",
+        pool=True,
+        flag="--max-retries",
+    ),
+    Option(
+        "postprocess",
+        None,
+        "Callable | None",
+        "called on each answer inside the workers; what it returns is yielded (a batch's "
+        "wins over the pool's)",
+        pool=True,
+    ),
+    Option(
+        "rpm",
+        None,
+        "float | None",
+        "requests per minute at most, across all workers, retries included",
+        pool=True,
+        idle=_online_only,
+        flag="--rpm",
+    ),
+    Option(
+        "tpm",
+        None,
+        "float | None",
+        "tokens per minute at most, across all workers",
+        pool=True,
+        idle=_online_only,
+        flag="--tpm",
+    ),
+    Option(
+        "adaptive",
+        True,
+        "bool = True",
+        "slow down on 429s and spent x-ratelimit budgets; False: a fixed concurrency",
+        pool=True,
+        idle=_online_only,
+    ),
+    Option(
+        "hang_timeout",
+        30.0,
+        "float | None = 30.0",
+        "seconds a worker owing results may stay silent before it is replaced",
+        pool=True,
+    ),
+    Option(
+        "initializer",
+        None,
+        "Callable | None",
+        "called once in each worker before it serves",
+        pool=True,
+    ),
+    Option(
+        "start_method",
+        None,
+        "str | None",
+        "'forkserver' (default where there is one) or 'spawn'; never 'fork'",
+        pool=True,
+        idle=_backend_idle("process"),
+    ),
+    Option(
+        "backend",
+        "process",
+        "str = 'process'",
+        "'process', 'thread' (threads of this process) or 'ray' (Ray actors)",
+        pool=True,
+    ),
+    Option(
+        "ray_address",
+        None,
+        "str | None",
+        "the Ray cluster to join (backend='ray')",
+        pool=True,
+        idle=_backend_idle("ray"),
+    ),
+    Option(
+        "cache",
+        None,
+        "str | Path | bool | None",
+        "a response cache file, or True for the one in the user cache directory",
+        pool=True,
+        flag="--cache",
+    ),
+    Option(
+        "prices",
+        None,
+        "dict | None",
+        "model prices, USD per million tokens, that win over genai-prices'",
+        pool=True,
+        flag="--prices",
+    ),
+    Option(
+        "return_results",
+        False,
+        "bool = False",
+        "yield Result objects instead of str | Exception",
+        pool=False,
+    ),
+    Option(
+        "progress",
+        False,
+        "bool = False",
+        "a progress bar on stderr",
+        pool=False,
+    ),
+    Option(
+        "max_cost",
+        None,
+        "float | None",
+        "USD the batch may spend at most, across all workers",
+        pool=False,
+        flag="--max-cost",
+    ),
+    Option(
+        "mode",
+        "online",
+        "str = 'online'",
+        "'online', 'batch' (the Batch API, half price) or 'flex' (the flex tier, half price)",
+        pool=False,
+        flag="--mode",
+    ),
+    Option(
+        "deadline",
+        None,
+        "float | datetime | None",
+        "seconds from now, or an aware datetime, by which every index has its result",
+        pool=False,
+        flag="--deadline",
+    ),
+    Option(
+        "journal",
+        None,
+        "str | Path | None",
+        "batch mode: the jobs' journal (default: one in the user cache directory)",
+        pool=False,
+        idle=_only_mode("batch"),
+    ),
+    Option(
+        "batch_size",
+        None,
+        "int | None",
+        "batch mode: lines per job at most (default and most: 50,000)",
+        pool=False,
+        idle=_only_mode("batch"),
+        flag="--batch-size",
+    ),
+    Option(
+        "poll_interval",
+        None,
+        "float | None",
+        "batch mode: seconds between looks at the jobs, at most (default 30)",
+        pool=False,
+        idle=_only_mode("batch"),
+        flag="--poll-interval",
+    ),
+    Option(
+        "online_reserve",
+        None,
+        "float | None",
+        "batch mode: seconds before the deadline at which what is in jobs goes online",
+        pool=False,
+        idle=_online_reserve_idle,
+    ),
+    Option(
+        "flex_fallback",
+        None,
+        "bool | None",
+        "flex mode: send at the standard tier what flex had no capacity for (default True)",
+        pool=False,
+        idle=_only_mode("flex"),
+    ),
+    Option(
+        "hedge",
+        False,
+        "bool | float = False",
+        "duplicate requests that run far longer than most; a fraction: how many at most",
+        pool=False,
+        idle=_online_only,
+        flag="--hedge",
+    ),
+)
+
+BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def refuse_idle(given: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> None:
+    """Raise `ValueError` for the first option of `given` set to something other than
+    its default that cannot act with the others (`context`: the batch's other options,
+    such as the pool's when a batch gives only its own)."""
+    everything = {**(context or {}), **given}
+    for name, value in given.items():
+        option = BY_NAME.get(name)
+        if option is None or option.idle is None or value is None or value == option.default:
+            continue
+        if (why := option.idle(everything)) is not None:
+            raise ValueError(f"{name}={value!r} cannot act here: {why}")
+
+
+def options_doc(pool: bool | None = None, indent: int = 0) -> str:
+    """The options as a docstring section, one line each (`pool`: only the pool's, or
+    only a batch's), indented to sit in a docstring indented by `indent`."""
+    chosen = [o for o in OPTIONS if pool is None or o.pool is pool or o.name == "postprocess"]
+    width = max(len(option.name) for option in chosen)
+    margin = " " * indent
+    lines = [f"{margin}    {o.name:<{width}}  {o.help} [{o.shown}]" for o in chosen]
+    heading = f"{margin}Options (one line each; the README says more)::\n\n"
+    return heading + "\n".join(lines) + "\n"
+
+
+def options_table() -> str:
+    """The README's table of options, in Markdown."""
+    rows = ["| Option | Type and default | What it does |", "|---|---|---|"]
+    rows += [f"| `{o.name}` | `{_cell(o.shown)}` | {_cell(o.help)} |" for o in OPTIONS]
+    return "\n".join(rows) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a bar inside a cell, even in code, splits it
+
+
+if __name__ == "__main__":
+    print(options_table(), end="")

@@ -1,0 +1,1 @@
+"""_policy: see the package docstring."""

@@ -1,0 +1,1 @@
+"""_spending: see the package docstring."""

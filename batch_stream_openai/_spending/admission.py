@@ -1,0 +1,123 @@
+"""What a request must get past before it is sent: the response cache and the cost cap.
+
+The dispatcher asks `Admission` about each request it reads:
+
+- with a cache (`cache.py`): its key; a stored answer for it (the request is then done);
+  or whether an identical request is in flight already (it then waits for that one's
+  answer instead of being sent: in-flight dedup);
+- with ``max_cost`` (`spending.py`): a reservation of the attempt's worst case, before
+  each attempt is sent, and its settlement when the attempt ends.
+
+Without either, every answer is "no key, no hit, no reservation needed": the hot path
+pays a few attribute lookups.
+"""
+
+from __future__ import annotations
+
+from .._wire.answers import StoredAnswer
+from ..request import AnyRequest
+from ..results import Result
+from .cache import ResponseCache, cache_key
+from .cap import NOTHING_RESERVED, Reservation, Spending
+
+__all__ = ["Admission"]
+
+
+class Admission:
+    """The response cache, in-flight dedup and the cost cap of one batch.
+
+    Parameters:
+        cache: the response cache, or None.
+        base_url: where OpenAI-routed requests go (part of the cache key).
+        spending: the batch's cost cap, or None.
+        replays: cache hits need a worker (there is a `postprocess` to run on them).
+    """
+
+    def __init__(
+        self,
+        cache: ResponseCache | None = None,
+        base_url: str = "",
+        spending: Spending | None = None,
+        replays: bool = False,
+    ) -> None:
+        self.cache = cache
+        self.spending = spending
+        self.replays = replays
+        self._base_url = base_url
+        self._owners: dict[bytes, int] = {}  # {key: index of the request sent for it}
+        self._duplicates: dict[bytes, list[int]] = {}  # {key: indices waiting for it}
+
+    def __repr__(self) -> str:
+        return (
+            f"<Admission cache={self.cache} spending={self.spending} in_flight={len(self._owners)}>"
+        )
+
+    @property
+    def cost_exhausted(self) -> bool:
+        """The cap is reached and nothing in flight can free room: nothing more can go."""
+        return self.spending is not None and self.spending.exhausted
+
+    def key_of(self, request: AnyRequest) -> bytes | None:
+        """The request's cache key, or None without a cache."""
+        return cache_key(request, self._base_url) if self.cache is not None else None
+
+    def stored(self, key: bytes | None) -> StoredAnswer | None:
+        """The cached answer for `key`, or None."""
+        if key is None or self.cache is None:
+            return None
+        return self.cache.get(key)
+
+    def keep(self, key: bytes | None, answer: StoredAnswer) -> None:
+        """Store an answer that came another way (a Batch API job), without a cache: drop it."""
+        if key is not None and self.cache is not None:
+            self.cache.put(key, answer)
+
+    def wait_for(self, key: bytes | None, index: int) -> bool:
+        """Park `index` behind an identical request in flight; False when there is none."""
+        if key is None or key not in self._owners:
+            return False
+        self._duplicates.setdefault(key, []).append(index)
+        return True
+
+    def claim(self, key: bytes | None, index: int) -> None:
+        """`index` is sent for `key`: identical requests read from now on wait for it."""
+        if key is not None and key not in self._owners:
+            self._owners[key] = index
+
+    def done(self, key: bytes | None, index: int, result: Result) -> list[int]:
+        """`index` is done: store its answer; return the duplicates that waited for it.
+
+        The dispatcher answers them with the same answer (counted as deduplicated), or,
+        if the request failed without one, sends each on its own.
+        """
+        if key is None or self._owners.get(key) != index:
+            return []
+        del self._owners[key]
+        if not result.cached and self.cache is not None:
+            answer = StoredAnswer.of(result)
+            if answer is not None:
+                self.cache.put(key, answer)
+        return self._duplicates.pop(key, [])
+
+    def reserve_cost(
+        self, model: str, prompt_tokens: int, output_cap: int | None
+    ) -> Reservation | None:
+        """Reserve an attempt's worst case (nothing without a cap); None when it may not go."""
+        if self.spending is None:
+            return NOTHING_RESERVED
+        return self.spending.reserve(model, prompt_tokens, output_cap)
+
+    def settle_cost(self, reservation: Reservation, result: Result | None) -> None:
+        """An attempt that had `reservation` ended with `result` (None: its worker died)."""
+        if self.spending is None:
+            return
+        if result is None:
+            self.spending.settle(reservation, None, ConnectionError("the worker died"))
+            return
+        output = result.usage.output_tokens if result.usage is not None else 0
+        self.spending.settle(reservation, result.cost_usd, result.error, output)
+
+    def tick(self) -> None:
+        """Commit cached answers that have waited long enough (called by the batch loop)."""
+        if self.cache is not None:
+            self.cache.commit_if_due()

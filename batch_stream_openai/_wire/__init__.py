@@ -1,0 +1,1 @@
+"""_wire: see the package docstring."""

@@ -1,0 +1,1 @@
+"""_worker: see the package docstring."""
