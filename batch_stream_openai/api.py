@@ -18,8 +18,8 @@ from typing_extensions import Unpack
 from ._core.options import options_doc, refuse_idle
 from .pool import BatchPool, PerBatchOptions, StreamOptions
 from .request import AnyRequest, EmbeddingRequest, OpenAIRequest, RawRequest
-from .results import Result
-from .stream import AsyncBatchStream, BatchStream, ResultPair
+from .results import Result, ResultPair
+from .stream import AsyncBatchStream, BatchStream
 
 __all__ = ["BatchArguments", "arun_batch", "astream_batch", "run_batch", "stream_batch"]
 

@@ -75,8 +75,8 @@ from ._spending.prices import PriceTable
 from ._wire.protocol import BatchOptions, Postprocess
 from .errors import PoolClosedError
 from .request import AnyRequest
-from .results import BatchSummary
-from .stream import AsyncBatchStream, BatchStream, ResultPair, async_pairs, in_input_order
+from .results import BatchSummary, ResultPair
+from .stream import AsyncBatchStream, BatchStream, async_pairs, in_input_order
 
 __all__ = [
     "BatchPool",
@@ -327,7 +327,12 @@ class BatchPool:
         route = BatchMode.check(options, self.settings.max_retries, self._online_rate)
         summary = BatchSummary()
         admission = Admission(
-            self._cache, self.settings.routed_base_url, spending, replays=postprocess is not None
+            self._cache,
+            self.settings.routed_base_url,
+            spending,
+            replays=postprocess is not None,
+            prices=self._prices,
+            tier="flex" if route.mode == "flex" else "default",
         )
         jobs = None
         if route.mode == "batch":
@@ -433,6 +438,7 @@ class BatchPool:
             self._check_can_start()
             self._state = PoolState.RUNNING
             self._supervisor.start()
+            self._prices.warm()  # while the workers start
 
     def _check_can_start(self) -> None:
         process = multiprocessing.current_process()

@@ -13,7 +13,7 @@ from typing import Any
 
 from ._pickling import pickles_fast
 
-__all__ = ["BatchSummary", "EndpointSummary", "Result", "ToolCall", "Usage"]
+__all__ = ["BatchSummary", "EndpointSummary", "Result", "ResultPair", "ToolCall", "Usage"]
 
 
 @pickles_fast
@@ -128,6 +128,11 @@ class Result:
     def value(self) -> Any:
         """What the plain stream yields for this request: `output`, or the `error`."""
         return self.output if self.error is None else self.error
+
+
+# (index, value) as a stream yields it: the text or the Exception, a `Result`, or what
+# `postprocess` made.
+ResultPair = tuple[int, Any]
 
 
 @dataclass

@@ -8,12 +8,10 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, 
 from types import TracebackType
 from typing import Any, TypeVar
 
-from .results import BatchSummary
+from .results import BatchSummary, ResultPair
 
-__all__ = ["AsyncBatchStream", "BatchStream", "ResultPair", "async_pairs", "in_input_order"]
+__all__ = ["AsyncBatchStream", "BatchStream", "async_pairs", "in_input_order"]
 
-# (index, value): the text or the Exception, a `Result`, or what `postprocess` made.
-ResultPair = tuple[int, Any]
 # What a stream yields beside each index (``str | Exception``, `Result`, ...).
 T = TypeVar("T")
 

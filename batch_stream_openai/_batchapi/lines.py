@@ -16,12 +16,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .._policy.retry import retryable_status
 from .._spending.cap import Reservation
 from .._spending.prices import PriceTable
 from .._wire.answers import answer_result, reading_of, usage_of
 from .._wire.bodies import http_call
 from .._wire.protocol import Task
+from .._wire.statuses import retryable_status
 from ..errors import APIError
 from ..results import Result
 from .journal import JobRecord

@@ -42,12 +42,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .._backends.process import block_group_signals
-from .._core.intake import PENDING, Answered
 from .._policy.limits import token_estimate
 from .._spending.admission import Admission
 from .._spending.cap import NOTHING_RESERVED, Spending
 from .._spending.prices import PriceTable
 from .._wire.answers import StoredAnswer
+from .._wire.sources import PENDING, Answered
 from ..errors import APIError, BatchFileError, BudgetExceededError, RequestError
 from ..results import BatchSummary, Result
 from .client import BatchClient

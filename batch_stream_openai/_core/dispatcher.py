@@ -33,6 +33,7 @@ from .._spending.admission import Admission
 from .._spending.cap import NOTHING_RESERVED, Reservation
 from .._wire.answers import StoredAnswer
 from .._wire.protocol import Cancel, Outcome, Task
+from .._wire.sources import Answered
 from ..errors import (
     APIError,
     BudgetExceededError,
@@ -40,9 +41,8 @@ from ..errors import (
     RequestError,
     WorkerCrashedError,
 )
-from ..results import BatchSummary, Result
-from ..stream import ResultPair
-from .intake import Answered, Intake
+from ..results import BatchSummary, Result, ResultPair
+from .intake import Intake
 from .ledger import Attempt, Entry, Ledger
 from .supervisor import Exit
 
@@ -279,6 +279,7 @@ class Dispatcher(Generic[W]):
         if entry.replay:
             self._finish(index, entry, result)
             return
+        result = self._admission.priced(result, entry.model, entry.standard)
         if attempt.reserved is not None:
             self._admission.settle_cost(attempt.reserved, result)
         blamed = self._ended(entry, attempt, result)
@@ -417,7 +418,7 @@ class Dispatcher(Generic[W]):
         payload = Task.pickle_payload(request)
         routed = request.uses_openai_sdk
         if not self._budget.counts_tokens and self._admission.spending is None:
-            return Entry(payload, 0, key=key, routed=routed)
+            return Entry(payload, 0, request.model, key=key, routed=routed)
         prompt_tokens, cap = token_estimate(request)
         return Entry(
             payload,

@@ -11,28 +11,11 @@ it is kept in `error`, to be raised once everything read before it has been yiel
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-from ..results import Result
+from .._wire.sources import PENDING
 
-__all__ = ["PENDING", "Answered", "Intake"]
-
-# What an indexed source gives in place of a pair when it has nothing yet (the Batch API
-# route waiting for a job): the loop waits (its source wakes it) and reads again.
-PENDING: Any = object()
-
-
-@dataclass(frozen=True)
-class Answered:
-    """An indexed source's item that is already answered (by a Batch API job, the
-    response cache, or the journal of an earlier run): it goes through `postprocess`
-    like a cache hit, and costs no provider capacity. `paid`: what a cache hit cost when
-    it was paid for (the summary's ``saved_usd``)."""
-
-    result: Result
-    paid: float | None = None
-
+__all__ = ["Intake"]
 
 class Intake:
     """The input of one batch.

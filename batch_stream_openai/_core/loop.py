@@ -17,7 +17,7 @@ from .._backends import Worker
 from .._spending.admission import Admission
 from .._wire.protocol import BatchOptions, Cancel
 from ..errors import WorkerCrashedError
-from ..stream import ResultPair
+from ..results import ResultPair
 from .dispatcher import Dispatcher
 from .progress import ProgressBar
 from .supervisor import Supervisor

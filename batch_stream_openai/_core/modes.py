@@ -23,8 +23,7 @@ from .._spending.admission import Admission
 from .._spending.cap import Spending
 from .._spending.prices import PriceTable
 from .._wire.config import Secret
-from ..results import BatchSummary
-from ..stream import ResultPair
+from ..results import BatchSummary, ResultPair
 from .checks import check_bool, check_int, check_positive
 
 __all__ = ["MODES", "BatchMode", "delivering"]

@@ -154,7 +154,6 @@ class PoolSettings:
                 max_connections=self.max_concurrency,
             ),
             initializer=self.initializer,
-            prices=dict(self.prices),
         )
         return pickled_callable("initializer", self.initializer, lambda: cloudpickle.dumps(config))
 

@@ -5,8 +5,10 @@ The dispatcher asks `Admission` about each request it reads:
 - with a cache (`cache.py`): its key; a stored answer for it (the request is then done);
   or whether an identical request is in flight already (it then waits for that one's
   answer instead of being sent: in-flight dedup);
-- with ``max_cost`` (`spending.py`): a reservation of the attempt's worst case, before
-  each attempt is sent, and its settlement when the attempt ends.
+- with ``max_cost`` (`cap.py`): a reservation of the attempt's worst case, before
+  each attempt is sent, and its settlement when the attempt ends;
+- and what each answer cost: its usage at its model's price (`prices.py`), worked out
+  here, in the parent, once (the workers only report the usage).
 
 Without either, every answer is "no key, no hit, no reservation needed": the hot path
 pays a few attribute lookups.
@@ -14,23 +16,28 @@ pays a few attribute lookups.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .._wire.answers import StoredAnswer
 from ..request import AnyRequest
 from ..results import Result
 from .cache import ResponseCache, cache_key
 from .cap import NOTHING_RESERVED, Reservation, Spending
+from .prices import PriceTable
 
 __all__ = ["Admission"]
 
 
 class Admission:
-    """The response cache, in-flight dedup and the cost cap of one batch.
+    """The response cache, in-flight dedup, the cost cap and the prices of one batch.
 
     Parameters:
         cache: the response cache, or None.
         base_url: where OpenAI-routed requests go (part of the cache key).
         spending: the batch's cost cap, or None.
         replays: cache hits need a worker (there is a `postprocess` to run on them).
+        prices: where answers are priced (None: they are not).
+        tier: the price tier online answers are sent at (``"flex"`` in flex mode).
     """
 
     def __init__(
@@ -39,10 +46,14 @@ class Admission:
         base_url: str = "",
         spending: Spending | None = None,
         replays: bool = False,
+        prices: PriceTable | None = None,
+        tier: str = "default",
     ) -> None:
         self.cache = cache
         self.spending = spending
         self.replays = replays
+        self._prices = prices
+        self._tier = tier
         self._base_url = base_url
         self._owners: dict[bytes, int] = {}  # {key: index of the request sent for it}
         self._duplicates: dict[bytes, list[int]] = {}  # {key: indices waiting for it}
@@ -98,6 +109,18 @@ class Admission:
             if answer is not None:
                 self.cache.put(key, answer)
         return self._duplicates.pop(key, [])
+
+    def priced(self, result: Result, model: str, standard: bool) -> Result:
+        """`result` with what it cost: its usage at the price of `model` (or of the model
+        the provider named, a dated name say), at the batch's tier (`standard`: sent at
+        the standard tier, flex having had no capacity)."""
+        if self._prices is None or result.usage is None:
+            return result
+        tier = "default" if standard else self._tier
+        cost = self._prices.cost(model, result.usage, tier)
+        if cost is None and result.model is not None:
+            cost = self._prices.cost(result.model, result.usage, tier)
+        return replace(result, cost_usd=cost) if cost is not None else result
 
     def reserve_cost(
         self, model: str, prompt_tokens: int, output_cap: int | None

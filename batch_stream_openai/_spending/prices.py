@@ -115,6 +115,11 @@ class PriceTable:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["overrides"])  # type: ignore[misc]
 
+    def warm(self) -> None:
+        """Load genai-prices' table in a thread now (its first lookup takes ~0.5 s), so
+        that pricing the first answer of a batch does not wait for it."""
+        threading.Thread(target=_genai_price, args=("gpt-4o-mini", "default"), daemon=True).start()
+
     def price(self, model: str, tier: str = "default") -> Price | None:
         """The price of `model` sent at `tier`, or None when no table knows it."""
         key = (model, tier)

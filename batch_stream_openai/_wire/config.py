@@ -152,10 +152,7 @@ class WorkerConfig:
         client: how to build the worker's HTTP client.
         initializer: called once in each worker before it serves (load a tokenizer, set
             up logging); if it raises, the worker reports the traceback and exits.
-        prices: the caller's model prices (`costs.Price` by model name), which win over
-            genai-prices' for the answers' ``cost_usd``.
     """
 
     client: ClientConfig
     initializer: Callable[[], object] | None = None
-    prices: dict[str, Any] = field(default_factory=dict)

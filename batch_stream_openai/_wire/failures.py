@@ -16,8 +16,8 @@ import aiohttp
 import openai
 
 from .. import errors
-from .._policy.retry import parse_retry_after, retryable_status
 from .config import mask_in
+from .statuses import parse_retry_after, retryable_status
 
 __all__ = ["to_request_error"]
 

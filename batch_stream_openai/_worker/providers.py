@@ -24,8 +24,8 @@ import aiohttp
 import openai
 
 from .. import errors
-from .._policy.retry import parse_retry_after, retryable_status
 from .._wire.config import ClientConfig, mask_secret, maskable
+from .._wire.statuses import parse_retry_after, retryable_status
 from ..request import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, explain_route, openai_model_name
 
 __all__ = ["Answer", "Provider", "RateLimitHeaders"]

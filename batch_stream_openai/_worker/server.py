@@ -22,8 +22,7 @@ from typing import Any, Protocol
 
 import cloudpickle
 
-from .._spending.prices import PriceTable
-from .._wire.answers import answer_result, reading_of, usage_of
+from .._wire.answers import answer_result, reading_of
 from .._wire.bodies import http_call
 from .._wire.config import WorkerConfig
 from .._wire.failures import to_request_error
@@ -67,7 +66,6 @@ class RequestRunner:
     def __init__(self, config: WorkerConfig) -> None:
         self._provider = Provider(config.client)
         self._timeout = config.client.timeout
-        self._prices = PriceTable(config.prices)
 
     def open(self) -> None:
         """Build the clients, so a broken setup fails at start-up, not per request."""
@@ -115,11 +113,6 @@ class RequestRunner:
                 body=getattr(error, "body", None),
                 error=error,
             ), 0.0
-        usage = usage_of(data)
-        tier = "flex" if data.get("service_tier") == "flex" else "default"  # as served
-        cost_usd = self._prices.cost(request.model, usage, tier)
-        if cost_usd is None and isinstance(data.get("model"), str):
-            cost_usd = self._prices.cost(data["model"], usage, tier)  # a dated name, say
         result = answer_result(
             index,
             reading_of(request, endpoint, body),
@@ -128,8 +121,6 @@ class RequestRunner:
             attempts=attempt,
             latency_s=time.monotonic() - started,
             with_body=with_body,
-            usage=usage,
-            cost_usd=cost_usd,
         )
         if result.error is not None:
             to_request_error(result.error, index=index, attempts=attempt, secret=None)
