@@ -9,7 +9,7 @@ yielded: ``str | Exception`` per prompt request, a vector per `EmbeddingRequest`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, overload
 
@@ -18,7 +18,7 @@ from typing_extensions import Unpack
 from ._core.options import options_doc, refuse_idle
 from .pool import BatchPool, PerBatchOptions, StreamOptions
 from .request import AnyRequest, EmbeddingRequest, OpenAIRequest, RawRequest
-from .results import Result, ResultPair
+from .results import Result
 from .stream import AsyncBatchStream, BatchStream
 
 __all__ = ["BatchArguments", "arun_batch", "astream_batch", "run_batch", "stream_batch"]
@@ -139,18 +139,12 @@ def stream_batch(
     """
     pool, stream_options = _pool_for(max_concurrency, return_results, postprocess, options)
     try:
-        chunks, summary, taken = pool.open_stream(requests, **stream_options)
+        stream = pool.stream(requests, **stream_options)
     except BaseException:
         pool.close()
         raise
-    return BatchStream(_closing(pool, chunks), summary, taken)
-
-
-def _closing(
-    pool: BatchPool, chunks: Generator[list[ResultPair], None, None]
-) -> Generator[list[ResultPair], None, None]:
-    with pool:
-        yield from chunks
+    stream.add_done_callback(lambda _completed: pool.close())
+    return stream
 
 
 @overload
@@ -238,19 +232,8 @@ def astream_batch(
     except BaseException:
         pool.close()
         raise
-    return AsyncBatchStream(_aclosing(pool, stream), stream.summary)  # `stream` tells the journal
-
-
-async def _aclosing(
-    pool: BatchPool, stream: AsyncBatchStream[Any]
-) -> AsyncGenerator[ResultPair, None]:
-    try:
-        async for result in stream:
-            yield result
-    finally:
-        await stream.aclose()
-        # Joining workers takes a moment: not on the caller's loop.
-        await asyncio.get_running_loop().run_in_executor(None, pool.close)
+    stream.add_done_callback(lambda _completed: pool.close())  # in a thread
+    return stream
 
 
 async def arun_batch(

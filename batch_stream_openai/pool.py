@@ -37,50 +37,39 @@ Data flow (one batch)::
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import multiprocessing
 import multiprocessing.util
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence, Sized
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypedDict
+from typing import Any, Literal, TypedDict
 
-import cloudpickle
 from typing_extensions import Unpack
 
-from ._backends import Worker, worker_factory
+from ._backends import worker_factory
+from ._core.batch import Batch, PoolParts, build_batch
 from ._core.checks import (
     RequestChecker,
-    check_bool,
-    check_callable,
-    check_hedge,
-    check_positive,
-    pickled_callable,
 )
-from ._core.dispatcher import Dispatcher
-from ._core.loop import BatchLoop
-from ._core.modes import BatchMode, delivering
-from ._core.options import options_doc, refuse_idle
-from ._core.progress import ProgressBar
+from ._core.loop import BatchLoop, PoolHooks
+from ._core.options import options_doc
 from ._core.settings import PoolSettings, default_workers
 from ._core.supervisor import MAIN_GUARD_HINT, Supervisor
 from ._policy.fleet import Fleet
-from ._policy.hedging import Hedging
 from ._policy.limits import Budget
 from ._policy.retry import RetrySchedule
-from ._spending.admission import Admission
 from ._spending.cache import ResponseCache
-from ._spending.cap import Spending
 from ._spending.prices import PriceTable
-from ._wire.protocol import BatchOptions, Postprocess
+from ._wire.protocol import Postprocess
 from .errors import PoolClosedError
 from .request import AnyRequest
-from .results import BatchSummary, ResultPair
+from .results import ResultPair
 from .stream import AsyncBatchStream, BatchStream, async_pairs, in_input_order
 
 __all__ = [
     "BatchPool",
-    "OpenedStream",
     "PerBatchOptions",
     "PoolState",
     "StreamOptions",
@@ -98,14 +87,6 @@ class PoolState(enum.Enum):
     CREATED = "created"  # no worker started yet; the first batch starts them
     RUNNING = "running"  # workers started; batches can stream one after the other
     CLOSED = "closed"  # close() was called; the pool cannot be used again
-
-
-class OpenedStream(NamedTuple):
-    """A batch, checked and ready to run: what `BatchStream` is built of."""
-
-    chunks: Generator[list[ResultPair], None, None]  # groups of results, as they come
-    summary: BatchSummary
-    taken: Callable[[int], None] | None  # told each index the caller takes (batch mode)
 
 
 class PerBatchOptions(TypedDict, total=False):
@@ -212,6 +193,17 @@ class BatchPool:
             ray_address=ray_address,
         )
         self._supervisor = Supervisor(start_worker, self.workers, hang_timeout)
+        self._parts = PoolParts(
+            settings,
+            self.budget,
+            self.fleet,
+            self._retries,
+            self._prices,
+            self._checker,
+            self._cache,
+            self._supervisor,
+            postprocess,
+        )
         self._state = PoolState.CREATED
         self._batch_ids = itertools.count(1)
         self._loop: BatchLoop | None = None  # the batch streaming now
@@ -266,15 +258,25 @@ class BatchPool:
         whole before any worker starts; any other iterable is read lazily and checked
         item by item (an item that is not a request, or an exception from the iterable,
         is raised once every item read before it has been yielded). Closing the stream
-        early cancels what is still in flight.
-
-        Its options (each batch its own) are listed in the class docstring.
+        early cancels what is still in flight. Its options (each batch its own) are
+        listed in the class docstring.
         """
-        return BatchStream(*self.open_stream(requests, "stream", **options))
+        batch = self._batch(requests, "stream", options)
+        stream: BatchStream[Any] = BatchStream(self._run(batch), batch.summary, _taken(batch))
+        if batch.route is not None:
+            stream.add_done_callback(batch.route.close)
+        return stream
 
     def run(self, requests: Iterable[AnyRequest], **options: Unpack[StreamOptions]) -> list[Any]:
-        """Send every request and return the results in input order (`stream` options)."""
-        return in_input_order(BatchStream(*self.open_stream(requests, "run", **options)))
+        """Send every request and return the results in input order (`stream` options).
+
+        With ``mode="batch"`` and a journal, what earlier runs yielded is given back
+        too (``Result.replayed``), not only the rest."""
+        batch = self._batch(requests, "run", options)
+        stream: BatchStream[Any] = BatchStream(self._run(batch), batch.summary, _taken(batch))
+        if batch.route is not None:
+            stream.add_done_callback(batch.route.close)
+        return in_input_order(stream)
 
     def astream(
         self, requests: Iterable[AnyRequest], **options: Unpack[StreamOptions]
@@ -285,153 +287,60 @@ class BatchPool:
         together. Cancelling the caller (``asyncio.wait_for``, ``task.cancel()``) stops
         the batch within about a second and leaves the pool ready for the next one.
         """
-        return self._astream(requests, "astream", options)
+        return self._async(self._batch(requests, "astream", options))
 
-    def _astream(
-        self, requests: Iterable[AnyRequest], operation: str, options: StreamOptions
-    ) -> AsyncBatchStream[Any]:
-        chunks, summary, taken = self.open_stream(requests, operation, **options)
-        return AsyncBatchStream(async_pairs(chunks, self._interrupt), summary, taken)
+    async def arun(
+        self, requests: Iterable[AnyRequest], **options: Unpack[StreamOptions]
+    ) -> list[Any]:
+        """`run()` for callers inside an event loop."""
+        stream = self._async(self._batch(requests, "arun", options))
+        return in_input_order([result async for result in stream])
+
+    def _batch(self, requests: Iterable[AnyRequest], operation: str, options: Any) -> Batch:
+        """The batch, its arguments checked now (nothing starts before it is iterated)."""
+        self._check_open(operation)
+        return build_batch(
+            self._parts,
+            next(self._batch_ids),
+            requests,
+            options,
+            replay=operation in ("run", "arun"),
+            online_rate=self._online_rate,
+        )
+
+    def _run(self, batch: Batch) -> Generator[list[ResultPair], None, None]:
+        """The batch loop, with what the pool does around it."""
+        ended = functools.partial(self._ended, online=batch.route is None)
+        return batch.loop.run(PoolHooks(self._started, self._start_workers, ended))
+
+    def _async(self, batch: Batch) -> AsyncBatchStream[Any]:
+        pairs = async_pairs(self._run(batch), self._interrupt)
+        stream: AsyncBatchStream[Any] = AsyncBatchStream(pairs, batch.summary, _taken(batch))
+        if batch.route is not None:
+            stream.add_done_callback(batch.route.close)
+        return stream
 
     def _interrupt(self) -> None:
         """Stop the batch streaming now at its next turn (from any thread)."""
         if self._loop is not None:
             self._loop.interrupt()
 
-    async def arun(
-        self, requests: Iterable[AnyRequest], **options: Unpack[StreamOptions]
-    ) -> list[Any]:
-        """`run()` for callers inside an event loop."""
-        stream = self._astream(requests, "arun", options)
-        return in_input_order([result async for result in stream])
-
-    def open_stream(
-        self,
-        requests: Iterable[AnyRequest],
-        operation: str = "stream",
-        **options: Unpack[StreamOptions],
-    ) -> OpenedStream:
-        """Check the arguments now; return the generator of result groups, its summary,
-        and what to tell of each index the caller takes (batch mode's journal)."""
-        self._check_open(operation)
-        refuse_idle(options)
-        postprocess = options.get("postprocess") or self.postprocess
-        check_callable("postprocess", postprocess)
-        rich = options.get("return_results", False)
-        check_bool("return_results", rich)
-        check_bool("progress", options.get("progress", False))
-        hedge = check_hedge(options.get("hedge", False))
-        spending = self._spending(options.get("max_cost"))
-        checker = self._checker if spending is None else self._checker.with_prices(self._prices)
-        check_item = self._check_requests(requests, checker)
-        route = BatchMode.check(options, self.settings.max_retries, self._online_rate)
-        summary = BatchSummary()
-        admission = Admission(
-            self._cache,
-            self.settings.routed_base_url,
-            spending,
-            replays=postprocess is not None,
-            prices=self._prices,
-            tier="flex" if route.mode == "flex" else "default",
-        )
-        jobs = None
-        if route.mode == "batch":
-            jobs = route.route(
-                requests,
-                base_url=self.settings.routed_base_url,
-                api_key=self.settings.secret,
-                prices=self._prices,
-                check_item=check_item,
-                spending=spending,
-                admission=admission,
-                replay=operation in ("run", "arun"),
-                wake=self._supervisor.wake,
-                summary=summary,
-            )
-        batch_id = next(self._batch_ids)
-        dispatcher: Dispatcher[Worker] = Dispatcher(
-            batch_id,
-            requests if jobs is None else jobs,
-            budget=self.budget,
-            retries=self._retries,
-            admission=admission,
-            rich=rich,
-            check_item=check_item if jobs is None else None,
-            indexed=jobs is not None,
-            summary=summary,
-            deadline=route.deadline if jobs is None else None,
-            flex_fallback=route.mode == "flex" and route.flex_fallback,
-            fleet=self.fleet,
-            hedging=Hedging(hedge) if hedge is not None else None,
-            on_finish=jobs.finished if jobs is not None else None,
-        )
-        total = len(requests) if isinstance(requests, Sized) else None
-        progress = ProgressBar(summary, total) if options.get("progress") else None
-        message = self._options_message(batch_id, postprocess, rich, route)
-        loop = BatchLoop(dispatcher, self._supervisor, message, admission, progress)
-        if jobs is not None:
-            chunks = delivering(self._run(loop, online=False), jobs)
-            return OpenedStream(chunks, summary, jobs.taken)
-        return OpenedStream(self._run(loop), summary, None)
-
-    @staticmethod
-    def _check_requests(
-        requests: object, checker: RequestChecker
-    ) -> Callable[[int, object], None] | None:
-        """Check a list whole now; the check for each item of any other iterable."""
-        if isinstance(requests, Sequence):
-            checker.check_all(requests)
-            return None
-        if not isinstance(requests, Iterable):
-            raise TypeError(
-                f"requests must be an iterable of OpenAIRequest, got {type(requests).__name__}"
-            )
-        return checker
-
-    def _options_message(
-        self, batch_id: int, postprocess: Postprocess | None, rich: bool, route: BatchMode
-    ) -> BatchOptions:
-        """What the workers are told of the batch before its first task."""
-        blob = None
-        if postprocess is not None:
-            blob = pickled_callable(
-                "postprocess", postprocess, lambda: cloudpickle.dumps(postprocess)
-            )
-        return BatchOptions(
-            batch_id,
-            blob,
-            # The cache and the batch journal keep answers whole (`StoredAnswer`).
-            with_body=rich or self._cache is not None or route.mode == "batch",
-            service_tier=route.service_tier,
-            timeout=route.attempt_timeout(self.settings.timeout),
-        )
-
-    def _spending(self, max_cost: object) -> Spending | None:
-        if max_cost is None:
-            return None
-        check_positive("max_cost", max_cost)
-        assert isinstance(max_cost, (int, float))
-        return Spending(float(max_cost), self._prices)
-
-    def _run(self, loop: BatchLoop, online: bool = True) -> Generator[list[ResultPair], None, None]:
-        """The batch, on this pool: one at a time, workers started on the first."""
+    def _started(self, loop: BatchLoop) -> None:
+        """A batch starts on this pool: one at a time."""
         self._check_open("stream")
         if self._loop is not None:
             raise RuntimeError(
                 "this BatchPool is already streaming a batch; finish or close that "
-                "generator before starting another"
+                "stream before starting another"
             )
         self._loop = loop
         self.fleet.begin()  # what an earlier batch left in flight was cancelled
-        try:
-            loop.dispatcher.peek()
-            if not loop.dispatcher.finished:
-                self._start_workers()
-            yield from loop.run()
-        finally:
-            self._loop = None
-            if online and loop.dispatcher.summary.requests_per_s > 0:
-                self._online_rate = loop.dispatcher.summary.requests_per_s
+
+    def _ended(self, loop: BatchLoop, online: bool) -> None:
+        """A batch ended; an online one teaches the pool its rate (a deadline's guess)."""
+        self._loop = None
+        if online and loop.dispatcher.summary.requests_per_s > 0:
+            self._online_rate = loop.dispatcher.summary.requests_per_s
 
     def _start_workers(self) -> None:
         if self._state is PoolState.CREATED:
@@ -458,6 +367,11 @@ class BatchPool:
 
 
 BatchPool.__doc__ = f"{BatchPool.__doc__}\n{options_doc(indent=4)}"
+
+
+def _taken(batch: Batch) -> Callable[[int], None] | None:
+    """What to tell of each index the caller takes: the Batch API route keeps it."""
+    return batch.route.taken if batch.route is not None else None
 
 
 def _shut_down(supervisor: Supervisor, cache: ResponseCache | None) -> None:

@@ -249,6 +249,18 @@ class BatchSummary:
             endpoint.failed += 1
         endpoint.latency_s += latency_s
 
+    def finish(self) -> None:
+        """The batch ended (its wall time stops)."""
+        self.finished_at = time.monotonic()
+
+    def add_hedge(self) -> None:
+        """Count a hedge sent."""
+        self.hedges += 1
+
+    def add_throttled(self) -> None:
+        """Count a 429 answer."""
+        self.rate_limited += 1
+
     def add_cached(self, paid_usd: float | None, deduplicated: bool) -> None:
         """Count that the next result added came from the cache (or an identical request)."""
         self.cached += 1

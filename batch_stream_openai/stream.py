@@ -21,13 +21,18 @@ class BatchStream(Iterator[tuple[int, T]]):
 
     Example::
 
-        stream = stream_batch(requests)
-        for index, result in stream:
-            ...
+        with stream_batch(requests) as stream:
+            for index, result in stream:
+                ...
         print(stream.summary)
 
-    Closing it (``close()``, ``break`` then garbage collection, or ``with``) cancels
+    Closing it (``close()``, the end of a ``with`` block, or garbage collection) cancels
     what is still in flight.
+
+    Parameters:
+        chunks: the batch loop: groups of ``(index, value)`` pairs as they finish.
+        summary: the batch's live counts.
+        taken: told each index as the caller takes it (the batch journal), or None.
     """
 
     def __init__(
@@ -38,7 +43,8 @@ class BatchStream(Iterator[tuple[int, T]]):
     ) -> None:
         self._chunks = chunks
         self._buffer: deque[ResultPair] = deque()
-        self._taken = taken  # told each index as the caller takes it (the batch journal)
+        self._taken = taken
+        self._done_callbacks: list[Callable[[bool], None]] | None = []  # None: ran
         self.summary = summary
 
     def __repr__(self) -> str:
@@ -49,7 +55,14 @@ class BatchStream(Iterator[tuple[int, T]]):
 
     def __next__(self) -> tuple[int, T]:
         while not self._buffer:
-            self._buffer.extend(next(self._chunks))
+            try:
+                self._buffer.extend(next(self._chunks))
+            except StopIteration:
+                self._end(completed=True)
+                raise
+            except BaseException:
+                self._end(completed=False)
+                raise
         pair = self._buffer.popleft()
         if self._taken is not None:
             self._taken(pair[0])
@@ -66,10 +79,27 @@ class BatchStream(Iterator[tuple[int, T]]):
     ) -> None:
         self.close()
 
+    def __del__(self) -> None:
+        if getattr(self, "_done_callbacks", None) is not None:
+            self.close()
+
+    def add_done_callback(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(completed)`` once, when the stream ends: ``completed`` is True
+        when every result was taken, False when it was closed first (or raised)."""
+        if self._done_callbacks is None:
+            raise RuntimeError("the stream has ended already")
+        self._done_callbacks.append(callback)
+
     def close(self) -> None:
         """Stop the batch: what is in flight is cancelled, nothing more is yielded."""
         self._buffer.clear()
         self._chunks.close()
+        self._end(completed=False)
+
+    def _end(self, completed: bool) -> None:
+        callbacks, self._done_callbacks = self._done_callbacks, None
+        for callback in callbacks or ():
+            callback(completed)
 
 
 class AsyncBatchStream(AsyncIterator[tuple[int, T]]):
@@ -94,6 +124,7 @@ class AsyncBatchStream(AsyncIterator[tuple[int, T]]):
     ) -> None:
         self._pairs = pairs
         self._taken = taken  # told each index as the caller takes it (the batch journal)
+        self._done_callbacks: list[Callable[[bool], None]] | None = []  # None: ran
         self.summary = summary
 
     def __repr__(self) -> str:
@@ -103,14 +134,35 @@ class AsyncBatchStream(AsyncIterator[tuple[int, T]]):
         return self
 
     async def __anext__(self) -> tuple[int, T]:
-        pair = await self._pairs.__anext__()
+        try:
+            pair = await self._pairs.__anext__()
+        except StopAsyncIteration:
+            await self._end(completed=True)
+            raise
+        except BaseException:
+            await self._end(completed=False)
+            raise
         if self._taken is not None:
             self._taken(pair[0])
         return pair
 
+    def add_done_callback(self, callback: Callable[[bool], None]) -> None:
+        """`BatchStream.add_done_callback`; the callback runs in a thread, never on the
+        event loop (closing a pool joins its workers)."""
+        if self._done_callbacks is None:
+            raise RuntimeError("the stream has ended already")
+        self._done_callbacks.append(callback)
+
     async def aclose(self) -> None:
         """Stop the batch: what is in flight is cancelled, nothing more is yielded."""
         await self._pairs.aclose()
+        await self._end(completed=False)
+
+    async def _end(self, completed: bool) -> None:
+        callbacks, self._done_callbacks = self._done_callbacks, None
+        loop = asyncio.get_running_loop()
+        for callback in callbacks or ():
+            await loop.run_in_executor(None, callback, completed)
 
 
 async def async_pairs(

@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 
 from batch_stream_openai import APIError, OpenAIRequest, WorkerCrashedError
-from batch_stream_openai._core.dispatcher import MAX_CRASHES_PER_REQUEST, Dispatcher
-from batch_stream_openai._core.supervisor import Exit
+from batch_stream_openai._core.delivery import Delivery
+from batch_stream_openai._core.dispatcher import MAX_CRASHES_PER_REQUEST, Dispatcher, Policies
+from batch_stream_openai._core.intake import Intake
 from batch_stream_openai._policy.fleet import Fleet
 from batch_stream_openai._policy.hedging import Hedging
 from batch_stream_openai._policy.limits import Budget
-from batch_stream_openai._policy.retry import RetrySchedule
+from batch_stream_openai._policy.retry import Retries, RetryPolicy, RetrySchedule
 from batch_stream_openai._spending.admission import Admission
 from batch_stream_openai._spending.cache import ResponseCache
 from batch_stream_openai._spending.cap import Spending
 from batch_stream_openai._spending.prices import PriceTable
-from batch_stream_openai._wire.config import RetryPolicy
-from batch_stream_openai._wire.protocol import Cancel, Outcome, Task
+from batch_stream_openai._wire.protocol import Cancel, Exit, Outcome, Task
 from batch_stream_openai.errors import APIConnectionError
 from batch_stream_openai.results import Result, Usage
 
@@ -48,16 +48,16 @@ def make(
     hedging: Hedging | None = None,
 ) -> Dispatcher[str]:
     clock = clock or FakeClock()
-    return Dispatcher(
-        1,
-        requests,  # type: ignore[arg-type]
-        budget=Budget(concurrency, rpm=rpm, tpm=None, adaptive=False, clock=clock),
-        retries=RetrySchedule(policy or RetryPolicy(max_attempts=3, initial_backoff=0.1)),
-        rich=rich,
-        clock=clock,
+    fleet = fleet or Fleet([""])
+    schedule = RetrySchedule(policy or RetryPolicy(max_attempts=3, initial_backoff=0.1))
+    policies = Policies(
+        Budget(concurrency, rpm=rpm, tpm=None, adaptive=False, clock=clock),
+        Retries(schedule, len(fleet.urls), flex_fallback=False),
         fleet=fleet,
         hedging=hedging,
     )
+    delivery = Delivery(rich=rich, urls=fleet.urls, clock=clock)
+    return Dispatcher(1, Intake(requests), policies, delivery, clock=clock)  # type: ignore[arg-type]
 
 
 def answer(task: Task, text: str | None = None) -> Outcome:
@@ -349,14 +349,13 @@ def test_a_worker_dying_with_a_cache_replay_settles_no_reservation() -> None:
     with tempfile.TemporaryDirectory() as folder:
         spending = Spending(1.0, PriceTable())
         cache = ResponseCache(Path(folder) / "cache.sqlite")
-        dispatcher = Dispatcher(
-            1,
-            [ask(0), ask(0), ask(1)],
-            budget=Budget(1, rpm=None, tpm=None, adaptive=False, clock=clock),
-            retries=RetrySchedule(RetryPolicy(max_attempts=3)),
-            clock=clock,
-            admission=Admission(cache, spending=spending, replays=True),
+        policies = Policies(
+            Budget(1, rpm=None, tpm=None, adaptive=False, clock=clock),
+            Retries(RetrySchedule(RetryPolicy(max_attempts=3)), 1, flex_fallback=False),
+            Admission(cache, spending=spending, replays=True),
         )
+        intake = Intake([ask(0), ask(0), ask(1)])
+        dispatcher: Dispatcher[str] = Dispatcher(1, intake, policies, Delivery(), clock=clock)
         ((worker, task),) = tasks_of(dispatcher.fill(["a"]))
         dispatcher.settle(worker, answer(task))
         done = [index for index, _ in dispatcher.take_results()]

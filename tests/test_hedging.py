@@ -36,7 +36,7 @@ def test_hedges_stay_within_the_fraction_of_the_requests_read() -> None:
     hedging = Hedging(0.02)
     assert not hedging.allowed(read=49)
     assert hedging.allowed(read=50)
-    hedging.sent = 1
+    hedging.sent_one()
     assert not hedging.allowed(read=99)
     assert hedging.allowed(read=100)
 

@@ -13,8 +13,7 @@ import time
 import pytest
 
 from batch_stream_openai import errors
-from batch_stream_openai._policy.retry import MAX_RETRY_AFTER_S, RetrySchedule
-from batch_stream_openai._wire.config import RetryPolicy
+from batch_stream_openai._policy.retry import MAX_RETRY_AFTER_S, RetryPolicy, RetrySchedule
 from batch_stream_openai._wire.failures import to_request_error
 from batch_stream_openai._wire.statuses import parse_retry_after, retryable_status
 from batch_stream_openai.testing import FakeOpenAIServer

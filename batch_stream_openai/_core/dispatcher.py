@@ -6,13 +6,18 @@ attempts to cancel), feeds each `Outcome` to `settle` and each exited worker to
 whole policy (budgets, retries, crash counting, quarantine, the cache and the cost cap,
 the endpoints each attempt goes to, hedges) is tested without a single process.
 
-The ledger (`ledger.py`) holds every request read from the input and not yet yielded:
-sent, waiting for its next attempt or to be re-sent after its worker died, a cache hit
-on its way through a worker's `postprocess`, or a duplicate waiting for an identical
-request's answer. Requests to send (and hedges) take a slot of `max_concurrency`;
-everything in the ledger together is bounded too (`_READ_AHEAD`), so memory does not
-grow with the batch. Each OpenAI-routed attempt goes to the endpoint the `Fleet` picks;
-one that failed because its endpoint did is sent again at once elsewhere."""
+The dispatcher decides; its collaborators keep their own state and are told what
+happened through their verbs: the `Ledger` (who runs what), the `Policies` (the budget,
+the retries, the cache and the cost cap, the endpoints, the hedging), the `Quarantine`
+(requests whose workers died) and the `Delivery` (what the caller gets).
+
+The ledger holds every request read from the input and not yet yielded: sent, waiting
+for its next attempt or to be re-sent after its worker died, a cache hit on its way
+through a worker's `postprocess`, or a duplicate waiting for an identical request's
+answer. Requests to send (and hedges) take a slot of `max_concurrency`; everything in
+the ledger together is bounded too (`_READ_AHEAD`), so memory does not grow with the
+batch.
+"""
 
 from __future__ import annotations
 
@@ -20,36 +25,32 @@ import heapq
 import pickle
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Hashable, Iterable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Collection, Hashable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 from .._policy.fleet import Fleet
 from .._policy.hedging import Hedging
 from .._policy.limits import Budget, token_estimate
 from .._policy.quarantine import MAX_CRASHES_PER_REQUEST, Quarantine
-from .._policy.retry import RetrySchedule
+from .._policy.retry import Retries
 from .._spending.admission import Admission
 from .._spending.cap import NOTHING_RESERVED, Reservation
 from .._wire.answers import StoredAnswer
-from .._wire.protocol import Cancel, Outcome, Task
+from .._wire.protocol import Cancel, Exit, Outcome, Task
 from .._wire.sources import Answered
-from ..errors import (
-    APIError,
-    BudgetExceededError,
-    DeadlineExceededError,
-    RequestError,
-    WorkerCrashedError,
-)
+from ..errors import APIError, DeadlineExceededError, RequestError, WorkerCrashedError
 from ..results import BatchSummary, Result, ResultPair
+from .delivery import Delivery
 from .intake import Intake
 from .ledger import Attempt, Entry, Ledger
-from .supervisor import Exit
 
-__all__ = ["MAX_CRASHES_PER_REQUEST", "POLL_INTERVAL_S", "Dispatcher"]
+__all__ = ["MAX_CRASHES_PER_REQUEST", "POLL_INTERVAL_S", "Dispatcher", "Policies"]
 
 # A worker, to the dispatcher: only a key (so its tests need no processes).
 W = TypeVar("W", bound=Hashable)
+# What to send: {worker: [Task, Cancel, ...]}.
+Sends = dict[Any, list[Task | Cancel]]
 
 # Longest the batch loop sleeps with nothing due, so it notices silent workers.
 POLL_INTERVAL_S = 1.0
@@ -58,12 +59,31 @@ POLL_INTERVAL_S = 1.0
 _READ_AHEAD = 256
 
 
+@dataclass(frozen=True)
+class Policies:
+    """What decides for one batch; each keeps its own state, the dispatcher calls verbs.
+
+    Parameters:
+        budget: the pool's concurrency and rate budget (shared by its batches).
+        retries: when a failed attempt goes again (`_policy/retry.py`).
+        admission: the response cache, in-flight dedup, the cost cap and the prices.
+        fleet: the endpoints each OpenAI-routed attempt goes to (default: one, unnamed).
+        hedging: hedge stragglers, or None.
+    """
+
+    budget: Budget
+    retries: Retries
+    admission: Admission = field(default_factory=Admission)
+    fleet: Fleet = field(default_factory=lambda: Fleet([""]))
+    hedging: Hedging | None = None
+
+
 class Dispatcher(Generic[W]):
     """The ledger and policy of one batch.
 
     Example::
 
-        dispatcher = Dispatcher(1, requests, budget=budget, retries=schedule)
+        dispatcher = Dispatcher(1, Intake(requests), Policies(budget, retries), Delivery())
         messages = dispatcher.fill(ready_workers)    # {worker: [Task, Cancel, ...]}
         dispatcher.settle(worker, outcome)            # an attempt ended
         dispatcher.reclaim(worker, exit)              # a worker died: re-send what it owed
@@ -71,54 +91,33 @@ class Dispatcher(Generic[W]):
 
     Parameters:
         batch_id: tags this batch's tasks; outcomes of other batches are ignored.
-        requests: the caller's iterable, read lazily.
-        budget: the pool's concurrency and rate budget (shared by its batches).
-        retries: when a failed attempt is tried again.
-        admission: the response cache, in-flight dedup and cost cap (None: none).
-        rich: yield `Result` objects instead of ``str | Exception``.
-        check_item: validates each item read (raises for a bad one); None when the
-            caller's requests were checked before the batch started.
-        indexed: `requests` yields ``(index, item)`` pairs in any order, where an item is
-            a request or an `Answered`, and may yield `PENDING` for "nothing yet".
+        intake: the batch's input, read lazily.
+        policies: the budget, retries, admission, endpoints and hedging.
+        delivery: where finished indices go (and the batch's summary).
         deadline: monotonic time by which every index must be done: then what is not
             yields `DeadlineExceededError` (what is running is given up).
-        flex_fallback: a request that flex (``service_tier="flex"``) had no capacity for,
-            retries included, is sent at the standard tier.
-        fleet: the pool's endpoints (`fleet.py`), where each OpenAI-routed attempt goes;
-            None: one endpoint.
-        hedging: hedge stragglers (`hedging.py`), or None.
-        summary: the batch's live counts.
-        on_finish: told each index's result as it is done (before `postprocess` output
-            is taken for a rich result), or None.
         clock: monotonic seconds (injectable for tests).
     """
 
     def __init__(
         self,
         batch_id: int,
-        requests: Iterable[Any],
+        intake: Intake,
+        policies: Policies,
+        delivery: Delivery,
         *,
-        budget: Budget,
-        retries: RetrySchedule,
-        admission: Admission | None = None,
-        rich: bool = False,
-        check_item: Callable[[int, object], None] | None = None,
-        summary: BatchSummary | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        indexed: bool = False,
         deadline: float | None = None,
-        flex_fallback: bool = False,
-        fleet: Fleet | None = None,
-        hedging: Hedging | None = None,
-        on_finish: Callable[[int, Result], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.batch_id = batch_id
-        self.summary = summary if summary is not None else BatchSummary()
-        self._intake = Intake(requests, indexed=indexed, check_item=check_item)
-        self._budget = budget
-        self._retries = retries
-        self._admission = admission or Admission()
-        self._rich = rich
+        self._intake = intake
+        self._budget = policies.budget
+        self._retries = policies.retries
+        self._admission = policies.admission
+        self._fleet = policies.fleet
+        self._hedging = policies.hedging
+        self._delivery = delivery
+        self._deadline = deadline
         self._clock = clock
         self._ledger: Ledger[W] = Ledger()
         self._due: deque[int] = deque()  # to send now: re-sends, retries, replays, ...
@@ -128,17 +127,11 @@ class Dispatcher(Generic[W]):
         # Set when nothing more may be sent (the cost cap is reached, the deadline passed):
         # what is not sent, and what is read from then on, fails with this error.
         self._refusal: Callable[[int], RequestError] | None = None
-        self._deadline = deadline
-        self._flex_fallback = flex_fallback
-        self._fleet = fleet if fleet is not None else Fleet([""])  # one, unnamed
-        self._hedging = hedging
-        self._on_finish = on_finish
         self._read = 0  # requests read from the input
         self._workers_seen = False  # the last `fill` had ready workers
         self._hedge_held = False  # a budget held a hedge back: wait for an answer
-        self._cancels: dict[W, list[Task | Cancel]] = {}  # attempts to stop: the other copy won
+        self._cancels: Sends = {}  # attempts to stop: the other copy won
         self.abandoned = False  # requests given up while in flight (to cancel in workers)
-        self._done: list[ResultPair] = []  # results not yet taken
 
     def __repr__(self) -> str:
         return (
@@ -147,9 +140,13 @@ class Dispatcher(Generic[W]):
         )
 
     @property
+    def summary(self) -> BatchSummary:
+        return self._delivery.summary
+
+    @property
     def finished(self) -> bool:
         """Everything read has been yielded, and nothing more will be read."""
-        return self._intake.done and not self._ledger.entries and not self._done
+        return self._intake.done and not self._ledger.entries and not self._delivery.waiting
 
     @property
     def input_error(self) -> BaseException | None:
@@ -167,8 +164,7 @@ class Dispatcher(Generic[W]):
 
     def take_results(self) -> list[ResultPair]:
         """The results finished since the last call, for the caller."""
-        done, self._done = self._done, []
-        return done
+        return self._delivery.take()
 
     def next_wake(self) -> float:
         """Seconds until something becomes due (a retry, the budget), at most the poll."""
@@ -183,47 +179,53 @@ class Dispatcher(Generic[W]):
         return max(0.0, min(wake, self._hedge_due(now)))
 
     def _hedge_due(self, now: float) -> float:
-        """Seconds until the oldest running request is due a hedge that could be sent
-        (inf: none could; an answer, freeing a slot, wakes the loop then)."""
-        hedging = self._hedging
-        if hedging is None or not hedging.running or not self._workers_seen or self._hedge_held:
+        """Seconds until a hedge could be sent (inf: none could; an answer, freeing a
+        slot, wakes the loop then)."""
+        if self._hedging is None or not self._workers_seen or self._hedge_held:
             return float("inf")
-        capacity = min(self._budget.concurrency(), self._fleet.capacity())
-        if self._ledger.slots >= capacity or not hedging.allowed(self._read):
+        if self._ledger.slots >= self._capacity():
             return float("inf")
-        threshold = hedging.threshold(tail=self._intake.exhausted)
-        return float("inf") if threshold is None else hedging.running[0][0] + threshold - now
+        return self._hedging.wait(now, self._intake.exhausted, self._read)
+
+    def _capacity(self) -> float:
+        return min(self._budget.concurrency(), self._fleet.capacity())
 
     def peek(self) -> None:
         """Read the first request ahead, so that an empty input is known to be empty."""
         if (item := self._intake.next()) is not None:
             self._intake.hold(item)
 
-    def fill(self, workers: Sequence[W]) -> dict[W, list[Task | Cancel]]:
+    def fill(self, workers: Sequence[W]) -> Sends:
         """What to send now, to which of the ready `workers`: re-sends and retries first,
-        then new requests while the concurrency, rate and cost budgets allow, then hedges;
-        and the attempts to cancel, which lost to their other copy."""
-        sends: dict[W, list[Task | Cancel]] = dict(self._cancels)
+        then hedges, then new requests while the concurrency, rate and cost budgets
+        allow; and the attempts to cancel, which lost to their other copy."""
+        sends: Sends = dict(self._cancels)
         self._cancels = {}
         now = self._clock()
         if self._deadline is not None and now >= self._deadline and self._refusal is None:
             self._give_up_running()
         self._workers_seen = bool(workers)
         if workers:
-            self._fill(workers, sends, now)
+            self._send_due(workers, sends, now)
+            capacity = self._capacity()
+            if self._hedging is not None:  # before new requests: a straggler holds it up
+                self._send_hedges(self._hedging, workers, sends, now, capacity)
+            while self._ledger.slots < capacity and len(self._ledger) < capacity + _READ_AHEAD:
+                item = None if self._refusal else self._intake.next()
+                if item is None or not self._admit(*item, workers, sends, now):
+                    break
         if self._refusal is not None:
             self._refuse_more(self._refusal)
         return sends
 
-    def _fill(self, workers: Sequence[W], sends: dict[W, list[Task | Cancel]], now: float) -> None:
+    def _send_due(self, workers: Sequence[W], sends: Sends, now: float) -> None:
+        """Send what is due: retries whose backoff is over, re-sends, suspects alone."""
         while self._backoff and self._backoff[0][0] <= now:
             self._due.append(heapq.heappop(self._backoff)[1])
 
         def send_suspect(index: int, among: list[W]) -> W | None:
             reserved = self._may_send(self._ledger.entries[index], now)
-            if reserved is None:
-                return None
-            return self._send(index, among, sends, now, reserved)
+            return None if reserved is None else self._send(index, among, sends, now, reserved)
 
         self._quarantine.release(workers, self._ran_a_crash, send_suspect)
         innocent = self._quarantine.innocent(workers)
@@ -232,34 +234,29 @@ class Dispatcher(Generic[W]):
             if reserved is None:
                 break
             self._send(self._due.popleft(), innocent, sends, now, reserved)
-        capacity = min(self._budget.concurrency(), self._fleet.capacity())
-        if self._hedging is not None:  # before new requests: a straggler holds the batch up
-            self._send_hedges(self._hedging, workers, sends, now, capacity)
-        while self._ledger.slots < capacity and len(self._ledger) < capacity + _READ_AHEAD:
-            item = None if self._refusal else self._intake.next()
-            if item is None or not self._admit(*item, workers, sends, now):
-                break
 
     def _send_hedges(
-        self,
-        hedging: Hedging,
-        workers: Sequence[W],
-        sends: dict[W, list[Task | Cancel]],
-        now: float,
-        capacity: float,
+        self, hedging: Hedging, workers: Sequence[W], sends: Sends, now: float, capacity: float
     ) -> None:
         """A duplicate for each request running past the hedging threshold, while
         slots, budgets and the hedging fraction allow (`Hedging.due`)."""
         tail = self._intake.exhausted and self._ledger.slots < capacity
-        due = hedging.due(self._ledger.entries, now, tail, self._read)
+        due = hedging.due(now, tail, self._read, self._hedgeable)
         while self._ledger.slots < capacity and (item := next(due, None)) is not None:
             index = item[1]
             reserved = self._may_send(self._ledger.entries[index], now)
             if reserved is None:
-                hedging.running.appendleft(item)  # a budget holds it: offered again later
+                hedging.put_back(item)  # a budget holds it: offered again later
                 self._hedge_held = True
                 return
             self._send(index, workers, sends, now, reserved, hedge=True)
+
+    def _hedgeable(self, index: int, number: int) -> bool | None:
+        """Whether attempt `number` of `index` may be hedged (None: it no longer runs)."""
+        entry = self._ledger.entries.get(index)
+        if entry is None or entry.running is None or entry.running.number != number:
+            return None
+        return entry.hedge is None and not entry.crashes  # a suspect runs alone
 
     def settle(self, worker: W, outcome: Outcome) -> None:
         """An attempt ended: finish its request, or schedule its next attempt."""
@@ -279,7 +276,7 @@ class Dispatcher(Generic[W]):
         if entry.replay:
             self._finish(index, entry, result)
             return
-        result = self._admission.priced(result, entry.model, entry.standard)
+        result = self._admission.priced(result, entry.model, entry.retry.standard)
         if attempt.reserved is not None:
             self._admission.settle_cost(attempt.reserved, result)
         blamed = self._ended(entry, attempt, result)
@@ -306,7 +303,7 @@ class Dispatcher(Generic[W]):
         target = attempt.endpoint
         if target is None:
             return None
-        entry.endpoint = target
+        entry.ended_on(target)
         self.summary.add_attempt(self._fleet.urls[target], latency, result.error is None)
         return target if self._fleet.ended(target, latency, result.error) else None
 
@@ -334,7 +331,7 @@ class Dispatcher(Generic[W]):
             for attempt in lost:
                 self._withdraw(attempt)
             if exit_.was_ready:
-                entry.crashes += 1
+                entry.crashed()
             if entry.running is not None:
                 continue  # its other copy still runs
             verdict = Quarantine.verdict(entry.crashes)
@@ -367,12 +364,7 @@ class Dispatcher(Generic[W]):
         self._backoff.clear()
 
     def _admit(
-        self,
-        index: int,
-        request: Any,
-        workers: Sequence[W],
-        sends: dict[W, list[Task | Cancel]],
-        now: float,
+        self, index: int, request: Any, workers: Sequence[W], sends: Sends, now: float
     ) -> bool:
         """Take in one new request: answer it from the cache, park it behind an identical
         one, or send it. False when a budget holds it back (it is kept for later)."""
@@ -417,18 +409,11 @@ class Dispatcher(Generic[W]):
         """A ledger entry for a new request; raises ResultTransferError if it cannot go."""
         payload = Task.pickle_payload(request)
         routed = request.uses_openai_sdk
-        if not self._budget.counts_tokens and self._admission.spending is None:
+        if not self._budget.counts_tokens and not self._admission.caps_cost:
             return Entry(payload, 0, request.model, key=key, routed=routed)
         prompt_tokens, cap = token_estimate(request)
-        return Entry(
-            payload,
-            prompt_tokens + (cap or 0),
-            request.model,
-            prompt_tokens,
-            cap,
-            key,
-            routed=routed,
-        )
+        tokens = prompt_tokens + (cap or 0)
+        return Entry(payload, tokens, request.model, prompt_tokens, cap, key, routed=routed)
 
     def _may_send(self, entry: Entry, now: float) -> Reservation | None:
         """Whether the budgets and the endpoints let `entry` go now: what it holds of the
@@ -437,7 +422,7 @@ class Dispatcher(Generic[W]):
             return NOTHING_RESERVED
         if self._refusal is not None:
             return None
-        if entry.routed and self._fleet.pick() is None:
+        if entry.routed and not self._fleet.has_room():
             return None  # every endpoint is full: an answer will make room
         wait = self._budget.delay(entry.tokens)
         if wait > 0:
@@ -446,14 +431,14 @@ class Dispatcher(Generic[W]):
         reserved = self._admission.reserve_cost(entry.model, entry.prompt_tokens, entry.output_cap)
         if reserved is None and self._admission.cost_exhausted:
             # With nothing in flight to settle below its reservation, it never will fit.
-            self._refusal = self._over_budget
+            self._refusal = self._admission.refusal
         return reserved
 
     def _send(
         self,
         index: int,
         among: Sequence[W],
-        sends: dict[W, list[Task | Cancel]],
+        sends: Sends,
         now: float,
         reserved: Reservation,
         hedge: bool = False,
@@ -462,25 +447,19 @@ class Dispatcher(Generic[W]):
         to the least busy of the workers `among`, and its endpoint."""
         entry = self._ledger.entries[index]
         worker, target = self._where(entry, among, hedge)
-        entry.attempts += 1
+        number = entry.new_attempt()
         charge = None if entry.replay else self._budget.spend(entry.tokens)
-        attempt = Attempt(
-            worker, entry.attempts, target, now, charge, None if entry.replay else reserved
-        )
+        attempt = Attempt(worker, number, target, now, charge, None if entry.replay else reserved)
         # Not `now` for the watchdog: reading the input may have taken a while since.
         self._ledger.place(index, attempt, hedge, self._clock())
         if hedge:
             assert self._hedging is not None
-            self._hedging.sent += 1
-            self.summary.hedges += 1
-        else:
-            entry.tries += not entry.failing_over  # a failover is not a retry
-            entry.failovers += entry.failing_over
-            entry.failing_over = False
-            if entry.attempts == 1:
-                entry.first_sent_at = now
-            if self._hedging is not None and not entry.replay:
-                self._hedging.started(index, entry.attempts, now)
+            self._hedging.sent_one()
+            self.summary.add_hedge()
+        elif not entry.replay:
+            self._retries.sent(entry.retry, now)
+            if self._hedging is not None:
+                self._hedging.started(index, number, now)
         sends.setdefault(worker, []).append(entry.task(self.batch_id, index, target))
         return worker
 
@@ -496,7 +475,7 @@ class Dispatcher(Generic[W]):
                 () if entry.running.endpoint is None else {entry.running.endpoint}
             )
         else:
-            worker, avoid = min(among, key=busy), entry.failed_on
+            worker, avoid = min(among, key=busy), entry.retry.failed_on
         if not entry.routed:
             return worker, None
         target = self._fleet.pick(avoid)
@@ -509,38 +488,22 @@ class Dispatcher(Generic[W]):
         return any(self._ledger.entries[i].crashes for i in self._ledger.owed(worker))
 
     def _retry_later(self, index: int, entry: Entry, error: Exception, blamed: int | None) -> bool:
-        """Schedule the next attempt if the policy wants one; count 429s either way.
-
-        An attempt that failed because its endpoint did (`blamed`) goes at once to
-        an endpoint it has not failed on, while there is one, and is not counted as a
-        retry. Once it has failed on every endpoint, its retries avoid only the one it
-        failed on last (else a dead replica could take every retry of it).
-        """
+        """Schedule the next attempt if the retry policy wants one; count 429s either way."""
         self._count_throttled(error)
-        if blamed is not None:
-            failed = entry.failed_on | {blamed}
-            if len(failed) < len(self._fleet.urls):
-                entry.failed_on = failed
-                if getattr(error, "retryable", False):
-                    entry.failing_over = True
-                    self._due.append(index)
-                    return True
-            else:  # it failed everywhere: its retries avoid only where it failed last
-                entry.failed_on = frozenset({blamed})
         now = self._clock()
-        wait = self._retries.next_wait(error, entry.tries, now - entry.first_sent_at)
+        wait = self._retries.after(entry.retry, error, blamed, now)
         if wait is None:
-            if entry.standard or not self._flex_fallback or not _flex_unavailable(error):
-                return False
-            # Flex had no capacity for it, retries included: the standard tier then.
-            entry.standard, entry.tries, wait = True, 0, 0.0
-        heapq.heappush(self._backoff, (now + wait, index))
+            return False
+        if wait == 0:
+            self._due.append(index)
+        else:
+            heapq.heappush(self._backoff, (now + wait, index))
         return True
 
     def _count_throttled(self, error: Exception) -> None:
         """A 429: count it, and let the budget slow down."""
         if isinstance(error, APIError) and error.status_code == 429:
-            self.summary.rate_limited += 1
+            self.summary.add_throttled()
             self._budget.on_throttled(error.retry_after_s)
 
     def _answer_from_cache(
@@ -596,32 +559,16 @@ class Dispatcher(Generic[W]):
             self.abandoned = True
         self._quarantine.clear()
 
-    def _too_late(self, index: int) -> DeadlineExceededError:
+    @staticmethod
+    def _too_late(index: int) -> DeadlineExceededError:
         return DeadlineExceededError("not done by the batch's deadline", index=index)
 
-    def _over_budget(self, index: int) -> BudgetExceededError:
-        cap = self._admission.spending.max_cost if self._admission.spending else 0.0
-        return BudgetExceededError(
-            f"not sent: it could take the batch's spend past max_cost=${cap:g}", index=index
-        )
-
     def _finish(self, index: int, entry: Entry | None, result: Result) -> None:
-        attempts = entry.attempts if entry is not None else result.attempts
-        tries = attempts  # what the summary counts as retries: no hedges, no failovers
+        """`index` is done: out of the ledger, its duplicates answered, to the caller."""
         if entry is not None:
             self._ledger.remove(index)
             self._answer_duplicates(entry.key, index, result)
-            tries -= entry.hedged + entry.failovers
-        self.summary.add(result, tries)
-        if self._on_finish is not None:
-            self._on_finish(index, result)
-        if self._rich:
-            rich = replace(result, index=index, attempts=attempts, latency_s=0.0)
-            if entry is not None:
-                rich = entry.rich(index, result, self._clock(), self._fleet.urls)
-            self._done.append((index, rich))
-        else:
-            self._done.append((index, result.value))
+        self._delivery.deliver(index, entry, result)
 
     def _answer_duplicates(self, key: bytes | None, index: int, result: Result) -> None:
         """The request that others waited for is done: answer them, or send them now."""
@@ -634,8 +581,3 @@ class Dispatcher(Generic[W]):
             else:  # it failed without an answer: each is sent on its own
                 self._ledger.count(self._ledger.entries[other])
                 self._due.append(other)
-
-
-def _flex_unavailable(error: Exception) -> bool:
-    """A 429 saying the flex tier has no capacity now (``resource_unavailable``)."""
-    return isinstance(error, APIError) and error.code == "resource_unavailable"

@@ -10,9 +10,10 @@ slots they take of the concurrency; the `Dispatcher` decides, the ledger counts.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
+from .._policy.retry import Tries
 from .._spending.cap import Reservation
 from .._wire.protocol import Task
 from ..results import Result
@@ -60,26 +61,35 @@ class Entry:
     routed: bool = False  # an OpenAI-routed request: its attempts go to the fleet
     counted: bool = False  # counted against the concurrency (a request to send)
     attempts: int = 0  # attempts sent so far (retries, re-sends, failovers, hedges)
-    tries: int = 0  # of those, what the retry policy counts (its tier's, no failovers)
     crashes: int = 0  # workers that died while running it
-    first_sent_at: float = 0.0  # monotonic
     running: Attempt | None = None  # the attempt awaited; None while waiting to be sent
     hedge: Attempt | None = None  # its duplicate, when it was hedged
     hedged: bool = False  # a duplicate was sent at some point
-    failed_on: frozenset[int] = frozenset()  # endpoints that failed it (send elsewhere)
-    failing_over: bool = False  # its next attempt goes elsewhere at once: not a retry
-    failovers: int = 0  # attempts sent elsewhere at once after an endpoint failed
     endpoint: int | None = None  # the endpoint of its last attempt that ended
-    standard: bool = False  # sent at the standard tier: flex had no capacity for it
+    retry: Tries = field(default_factory=Tries)  # what the retry policy knows of it
+
+    def new_attempt(self) -> int:
+        """The number of the attempt about to be sent."""
+        self.attempts += 1
+        return self.attempts
+
+    def crashed(self) -> None:
+        """A worker died while running it."""
+        self.crashes += 1
+
+    def ended_on(self, endpoint: int) -> None:
+        """An attempt of it ended at `endpoint` (the one a rich result names)."""
+        self.endpoint = endpoint
 
     def rich(self, index: int, result: Result, now: float, urls: Sequence[str]) -> Result:
         """`result` with what the ledger knows of its request: attempts, latency since
         the first was sent, the endpoint that answered, whether it was hedged."""
+        first = self.retry.first_sent_at
         return replace(
             result,
             index=index,
             attempts=self.attempts,
-            latency_s=now - self.first_sent_at,
+            latency_s=now - first if first is not None else 0.0,
             base_url=(urls[self.endpoint] or None) if self.endpoint is not None else None,
             hedged=self.hedged,
         )
@@ -87,7 +97,13 @@ class Entry:
     def task(self, batch_id: int, index: int, endpoint: int | None) -> Task:
         """The `Task` of its latest attempt (`endpoint`: where it goes)."""
         return Task(
-            batch_id, index, self.attempts, self.payload, self.replay, self.standard, endpoint or 0
+            batch_id,
+            index,
+            self.attempts,
+            self.payload,
+            self.replay,
+            self.retry.standard,
+            endpoint or 0,
         )
 
     def copies(self) -> Iterator[Attempt]:

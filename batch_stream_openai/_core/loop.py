@@ -10,8 +10,8 @@ in flight is cancelled in the workers).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 
 from .._backends import Worker
 from .._spending.admission import Admission
@@ -22,11 +22,20 @@ from .dispatcher import Dispatcher
 from .progress import ProgressBar
 from .supervisor import Supervisor
 
-__all__ = ["BatchLoop", "Interrupted"]
+__all__ = ["BatchLoop", "Interrupted", "PoolHooks"]
 
 
 class Interrupted(BaseException):
     """The loop was interrupted from another thread (an async caller was cancelled)."""
+
+
+@dataclass(frozen=True)
+class PoolHooks:
+    """What the pool does around each batch it runs (one at a time)."""
+
+    started: Callable[[BatchLoop], None]  # refuses a second batch at once; resets
+    needs_workers: Callable[[], None]  # the batch has requests: workers must run
+    ended: Callable[[BatchLoop], None]
 
 
 class BatchLoop:
@@ -60,10 +69,15 @@ class BatchLoop:
         self._interrupted = True
         self._supervisor.wake()
 
-    def run(self) -> Generator[list[ResultPair], None, None]:
-        """Send, yield, wait, settle, until everything read has been yielded."""
+    def run(self, hooks: PoolHooks) -> Generator[list[ResultPair], None, None]:
+        """Send, yield, wait, settle, until everything read has been yielded; `hooks`
+        tell the pool when the batch starts, needs its workers, and ends."""
         dispatcher, supervisor = self.dispatcher, self._supervisor
+        hooks.started(self)
         try:
+            dispatcher.peek()  # an empty input needs no worker
+            if not dispatcher.finished:
+                hooks.needs_workers()
             supervisor.begin([self._options])
             while True:
                 for worker, tasks in dispatcher.fill(supervisor.ready()).items():
@@ -80,6 +94,7 @@ class BatchLoop:
                 raise dispatcher.input_error
         finally:
             self._end()
+            hooks.ended(self)
 
     def _turn(self) -> None:
         """Wait for what comes back, and take it in."""
@@ -103,11 +118,10 @@ class BatchLoop:
                 )
 
     def _end(self) -> None:
-        self.dispatcher.summary.finished_at = time.monotonic()
+        self.dispatcher.summary.finish()
         if self._progress is not None:
             self._progress.close()
-        if self._admission.cache is not None:
-            self._admission.cache.commit()
+        self._admission.commit()
         self._supervisor.begin([])
         if self.dispatcher.in_flight or self.dispatcher.abandoned:
             self._supervisor.broadcast([Cancel(self._options.batch_id)])

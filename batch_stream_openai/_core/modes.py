@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,10 +23,10 @@ from .._spending.admission import Admission
 from .._spending.cap import Spending
 from .._spending.prices import PriceTable
 from .._wire.config import Secret
-from ..results import BatchSummary, ResultPair
+from ..results import BatchSummary
 from .checks import check_bool, check_int, check_positive
 
-__all__ = ["MODES", "BatchMode", "delivering"]
+__all__ = ["MODES", "BatchMode"]
 
 MODES = ("online", "batch", "flex")
 FLEX_TIMEOUT_S = 900.0
@@ -132,16 +132,3 @@ def _deadline_of(deadline: object) -> float | None:
     if not math.isfinite(deadline) or deadline <= 0:
         raise ValueError(f"deadline must be a positive number of seconds, got {deadline!r}")
     return time.monotonic() + float(deadline)
-
-
-def delivering(
-    chunks: Generator[list[ResultPair], None, None], route: JobRoute
-) -> Generator[list[ResultPair], None, None]:
-    """`chunks`; then the route is closed, told whether the caller had every result."""
-    completed = False
-    try:
-        yield from chunks
-        completed = True
-    finally:
-        chunks.close()
-        route.close(completed)

@@ -17,8 +17,9 @@ import cloudpickle
 import psutil
 
 from .._backends import check_backend
+from .._policy.retry import RetryPolicy
 from .._spending.prices import Price, check_prices
-from .._wire.config import ClientConfig, RetryPolicy, Secret, WorkerConfig
+from .._wire.config import ClientConfig, Secret, WorkerConfig
 from .._wire.protocol import Postprocess
 from .checks import (
     check_api_key,

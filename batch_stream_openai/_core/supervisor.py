@@ -20,10 +20,10 @@ from multiprocessing.connection import Pipe
 from typing import Any
 
 from .._backends import Worker
-from .._wire.protocol import Heartbeat, Outcome, Ready, StartupFailed
+from .._wire.protocol import Exit, Heartbeat, Outcome, Ready, StartupFailed
 from ..errors import WorkerStartupError
 
-__all__ = ["MAIN_GUARD_HINT", "Exit", "Supervisor"]
+__all__ = ["MAIN_GUARD_HINT", "Supervisor"]
 
 # Workers in a row that may exit before becoming ready before the pool gives up: a broken
 # environment fails fast instead of respawning forever.
@@ -57,15 +57,6 @@ class _Health:
     ready: bool = False
     postprocess_busy_s: float = 0.0  # from its last heartbeat
     hung: str | None = None  # why the watchdog is ending it, once it is
-
-
-@dataclass(frozen=True, slots=True)
-class Exit:
-    """How a worker ended: its exit code, whether it had started, why it was ended."""
-
-    exitcode: int | None
-    was_ready: bool
-    hung: str | None = None
 
 
 class Supervisor:

@@ -70,9 +70,9 @@ class Fleet:
     Example::
 
         fleet = Fleet(["http://a:8000/v1", "http://b:8000/v1"])
-        target = fleet.pick(now)            # an endpoint's number, or None: all are full
+        target = fleet.pick()               # an endpoint's number, or None: all are full
         fleet.sent(target)
-        fleet.ended(target, latency_s=0.2, error=None, now=now)
+        fleet.ended(target, latency_s=0.2, error=None)
 
     Parameters:
         urls: the endpoints' base URLs (one at least).
@@ -112,6 +112,12 @@ class Fleet:
         if self._trivial:
             return math.inf
         return sum(endpoint.allowed() for endpoint in self._usable(self._clock()))
+
+    def has_room(self) -> bool:
+        """Whether an endpoint may take one more request now."""
+        if self._trivial:
+            return True
+        return any(e.in_flight < e.allowed() for e in self._usable(self._clock()))
 
     def pick(self, avoid: Collection[int] = ()) -> int | None:
         """The endpoint for the next attempt (not one of `avoid` if another has room);

@@ -12,18 +12,19 @@ exceed `fraction` of the requests read.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 
-from .._core.ledger import Entry
-
-__all__ = ["HEDGE_AFTER_P50", "HEDGE_AFTER_P95", "Hedging"]
+__all__ = ["HEDGE_AFTER_P50", "HEDGE_AFTER_P95", "HedgeState", "Hedging"]
 
 # A request still running after this many times the p95 latency is hedged...
 HEDGE_AFTER_P95 = 1.5
 # ...and after this many times the median.
 HEDGE_AFTER_P50 = 3.0
+# Whether attempt ``(index, number)`` still runs (None: it ended) and may be hedged.
+HedgeState = Callable[[int, int], "bool | None"]
 # Answers needed before the percentiles mean something; and how many are kept.
 _MIN_SAMPLES = 20
 _SAMPLES = 512
@@ -37,7 +38,8 @@ class Hedging:
         hedging = Hedging(fraction=0.02)
         hedging.started(index=7, attempt=1, now=now)
         hedging.answered(latency_s=0.4)
-        after = hedging.threshold(tail=False)   # seconds, or None: too few answers yet
+        for item in hedging.due(now, tail=False, read=100, state=state):
+            hedging.sent_one()       # or hedging.put_back(item) when a budget holds it
 
     Parameters:
         fraction: hedges allowed, as a share of the requests read.
@@ -45,21 +47,27 @@ class Hedging:
 
     def __init__(self, fraction: float) -> None:
         self.fraction = fraction
-        self.sent = 0  # hedges sent
-        # The attempts running, oldest first: [(sent at, index, attempt)]; the
-        # dispatcher drops those that ended when it meets them at the front.
-        self.running: deque[tuple[float, int, int]] = deque()
+        self._sent = 0  # hedges sent
+        # The attempts running, oldest first: [(sent at, index, attempt)]; those that
+        # ended are dropped when met at the front (and swept out when they pile up).
+        self._running: deque[tuple[float, int, int]] = deque()
+        self._kept = _SAMPLES  # running attempts after the last sweep (at least this)
         self._latencies: deque[float] = deque(maxlen=_SAMPLES)
         self._new = 0  # answers since the percentiles were computed
         self._p50 = 0.0
         self._p95: float | None = None
 
     def __repr__(self) -> str:
-        return f"<Hedging sent={self.sent} p95={self._p95}>"
+        return f"<Hedging sent={self._sent} p95={self._p95}>"
+
+    @property
+    def sent(self) -> int:
+        """Hedges sent so far."""
+        return self._sent
 
     def started(self, index: int, attempt: int, now: float) -> None:
         """Attempt `attempt` of request `index` was sent at `now`."""
-        self.running.append((now, index, attempt))
+        self._running.append((now, index, attempt))
 
     def answered(self, latency_s: float) -> None:
         """An attempt was answered after `latency_s`."""
@@ -77,34 +85,46 @@ class Hedging:
         p95 = self._p95 if tail else HEDGE_AFTER_P95 * self._p95
         return max(p95, HEDGE_AFTER_P50 * self._p50)
 
-    def due(
-        self, entries: Mapping[int, Entry], now: float, tail: bool, read: int
-    ) -> Iterator[tuple[float, int, int]]:
-        """The attempts of `entries` to hedge now, ``(sent at, index, attempt)``, oldest
-        first, while the fraction of the `read` requests allows; `tail`: see
-        `threshold`. One taken from here is not offered again unless put back."""
+    def wait(self, now: float, tail: bool, read: int) -> float:
+        """Seconds until the oldest running attempt is due a hedge (inf: none is, or
+        none may be sent)."""
         threshold = self.threshold(tail)
-        running = self.running
+        if threshold is None or not self._running or not self.allowed(read):
+            return math.inf
+        return self._running[0][0] + threshold - now
+
+    def due(
+        self, now: float, tail: bool, read: int, state: HedgeState
+    ) -> Iterator[tuple[float, int, int]]:
+        """The attempts to hedge now, ``(sent at, index, attempt)``, oldest first, while the
+        fraction of the `read` requests allows; `tail`: see `threshold`; `state`: whether
+        an attempt still runs and may be hedged. One taken from here is not offered
+        again unless put back."""
+        threshold = self.threshold(tail)
+        running = self._running
         while running:
             sent_at, index, number = item = running[0]
-            if not _runs(entries, index, number):
+            hedgeable = state(index, number)
+            if hedgeable is None:
                 running.popleft()  # it ended
                 continue
             if threshold is None or now - sent_at < threshold or not self.allowed(read):
-                if len(running) > 2 * len(entries) + _SAMPLES:  # ended ones behind it
-                    self.running = deque(i for i in running if _runs(entries, i[1], i[2]))
+                if len(running) > 2 * self._kept:  # ended ones pile up behind it
+                    self._running = deque(i for i in running if state(i[1], i[2]) is not None)
+                    self._kept = max(_SAMPLES, len(self._running))
                 return
             running.popleft()
-            entry = entries[index]
-            if entry.hedge is None and not entry.crashes:  # a suspect runs alone
+            if hedgeable:
                 yield item
+
+    def put_back(self, item: tuple[float, int, int]) -> None:
+        """A due attempt (as `due` gave it) that a budget held back: offered first again."""
+        self._running.appendleft(item)
+
+    def sent_one(self) -> None:
+        """A hedge was sent."""
+        self._sent += 1
 
     def allowed(self, read: int) -> bool:
         """Whether one more hedge fits in `fraction` of the `read` requests."""
-        return self.sent + 1 <= self.fraction * read
-
-
-def _runs(entries: Mapping[int, Entry], index: int, number: int) -> bool:
-    """Whether attempt `number` of request `index` is still the one running."""
-    entry = entries.get(index)
-    return entry is not None and entry.running is not None and entry.running.number == number
+        return self._sent + 1 <= self.fraction * read

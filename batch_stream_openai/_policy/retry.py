@@ -13,6 +13,8 @@ passes through the pool's shared rate budget. Nothing here imports ``openai``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tenacity import (
     RetryCallState,
     retry_if_exception,
@@ -22,14 +24,30 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from .._wire.config import RetryPolicy
 from ..errors import APIError
 
-__all__ = ["MAX_RETRY_AFTER_S", "RetrySchedule"]
+__all__ = ["MAX_RETRY_AFTER_S", "Retries", "RetryPolicy", "RetrySchedule", "Tries"]
 
 # A server asking one request to wait longer than this is taken to ask this much; the
 # request's own deadline (`RetryPolicy.deadline`) still bounds the total.
 MAX_RETRY_AFTER_S = 120.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard one request is tried.
+
+    Parameters:
+        max_attempts: attempts in all, the first included (``max_retries + 1``).
+        deadline: seconds from the first attempt after which no new attempt starts.
+        initial_backoff: scale of the first backoff, in seconds.
+        max_backoff: cap of a single backoff without a ``retry-after`` header.
+    """
+
+    max_attempts: int = 6
+    deadline: float = 1800.0
+    initial_backoff: float = 0.5
+    max_backoff: float = 30.0
 
 
 class wait_retry_after(wait_base):
@@ -91,3 +109,89 @@ class RetrySchedule:
         if not self._retry(state) or self._stop(state):
             return None
         return float(self._wait(state))
+
+
+@dataclass(slots=True)
+class Tries:
+    """What the retry policy knows of one request (kept in its ledger entry).
+
+    Parameters:
+        counted: attempts the policy counts: its tier's, failovers not included.
+        first_sent_at: when its first attempt went (monotonic; None: not yet).
+        failed_on: endpoints an attempt of it failed on (the next goes elsewhere).
+        failing_over: its next attempt goes at once to another endpoint: not a retry.
+        failovers: attempts sent elsewhere at once after an endpoint failed.
+        standard: sent at the standard tier from now on (flex had no capacity for it).
+    """
+
+    counted: int = 0
+    first_sent_at: float | None = None
+    failed_on: frozenset[int] = frozenset()
+    failing_over: bool = False
+    failovers: int = 0
+    standard: bool = False
+
+
+class Retries:
+    """When a failed attempt goes again: at once to another endpoint (a failover, not a
+    retry), after a backoff (`RetrySchedule`), at the standard tier (flex had no capacity
+    for it, retries included), or never.
+
+    Example::
+
+        retries = Retries(RetrySchedule(RetryPolicy()), endpoints=2, flex_fallback=False)
+        retries.sent(tries, now)                   # each attempt but a hedge
+        wait = retries.after(tries, error, blamed=0, now=now)   # None: final
+
+    Parameters:
+        schedule: the backoff and the limits of each request.
+        endpoints: how many endpoints the pool sends to (a failover needs another).
+        flex_fallback: flex's "no capacity" 429 ends at the standard tier, not in failure.
+    """
+
+    def __init__(self, schedule: RetrySchedule, endpoints: int, flex_fallback: bool) -> None:
+        self._schedule = schedule
+        self._endpoints = endpoints
+        self._flex_fallback = flex_fallback
+
+    def __repr__(self) -> str:
+        return f"<Retries {self._schedule} endpoints={self._endpoints}>"
+
+    def sent(self, tries: Tries, now: float) -> None:
+        """An attempt went (not a hedge: a duplicate is no try)."""
+        if tries.first_sent_at is None:
+            tries.first_sent_at = now
+        tries.counted += not tries.failing_over
+        tries.failovers += tries.failing_over
+        tries.failing_over = False
+
+    def after(self, tries: Tries, error: Exception, blamed: int | None, now: float) -> float | None:
+        """Seconds until the next attempt (0: at once), or None when `error` is final.
+
+        `blamed`: the endpoint the attempt failed because of (refused, timed out, 5xx).
+        Its retry goes at once to an endpoint it has not failed on while there is one;
+        once it has failed on every endpoint, its retries avoid only the last one (else
+        a dead replica could take every retry of it).
+        """
+        if blamed is not None:
+            failed = tries.failed_on | {blamed}
+            if len(failed) >= self._endpoints:
+                tries.failed_on = frozenset({blamed})
+            else:
+                tries.failed_on = failed
+                if getattr(error, "retryable", False):
+                    tries.failing_over = True
+                    return 0.0
+        elapsed = now - (tries.first_sent_at if tries.first_sent_at is not None else now)
+        wait = self._schedule.next_wait(error, tries.counted, elapsed)
+        if wait is not None:
+            return wait
+        if tries.standard or not self._flex_fallback or not _flex_unavailable(error):
+            return None
+        tries.standard, tries.counted = True, 0  # flex gave up on it: the standard tier
+        return 0.0
+
+
+def _flex_unavailable(error: Exception) -> bool:
+    """A 429 saying the flex tier has no capacity now (``resource_unavailable``)."""
+    return isinstance(error, APIError) and error.code == "resource_unavailable"

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .._wire.answers import StoredAnswer
+from ..errors import BudgetExceededError
 from ..request import AnyRequest
 from ..results import Result
 from .cache import ResponseCache, cache_key
@@ -61,6 +62,18 @@ class Admission:
     def __repr__(self) -> str:
         return (
             f"<Admission cache={self.cache} spending={self.spending} in_flight={len(self._owners)}>"
+        )
+
+    @property
+    def caps_cost(self) -> bool:
+        """There is a cost cap (each attempt reserves its worst case)."""
+        return self.spending is not None
+
+    def refusal(self, index: int) -> BudgetExceededError:
+        """The error of request `index`, not sent: it could take spend past the cap."""
+        cap = self.spending.max_cost if self.spending is not None else 0.0
+        return BudgetExceededError(
+            f"not sent: it could take the batch's spend past max_cost=${cap:g}", index=index
         )
 
     @property
@@ -139,6 +152,11 @@ class Admission:
             return
         output = result.usage.output_tokens if result.usage is not None else 0
         self.spending.settle(reservation, result.cost_usd, result.error, output)
+
+    def commit(self) -> None:
+        """Write the cached answers now (the batch ended)."""
+        if self.cache is not None:
+            self.cache.commit()
 
     def tick(self) -> None:
         """Commit cached answers that have waited long enough (called by the batch loop)."""

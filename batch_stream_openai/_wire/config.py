@@ -13,7 +13,6 @@ from typing import Any
 
 __all__ = [
     "ClientConfig",
-    "RetryPolicy",
     "Secret",
     "WorkerConfig",
     "mask_in",
@@ -125,23 +124,6 @@ class ClientConfig:
         if isinstance(self.api_key, Secret):
             return self.api_key.reveal()
         return os.environ.get("OPENAI_API_KEY")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard one request is tried.
-
-    Parameters:
-        max_attempts: attempts in all, the first included (``max_retries + 1``).
-        deadline: seconds from the first attempt after which no new attempt starts.
-        initial_backoff: scale of the first backoff, in seconds.
-        max_backoff: cap of a single backoff without a ``retry-after`` header.
-    """
-
-    max_attempts: int = 6
-    deadline: float = 1800.0
-    initial_backoff: float = 0.5
-    max_backoff: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ __all__ = [
     "HEARTBEAT_INTERVAL_S",
     "BatchOptions",
     "Cancel",
+    "Exit",
     "Heartbeat",
     "Outcome",
     "Postprocess",
@@ -127,6 +128,15 @@ class Ready:
     """Worker -> parent: imports done, client built; tasks are being served."""
 
     pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    """How a worker ended: its exit code, whether it had started, why it was ended."""
+
+    exitcode: int | None
+    was_ready: bool
+    hung: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,192 @@
+"""One batch assembled from checked options: its input, policies, delivery and loop.
+
+`BatchPool` lends each batch what the pool keeps (`PoolParts`: the workers, the budget,
+the endpoints, the prices, the cache); `build_batch` checks the batch's own options
+(raising the exact error before anything starts), and puts together the `Dispatcher`
+that decides, the `BatchLoop` that runs it against the workers and, with
+``mode="batch"``, the Batch API route that is its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from .._backends import Worker
+from .._batchapi.route import JobRoute
+from .._policy.fleet import Fleet
+from .._policy.hedging import Hedging
+from .._policy.limits import Budget
+from .._policy.retry import Retries, RetrySchedule
+from .._spending.admission import Admission
+from .._spending.cache import ResponseCache
+from .._spending.cap import Spending
+from .._spending.prices import PriceTable
+from .._wire.protocol import BatchOptions, Postprocess
+from ..results import BatchSummary
+from .checks import (
+    RequestChecker,
+    check_bool,
+    check_callable,
+    check_hedge,
+    check_positive,
+    pickled_callable,
+)
+from .delivery import Delivery
+from .dispatcher import Dispatcher, Policies
+from .intake import Intake
+from .loop import BatchLoop
+from .modes import BatchMode
+from .options import refuse_idle
+from .progress import ProgressBar
+from .settings import PoolSettings
+from .supervisor import Supervisor
+
+__all__ = ["Batch", "PoolParts", "build_batch"]
+
+
+@dataclass(frozen=True)
+class PoolParts:
+    """What a pool lends each of its batches."""
+
+    settings: PoolSettings
+    budget: Budget
+    fleet: Fleet
+    schedule: RetrySchedule
+    prices: PriceTable
+    checker: RequestChecker
+    cache: ResponseCache | None
+    supervisor: Supervisor
+    postprocess: Postprocess | None  # the pool's (a batch's own wins)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch, checked and ready: the loop to run, its summary, and with
+    ``mode="batch"`` the Batch API route (told each index the caller takes)."""
+
+    loop: BatchLoop
+    summary: BatchSummary
+    route: JobRoute | None
+
+
+def build_batch(
+    parts: PoolParts,
+    batch_id: int,
+    requests: Iterable[Any],
+    options: Mapping[str, Any],
+    *,
+    replay: bool,
+    online_rate: float,
+) -> Batch:
+    """The batch of `requests` with `options` (`BatchPool.stream`'s), checked now.
+
+    `replay`: give back what earlier runs of a journaled batch yielded too (`run`);
+    `online_rate`: requests per second the pool did online (a deadline's estimate).
+    """
+    refuse_idle(options)
+    postprocess = options.get("postprocess") or parts.postprocess
+    check_callable("postprocess", postprocess)
+    rich = options.get("return_results", False)
+    check_bool("return_results", rich)
+    check_bool("progress", options.get("progress", False))
+    hedge = check_hedge(options.get("hedge", False))
+    spending = _spending(options.get("max_cost"), parts.prices)
+    checker = parts.checker if spending is None else parts.checker.with_prices(parts.prices)
+    check_item = _check_requests(requests, checker)
+    mode = BatchMode.check(options, parts.settings.max_retries, online_rate)
+    summary = BatchSummary()
+    admission = Admission(
+        parts.cache,
+        parts.settings.routed_base_url,
+        spending,
+        replays=postprocess is not None,
+        prices=parts.prices,
+        tier="flex" if mode.mode == "flex" else "default",
+    )
+    route = None
+    if mode.mode == "batch":
+        route = mode.route(
+            requests,
+            base_url=parts.settings.routed_base_url,
+            api_key=parts.settings.secret,
+            prices=parts.prices,
+            check_item=check_item,
+            spending=spending,
+            admission=admission,
+            replay=replay,
+            wake=parts.supervisor.wake,
+            summary=summary,
+        )
+    policies = Policies(
+        parts.budget,
+        Retries(parts.schedule, len(parts.fleet.urls), mode.mode == "flex" and mode.flex_fallback),
+        admission,
+        parts.fleet,
+        Hedging(hedge) if hedge is not None else None,
+    )
+    intake = (
+        Intake(route, indexed=True)
+        if route is not None
+        else Intake(requests, check_item=check_item)
+    )
+    delivery = Delivery(
+        summary,
+        rich=rich,
+        urls=parts.fleet.urls,
+        on_finish=route.finished if route is not None else None,
+    )
+    dispatcher: Dispatcher[Worker] = Dispatcher(
+        batch_id,
+        intake,
+        policies,
+        delivery,
+        deadline=mode.deadline if route is None else None,
+    )
+    total = len(requests) if isinstance(requests, Sized) else None
+    progress = ProgressBar(summary, total) if options.get("progress") else None
+    message = _options_message(batch_id, postprocess, rich, mode, parts)
+    loop = BatchLoop(dispatcher, parts.supervisor, message, admission, progress)
+    return Batch(loop, summary, route)
+
+
+def _check_requests(
+    requests: object, checker: RequestChecker
+) -> Callable[[int, object], None] | None:
+    """Check a list whole now; the check for each item of any other iterable."""
+    if isinstance(requests, Sequence):
+        checker.check_all(requests)
+        return None
+    if not isinstance(requests, Iterable):
+        raise TypeError(
+            f"requests must be an iterable of OpenAIRequest, got {type(requests).__name__}"
+        )
+    return checker
+
+
+def _options_message(
+    batch_id: int, postprocess: Postprocess | None, rich: bool, mode: BatchMode, parts: PoolParts
+) -> BatchOptions:
+    """What the workers are told of the batch before its first task."""
+    blob = None
+    if postprocess is not None:
+        blob = pickled_callable("postprocess", postprocess, lambda: cloudpickle.dumps(postprocess))
+    return BatchOptions(
+        batch_id,
+        blob,
+        # The cache and the batch journal keep answers whole (`StoredAnswer`).
+        with_body=rich or parts.cache is not None or mode.mode == "batch",
+        service_tier=mode.service_tier,
+        timeout=mode.attempt_timeout(parts.settings.timeout),
+    )
+
+
+def _spending(max_cost: object, prices: PriceTable) -> Spending | None:
+    if max_cost is None:
+        return None
+    check_positive("max_cost", max_cost)
+    assert isinstance(max_cost, (int, float))
+    return Spending(float(max_cost), prices)
