@@ -121,29 +121,16 @@ def build_batch(
             wake=parts.supervisor.wake,
             summary=summary,
         )
-    policies = Policies(
-        parts.budget,
-        Retries(parts.schedule, len(parts.fleet.urls), mode.mode == "flex" and mode.flex_fallback),
-        admission,
-        parts.fleet,
-        Hedging(hedge) if hedge is not None else None,
-    )
-    intake = (
-        Intake(route, indexed=True)
-        if route is not None
-        else Intake(requests, check_item=check_item)
-    )
-    delivery = Delivery(
-        summary,
-        rich=rich,
-        urls=parts.fleet.urls,
-        on_finish=route.finished if route is not None else None,
-    )
     dispatcher: Dispatcher[Worker] = Dispatcher(
         batch_id,
-        intake,
-        policies,
-        delivery,
+        _intake(requests, route, check_item),
+        _policies(parts, mode, admission, hedge),
+        Delivery(
+            summary,
+            rich=rich,
+            urls=parts.fleet.urls,
+            on_finish=None if route is None else route.finished,
+        ),
         deadline=mode.deadline if route is None else None,
     )
     total = len(requests) if isinstance(requests, Sized) else None
@@ -151,6 +138,32 @@ def build_batch(
     message = _options_message(batch_id, postprocess, rich, mode, parts)
     loop = BatchLoop(dispatcher, parts.supervisor, message, admission, progress)
     return Batch(loop, summary, route)
+
+
+def _intake(
+    requests: Iterable[Any],
+    route: JobRoute | None,
+    check_item: Callable[[int, object], None] | None,
+) -> Intake:
+    """The dispatcher's input: the caller's requests, or the Batch API route's items."""
+    if route is not None:
+        return Intake(route, indexed=True)
+    return Intake(requests, check_item=check_item)
+
+
+def _policies(
+    parts: PoolParts, mode: BatchMode, admission: Admission, hedge: float | None
+) -> Policies:
+    """What decides for the batch: the pool's budget and endpoints, its own retries,
+    admission and hedging."""
+    flex_fallback = mode.mode == "flex" and mode.flex_fallback
+    return Policies(
+        parts.budget,
+        Retries(parts.schedule, len(parts.fleet.urls), flex_fallback),
+        admission,
+        parts.fleet,
+        Hedging(hedge) if hedge is not None else None,
+    )
 
 
 def _check_requests(

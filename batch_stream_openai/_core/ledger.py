@@ -9,16 +9,19 @@ slots they take of the concurrency; the `Dispatcher` decides, the ledger counts.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Sequence
+import heapq
+from collections import deque
+from collections.abc import Container, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
+from .._policy.limits import token_estimate
 from .._policy.retry import Tries
 from .._spending.cap import Reservation
 from .._wire.protocol import Task
 from ..results import Result
 
-__all__ = ["Attempt", "Entry", "Ledger"]
+__all__ = ["Attempt", "Entry", "Ledger", "Schedule"]
 
 # A worker, to the ledger: only a key (so its tests need no processes).
 W = TypeVar("W", bound=Hashable)
@@ -67,6 +70,18 @@ class Entry:
     hedged: bool = False  # a duplicate was sent at some point
     endpoint: int | None = None  # the endpoint of its last attempt that ended
     retry: Tries = field(default_factory=Tries)  # what the retry policy knows of it
+
+    @classmethod
+    def of(cls, request: Any, key: bytes | None, estimate: bool) -> Entry:
+        """A new request's entry (`estimate`: count its tokens, for `tpm` or the cost
+        cap); raises ResultTransferError if it cannot be pickled."""
+        payload = Task.pickle_payload(request)
+        routed = request.uses_openai_sdk
+        if not estimate:
+            return cls(payload, 0, request.model, key=key, routed=routed)
+        prompt_tokens, cap = token_estimate(request)
+        tokens = prompt_tokens + (cap or 0)
+        return cls(payload, tokens, request.model, prompt_tokens, cap, key, routed=routed)
 
     def new_attempt(self) -> int:
         """The number of the attempt about to be sent."""
@@ -135,13 +150,20 @@ class Ledger(Generic[W]):
     waiting for its next attempt) and every hedge running beside one. Cache replays and
     duplicates waiting for an identical request's answer take no slot.
 
-    Example::
+    Example:
 
-        ledger = Ledger()
-        ledger.add(7, entry, counted=True)
-        ledger.place(7, Attempt(worker, 1, endpoint=0, sent_at=now))
-        other = ledger.end(7, attempt)          # the attempt ended (its other copy, if any)
-        ledger.remove(7)                         # its result is yielded
+    >>> ledger = Ledger()
+    >>> entry = Entry(payload=b"...", tokens=0)
+    >>> ledger.add(7, entry, counted=True)  # counted: it takes a concurrency slot
+    >>> attempt = Attempt("worker-a", entry.new_attempt(), endpoint=0, sent_at=0.0)
+    >>> ledger.place(7, attempt, hedge=False, now=0.0)
+    >>> ledger.owed("worker-a"), ledger.slots
+    ({7}, 1)
+    >>> ledger.end(7, attempt) is None  # the attempt ended (its other copy, if any)
+    True
+    >>> _ = ledger.remove(7)  # its result is yielded
+    >>> len(ledger), ledger.slots
+    (0, 0)
     """
 
     def __init__(self) -> None:
@@ -245,3 +267,56 @@ class Ledger(Generic[W]):
         owed.discard(index)
         if not owed:
             del self._owing_since[worker]
+
+
+class Schedule:
+    """The requests waiting for their next attempt: due now, or once a backoff is over.
+
+    Example:
+
+    >>> schedule = Schedule()
+    >>> schedule.later(7, at=12.5)  # a retry after its backoff
+    >>> schedule.now(3)  # a re-send after its worker died
+    >>> schedule.release(13.0)  # backoffs over by then become due
+    >>> schedule.pop(), schedule.pop(), schedule.first()
+    (3, 7, None)
+    """
+
+    def __init__(self) -> None:
+        self._due: deque[int] = deque()
+        self._backoff: list[tuple[float, int]] = []  # heap of (retry time, index)
+
+    def __repr__(self) -> str:
+        return f"<Schedule due={len(self._due)} backoff={len(self._backoff)}>"
+
+    def now(self, index: int) -> None:
+        self._due.append(index)
+
+    def later(self, index: int, at: float) -> None:
+        heapq.heappush(self._backoff, (at, index))
+
+    def release(self, now: float) -> None:
+        """Backoffs over by `now` become due."""
+        while self._backoff and self._backoff[0][0] <= now:
+            self._due.append(heapq.heappop(self._backoff)[1])
+
+    def first(self) -> int | None:
+        """The index due first (still scheduled until `pop`), or None."""
+        return self._due[0] if self._due else None
+
+    def pop(self) -> int:
+        return self._due.popleft()
+
+    def next_at(self) -> float | None:
+        """When the first backoff ends (None: no backoff)."""
+        return self._backoff[0][0] if self._backoff else None
+
+    def keep_only(self, indices: Container[int]) -> None:
+        """Forget what is not in `indices` (finished while waiting)."""
+        self._due = deque(i for i in self._due if i in indices)
+        self._backoff = [(t, i) for t, i in self._backoff if i in indices]
+        heapq.heapify(self._backoff)
+
+    def clear(self) -> None:
+        self._due.clear()
+        self._backoff.clear()
