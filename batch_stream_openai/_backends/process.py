@@ -23,14 +23,14 @@ from collections.abc import Iterator
 from multiprocessing.context import BaseContext
 from typing import Any
 
+from .._signals import GROUP_SIGNALS
 from .base import PipeWorker
 
-__all__ = ["WorkerProcess", "block_group_signals", "default_start_method", "process_context"]
+__all__ = ["WorkerProcess", "default_start_method", "process_context"]
 
 # Time a hung worker gets between SIGTERM and SIGKILL.
 _KILL_GRACE_S = 2.0
 # Signals that reach a whole process group (Ctrl-C, a scheduler's SIGTERM).
-_GROUP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def default_start_method() -> str:
@@ -135,12 +135,6 @@ class WorkerProcess(PipeWorker):
                 self.process.kill()
 
 
-def block_group_signals() -> None:
-    """Keep Ctrl-C and SIGTERM away from the calling thread (call it first in a thread the
-    library starts in the parent): the main thread takes them, or they stay pending."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)
-
-
 @contextlib.contextmanager
 def _group_signals_ignored() -> Iterator[None]:
     """Start a child with Ctrl-C and SIGTERM ignored from its first instruction.
@@ -156,8 +150,8 @@ def _group_signals_ignored() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)
-    handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _GROUP_SIGNALS}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS)
+    handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in GROUP_SIGNALS}
     try:
         yield
     finally:

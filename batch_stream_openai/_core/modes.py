@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from .._batchapi.client import BatchClient
+from .._batchapi.jobs import JobOptions
 from .._batchapi.journal import Journal
-from .._batchapi.route import JobOptions, JobRoute
+from .._batchapi.route import JobRoute
 from .._spending.admission import Admission
 from .._spending.cap import Spending
 from .._spending.prices import PriceTable
