@@ -20,7 +20,12 @@ The hierarchy::
      |    +-- WorkerStartupError     workers exit before they are ready
      |    +-- PoolClosedError        the pool was used after close()
      +-- BatchFileError              a Batch API JSONL file cannot be used as given (CLI)
+     |    +-- InvalidInputError      input lines that cannot be sent (a `LineError` each)
+     |    +-- ChangedRequestsError   done custom_ids whose request changed since
      +-- CacheError                  the response cache file cannot be used
+
+Outside the tree: `DiskFullError`, an `OSError` with ``errno.ENOSPC`` (as code that
+handles a full disk expects), when a file run's output has no room.
 
 Every exception here survives pickling with all its fields, so a worker can send it to
 the parent as plain data; SDK exceptions hold httpx objects and do not (openai#2629).
@@ -28,7 +33,10 @@ the parent as plain data; SDK exceptions hold httpx objects and do not (openai#2
 
 from __future__ import annotations
 
+import errno
 import signal
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -39,8 +47,12 @@ __all__ = [
     "BatchStreamError",
     "BudgetExceededError",
     "CacheError",
+    "ChangedRequestsError",
     "DeadlineExceededError",
+    "DiskFullError",
     "EmptyResponseError",
+    "InvalidInputError",
+    "LineError",
     "ParseError",
     "PoolClosedError",
     "PoolError",
@@ -310,3 +322,68 @@ class BatchFileError(BatchStreamError):
 
 class CacheError(BatchStreamError):
     """The response cache file cannot be used (not a cache, corrupt, unreadable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """Why one input line cannot be sent.
+
+    Example:
+
+    >>> str(LineError(3, "method must be 'POST', got 'GET'"))
+    "line 3: method must be 'POST', got 'GET'"
+    """
+
+    number: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.number}: {self.message}"
+
+
+class InvalidInputError(BatchFileError):
+    """Input lines that cannot be sent.
+
+    Parameters:
+        errors: the first invalid lines.
+        count: how many lines are invalid in all.
+    """
+
+    def __init__(self, path: Path, errors: list[LineError], count: int) -> None:
+        listed = "\n".join(f"  {path}:{error.number}: {error.message}" for error in errors)
+        more = f"\n  ... and {count - len(errors)} more" if count > len(errors) else ""
+        super().__init__(
+            f"{count} invalid line(s) in {path}; nothing was sent (skip_invalid=True "
+            f"sends the valid ones):\n{listed}{more}"
+        )
+        self.errors = errors
+        self.count = count
+
+
+class ChangedRequestsError(BatchFileError):
+    """``custom_id``s already in the output whose request has changed since.
+
+    Parameters:
+        custom_ids: the first of them.
+        count: how many in all.
+    """
+
+    def __init__(self, path: Path, custom_ids: list[str], count: int) -> None:
+        more = f" and {count - len(custom_ids)} more" if count > len(custom_ids) else ""
+        super().__init__(
+            f"{count} custom_id(s) already in {path} were sent with a different request "
+            f"({', '.join(map(repr, custom_ids))}{more}); nothing was sent. Use a new output "
+            "file, or send them again with resend_changed=True: their new lines replace the old"
+        )
+        self.custom_ids = custom_ids
+        self.count = count
+
+
+class DiskFullError(OSError):
+    """The output's file system has no room for what the run must write."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)

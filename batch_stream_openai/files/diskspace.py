@@ -11,10 +11,11 @@ requests as soon as it no longer does, letting what is in flight finish and be w
 
 from __future__ import annotations
 
-import errno
 import shutil
 import time
 from pathlib import Path
+
+from ..errors import DiskFullError
 
 __all__ = ["DiskFullError", "DiskSpace"]
 
@@ -23,16 +24,6 @@ __all__ = ["DiskFullError", "DiskSpace"]
 _LINE_ROOM = 8 * 1024
 _MARGIN = 256 * 1024  # and this much besides: the file system's own needs
 _CHECK_EVERY_S = 0.2
-
-
-class DiskFullError(OSError):
-    """The output's file system has no room for what the run must write."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(errno.ENOSPC, message)
-
-    def __str__(self) -> str:
-        return str(self.strerror)
 
 
 class DiskSpace:

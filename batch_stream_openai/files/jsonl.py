@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .._wire.bodies import http_call
+from ..errors import LineError
 from ..request import (
     ENDPOINTS,
     AnyRequest,
@@ -70,29 +71,17 @@ class InputLine:
     request_sha256: str
 
 
-@dataclass(frozen=True, slots=True)
-class LineError:
-    """Why one input line cannot be sent.
-
-    Example::
-
-        str(LineError(3, "method must be 'POST', got 'GET'"))  # 'line 3: method must be ...'
-    """
-
-    number: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.number}: {self.message}"
-
-
 def read_input(path: Path, default_model: str | None) -> Iterator[InputLine | LineError]:
     """Stream a JSONL input file: one `InputLine` or `LineError` per non-blank line.
 
-    Example::
+    Example:
 
-        for item in read_input(Path("in.jsonl"), "gpt-4o-mini"):
-            print(item)
+    >>> line = '{"custom_id": "q1", "system_prompt": "Be brief.", "user_prompt": "Hi"}'
+    >>> _ = Path("in.jsonl").write_text(line + '\\n{"x": 1}\\n')
+    >>> for item in read_input(Path("in.jsonl"), "gpt-4o-mini"):
+    ...     print(type(item).__name__, getattr(item, "custom_id", None))
+    InputLine q1
+    LineError None
 
     Parameters:
         path: the JSONL file; read one line at a time, never whole.
@@ -108,9 +97,11 @@ def read_input(path: Path, default_model: str | None) -> Iterator[InputLine | Li
 def parse_input_line(raw: bytes, number: int, default_model: str | None) -> InputLine | LineError:
     """Parse and validate one input line.
 
-    Example::
+    Example:
 
-        parse_input_line(b'{"system_prompt": "Be brief.", "user_prompt": "Hi"}', 1, None)
+    >>> line = parse_input_line(b'{"system_prompt": "Be brief.", "user_prompt": "Hi"}', 1, None)
+    >>> line.custom_id, line.request.user_prompt
+    ('line-1', 'Hi')
 
     Parameters:
         raw: the line, as read from the file.
@@ -187,9 +178,10 @@ def _custom_id(value: object) -> str:
 def request_sha256(request: AnyRequest) -> str:
     """First 16 hex digits of the SHA-256 of ``(url, body)`` as sent: equal bodies, equal hash.
 
-    Example::
+    Example:
 
-        request_sha256(RawRequest("/v1/responses", {"model": "gpt-4o-mini", "input": "Hi"}))
+    >>> request_sha256(RawRequest("/v1/responses", {"model": "gpt-4o-mini", "input": "Hi"}))
+    '...'
     """
     url, body = http_call(request)
     canonical = json.dumps([url, body], sort_keys=True, separators=(",", ":"))
@@ -199,9 +191,10 @@ def request_sha256(request: AnyRequest) -> str:
 def custom_id_digest(custom_id: str) -> int:
     """The SHA-256 of a ``custom_id`` as an int; ``digest % N`` is its shard of N.
 
-    Example::
+    Example:
 
-        custom_id_digest("q1") % 3  # the shard of "q1" in ``--shard I/3``
+    >>> custom_id_digest("q1") % 3  # the shard of "q1" in ``--shard I/3``
+    0
     """
     return int.from_bytes(hashlib.sha256(custom_id.encode()).digest(), "big")
 
@@ -214,9 +207,10 @@ def id_key(digest: int) -> int:
 def output_line(custom_id: str, request_digest: str, result: Result) -> bytes:
     """The Batch API output line of one finished request, newline included.
 
-    Example::
+    Example:
 
-        output.write(output_line("q1", line.request_sha256, result))
+    >>> output_line("q1", "0123456789abcdef", Result(0, text="Hi"))  # doctest: +ELLIPSIS
+    b'{"id":"batch_req_...","custom_id":"q1",...}\\n'
 
     Parameters:
         custom_id: the input line's ``custom_id``.
@@ -293,10 +287,14 @@ def _line_key(raw: bytes) -> tuple[int, dict[str, Any]]:
 def recover_output(output: IO[bytes], name: str) -> OutputState:
     """Read an output file opened ``a+b``; cut a torn last line away.
 
-    Example::
+    Example:
 
-        with open("out.jsonl", "a+b") as output:
-            state = recover_output(output, "out.jsonl")
+    >>> line = output_line("q1", "0123456789abcdef", Result(0, text="Hi"))
+    >>> _ = Path("out.jsonl").write_bytes(line + line[:20])  # the last line torn
+    >>> with open("out.jsonl", "a+b") as output:
+    ...     state = recover_output(output, "out.jsonl")
+    >>> state.torn_bytes, len(state.done)
+    (20, 1)
 
     Only the last line may be unreadable (a write cut short by ``kill -9``); an unreadable
     line before it raises ValueError naming the line.
@@ -327,10 +325,17 @@ def recover_output(output: IO[bytes], name: str) -> OutputState:
 def compact_output(output: IO[bytes], path: Path, state: OutputState) -> int:
     """Rewrite the output with only the latest line of each ``custom_id``; lines dropped.
 
-    Example::
+    Example:
 
-        if state.superseded:
-            dropped = compact_output(output, Path("out.jsonl"), state)
+    >>> first = output_line("q1", "0123456789abcdef", Result(0, error=ValueError("no")))
+    >>> again = output_line("q1", "0123456789abcdef", Result(0, text="Hi"))
+    >>> _ = Path("out.jsonl").write_bytes(first + again)  # q1 sent again
+    >>> with open("out.jsonl", "a+b") as output:
+    ...     state = recover_output(output, "out.jsonl")
+    ...     state.superseded and compact_output(output, Path("out.jsonl"), state)
+    1
+    >>> Path("out.jsonl").read_bytes() == again
+    True
 
     Two streaming passes (where each repeated ``custom_id``'s latest line is, then the
     copy) into a temporary file next to it, synced and renamed over it: a crash leaves

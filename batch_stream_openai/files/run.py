@@ -22,7 +22,7 @@ import enum
 import fcntl
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
@@ -30,13 +30,17 @@ from typing_extensions import Unpack
 
 from .._batchapi.journal import Journal, owed_by
 from ..api import BatchArguments, stream_batch
-from ..errors import BatchFileError
+from ..errors import (
+    BatchFileError,
+    ChangedRequestsError,
+    DiskFullError,
+    InvalidInputError,
+    LineError,
+)
 from ..request import AnyRequest
-from ..results import BatchSummary
-from .diskspace import DiskFullError, DiskSpace
+from .diskspace import DiskSpace
 from .jsonl import (
     InputLine,
-    LineError,
     OutputState,
     compact_output,
     custom_id_digest,
@@ -46,6 +50,7 @@ from .jsonl import (
     recover_output,
 )
 from .preemption import GraceExpired, Preemption
+from .report import FileRunReport
 
 __all__ = [
     "BatchFileError",
@@ -58,144 +63,6 @@ __all__ = [
 _LISTED = 20  # invalid lines and changed ids kept for messages
 # Lines that may be in flight with max_concurrency="auto" (its default cap).
 _AUTO_IN_FLIGHT = 1024
-
-
-class InvalidInputError(BatchFileError):
-    """Input lines that cannot be sent.
-
-    Parameters:
-        errors: the first invalid lines.
-        count: how many lines are invalid in all.
-    """
-
-    def __init__(self, path: Path, errors: list[LineError], count: int) -> None:
-        listed = "\n".join(f"  {path}:{error.number}: {error.message}" for error in errors)
-        more = f"\n  ... and {count - len(errors)} more" if count > len(errors) else ""
-        super().__init__(
-            f"{count} invalid line(s) in {path}; nothing was sent (skip_invalid=True "
-            f"sends the valid ones):\n{listed}{more}"
-        )
-        self.errors = errors
-        self.count = count
-
-
-class ChangedRequestsError(BatchFileError):
-    """``custom_id``s already in the output whose request has changed since.
-
-    Parameters:
-        custom_ids: the first of them.
-        count: how many in all.
-    """
-
-    def __init__(self, path: Path, custom_ids: list[str], count: int) -> None:
-        more = f" and {count - len(custom_ids)} more" if count > len(custom_ids) else ""
-        super().__init__(
-            f"{count} custom_id(s) already in {path} were sent with a different request "
-            f"({', '.join(map(repr, custom_ids))}{more}); nothing was sent. Use a new output "
-            "file, or send them again with resend_changed=True: their new lines replace the old"
-        )
-        self.custom_ids = custom_ids
-        self.count = count
-
-
-@dataclass
-class FileRunReport:
-    """What one `run_batch_file` call did.
-
-    Parameters:
-        input_path: the input file.
-        output_path: the output file.
-        lines: non-blank input lines.
-        invalid: invalid lines (skipped with ``skip_invalid``).
-        errors: the first invalid lines.
-        other_shards: valid lines that belong to other shards.
-        already_done: lines skipped because the output already holds them.
-        already_failed: of those, the ones whose output line is an error.
-        changed: the first done ``custom_id``s whose request changed (sent again with
-            ``resend_changed``, else an error).
-        changed_count: how many in all.
-        to_send: lines this run had to send.
-        written: output lines this run wrote.
-        failed: of those, the errors.
-        torn_bytes: bytes of a torn last output line cut away on start (0: none).
-        superseded: output lines dropped at the end because a later line has the same
-            ``custom_id`` (0: none).
-        preempted: SIGTERM arrived.
-        in_jobs: ``mode="batch"``: of the lines not written, those in Batch API jobs that
-            go on at the provider (a re-run collects them without paying again).
-        summary: the stream's `BatchSummary` (retries, tokens, wall time).
-    """
-
-    input_path: Path
-    output_path: Path
-    lines: int = 0
-    invalid: int = 0
-    errors: list[LineError] = field(default_factory=list)
-    other_shards: int = 0
-    already_done: int = 0
-    already_failed: int = 0
-    changed: list[str] = field(default_factory=list)
-    changed_count: int = 0
-    to_send: int = 0
-    written: int = 0
-    failed: int = 0
-    torn_bytes: int = 0
-    superseded: int = 0
-    preempted: bool = False
-    in_jobs: int = 0
-    summary: BatchSummary | None = None
-    to_openai: int = field(default=0, repr=False)  # lines to send that need an OpenAI key
-    resent: int = field(default=0, repr=False)  # lines to send that have an output line
-
-    @property
-    def complete(self) -> bool:
-        """Every line this run had to send has its output line."""
-        return self.written == self.to_send
-
-    @property
-    def failed_in_output(self) -> int:
-        """Error lines the output holds for this run's lines: earlier runs' and this one's."""
-        return self.already_failed + self.failed
-
-    def __str__(self) -> str:
-        if not self.lines:
-            return f"{self.input_path}: no lines (the file is empty); nothing to send"
-        done = f"{self.already_done} already done"
-        if self.already_failed:
-            done += f" ({self.already_failed} of them errors)"
-        counts = [
-            (self.invalid, f"{self.invalid} invalid (skipped)"),
-            (self.other_shards, f"{self.other_shards} in other shards"),
-            (self.already_done, done),
-            (True, f"{self.to_send} to send"),
-        ]
-        notes = [f"{self.input_path}: {self.lines} lines; " + ", ".join(t for n, t in counts if n)]
-        if self.torn_bytes:
-            notes.append(f"{self.output_path}: cut a torn last line away ({self.torn_bytes} bytes)")
-        if self.summary is not None:
-            notes.append(f"sent {self.summary}")
-        notes.append(f"{self.output_path}: {self.written} new lines, {self.failed} of them errors")
-        if self.superseded:
-            notes.append(
-                f"{self.output_path}: rewritten with one line per custom_id "
-                f"({self.superseded} superseded lines dropped)"
-            )
-        if not self.complete:
-            notes.append(self._partial())
-        return "\n".join(notes)
-
-
-    def _partial(self) -> str:
-        """What a partial run left: lines still to send, and lines in running jobs."""
-        parts = []
-        if unsent := self.to_send - self.written - self.in_jobs:
-            parts.append(f"{unsent} lines still to send")
-        if self.in_jobs:
-            parts.append(
-                f"{self.in_jobs} lines in Batch API jobs that go on at the provider (a re-run "
-                "collects their answers without paying again)"
-            )
-        return "partial: " + ", ".join(parts)
 
 
 class _Decision(enum.Enum):
@@ -250,12 +117,15 @@ def run_batch_file(
 ) -> FileRunReport:
     """Send every line of a Batch API JSONL file not yet in the output; append the results.
 
-    Example::
+    Example:
 
-        report = run_batch_file("in.jsonl", "out.jsonl", model="gpt-4o-mini", rpm=500)
-        print(report)
-        if not report.complete:  # SIGTERM: run it again later to finish
-            ...
+    >>> line = '{"custom_id": "q1", "system_prompt": "Be brief.", "user_prompt": "Hi"}'
+    >>> _ = Path("in.jsonl").write_text(line + '\\n')
+    >>> report = run_batch_file("in.jsonl", "out.jsonl", model="gpt-4o-mini", rpm=500)
+    >>> report.complete, report.written  # not complete after SIGTERM: run it again
+    (True, 1)
+    >>> run_batch_file("in.jsonl", "out.jsonl", model="gpt-4o-mini").already_done  # not twice
+    1
 
     Re-running with the same output file sends only what it lacks. Output lines follow
     the Batch API output format, one per ``custom_id``: when a line is sent again
