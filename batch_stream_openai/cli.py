@@ -34,7 +34,7 @@ _LOCAL_DEMO_SIZE = 300
 _REAL_API_DEMO_SIZE = 10  # a real key costs money: keep the default small
 
 # Python parameter names in the library's messages, as the flags that set them here.
-_FLAG_OF = {option.name: option.flag for option in OPTIONS if option.flag} | {"grace": "--grace"}
+_FLAG_OF = {o.name: o.flag.name for o in OPTIONS if o.flag} | {"grace": "--grace"}
 _PHRASES = {
     "skip_invalid=True": "--skip-invalid",
     "resend_changed=True": "--resend-changed",
@@ -120,7 +120,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .testing.app import run_server
+    from .testing.running import run_server
     from .testing.settings import ServerSettings
 
     try:
@@ -147,20 +147,8 @@ def _run(args: argparse.Namespace) -> int:
             resend_changed=args.resend_changed,
             skip_invalid=args.skip_invalid,
             grace=args.grace,
-            max_concurrency=args.max_concurrency,
-            workers=args.workers,
-            rpm=args.rpm,
-            tpm=args.tpm,
-            base_url=args.base_url,
-            endpoint_concurrency=args.endpoint_concurrency,
-            hedge=args.hedge,
-            timeout=args.timeout,
-            max_retries=args.max_retries,
-            cache=args.cache,
-            max_cost=args.max_cost,
-            prices=args.prices,
             progress=sys.stderr.isatty(),
-            **_mode_options(args),
+            **_batch_options(args),
         )
     except (BatchFileError, CacheError, ValueError, TypeError) as exc:
         print(f"error: {_in_flags(str(exc))}", file=sys.stderr)
@@ -186,14 +174,11 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _mode_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``--mode`` and the options that go with it, as `run_batch_file` takes them."""
-    options: dict[str, Any] = {"mode": args.mode}
-    if args.deadline is not None:
-        options["deadline"] = args.deadline
-    if args.mode == "batch":
-        options.update(batch_size=args.batch_size, poll_interval=args.poll_interval)
-    return options
+def _batch_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given as flags (the others keep `run_batch_file`'s defaults; one that
+    cannot act with the others is refused there, naming its flag)."""
+    given = {o.name: getattr(args, o.name) for o in OPTIONS if o.flag is not None}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _prices(text: str) -> dict[str, Any]:
@@ -231,6 +216,21 @@ def _number(
         return value
 
     return parse
+
+
+def _readers() -> dict[str, dict[str, Any]]:
+    """How each kind of flag reads its text (`Flag.reads`), as argparse arguments."""
+    return {
+        "int>=0": {"type": _number(int, 0)},
+        "int>=1": {"type": _number(int, 1)},
+        "float>0": {"type": _number(float, 0, inclusive=False)},
+        "text": {},
+        "urls": {"action": "append"},
+        "concurrency": {"type": _concurrency},
+        "prices": {"type": _prices},
+        "mode": {"choices": ["online", "batch", "flex"]},
+        "fraction": {"type": _number(float, 0, inclusive=False), "nargs": "?", "const": True},
+    }
 
 
 def _port(text: str) -> int:
@@ -282,103 +282,15 @@ def _add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         action="store_true",
         help="report invalid lines and send the others (default: send nothing)",
     )
-    run.add_argument(
-        "--max-concurrency",
-        type=_concurrency,
-        default=50,
-        help="requests in flight at most, or 'auto': found from the latency of each "
-        "endpoint, for self-hosted servers (default: 50)",
-    )
-    run.add_argument(
-        "--endpoint-concurrency",
-        type=_number(int, 1),
-        metavar="N",
-        help="requests in flight to one endpoint at most (with several --base-url)",
-    )
-    run.add_argument(
-        "--hedge",
-        type=_number(float, 0, inclusive=False),
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="FRACTION",
-        help="send a duplicate of a request that runs far longer than most; the first "
-        "answer wins (at most FRACTION more requests, default 0.02)",
-    )
-    run.add_argument(
-        "--workers", type=_number(int, 0), help="worker processes (default: one per core)"
-    )
-    run.add_argument(
-        "--rpm", type=_number(float, 0, inclusive=False), help="requests per minute at most"
-    )
-    run.add_argument(
-        "--tpm", type=_number(float, 0, inclusive=False), help="tokens per minute at most"
-    )
-    run.add_argument(
-        "--base-url",
-        action="append",
-        help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL); repeat it for several "
-        "replicas of one server: each request goes to the least busy",
-    )
-    run.add_argument(
-        "--timeout",
-        type=_number(float, 0, inclusive=False),
-        default=600.0,
-        help="seconds one attempt may take (default: 600)",
-    )
-    run.add_argument(
-        "--max-retries",
-        type=_number(int, 0),
-        default=5,
-        help="retries of a retryable error (default: 5)",
-    )
-    run.add_argument(
-        "--cache",
-        metavar="PATH",
-        help="answer repeated requests from this response cache (SQLite; created if missing)",
-    )
-    run.add_argument(
-        "--max-cost",
-        type=_number(float, 0, inclusive=False),
-        metavar="USD",
-        help="spend at most this much; lines not sent because of it are BudgetExceededError "
-        "error lines (a re-run with --retry-failed and a higher cap sends them)",
-    )
-    run.add_argument(
-        "--prices",
-        type=_prices,
-        metavar="JSON",
-        help='model prices, USD per million tokens: \'{"my-model": {"input": 0.15, '
-        '"output": 0.6}}\', or the path of a JSON file holding that',
-    )
-    run.add_argument(
-        "--mode",
-        choices=["online", "batch", "flex"],
-        default="online",
-        help="online (default); batch: the provider's Batch API, half price, results within "
-        "24 h (its jobs are journaled beside the output: re-run the same command to pick "
-        "them up); flex: online at the flex tier, half price, slower",
-    )
-    run.add_argument(
-        "--deadline",
-        type=_number(float, 0, inclusive=False),
-        metavar="SECONDS",
-        help="every line done within this: in batch mode, what jobs would not finish in time "
-        "is sent online; online, what is not done fails with DeadlineExceededError",
-    )
-    run.add_argument(
-        "--batch-size",
-        type=_number(int, 1),
-        default=50_000,
-        help="batch mode: lines per job at most (default and most: 50000)",
-    )
-    run.add_argument(
-        "--poll-interval",
-        type=_number(float, 0, inclusive=False),
-        default=30.0,
-        metavar="SECONDS",
-        help="batch mode: seconds between looks at the jobs (default: 30)",
-    )
+    for option in OPTIONS:
+        if (flag := option.flag) is not None:
+            run.add_argument(
+                flag.name,
+                dest=option.name,
+                help=flag.help or option.help,
+                metavar=flag.metavar,
+                **_READERS[flag.reads],
+            )
     run.add_argument(
         "--grace",
         type=_number(float, 0),
@@ -386,6 +298,9 @@ def _add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         help="seconds requests in flight get after SIGTERM (default: 30)",
     )
     run.set_defaults(handler=_run)
+
+
+_READERS = _readers()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -14,13 +14,29 @@ Data flow (one batch)::
          v
     caller: for index, value in stream: ...
 
+Rooms (subpackages), each importing only the rooms below it::
+
+    cli.py, files/        the command line; Batch API JSONL files (run_batch_file)
+    api.py, __init__.py   stream_batch, run_batch and their async twins
+    pool.py               BatchPool: settings, workers, one batch at a time
+    _core/                one batch in the parent: options, the loop, the dispatcher
+                          (no I/O) with its ledger, sender and delivery, the supervisor
+    _batchapi/            mode="batch": jobs at the provider, the journal
+    _backends/            starting workers: processes, threads, Ray actors
+    _worker/              the worker side: task server, the HTTP call
+    _spending/            prices, the cost cap, the response cache, admission
+    _policy/              decisions with no I/O: limits, retries, endpoints, hedging
+    _wire/                what both sides share: messages, config, bodies, answers
+    stream, results, request, errors    the public types
+    _pickling, _images, _signals        small helpers
+
 - **Caller**: iterates the stream. The loop runs between the items it takes, so a slow
   caller slows dispatch (bounded memory) but never the requests already in flight.
-- **Dispatcher** (`dispatcher.py`, no I/O): keeps at most `max_concurrency` requests in
-  its ledger (sent, or waiting for their next attempt), so at most that many HTTP
-  requests are in flight across all workers; decides retries (every attempt passes the
-  rate budget), re-sends what a dead worker owed, and which results are done.
-- **Supervisor** (`supervisor.py`): keeps the workers alive (start-up, heartbeats,
+- **Dispatcher** (`_core/dispatcher.py`, no I/O): keeps at most `max_concurrency`
+  requests in its ledger (sent, or waiting for their next attempt), so at most that many
+  HTTP requests are in flight across all workers; decides retries (every attempt passes
+  the rate budget), re-sends what a dead worker owed, and which results are done.
+- **Supervisor** (`_core/supervisor.py`): keeps the workers alive (start-up, heartbeats,
   watchdog, respawn pace) and hands the loop only outcomes and exits.
 - **Task pipes** (parent -> one worker): written without blocking; what a full pipe
   does not take waits in that worker's buffer until it has room, so the loop never
@@ -28,10 +44,10 @@ Data flow (one batch)::
   all, and only ready workers get any.
 - **Result pipes** (one worker -> parent): at most what that worker owes; a worker
   killed mid-write tears only its own pipe, which the parent then discards.
-- **Workers** (`backends/`, `worker.py`, `engine.py`): run everything they are given
-  concurrently, one attempt per task. A worker that exits while owing results is
-  replaced and what it owed is re-sent; an index whose workers keep dying yields
-  `WorkerCrashedError`. Every index is yielded exactly once.
+- **Workers** (`_backends/`, `_worker/`): run everything they are given concurrently,
+  one attempt per task. A worker that exits while owing results is replaced and what it
+  owed is re-sent; an index whose workers keep dying yields `WorkerCrashedError`. Every
+  index is yielded exactly once.
 """
 
 from __future__ import annotations
@@ -114,12 +130,13 @@ class StreamOptions(PerBatchOptions, total=False):
 class BatchPool:
     """A pool of workers that streams many batches of requests.
 
-    Example::
+    Example:
 
-        with BatchPool(workers=2, max_concurrency=64) as pool:
-            for index, result in pool.stream(requests):
-                ...
-            results = pool.run(more_requests)
+    >>> with BatchPool(workers=2, max_concurrency=64) as pool:
+    ...     first = sorted(index for index, result in pool.stream(requests))
+    ...     again = pool.run(requests)  # the same workers, in input order
+    >>> first, len(again)
+    ([0, 1, 2], 3)
 
     It takes the options marked as the pool's below; `stream`, `run`, `astream` and
     `arun` take the others (each batch its own; a batch's `postprocess` wins).
@@ -152,27 +169,10 @@ class BatchPool:
         cache: str | Path | bool | None = None,
         prices: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
-        self.settings = settings = PoolSettings.check(
-            max_concurrency=max_concurrency,
-            max_concurrency_cap=max_concurrency_cap,
-            workers=workers,
-            base_url=base_url,
-            endpoint_concurrency=endpoint_concurrency,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            postprocess=postprocess,
-            rpm=rpm,
-            tpm=tpm,
-            adaptive=adaptive,
-            hang_timeout=hang_timeout,
-            initializer=initializer,
-            start_method=start_method,
-            backend=backend,
-            ray_address=ray_address,
-            cache=cache,
-            prices=prices,
-        )
+        # Every keyword argument above, as given (the option list is declared once, in
+        # `_core/options.py`; a test checks this signature against it).
+        given = {name: value for name, value in locals().items() if name != "self"}
+        self.settings = settings = PoolSettings.check(**given)
         self.backend, self.workers = settings.backend, settings.workers
         self.max_concurrency, self.postprocess = max_concurrency, postprocess
         self.budget = Budget(settings.max_concurrency, rpm, tpm, adaptive)

@@ -176,11 +176,13 @@ def check_callable(name: str, value: object) -> None:
         raise TypeError(f"{name} must be callable, got {type(value).__name__}")
 
 
-def check_int(name: str, value: object, *, minimum: int) -> None:
+def check_int(name: str, value: object, *, minimum: int) -> int:
+    """`value` if it is an int of at least `minimum`; else the error naming `name`."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
 
 
 def check_workers(workers: object, max_concurrency: int, backend: str) -> int | None:

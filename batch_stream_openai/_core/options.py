@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["OPTIONS", "Option", "options_doc", "options_table", "refuse_idle"]
+__all__ = ["OPTIONS", "Flag", "Option", "options_doc", "options_table", "refuse_idle"]
 
 # Why an option cannot act, given every option of the batch (None: it can).
 Idle = Callable[[Mapping[str, Any]], "str | None"]
@@ -64,6 +64,26 @@ def _backend_idle(backend: str) -> Idle:
 
 
 @dataclass(frozen=True)
+class Flag:
+    """How ``batch-stream-openai run`` takes an option (`cli.py` builds its argument).
+
+    Parameters:
+        name: the flag, as ``--max-cost``.
+        reads: how its text is read, a key of the command line's readers: ``int>=0``,
+            ``int>=1``, ``float>0``, ``text``, ``urls`` (repeatable), ``concurrency``
+            (a number or ``auto``), ``prices`` (JSON), ``mode``, ``fraction`` (optional).
+        help: the command line's words, where the option's own line does not fit a
+            file run (None: the option's).
+        metavar: the value's name in ``--help``.
+    """
+
+    name: str
+    reads: str
+    help: str | None = None
+    metavar: str | None = None
+
+
+@dataclass(frozen=True)
 class Option:
     """One keyword argument.
 
@@ -84,7 +104,7 @@ class Option:
     help: str
     pool: bool
     idle: Idle | None = None
-    flag: str | None = None
+    flag: Flag | None = None
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -96,7 +116,12 @@ OPTIONS: tuple[Option, ...] = (
         " latency, for your own servers",
         pool=True,
         idle=_auto_idle,
-        flag="--max-concurrency",
+        flag=Flag(
+            "--max-concurrency",
+            "concurrency",
+            "requests in flight at most, or 'auto': found from the latency of each "
+            "endpoint, for self-hosted servers (default: 50)",
+        ),
     ),
     Option(
         "max_concurrency_cap",
@@ -113,7 +138,7 @@ OPTIONS: tuple[Option, ...] = (
         "worker processes (default: one per physical core, fewer for small "
         "max_concurrency; 0: one thread)",
         pool=True,
-        flag="--workers",
+        flag=Flag("--workers", "int>=0", "worker processes (default: one per core)"),
     ),
     Option(
         "base_url",
@@ -122,7 +147,12 @@ OPTIONS: tuple[Option, ...] = (
         "OpenAI-compatible endpoint, or a list of replicas (default: OPENAI_BASE_URL, "
         "else OpenAI's)",
         pool=True,
-        flag="--base-url",
+        flag=Flag(
+            "--base-url",
+            "urls",
+            "OpenAI-compatible endpoint (default: OPENAI_BASE_URL); repeat it for several "
+            "replicas of one server: each request goes to the least busy",
+        ),
     ),
     Option(
         "endpoint_concurrency",
@@ -131,7 +161,12 @@ OPTIONS: tuple[Option, ...] = (
         "requests in flight to one endpoint at most",
         pool=True,
         idle=_online_only,
-        flag="--endpoint-concurrency",
+        flag=Flag(
+            "--endpoint-concurrency",
+            "int>=1",
+            "requests in flight to one endpoint at most (with several --base-url)",
+            "N",
+        ),
     ),
     Option(
         "api_key",
@@ -147,7 +182,7 @@ OPTIONS: tuple[Option, ...] = (
         "seconds one attempt may take, all of it (connect, send, wait, read)",
         pool=True,
         idle=_online_only,
-        flag="--timeout",
+        flag=Flag("--timeout", "float>0", "seconds one attempt may take (default: 600)"),
     ),
     Option(
         "max_retries",
@@ -155,7 +190,7 @@ OPTIONS: tuple[Option, ...] = (
         "int = 5",
         "retries after the first attempt, for retryable errors only",
         pool=True,
-        flag="--max-retries",
+        flag=Flag("--max-retries", "int>=0", "retries of a retryable error (default: 5)"),
     ),
     Option(
         "postprocess",
@@ -172,7 +207,7 @@ OPTIONS: tuple[Option, ...] = (
         "requests per minute at most, across all workers, retries included",
         pool=True,
         idle=_online_only,
-        flag="--rpm",
+        flag=Flag("--rpm", "float>0", "requests per minute at most"),
     ),
     Option(
         "tpm",
@@ -181,7 +216,7 @@ OPTIONS: tuple[Option, ...] = (
         "tokens per minute at most, across all workers",
         pool=True,
         idle=_online_only,
-        flag="--tpm",
+        flag=Flag("--tpm", "float>0", "tokens per minute at most"),
     ),
     Option(
         "adaptive",
@@ -234,7 +269,12 @@ OPTIONS: tuple[Option, ...] = (
         "str | Path | bool | None",
         "a response cache file, or True for the one in the user cache directory",
         pool=True,
-        flag="--cache",
+        flag=Flag(
+            "--cache",
+            "text",
+            "answer repeated requests from this response cache (SQLite; created if missing)",
+            "PATH",
+        ),
     ),
     Option(
         "prices",
@@ -242,7 +282,13 @@ OPTIONS: tuple[Option, ...] = (
         "dict | None",
         "model prices, USD per million tokens, that win over genai-prices'",
         pool=True,
-        flag="--prices",
+        flag=Flag(
+            "--prices",
+            "prices",
+            'model prices, USD per million tokens: \'{"my-model": {"input": 0.15, '
+            '"output": 0.6}}\', or the path of a JSON file holding that',
+            "JSON",
+        ),
     ),
     Option(
         "return_results",
@@ -264,7 +310,13 @@ OPTIONS: tuple[Option, ...] = (
         "float | None",
         "USD the batch may spend at most, across all workers",
         pool=False,
-        flag="--max-cost",
+        flag=Flag(
+            "--max-cost",
+            "float>0",
+            "spend at most this much; lines not sent because of it are BudgetExceededError "
+            "error lines (a re-run with --retry-failed and a higher cap sends them)",
+            "USD",
+        ),
     ),
     Option(
         "mode",
@@ -272,7 +324,13 @@ OPTIONS: tuple[Option, ...] = (
         "str = 'online'",
         "'online', 'batch' (the Batch API, half price) or 'flex' (the flex tier, half price)",
         pool=False,
-        flag="--mode",
+        flag=Flag(
+            "--mode",
+            "mode",
+            "online (default); batch: the provider's Batch API, half price, results within "
+            "24 h (its jobs are journaled beside the output: re-run the same command to pick "
+            "them up); flex: online at the flex tier, half price, slower",
+        ),
     ),
     Option(
         "deadline",
@@ -280,7 +338,13 @@ OPTIONS: tuple[Option, ...] = (
         "float | datetime | None",
         "seconds from now, or an aware datetime, by which every index has its result",
         pool=False,
-        flag="--deadline",
+        flag=Flag(
+            "--deadline",
+            "float>0",
+            "every line done within this: in batch mode, what jobs would not finish in time "
+            "is sent online; online, what is not done fails with DeadlineExceededError",
+            "SECONDS",
+        ),
     ),
     Option(
         "journal",
@@ -297,7 +361,7 @@ OPTIONS: tuple[Option, ...] = (
         "batch mode: lines per job at most (default and most: 50,000)",
         pool=False,
         idle=_only_mode("batch"),
-        flag="--batch-size",
+        flag=Flag("--batch-size", "int>=1", "batch mode: lines per job at most (default: 50000)"),
     ),
     Option(
         "poll_interval",
@@ -306,7 +370,12 @@ OPTIONS: tuple[Option, ...] = (
         "batch mode: seconds between looks at the jobs, at most (default 30)",
         pool=False,
         idle=_only_mode("batch"),
-        flag="--poll-interval",
+        flag=Flag(
+            "--poll-interval",
+            "float>0",
+            "batch mode: seconds between looks at the jobs (default: 30)",
+            "SECONDS",
+        ),
     ),
     Option(
         "online_reserve",
@@ -331,7 +400,13 @@ OPTIONS: tuple[Option, ...] = (
         "duplicate requests that run far longer than most; a fraction: how many at most",
         pool=False,
         idle=_online_only,
-        flag="--hedge",
+        flag=Flag(
+            "--hedge",
+            "fraction",
+            "send a duplicate of a request that runs far longer than most; the first "
+            "answer wins (at most FRACTION more requests, default 0.02)",
+            "FRACTION",
+        ),
     ),
 )
 

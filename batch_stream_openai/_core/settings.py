@@ -75,54 +75,42 @@ class PoolSettings:
     prices: Mapping[str, Price]
 
     @classmethod
-    def check(cls, **arguments: Any) -> PoolSettings:
-        """The settings, or the exact error for the first bad argument."""
-        a = arguments
-        cap = a.pop("max_concurrency_cap")
-        check_int("max_concurrency_cap", cap, minimum=1)
-        a["auto_concurrency"] = a["max_concurrency"] == "auto"
-        if a["auto_concurrency"]:
-            a["max_concurrency"] = cap
-        elif isinstance(a["max_concurrency"], str):
-            raise ValueError(
-                f"max_concurrency must be an int or 'auto', got {a['max_concurrency']!r}"
-            )
-        check_int("max_concurrency", a["max_concurrency"], minimum=1)
-        if a["endpoint_concurrency"] is not None:
-            check_int("endpoint_concurrency", a["endpoint_concurrency"], minimum=1)
-        check_callable("postprocess", a["postprocess"])
-        check_callable("initializer", a["initializer"])
-        check_int("max_retries", a["max_retries"], minimum=0)
-        check_positive("timeout", a["timeout"])
+    def check(cls, **given: Any) -> PoolSettings:
+        """The settings from `BatchPool`'s keyword arguments (all of them, as given), or
+        the exact error for the first bad one."""
+        auto, max_concurrency = _concurrency(given["max_concurrency"], given["max_concurrency_cap"])
+        if given["endpoint_concurrency"] is not None:
+            check_int("endpoint_concurrency", given["endpoint_concurrency"], minimum=1)
+        check_callable("postprocess", given["postprocess"])
+        check_callable("initializer", given["initializer"])
+        check_int("max_retries", given["max_retries"], minimum=0)
+        check_positive("timeout", given["timeout"])
         for name in ("rpm", "tpm", "hang_timeout"):
-            if a[name] is not None:
-                check_positive(name, a[name])
-        check_bool("adaptive", a["adaptive"])
-        check_api_key(a["api_key"])
-        a["base_url"] = check_base_urls(a["base_url"])
-        if a["start_method"] is None:
-            from .._backends.process import default_start_method
-
-            a["start_method"] = default_start_method()
-        if a["start_method"] not in ("spawn", "forkserver"):
-            raise ValueError(
-                f"start_method must be 'forkserver' or 'spawn', got {a['start_method']!r}"
-            )
-        backend, workers = check_backend(a["backend"]), a["workers"]
-        if workers == 0:
-            if backend == "ray":
-                raise ValueError("workers=0 (in-process mode) needs backend='process' or 'thread'")
-            backend, workers = "thread", 1
-        workers = check_workers(workers, a["max_concurrency"], backend)
+            if given[name] is not None:
+                check_positive(name, given[name])
+        check_bool("adaptive", given["adaptive"])
+        check_api_key(given["api_key"])
+        backend, workers = _backend_and_workers(given["backend"], given["workers"], max_concurrency)
         return cls(
-            **{
-                **a,
-                "timeout": float(a["timeout"]),
-                "backend": backend,
-                "workers": workers or default_workers(a["max_concurrency"]),
-                "cache": _cache_path(a["cache"]),
-                "prices": check_prices(a["prices"]),
-            }
+            max_concurrency=max_concurrency,
+            auto_concurrency=auto,
+            endpoint_concurrency=given["endpoint_concurrency"],
+            workers=workers,
+            backend=backend,
+            base_url=check_base_urls(given["base_url"]),
+            api_key=given["api_key"],
+            timeout=float(given["timeout"]),
+            max_retries=given["max_retries"],
+            postprocess=given["postprocess"],
+            rpm=given["rpm"],
+            tpm=given["tpm"],
+            adaptive=given["adaptive"],
+            hang_timeout=given["hang_timeout"],
+            initializer=given["initializer"],
+            start_method=_start_method(given["start_method"]),
+            ray_address=given["ray_address"],
+            cache=_cache_path(given["cache"]),
+            prices=check_prices(given["prices"]),
         )
 
     @property
@@ -157,6 +145,38 @@ class PoolSettings:
             initializer=self.initializer,
         )
         return pickled_callable("initializer", self.initializer, lambda: cloudpickle.dumps(config))
+
+
+def _concurrency(max_concurrency: object, cap: object) -> tuple[bool, int]:
+    """``(auto, the limit)``: with ``"auto"``, the limit is its cap."""
+    cap = check_int("max_concurrency_cap", cap, minimum=1)
+    if max_concurrency == "auto":
+        return True, cap
+    if isinstance(max_concurrency, str):
+        raise ValueError(f"max_concurrency must be an int or 'auto', got {max_concurrency!r}")
+    return False, check_int("max_concurrency", max_concurrency, minimum=1)
+
+
+def _backend_and_workers(backend: object, workers: object, max_concurrency: int) -> tuple[str, int]:
+    """The backend and its worker count (``workers=0``: one thread, in process)."""
+    backend = check_backend(backend)
+    if workers == 0:
+        if backend == "ray":
+            raise ValueError("workers=0 (in-process mode) needs backend='process' or 'thread'")
+        backend, workers = "thread", 1
+    return backend, check_workers(workers, max_concurrency, backend) or default_workers(
+        max_concurrency
+    )
+
+
+def _start_method(start_method: object) -> str:
+    if start_method is None:
+        from .._backends.process import default_start_method
+
+        return default_start_method()
+    if start_method not in ("spawn", "forkserver"):
+        raise ValueError(f"start_method must be 'forkserver' or 'spawn', got {start_method!r}")
+    return str(start_method)
 
 
 def _cache_path(cache: object) -> Path | None:
