@@ -1,12 +1,16 @@
 """Test helpers: a fast, fault-injecting, OpenAI-compatible fake server.
 
-Example::
+Example:
 
-    from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
-
-    with FakeOpenAIServer() as server:
-        client = openai.OpenAI(base_url=server.base_url, api_key="sk-test")
-        ...
+>>> import openai
+>>> from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
+>>> with FakeOpenAIServer() as server:
+...     client = openai.OpenAI(base_url=server.base_url, api_key="sk-test")
+...     reply = client.chat.completions.create(
+...         model="m", messages=[{"role": "user", "content": "Hi"}]
+...     )
+>>> reply.choices[0].message.content == expected_answer("", "Hi")
+True
 
 The server runs in its own process (`server.py`); its routes live in `app.py`, and the
 ``[[...]]`` fault-injection directives in `directives.py`.

@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
-from batch_stream_openai.testing.app import run_server
+from batch_stream_openai.testing.running import run_server
 from batch_stream_openai.testing.settings import ServerSettings
 
 

@@ -8,16 +8,13 @@ them and change settings at run time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import json
 import os
-import signal
-import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -38,19 +35,21 @@ from .answers import (
 from .batches import BatchJobs, batch_route
 from .capacity import CapacityGate
 from .directives import FAULT_KINDS, Directive, expected_answer, parse_directives
+from .faults import JSON, error_response, fault_response, slow_response
 from .settings import ServerSettings
 
-__all__ = ["READY_PREFIX", "base_url", "run_server", "serve"]
+__all__ = ["MAX_RECORDS", "Handler", "make_handler"]
+
+# What aiohttp's low-level server calls with each request.
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse | None]]
 
 MAX_RECORDS = 100_000
-READY_PREFIX = "BSO_FAKE_OPENAI_READY "
-_JSON = "application/json"
 _SHAPE_KINDS = frozenset({"refuse", "incomplete", "no_text", "tool_call", "bad_json"})
 _BAD_BODIES: dict[str, tuple[bytes, str]] = {
     "html": (b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
-    "empty": (b"", _JSON),
-    "list": (b'[{"id": "not an object"}]', _JSON),
-    "invalid_utf8": (b'{"text": "\xff\xfe broken"}', _JSON),
+    "empty": (b"", JSON),
+    "list": (b'[{"id": "not an object"}]', JSON),
+    "invalid_utf8": (b'{"text": "\xff\xfe broken"}', JSON),
 }
 
 
@@ -191,18 +190,18 @@ class _App:
         elif path == "/v1/embeddings":
             prompts = _embedding_prompts
         else:
-            return _error(404, f"Invalid URL ({request.method} {path})")
+            return error_response(404, f"Invalid URL ({request.method} {path})")
         if request.method != "POST":
-            return _error(405, f"Method {request.method} not allowed for {path}")
+            return error_response(405, f"Method {request.method} not allowed for {path}")
         if not isinstance(body, dict):
-            return _error(400, "We could not parse the JSON body of your request.")
+            return error_response(400, "We could not parse the JSON body of your request.")
         if body.get("stream"):
-            return _error(400, "stream=true is not supported by the fake server")
+            return error_response(400, "stream=true is not supported by the fake server")
         try:
             system, user, prompt_chars = prompts(body)
             plan = self._plan(user, parse_directives(user))
         except ValueError as exc:
-            return _error(400, str(exc))
+            return error_response(400, str(exc))
         limited = self._rate_limit(prompt_chars) or self._flex_unavailable(body)
         if limited is not None:
             return limited
@@ -211,7 +210,7 @@ class _App:
             return await self._respond(request, path, body, (system, user, prompt_chars), plan)
         gate = self.state.gate
         if not await gate.acquire(capacity, int(self.state.settings.queue_limit)):
-            return _error(503, "The server is overloaded: its queue is full. Retry later.")
+            return error_response(503, "The server is overloaded: its queue is full. Retry later.")
         try:
             return await self._respond(request, path, body, (system, user, prompt_chars), plan)
         finally:
@@ -229,21 +228,21 @@ class _App:
         if plan.latency > 0:
             await asyncio.sleep(plan.latency)
         if plan.fault is not None:
-            return await _fault(request, plan.fault, echo_auth="echo_auth" in plan.shape)
+            return await fault_response(request, plan.fault, echo_auth="echo_auth" in plan.shape)
         if plan.bad_body is not None:
             data, kind = _BAD_BODIES[plan.bad_body]
             return web.Response(body=data, headers={"content-type": kind})
         try:
             payload = self._answer(path, body, *prompts, plan)
         except ValueError as exc:
-            return _error(400, str(exc))
+            return error_response(400, str(exc))
         if "echo_auth" in plan.shape:
             payload["echo"] = {"authorization": request.headers.get("authorization")}
         data = json.dumps(payload).encode()
         headers = {"x-request-id": f"req_{payload['id']}", **self._rate_limit_headers()}
         if plan.slow_body > 0:
-            return await _slow_response(request, data, headers, plan.slow_body)
-        return web.Response(body=data, content_type=_JSON, headers=headers)
+            return await slow_response(request, data, headers, plan.slow_body)
+        return web.Response(body=data, content_type=JSON, headers=headers)
 
     def answer_line(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """How a Batch API line is answered: as it would be online (no waiting)."""
@@ -280,7 +279,7 @@ class _App:
         settings.flex_unavailable -= 1
         message = "Resource unavailable for the flex tier; try again later or use the default tier."
         data = error_body(429, message, "resource_unavailable")
-        return web.Response(status=429, body=data, content_type=_JSON)
+        return web.Response(status=429, body=data, content_type=JSON)
 
     def _plan(self, user: str, directives: tuple[Directive, ...]) -> _Plan:
         plan = _Plan(latency=self.state.settings.latency)
@@ -339,7 +338,7 @@ class _App:
             return None
         headers = {"retry-after-ms": f"{wait * 1000:.0f}", **self._rate_limit_headers()}
         body = error_body(429, "Rate limit reached (fake server budget).")
-        return web.Response(status=429, body=body, content_type=_JSON, headers=headers)
+        return web.Response(status=429, body=body, content_type=JSON, headers=headers)
 
     def _rate_limit_headers(self) -> dict[str, str]:
         settings, state = self.state.settings, self.state
@@ -385,15 +384,15 @@ class _App:
                         raise ValueError("config body must be a JSON object")
                     state.settings.update(values)
                 except ValueError as exc:
-                    return _error(400, str(exc))
+                    return error_response(400, str(exc))
             result = dataclasses.asdict(state.settings)
         elif name == "batches" and method == "GET":
             result = {"jobs": state.jobs.records(), "calls": state.batch_calls}
         elif name == "health" and method == "GET":
             result = {"ok": True, "pid": os.getpid()}
         else:
-            return _error(404, f"Invalid URL ({method} {path})")
-        return web.Response(body=json.dumps(result).encode(), content_type=_JSON)
+            return error_response(404, f"Invalid URL ({method} {path})")
+        return web.Response(body=json.dumps(result).encode(), content_type=JSON)
 
 
 def _embedding_prompts(body: dict[str, Any]) -> tuple[str, str, int]:
@@ -404,149 +403,8 @@ def _embedding_prompts(body: dict[str, Any]) -> tuple[str, str, int]:
     return "", texts[0] if texts else "", sum(len(t) for t in texts)
 
 
-_FAULT_IDS = itertools.count(1)
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.Response(status=status, body=error_body(status, message), content_type=_JSON)
-
-
-async def _fault(
-    request: web.BaseRequest, fault: Directive, echo_auth: bool
-) -> web.Response | None:
-    """Answer as the fault says: an error status, a dropped connection, or never."""
-    if fault.kind == "drop":
-        if request.transport is not None:
-            request.transport.close()
-        return None
-    if fault.kind == "hang":
-        await asyncio.Event().wait()  # cancelled when the client disconnects
-    status = int(fault.value)
-    # Like the real API, errors carry a request id too.
-    headers: dict[str, str] = {"x-request-id": f"req_fault_{next(_FAULT_IDS)}"}
-    for header, value in (
-        ("retry-after", fault.retry_after),
-        ("retry-after-ms", fault.retry_after_ms),
-        ("x-should-retry", fault.should_retry),
-    ):
-        if value is not None:
-            headers[header] = value
-    message = f"Injected fault: HTTP {status}"
-    authorization = request.headers.get("authorization")
-    if authorization is not None and echo_auth:  # as some proxies do
-        message += f" (you sent: {authorization})"
-    body = error_body(status, message, fault.code)
-    return web.Response(status=status, body=body, content_type=_JSON, headers=headers)
-
-
-async def _slow_response(
-    request: web.BaseRequest, data: bytes, headers: dict[str, str], seconds: float
-) -> web.StreamResponse:
-    """The body in pieces over `seconds`: 20 pieces, or one byte at a time when shorter."""
-    response = web.StreamResponse(headers=headers)
-    response.content_type = _JSON
-    response.content_length = len(data)
-    await response.prepare(request)  # status and headers go out now
-    chunks = max(1, min(20, len(data)))
-    step = -(-len(data) // chunks)
-    pause = seconds / chunks
-    for start in range(0, len(data), step):
-        await asyncio.sleep(pause)
-        await response.write(data[start : start + step])
-    await response.write_eof()
-    return response
-
-
-async def serve(
-    host: str,
-    port: int,
+def make_handler(
     settings: ServerSettings,
-    on_ready: Callable[[str, int], None],
-    stop: asyncio.Event,
-) -> None:
-    """Run the fake server until ``stop`` is set; call ``on_ready(host, port)`` once listening.
-
-    Parameters:
-        host: Interface to bind.
-        port: TCP port; 0 picks a free one (reported to ``on_ready``).
-        settings: Initial server-wide settings.
-        on_ready: Called with the bound host and port once the socket accepts connections.
-        stop: Set it to shut down (idle connections closed, handlers cancelled).
-    """
-    app = _App(_State(settings))
-    # handler_cancellation: a client disconnect cancels its handler (hang/latency don't leak).
-    server = web.Server(app.handle, handler_cancellation=True, access_log=None)
-    runner = web.ServerRunner(server, shutdown_timeout=0.5)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port, backlog=2048)
-        await site.start()
-        bound_port = int(runner.addresses[0][1])
-        on_ready(host, bound_port)
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
-def run_server(
-    host: str = "127.0.0.1",
-    port: int = 0,
-    settings: ServerSettings | None = None,
-    *,
-    managed: bool = False,
-) -> None:
-    """Run the fake server in this process until SIGTERM/SIGINT (blocking).
-
-    Raises OSError when it cannot listen (a port in use).
-
-    Parameters:
-        host: Interface to bind.
-        port: TCP port; 0 picks a free one.
-        settings: Initial server-wide settings (defaults to ``ServerSettings()``).
-        managed: Child mode for :class:`FakeOpenAIServer`: print one machine-readable
-            ready line and exit when stdin reaches EOF (i.e. the parent died).
-    """
-
-    def on_ready(bound_host: str, bound_port: int) -> None:
-        if managed:
-            info = {"host": bound_host, "port": bound_port, "pid": os.getpid()}
-            print(READY_PREFIX + json.dumps(info), flush=True)
-        else:
-            print(f"serving on {base_url(bound_host, bound_port)}", flush=True)
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            # Not available on Windows or outside the main thread.
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        if managed:
-            await loop.connect_read_pipe(lambda: _StdinWatcher(stop), sys.stdin)
-        await serve(host, port, settings or ServerSettings(), on_ready, stop)
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
-
-
-class _StdinWatcher(asyncio.Protocol):
-    """Sets ``stop`` when stdin reaches EOF, i.e. when the parent process is gone."""
-
-    def __init__(self, stop: asyncio.Event) -> None:
-        self._stop = stop
-
-    def eof_received(self) -> bool | None:
-        self._stop.set()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop.set()
-
-
-def base_url(host: str, port: int) -> str:
-    """The OpenAI base URL of a server on `host`:`port`."""
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/v1"
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """The request handler of one server process, starting with `settings`."""
+    return _App(_State(settings)).handle

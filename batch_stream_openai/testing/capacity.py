@@ -19,13 +19,18 @@ __all__ = ["CapacityGate"]
 class CapacityGate:
     """At most `capacity` requests hold a slot; the others wait in FIFO order.
 
-    Example::
+    Example:
 
-        if await gate.acquire(capacity=64, queue_limit=0):
-            try:
-                await serve()
-            finally:
-                gate.release()
+    >>> import asyncio
+    >>> async def serve_one(gate):
+    ...     if not await gate.acquire(capacity=64, queue_limit=0):
+    ...         return "503: the queue is full"
+    ...     try:
+    ...         return f"served, {gate.serving} at once"
+    ...     finally:
+    ...         gate.release()
+    >>> asyncio.run(serve_one(CapacityGate()))
+    'served, 1 at once'
     """
 
     def __init__(self) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .app import READY_PREFIX, base_url
+from .running import READY_PREFIX, base_url
 from .settings import RecordedRequest, ServerSettings, ServerStats
 
 __all__ = ["FakeOpenAIServer"]
@@ -39,12 +39,16 @@ _NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 class FakeOpenAIServer:
     """Fake OpenAI-compatible server running in a subprocess on a free local port.
 
-    Example::
+    Example:
 
-        with FakeOpenAIServer(latency=0.0) as server:
-            client = openai.OpenAI(base_url=server.base_url, api_key="sk-test")
-            reply = client.chat.completions.create(model="m", messages=[...])
-            assert server.stats().requests == 1
+    >>> import openai
+    >>> with FakeOpenAIServer(latency=0.0) as server:
+    ...     client = openai.OpenAI(base_url=server.base_url, api_key="sk-test")
+    ...     reply = client.chat.completions.create(
+    ...         model="m", messages=[{"role": "user", "content": "Hi"}]
+    ...     )
+    ...     server.stats().requests
+    1
 
     Parameters:
         latency: Seconds added before every API answer (changeable via ``configure``).
