@@ -1,11 +1,13 @@
 """Fire many OpenAI / LiteLLM requests from a pool of worker processes; stream each result.
 
-Example::
+Example:
 
-    from batch_stream_openai import OpenAIRequest, stream_batch
-
-    for index, result in stream_batch(requests, max_concurrency=50):
-        ...
+>>> from batch_stream_openai import OpenAIRequest, stream_batch
+>>> requests = [OpenAIRequest("Be brief.", f"What is {i} + {i}?") for i in range(3)]
+>>> for index, result in stream_batch(requests, max_concurrency=50):
+...     print(index, result)  # doctest: +SKIP
+>>> sorted(index for index, result in stream_batch(requests, max_concurrency=50))
+[0, 1, 2]
 """
 
 from .api import arun_batch, astream_batch, run_batch, stream_batch

@@ -33,9 +33,10 @@ _MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 def image_urls(images: object, owner: str = "OpenAIRequest.images") -> tuple[str, ...]:
     """Each image as the URL to send; ValueError/TypeError naming the image at fault.
 
-    Example::
+    Example:
 
-        image_urls(["https://example.com/cat.png", "photo.jpg", png_bytes])
+    >>> image_urls(["https://example.com/cat.png", b"\\x89PNG\\r\\n\\x1a\\n"])
+    ('https://example.com/cat.png', 'data:image/png;base64,iVBORw0KGgo=')
     """
     if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
         raise TypeError(

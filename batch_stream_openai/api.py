@@ -124,13 +124,14 @@ def stream_batch(
 ) -> BatchStream[Any]:
     """Fire the requests concurrently; yield ``(index, str | Exception)`` as each completes.
 
-    Example::
+    Example:
 
-        stream = stream_batch(requests, max_concurrency=50)
-        for index, result in stream:
-            if isinstance(result, Exception):
-                print(index, "failed:", result)
-        print(stream.summary)
+    >>> stream = stream_batch(requests, max_concurrency=50)
+    >>> for index, result in stream:
+    ...     if isinstance(result, Exception):
+    ...         print(index, "failed:", result)
+    >>> stream.summary.ok
+    3
 
     Results come in completion order. A failed request yields its Exception and the
     batch goes on. Arguments are checked now (and a list of requests, whole); the worker
@@ -219,12 +220,16 @@ def astream_batch(
 ) -> AsyncBatchStream[Any]:
     """`stream_batch` for code already inside an event loop; never blocks that loop.
 
-    Example::
+    Example:
 
-        stream = astream_batch(requests, max_concurrency=50)
-        async for index, result in stream:
-            ...
-        print(stream.summary)
+    >>> import asyncio
+    >>> async def main():
+    ...     stream = astream_batch(requests, max_concurrency=50)
+    ...     async for index, result in stream:
+    ...         pass
+    ...     return stream.summary.ok
+    >>> asyncio.run(main())
+    3
     """
     pool, stream_options = _pool_for(max_concurrency, return_results, postprocess, options)
     try:

@@ -55,14 +55,16 @@ _NEAR_OPENAI = re.compile(r"^(ft:)?(gpt|chatgpt|o[134])", re.IGNORECASE)
 class OpenAIRequest:
     """One request: a system and a user prompt for a model.
 
-    Example::
+    Example:
 
-        OpenAIRequest(
-            system_prompt="You are a helpful assistant.",
-            user_prompt="What is 2+2?",
-            model="gpt-4o-mini",
-            api="chat",
-        )
+    >>> request = OpenAIRequest(
+    ...     system_prompt="You are a helpful assistant.",
+    ...     user_prompt="What is 2+2?",
+    ...     model="gpt-4o-mini",
+    ...     api="chat",
+    ... )
+    >>> request.model, request.api
+    ('gpt-4o-mini', 'chat')
 
     Parameters:
         system_prompt: system message (`instructions` for the Responses API).
@@ -170,9 +172,11 @@ class OpenAIRequest:
 class RawRequest:
     """A request body sent as given to an endpoint, as in an OpenAI Batch API input line.
 
-    Example::
+    Example:
 
-        RawRequest("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": [...]})
+    >>> hello = [{"role": "user", "content": "Hi"}]
+    >>> RawRequest("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": hello}).model
+    'gpt-4o-mini'
 
     Parameters:
         url: ``"/v1/chat/completions"``, ``"/v1/responses"`` or ``"/v1/embeddings"``.
@@ -210,10 +214,12 @@ class RawRequest:
 class EmbeddingRequest:
     """Texts to embed: one vector per text, from ``/v1/embeddings``.
 
-    Example::
+    Example:
 
-        EmbeddingRequest("The quick brown fox", dimensions=256)
-        EmbeddingRequest(["first document", "second document"])
+    >>> EmbeddingRequest("The quick brown fox", dimensions=256).dimensions
+    256
+    >>> EmbeddingRequest(["first document", "second document"]).input
+    ['first document', 'second document']
 
     Its plain value is the vector (``list[float]``), or the list of vectors for a list
     input; ``Result.embedding`` holds the same.

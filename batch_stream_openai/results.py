@@ -60,11 +60,13 @@ class ToolCall:
 class Result:
     """Everything known about one finished request.
 
-    Example::
+    Example:
 
-        for index, result in stream_batch(requests, return_results=True):
-            if result.error is None:
-                print(result.text, result.usage.output_tokens, result.latency_s)
+    >>> from batch_stream_openai import stream_batch
+    >>> for index, result in stream_batch(requests[:1], return_results=True):
+    ...     if result.error is None:
+    ...         print(result.text, result.usage.output_tokens > 0, result.latency_s > 0)
+    echo: What is 0 + 0? [...] True True
 
     Parameters:
         index: position of the request in the caller's iterable.
@@ -161,12 +163,15 @@ class EndpointSummary:
 class BatchSummary:
     """Counts for one batch, updated as results arrive; final when the stream ends.
 
-    Example::
+    Example:
 
-        stream = stream_batch(requests)
-        for index, result in stream:
-            ...
-        print(stream.summary)  # 1000 requests: 998 ok, 2 failed (APIError: 2), ...
+    >>> from batch_stream_openai import stream_batch
+    >>> stream = stream_batch(requests)
+    >>> done = [index for index, result in stream]
+    >>> print(stream.summary)  # doctest: +ELLIPSIS
+    3 requests: 3 ok, 0 failed...
+    >>> stream.summary.ok, stream.summary.input_tokens > 0
+    (3, True)
 
     Parameters:
         ok, failed: results without and with an error; ``failed_by_type`` by error type.

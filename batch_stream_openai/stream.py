@@ -19,12 +19,15 @@ T = TypeVar("T")
 class BatchStream(Iterator[tuple[int, T]]):
     """Yields ``(index, result)`` as requests complete; `summary` counts them as it goes.
 
-    Example::
+    Example:
 
-        with stream_batch(requests) as stream:
-            for index, result in stream:
-                ...
-        print(stream.summary)
+    >>> from batch_stream_openai import stream_batch
+    >>> with stream_batch(requests) as stream:
+    ...     answers = dict(stream)
+    >>> sorted(answers)
+    [0, 1, 2]
+    >>> print(stream.summary)  # doctest: +ELLIPSIS
+    3 requests: 3 ok, 0 failed...
 
     Closing it (``close()``, the end of a ``with`` block, or garbage collection) cancels
     what is still in flight.
@@ -105,12 +108,16 @@ class BatchStream(Iterator[tuple[int, T]]):
 class AsyncBatchStream(AsyncIterator[tuple[int, T]]):
     """`BatchStream` for ``async for``: yields ``(index, result)``; `summary` counts them.
 
-    Example::
+    Example:
 
-        stream = astream_batch(requests)
-        async for index, result in stream:
-            ...
-        print(stream.summary)
+    >>> import asyncio
+    >>> from batch_stream_openai import astream_batch
+    >>> async def main():
+    ...     stream = astream_batch(requests)
+    ...     answers = {index: result async for index, result in stream}
+    ...     return sorted(answers), stream.summary.ok
+    >>> asyncio.run(main())
+    ([0, 1, 2], 3)
 
     Breaking out of the loop, ``aclose()``, or cancelling the task that iterates it
     cancels what is still in flight.

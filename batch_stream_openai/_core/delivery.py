@@ -22,11 +22,14 @@ __all__ = ["Delivery"]
 class Delivery:
     """The results of one batch not yet taken by the caller, and its summary.
 
-    Example::
+    Example:
 
-        delivery = Delivery(BatchSummary(), rich=True, urls=fleet.urls)
-        delivery.deliver(7, entry, result)   # an index is done
-        delivery.take()                       # [(7, Result(...))]
+    >>> delivery = Delivery(BatchSummary())
+    >>> delivery.deliver(7, None, Result(7, text="Hi", output="Hi"))  # an index is done
+    >>> delivery.take()
+    [(7, 'Hi')]
+    >>> delivery.summary.ok
+    1
 
     Parameters:
         summary: the batch's live counts.

@@ -72,11 +72,12 @@ OVERLOAD_SHARE = 0.2
 class GradientLimit:
     """The concurrency limit of one endpoint, moved by each answer's latency.
 
-    Example::
+    Example:
 
-        limit = GradientLimit(maximum=1024)
-        limit.on_answer(latency_s=0.12, in_flight=30)
-        allowed = limit.allowed
+    >>> limit = GradientLimit(maximum=1024)
+    >>> limit.allowed  # it starts small, and grows while latency stays low
+    8
+    >>> limit.on_answer(latency_s=0.12, in_flight=8)
 
     Parameters:
         maximum: the limit never goes above it (``max_concurrency_cap``).

@@ -67,12 +67,17 @@ class Endpoint:
 class Fleet:
     """The pool's endpoints: where each attempt goes, and how each endpoint is doing.
 
-    Example::
+    Example:
 
-        fleet = Fleet(["http://a:8000/v1", "http://b:8000/v1"])
-        target = fleet.pick()               # an endpoint's number, or None: all are full
-        fleet.sent(target)
-        fleet.ended(target, latency_s=0.2, error=None)
+    >>> fleet = Fleet(["http://a:8000/v1", "http://b:8000/v1"])
+    >>> target = fleet.pick()  # an endpoint's number, or None: all are full
+    >>> target
+    0
+    >>> fleet.sent(target)
+    >>> fleet.pick()  # the least busy
+    1
+    >>> fleet.ended(target, latency_s=0.2, error=None)  # True: blame it for a failure
+    False
 
     Parameters:
         urls: the endpoints' base URLs (one at least).

@@ -33,13 +33,17 @@ _SAMPLES = 512
 class Hedging:
     """Which running requests get a duplicate, and how many may.
 
-    Example::
+    Example:
 
-        hedging = Hedging(fraction=0.02)
-        hedging.started(index=7, attempt=1, now=now)
-        hedging.answered(latency_s=0.4)
-        for item in hedging.due(now, tail=False, read=100, state=state):
-            hedging.sent_one()       # or hedging.put_back(item) when a budget holds it
+    >>> hedging = Hedging(fraction=0.5)
+    >>> for latency in [0.1] * 20:
+    ...     hedging.answered(latency)
+    >>> hedging.started(index=7, attempt=1, now=0.0)
+    >>> def state(index, attempt):  # may it be hedged? (None: it no longer runs)
+    ...     return True
+    >>> list(hedging.due(now=5.0, tail=False, read=100, state=state))
+    [(0.0, 7, 1)]
+    >>> hedging.sent_one()  # or hedging.put_back(item) when a budget holds it
 
     Parameters:
         fraction: hedges allowed, as a share of the requests read.

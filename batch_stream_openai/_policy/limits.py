@@ -49,11 +49,14 @@ class Pacer:
       alone would let 5,000 then 10,000 tokens go 30 s apart under a 10,000 limit).
       A send larger than the whole limit goes alone, when the window is empty.
 
-    Example::
+    Example:
 
-        pacer = Pacer(per_minute=240)
-        if (wait := pacer.delay(1)) == 0:
-            charge = pacer.consume(1)
+    >>> pacer = Pacer(per_minute=240)
+    >>> pacer.delay(1)  # seconds to wait before one more may go
+    0.0
+    >>> charge = pacer.consume(1)
+    >>> pacer.delay(1) > 0  # spread out: 4 a second at most
+    True
     """
 
     def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:

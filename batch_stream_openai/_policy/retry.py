@@ -72,12 +72,15 @@ class wait_retry_after(wait_base):
 class RetrySchedule:
     """When, if at all, a failed request gets its next attempt.
 
-    Example::
+    Example:
 
-        schedule = RetrySchedule(RetryPolicy(max_attempts=6))
-        wait = schedule.next_wait(error, attempts=1, elapsed_s=0.2)
-        if wait is not None:
-            ...  # send attempt 2 in `wait` seconds
+    >>> from batch_stream_openai.errors import APIError
+    >>> schedule = RetrySchedule(RetryPolicy(max_attempts=6))
+    >>> overloaded = APIError("overloaded", status_code=503, retry_after_s=2.0, retryable=True)
+    >>> schedule.next_wait(overloaded, attempts=1, elapsed_s=0.2)  # the server's hint
+    2.0
+    >>> schedule.next_wait(APIError("bad request", status_code=400), 1, 0.2) is None
+    True
 
     Parameters:
         policy: attempts, total deadline and backoff of each request.
@@ -137,11 +140,17 @@ class Retries:
     retry), after a backoff (`RetrySchedule`), at the standard tier (flex had no capacity
     for it, retries included), or never.
 
-    Example::
+    Example:
 
-        retries = Retries(RetrySchedule(RetryPolicy()), endpoints=2, flex_fallback=False)
-        retries.sent(tries, now)                   # each attempt but a hedge
-        wait = retries.after(tries, error, blamed=0, now=now)   # None: final
+    >>> from batch_stream_openai.errors import APIError
+    >>> retries = Retries(RetrySchedule(RetryPolicy()), endpoints=2, flex_fallback=False)
+    >>> tries = Tries()
+    >>> retries.sent(tries, now=0.0)  # each attempt but a hedge
+    >>> down = APIError("bad gateway", status_code=502, retryable=True)
+    >>> retries.after(tries, down, blamed=0, now=0.1)  # at once, to the other endpoint
+    0.0
+    >>> sorted(tries.failed_on)
+    [0]
 
     Parameters:
         schedule: the backoff and the limits of each request.

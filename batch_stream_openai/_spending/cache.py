@@ -75,12 +75,15 @@ def cache_key(request: AnyRequest, base_url: str) -> bytes:
 class ResponseCache:
     """Successful answers in a SQLite file; see the module docstring.
 
-    Example::
+    Example:
 
-        cache = ResponseCache(Path("answers.sqlite"))
-        stored = cache.get(key)           # a StoredAnswer, or None
-        cache.put(key, StoredAnswer(body, request_id, cost_usd))  # committed in batches
-        cache.close()
+    >>> cache = ResponseCache(Path("answers.sqlite"))
+    >>> cache.get(b"key") is None  # a StoredAnswer, or None
+    True
+    >>> cache.put(b"key", StoredAnswer({"id": "a"}, "req_1", 0.001))  # committed in batches
+    >>> cache.get(b"key").request_id
+    'req_1'
+    >>> cache.close()
 
     Raises `CacheError` (naming the path) for a file that is not a cache, or is corrupt.
     """

@@ -59,13 +59,15 @@ NOTHING_RESERVED = Reservation(0.0)
 class Spending:
     """What one batch has spent and has reserved, against its cap.
 
-    Example::
+    Example:
 
-        spending = Spending(2.50, PriceTable())
-        reserved = spending.reserve("gpt-4o-mini", input_tokens=900, output_cap=None)
-        if reserved is not None:
-            ...  # send it; later:
-            spending.settle(reserved, result)
+    >>> spending = Spending(2.50, PriceTable())
+    >>> reserved = spending.reserve("gpt-4o-mini", 900, output_cap=100)
+    >>> reserved is not None  # it fits: send it, and settle it with what it cost
+    True
+    >>> spending.settle(reserved, cost_usd=0.0002, error=None, output_tokens=80)
+    >>> round(spending.spent, 6)
+    0.0002
 
     Parameters:
         max_cost: USD the batch may spend at most.

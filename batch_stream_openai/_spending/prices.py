@@ -30,9 +30,10 @@ _PRICE_KEYS = frozenset({"input", "output", "cached_input"})
 class Price:
     """USD per million tokens for one model (and tier).
 
-    Example::
+    Example:
 
-        Price(input=0.15, output=0.60, cached_input=0.075).cost(Usage(1000, 200))
+    >>> Price(input=0.15, output=0.60, cached_input=0.075).cost(Usage(1000, 200))
+    0.00027
     """
 
     input: float
@@ -91,10 +92,13 @@ def _float(value: object) -> float | None:
 class PriceTable:
     """Prices by model and tier: the caller's overrides, else genai-prices, looked up once.
 
-    Example::
+    Example:
 
-        table = PriceTable({"my-model": Price(0.15, 0.60)})
-        table.cost("gpt-4o-mini", Usage(1000, 200))   # USD, or None when the price is unknown
+    >>> table = PriceTable({"my-model": Price(0.15, 0.60)})
+    >>> table.cost("my-model", Usage(1000, 200))  # USD, or None when the price is unknown
+    0.00027
+    >>> table.cost("my-model", Usage(1000, 200), tier="batch")  # half
+    0.000135
 
     Parameters:
         overrides: the caller's prices (`check_prices`), by model name. A batch or flex

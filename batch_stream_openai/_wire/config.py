@@ -63,11 +63,13 @@ class Secret:
     reprs and files by accident; it does not protect it from someone who can read the
     process's memory and knows where to look.
 
-    Example::
+    Example:
 
-        secret = Secret("sk-live-0123456789abcdef")
-        repr(secret)      # "Secret('sk-...cdef')"
-        secret.reveal()   # the key, for the SDK client only
+    >>> secret = Secret("sk-live-0123456789abcdef")
+    >>> secret
+    Secret('sk-...cdef')
+    >>> secret.reveal()  # the key, for the SDK client only
+    'sk-live-0123456789abcdef'
     """
 
     __slots__ = ("_masked", "_pad", "masked")

@@ -98,11 +98,20 @@ class RateLimitHeaders:
 class Provider:
     """Sends requests for one worker and owns that worker's connections.
 
-    Example::
+    Example:
 
-        provider = Provider(ClientConfig(base_urls=("http://127.0.0.1:8000/v1",)))
-        data, request_id, pause_s = await provider.complete("/v1/chat/completions", body, 0)
-        await provider.aclose()
+    >>> import asyncio
+    >>> async def ask_once():
+    ...     provider = Provider(ClientConfig(base_urls=(server.base_url,)))
+    ...     provider.open()  # the endpoint and headers, from the SDK
+    ...     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+    ...     try:
+    ...         data, request_id, pause_s = await provider.complete("/v1/chat/completions", body, 0)
+    ...     finally:
+    ...         await provider.aclose()
+    ...     return data["choices"][0]["message"]["content"]
+    >>> asyncio.run(ask_once())
+    'echo: Hi [...]'
     """
 
     def __init__(self, config: ClientConfig) -> None:
