@@ -45,15 +45,37 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx2
 import memory
 import openai
 import psutil
+from bench_plan import (
+    AIOHTTP,
+    ASYNCIO,
+    FULL,
+    MAX_THREADS,
+    QUICK,
+    QUIET_CORES,
+    QUIET_WAIT_S,
+    THREADS,
+    WATCHDOG_S,
+    WORK_IN_CALLER,
+    WORK_IN_WORKERS,
+    WORKER_CANDIDATES,
+    Burn,
+    Plan,
+    Report,
+    Scenario,
+    StartupReport,
+    Summary,
+    Workload,
+    library_label,
+)
 from memory import API_KEY, MODEL, SYSTEM, chat_request
 from openai.types.chat import ChatCompletionMessageParam
 
@@ -62,71 +84,7 @@ from batch_stream_openai.pool import default_workers
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_THREADS = 64
-WORKER_CANDIDATES = (1, 2, 3, 4)
-WATCHDOG_S = 900.0  # a run that takes longer than this is hung: dump tracebacks and exit
-
-# How the tools and section F's two modes are labelled, in the tables and as result keys.
-ASYNCIO = "asyncio (httpx)"
-AIOHTTP = "asyncio + aiohttp"
-THREADS = f"threads ({MAX_THREADS}) + sync client"
-BASELINES = (ASYNCIO, AIOHTTP, THREADS)
-WORK_IN_CALLER = "(a) work in the caller's loop"
-WORK_IN_WORKERS = "(b) work as postprocess= (in the workers)"
-
-# Before each run, wait up to QUIET_WAIT_S for a second in which the machine (nothing of
-# ours runs between runs) uses less than QUIET_CORES of a core.
-QUIET_CORES = 0.25
-QUIET_WAIT_S = 30.0
-
-
 # --------------------------------------------------------------------------- workloads
-
-
-@dataclass(frozen=True)
-class Workload:
-    """One batch, run identically by every tool it is given to.
-
-    Parameters:
-        requests: how many requests (``chat_request(0)`` ...).
-        concurrency: requests in flight at most.
-        latency: the server's latency in seconds.
-        consume: work the caller does on each result, in its own loop.
-        postprocess: work done on each answer in the workers (library only).
-    """
-
-    requests: int
-    concurrency: int
-    latency: float
-    consume: Callable[[str], object] | None = None
-    postprocess: Callable[[str], object] | None = None
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The sizes of every scenario; `FULL` is what BENCHMARKS.md reports.
-
-    A, B and C run at `concurrency`, F at `postprocess_concurrency`; all but C at `latency`.
-    """
-
-    latency_bound_requests: int = 5_000  # A
-    consumer_requests: int = 5_000  # B
-    zero_latency_requests: int = 20_000  # C
-    postprocess_requests: int = 2_000  # F
-    concurrency: int = 200
-    postprocess_concurrency: int = 100
-    latency: float = 0.1
-    consumer_cpu_s: float = 0.010  # B: CPU the caller spends on each result
-    postprocess_cpu_s: float = 0.020  # F: CPU spent on each result, in the caller or workers
-
-
-FULL = Plan()
-QUICK = Plan(
-    latency_bound_requests=1_000,
-    consumer_requests=300,
-    zero_latency_requests=3_000,
-    postprocess_requests=200,
-)
 
 
 def spin(rounds: int, text: str) -> str:
@@ -142,13 +100,6 @@ def _cpu_seconds(work: Callable[[], object]) -> float:
     start = time.thread_time()
     work()
     return time.thread_time() - start
-
-
-class Burn(NamedTuple):
-    """CPU work to do on each result: `spin` rounds, and the CPU seconds they measured."""
-
-    rounds: int
-    cpu_s: float
 
 
 def calibrate(seconds: float) -> Burn:
@@ -253,11 +204,6 @@ def run_library(workload: Workload, base_url: str, *, workers: int) -> Results:
     for index, value in stream:
         _deliver(results, index, value, workload.consume)
     return results
-
-
-def library_label(workers: int) -> str:
-    """How a library entry is named in tables."""
-    return f"batch-stream-openai, {workers} worker{'s' if workers > 1 else ''}"
 
 
 @dataclass(frozen=True)
@@ -400,25 +346,6 @@ def warm_up(server: FakeOpenAIServer, concurrency: int) -> None:
     compare(server, [*baselines(workload), *libraries(workload, [1])], 1, "warm-up")
 
 
-@dataclass(frozen=True)
-class Summary:
-    """Medians over the runs of one entry; CPU as a fraction of one core."""
-
-    wall: float
-    low: float
-    high: float
-    parent: float
-    workers: float
-    server: float
-    others: float
-    cpu_per_request_ms: tuple[float, float, float]  # parent, workers, server
-
-    @property
-    def busy(self) -> float:
-        """Cores' worth of CPU the machine spent, all processes together."""
-        return self.parent + self.workers + self.server + self.others
-
-
 def summarize(samples: list[Sample], requests: int) -> Summary:
     """The medians of one entry's samples."""
 
@@ -442,31 +369,14 @@ def summarize(samples: list[Sample], requests: int) -> Summary:
     )
 
 
-@dataclass
-class Scenario:
-    """A measured comparison, summarized."""
-
-    workload: Workload
-    summaries: dict[str, Summary]
-
-    @classmethod
-    def run(
-        cls, server: FakeOpenAIServer, entries: list[Entry], runs: int, section: str
-    ) -> Scenario:
-        """Measure `entries` (same workload size) and summarize them."""
-        series = compare(server, entries, runs, section)
-        requests = entries[0].workload.requests
-        summaries = {label: summarize(samples, requests) for label, samples in series.items()}
-        return cls(entries[0].workload, summaries)
-
-    def speedup(self, label: str, reference: str = ASYNCIO) -> float:
-        """How many times faster than `reference` (ratio of median walls)."""
-        return self.summaries[reference].wall / self.summaries[label].wall
-
-    def best_workers(self) -> int:
-        """The library's worker count with the lowest median wall among those measured."""
-        measured = [w for w in WORKER_CANDIDATES if library_label(w) in self.summaries]
-        return min(measured, key=lambda w: self.summaries[library_label(w)].wall)
+def measure_scenario(
+    server: FakeOpenAIServer, entries: list[Entry], runs: int, section: str
+) -> Scenario:
+    """Measure `entries` (same workload size) and summarize them."""
+    series = compare(server, entries, runs, section)
+    requests = entries[0].workload.requests
+    summaries = {label: summarize(samples, requests) for label, samples in series.items()}
+    return Scenario(entries[0].workload, summaries)
 
 
 # --------------------------------------------------------------------------- start-up (D)
@@ -556,15 +466,6 @@ def pool_startup(workers: int, base_url: str) -> tuple[float, float]:
     return started - start, time.perf_counter() - started
 
 
-@dataclass
-class StartupReport:
-    """Section D's medians (seconds)."""
-
-    cold: dict[str, float]
-    cold_range: dict[str, tuple[float, float]]
-    pool: dict[int, tuple[float, float]]  # workers -> (start, close)
-
-
 def measure_startup(server: FakeOpenAIServer, workload: Workload, runs: int) -> StartupReport:
     """Cold starts in fresh interpreters, and pool start-up for each worker count."""
     server.configure(latency=0.0)
@@ -597,7 +498,7 @@ def run_tools(
     server: FakeOpenAIServer, workload: Workload, workers: Sequence[int], runs: int, section: str
 ) -> Scenario:
     """The three baselines, then the library with each count in `workers`, on `workload`."""
-    return Scenario.run(
+    return measure_scenario(
         server, [*baselines(workload), *libraries(workload, workers)], runs, section
     )
 
@@ -611,29 +512,6 @@ def postprocess_entries(plan: Plan, rounds: int) -> list[Entry]:
         Entry(WORK_IN_CALLER, run, replace(workload, consume=work)),
         Entry(WORK_IN_WORKERS, run, replace(workload, postprocess=work)),
     ]
-
-
-@dataclass
-class Report:
-    """Everything BENCHMARKS.md and the chart are made of (one field per section)."""
-
-    plan: Plan
-    runs: int
-    command: str
-    default_workers: int
-    consumer_burn: Burn  # B: CPU per result in the caller
-    postprocess_burn: Burn  # F: CPU per result, in the caller or the workers
-    latency_bound: Scenario  # A
-    consumer: Scenario  # B
-    zero_latency: Scenario  # C
-    startup: StartupReport  # D
-    memory: dict[str, Any] | None  # E: scripts/memory.py's results (None: never measured)
-    postprocess: Scenario  # F
-    latency_bound_best_workers: int  # the fastest worker count in A
-    zero_latency_best_workers: int  # the fastest worker count in C
-    revision: str = ""
-    load: list[tuple[float, float, float]] = field(default_factory=list)
-    minutes: float = 0.0
 
 
 def run_all(server: FakeOpenAIServer, plan: Plan, runs: int, with_memory: bool) -> Report:
@@ -663,7 +541,7 @@ def run_all(server: FakeOpenAIServer, plan: Plan, runs: int, with_memory: bool) 
 
     startup = measure_startup(server, latency_bound_load, runs)
     postprocess_work = postprocess_entries(plan, postprocess_burn.rounds)
-    postprocess = Scenario.run(server, postprocess_work, runs, "F")
+    postprocess = measure_scenario(server, postprocess_work, runs, "F")
     quick = plan != FULL
     measured_memory = memory.measure(server, quick=quick) if with_memory else memory.load()
     load.append(os.getloadavg())
@@ -706,9 +584,7 @@ def log(message: str) -> None:
 
 def main() -> None:
     """Parse the arguments, run everything, write BENCHMARKS.md and the chart."""
-    # Imported here rather than at the top: bench_report imports names from this module,
-    # which must be complete first (and the library's spawned workers, which re-run this
-    # file, never need it).
+    # Imported here: the library's spawned workers, which re-run this file, never need it.
     import bench_report
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -735,8 +611,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # bench_report does `from bench import ...`: let that name be this running module, not
-    # a second copy of the file (whose classes would differ: its FULL would never equal
-    # our plan).
-    sys.modules.setdefault("bench", sys.modules[__name__])
     main()

@@ -6,7 +6,7 @@ one section per scenario (``render_latency_bound`` for A, ``render_consumer`` fo
 ``render_postprocess`` for F), each a table and a "What limits it" paragraph written from
 the CPU measured in the runs (``limits_*``); last, the sections other scripts own
 (``benchmarks_md``), kept as they are. `draw_chart` draws the bars. Nothing here measures:
-every figure comes from the `bench.Report`.
+every figure comes from the `bench_plan.Report`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import memory
 import psutil
-from bench import (
+from bench_plan import (
     AIOHTTP,
     ASYNCIO,
     BASELINES,
