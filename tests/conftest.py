@@ -1,10 +1,9 @@
-"""Shared fixtures: the bundled fake server (one per session) and a leak check per test."""
+"""Shared fixtures: the bundled fake server (one per session), a leak check per test, and
+the check that a test marked `fast` starts no process. Shared helpers are in `helpers.py`."""
 
 from __future__ import annotations
 
 import os
-import signal
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,16 +14,14 @@ import pytest
 
 from batch_stream_openai.testing import FakeOpenAIServer
 
-TEST_API_KEY = "sk-test-0123456789abcdef"
-# Processes that outlive a test on purpose (the session's server), by pid.
-_SESSION_PROCESSES: set[int] = set()
+from .helpers import SESSION_PROCESSES, TEST_API_KEY, wait_for_no_workers
 
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[FakeOpenAIServer]:
     """The bundled OpenAI-compatible server on 127.0.0.1, shared by the whole session."""
     with FakeOpenAIServer() as fake:
-        _SESSION_PROCESSES.add(fake.pid)
+        SESSION_PROCESSES.add(fake.pid)
         yield fake
 
 
@@ -42,60 +39,39 @@ def pool_options(fake: FakeOpenAIServer) -> dict[str, Any]:
     return {"base_url": fake.base_url, "api_key": TEST_API_KEY}
 
 
-def worker_children(exclude: set[int]) -> list[psutil.Process]:
-    """Live child processes of this test process, except those in `exclude`.
-
-    multiprocessing's own helpers (the resource tracker, the fork server) live as long as
-    this process, by design; the workers the fork server forks are counted.
-    """
-    exclude = exclude | _SESSION_PROCESSES
-    me = os.getpid()
-    children = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.pid in exclude or child.status() == psutil.STATUS_ZOMBIE:
-                continue
-            command = " ".join(child.cmdline())
-            helper = "resource_tracker" in command or "multiprocessing.forkserver" in command
-            if helper and child.ppid() == me:
-                continue
-        except psutil.NoSuchProcess:
-            continue
-        children.append(child)
-    return children
-
-
-def signal_worker(pid: int, sig: int = signal.SIGKILL) -> bool:
-    """Signal a worker process of this test run, and never anything else.
-
-    A pid read from a pool may belong to a worker that just died; once reaped, the pid can
-    be reused by any process on the machine. psutil checks the process is still the same
-    one when it sends the signal; the parent check makes sure it is one of ours.
-    """
-    try:
-        process = psutil.Process(pid)
-        if os.getpid() not in {parent.pid for parent in process.parents()}:
-            return False
-        process.send_signal(sig)
-    except psutil.NoSuchProcess:
-        return False
-    return True
-
-
-def wait_for_no_workers(exclude: set[int], timeout: float = 3.0) -> list[psutil.Process]:
-    """Poll until no worker child is alive; return those still alive at the deadline."""
-    deadline = time.monotonic() + timeout
-    while (alive := worker_children(exclude)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return alive
-
-
 @pytest.fixture(autouse=True)
 def no_leaked_workers() -> Iterator[None]:
     """Every test must leave no worker process behind."""
     yield
-    leaked = wait_for_no_workers({os.getpid(), *_SESSION_PROCESSES})
+    leaked = wait_for_no_workers({os.getpid(), *SESSION_PROCESSES})
     described = [(p.pid, " ".join(p.cmdline())[:200]) for p in leaked]
     for process in leaked:
         process.kill()
     assert not leaked, f"worker processes left behind: {described}"
+
+
+_PROCESS_FIXTURES = {"server", "fake", "pool_options"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked `fast` may not ask for the bundled server (a process)."""
+    for item in items:
+        used = _PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("fast") is not None and used:
+            raise pytest.UsageError(f"{item.nodeid} is marked fast but uses {sorted(used)}")
+
+
+@pytest.fixture(autouse=True)
+def fast_means_no_process(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test marked `fast` starts no process (else it belongs with the process tests)."""
+    if request.node.get_closest_marker("fast") is None:
+        yield
+        return
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    yield
+    started = [
+        " ".join(child.cmdline())[:120]
+        for child in psutil.Process().children(recursive=True)
+        if child.pid not in before
+    ]
+    assert not started, f"a fast test started processes: {started}"

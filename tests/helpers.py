@@ -1,23 +1,32 @@
-"""Helpers shared by the test modules: requests, expected answers, waiting, scripts."""
+"""Helpers shared by the test modules: requests, expected answers, waiting, scripts, and
+the worker processes a test started."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import openai
+import psutil
 import pytest
 
 from batch_stream_openai import OpenAIRequest
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
 SYSTEM = "You are terse."
+TEST_API_KEY = "sk-test-0123456789abcdef"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+README = REPO_ROOT / "README.md"
+# Processes that outlive a test on purpose (the session's server), by pid.
+SESSION_PROCESSES: set[int] = set()
 
 
 class FakeClock:
@@ -91,3 +100,51 @@ def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def worker_children(exclude: set[int]) -> list[psutil.Process]:
+    """Live child processes of this test process, except those in `exclude`.
+
+    multiprocessing's own helpers (the resource tracker, the fork server) live as long as
+    this process, by design; the workers the fork server forks are counted.
+    """
+    exclude = exclude | SESSION_PROCESSES
+    me = os.getpid()
+    children = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.pid in exclude or child.status() == psutil.STATUS_ZOMBIE:
+                continue
+            command = " ".join(child.cmdline())
+            helper = "resource_tracker" in command or "multiprocessing.forkserver" in command
+            if helper and child.ppid() == me:
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        children.append(child)
+    return children
+
+
+def signal_worker(pid: int, sig: int = signal.SIGKILL) -> bool:
+    """Signal a worker process of this test run, and never anything else.
+
+    A pid read from a pool may belong to a worker that just died; once reaped, the pid can
+    be reused by any process on the machine. psutil checks the process is still the same
+    one when it sends the signal; the parent check makes sure it is one of ours.
+    """
+    try:
+        process = psutil.Process(pid)
+        if os.getpid() not in {parent.pid for parent in process.parents()}:
+            return False
+        process.send_signal(sig)
+    except psutil.NoSuchProcess:
+        return False
+    return True
+
+
+def wait_for_no_workers(exclude: set[int], timeout: float = 3.0) -> list[psutil.Process]:
+    """Poll until no worker child is alive; return those still alive at the deadline."""
+    deadline = time.monotonic() + timeout
+    while (alive := worker_children(exclude)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive

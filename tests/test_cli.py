@@ -24,7 +24,7 @@ import pytest
 from batch_stream_openai.files.run import run_batch_file
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from .conftest import TEST_API_KEY
+from .helpers import TEST_API_KEY
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"

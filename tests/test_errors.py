@@ -9,6 +9,8 @@ import pytest
 from batch_stream_openai import errors
 from batch_stream_openai._wire.config import ClientConfig, mask_secret
 
+pytestmark = pytest.mark.fast
+
 EXAMPLES = [
     errors.APIError("bad", status_code=429, code="rate_limit_exceeded", index=3, attempts=4),
     errors.APITimeoutError("slow", index=1, attempts=2, retryable=True),

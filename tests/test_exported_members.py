@@ -1,8 +1,11 @@
 """The public surface is exactly what `__all__` says, and it is importable."""
 
+import pytest
+
 import batch_stream_openai
 
 
+@pytest.mark.fast
 def test_public_names_are_pinned() -> None:
     assert sorted(batch_stream_openai.__all__) == sorted(
         [

@@ -26,8 +26,7 @@ from batch_stream_openai import (
 from batch_stream_openai.errors import RemoteTraceback
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
-from .conftest import wait_for_no_workers
-from .helpers import SYSTEM, answers, ask, run_script
+from .helpers import SYSTEM, answers, ask, run_script, wait_for_no_workers
 
 pytestmark = pytest.mark.timeout(60)
 

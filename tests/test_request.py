@@ -19,6 +19,7 @@ def test_defaults_match_the_spec() -> None:
     assert request.reasoning_effort is None
 
 
+@pytest.mark.fast
 def test_requests_are_frozen_and_picklable() -> None:
     request = OpenAIRequest("s", "u", model="gpt-4o-mini", api="chat", reasoning_effort="low")
     assert pickle.loads(pickle.dumps(request)) == request
@@ -26,6 +27,7 @@ def test_requests_are_frozen_and_picklable() -> None:
         request.model = "x"  # type: ignore[misc]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("kwargs", "error", "field"),
     [
@@ -46,6 +48,7 @@ def test_bad_fields_name_the_field(kwargs: dict[str, Any], error: type, field: s
         OpenAIRequest(**{**base, **kwargs})
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("model", "sdk_name"),
     [
@@ -68,6 +71,7 @@ def test_routing_rule(model: str, sdk_name: str | None) -> None:
     assert OpenAIRequest("s", "u", model=model).uses_openai_sdk is (sdk_name is not None)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -90,6 +94,7 @@ def test_what_cannot_be_sent_is_refused_when_the_request_is_built(
         OpenAIRequest(**fields)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -105,6 +110,7 @@ def test_raw_bodies_that_cannot_be_sent_are_refused(body: dict[str, Any], messag
         RawRequest("/v1/responses", body)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("model", "says"),
     [

@@ -142,6 +142,7 @@ def test_raw_requests_are_sent_exactly_as_given(
     assert json.dumps(results[0].body)  # the whole answer is there, JSON-ready
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("url", "body", "message"),
     [
@@ -155,6 +156,7 @@ def test_bad_raw_requests_are_named(url: str, body: dict[str, Any], message: str
         RawRequest(url, body)
 
 
+@pytest.mark.fast
 def test_seed_is_refused_for_the_responses_api() -> None:
     with pytest.raises(ValueError, match="seed is only supported with api='chat'"):
         OpenAIRequest("s", "u", api="responses", seed=1)

@@ -29,8 +29,7 @@ from batch_stream_openai import errors
 from batch_stream_openai._wire.failures import to_request_error
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from .conftest import TEST_API_KEY
-from .helpers import closed_port, sdk_error
+from .helpers import TEST_API_KEY, closed_port, sdk_error
 
 
 @contextlib.contextmanager
@@ -46,6 +45,7 @@ def relied_on(package: str, what: str, where: str) -> Iterator[None]:
         )
 
 
+@pytest.mark.fast
 def test_the_client_gives_the_endpoint_and_headers_the_workers_send_with(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -65,6 +65,7 @@ def test_the_client_gives_the_endpoint_and_headers_the_workers_send_with(
         assert "User-Agent" in headers
 
 
+@pytest.mark.fast
 def test_the_sdk_helper_turns_a_pydantic_class_into_a_strict_json_schema() -> None:
     class Label(BaseModel):
         label: str

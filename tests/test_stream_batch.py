@@ -25,7 +25,7 @@ from batch_stream_openai import (
 )
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
-from .conftest import TEST_API_KEY, wait_for_no_workers, worker_children
+from .helpers import TEST_API_KEY, wait_for_no_workers, worker_children
 
 pytestmark = pytest.mark.timeout(60)
 

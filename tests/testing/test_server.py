@@ -14,7 +14,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -29,7 +28,8 @@ from batch_stream_openai.testing import (
 )
 from batch_stream_openai.testing.capacity import CapacityGate
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from ..helpers import REPO_ROOT
+
 SYSTEM = "You are a test."
 pytestmark = pytest.mark.timeout(30)
 

@@ -19,8 +19,7 @@ from batch_stream_openai._policy.concurrency import (
 )
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from .conftest import TEST_API_KEY
-from .helpers import FakeClock, ask
+from ..helpers import TEST_API_KEY, FakeClock, ask
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -41,6 +40,7 @@ def serve(
     return seen
 
 
+@pytest.mark.fast
 def test_the_limit_grows_to_the_capacity_and_settles_below_the_tolerance() -> None:
     clock = FakeClock()
     limit = GradientLimit(1024, clock)
@@ -51,12 +51,14 @@ def test_the_limit_grows_to_the_capacity_and_settles_below_the_tolerance() -> No
         assert 0.9 * 64 <= allowed <= (TOLERANCE + SLACK_S / 0.1) * 64 * 1.15
 
 
+@pytest.mark.fast
 def test_the_limit_never_passes_its_cap() -> None:
     clock = FakeClock()
     limit = GradientLimit(50, clock)
     assert max(serve(limit, clock, capacity=1000, service_s=0.1, rounds=30)) == 50
 
 
+@pytest.mark.fast
 def test_a_burst_of_overload_halves_the_limit_once() -> None:
     clock = FakeClock()
     limit = GradientLimit(1024, clock)
@@ -71,6 +73,7 @@ def test_a_burst_of_overload_halves_the_limit_once() -> None:
     assert limit.allowed == before // 4
 
 
+@pytest.mark.fast
 def test_a_503_now_and_then_and_other_errors_are_not_load() -> None:
     clock = FakeClock()
     limit = GradientLimit(1024, clock)
@@ -87,6 +90,7 @@ def test_a_503_now_and_then_and_other_errors_are_not_load() -> None:
     assert limit.allowed >= 0.9 * before
 
 
+@pytest.mark.fast
 def test_after_a_burst_the_limit_is_back_within_a_few_round_trips() -> None:
     clock = FakeClock()
     limit = GradientLimit(1024, clock)
@@ -101,6 +105,7 @@ def test_after_a_burst_the_limit_is_back_within_a_few_round_trips() -> None:
     assert seen[-1] >= 0.9 * before, (before, seen)
 
 
+@pytest.mark.fast
 def test_an_unused_limit_does_not_grow() -> None:
     clock = FakeClock()
     limit = GradientLimit(1024, clock)
@@ -109,6 +114,7 @@ def test_an_unused_limit_does_not_grow() -> None:
     assert limit.allowed == INITIAL_LIMIT
 
 
+@pytest.mark.fast
 def test_a_slower_server_is_measured_again_instead_of_starving_it() -> None:
     clock = FakeClock()
     limit = GradientLimit(1024, clock)
@@ -162,6 +168,7 @@ def test_auto_still_halves_on_429(fake: FakeOpenAIServer) -> None:
         assert limit.limit == before / 2  # once for the burst
 
 
+@pytest.mark.fast
 def test_a_halving_during_a_probe_is_not_undone_when_the_probe_ends() -> None:
     clock = FakeClock()
     limit = GradientLimit(1024, clock)
@@ -176,6 +183,7 @@ def test_a_halving_during_a_probe_is_not_undone_when_the_probe_ends() -> None:
     assert limit.limit == before / 2
 
 
+@pytest.mark.fast
 def test_answers_of_very_different_lengths_are_not_taken_for_queueing() -> None:
     clock, rng = FakeClock(), random.Random(1)
     limit = GradientLimit(1024, clock)

@@ -18,13 +18,14 @@ from batch_stream_openai._spending.prices import Price, PriceTable, check_prices
 from batch_stream_openai.results import Usage
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from .helpers import ask
+from ..helpers import ask
 
 pytestmark = pytest.mark.timeout(60)
 
 OWN = {"gpt-4o-mini": {"input": 2.0, "output": 8.0, "cached_input": 1.0}}
 
 
+@pytest.mark.fast
 def test_cost_is_the_usage_at_the_price_with_cached_input_at_its_rate() -> None:
     price = Price(input=2.0, output=8.0, cached_input=1.0)
     usage = Usage(input_tokens=1_000, output_tokens=500, reasoning_tokens=100, cached_tokens=400)
@@ -32,6 +33,7 @@ def test_cost_is_the_usage_at_the_price_with_cached_input_at_its_rate() -> None:
     assert Price(2.0, 8.0).cost(usage) == pytest.approx((1_000 * 2.0 + 500 * 8.0) / 1e6)
 
 
+@pytest.mark.fast
 def test_the_callers_prices_win_and_batch_and_flex_are_half() -> None:
     table = PriceTable(check_prices(OWN))
     assert table.price("gpt-4o-mini") == Price(2.0, 8.0, 1.0)
@@ -40,11 +42,13 @@ def test_the_callers_prices_win_and_batch_and_flex_are_half() -> None:
     assert table.cost("no-such-model-anywhere", Usage(1, 1)) is None
 
 
+@pytest.mark.fast
 def test_genai_prices_knows_openai_models() -> None:
     price = PriceTable().price("gpt-4o")
     assert price is not None and price.input > 0 and price.output > price.input
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("prices", "message"),
     [
@@ -59,6 +63,7 @@ def test_bad_prices_are_named(prices: Any, message: str) -> None:
         check_prices(prices)
 
 
+@pytest.mark.fast
 def test_spending_reserves_the_worst_case_and_settles_what_was_paid() -> None:
     spending = Spending(0.02, PriceTable(check_prices(OWN)))
     first = spending.reserve("gpt-4o-mini", input_tokens=1_000, output_cap=500)
@@ -78,6 +83,7 @@ def test_spending_reserves_the_worst_case_and_settles_what_was_paid() -> None:
     assert spending.spent == pytest.approx(0.001 + lost.usd)
 
 
+@pytest.mark.fast
 def test_an_uncapped_model_answers_once_before_the_others_go_then_is_reserved_per_model() -> None:
     spending = Spending(1.0, PriceTable(check_prices(OWN)))
     probe = spending.reserve("gpt-4o-mini", input_tokens=100, output_cap=None)

@@ -17,7 +17,9 @@ from batch_stream_openai._policy.limits import (
 from batch_stream_openai._worker.providers import RateLimitHeaders
 from batch_stream_openai.request import RawRequest
 
-from .helpers import FakeClock
+from ..helpers import FakeClock
+
+pytestmark = pytest.mark.fast
 
 
 def test_pacer_spaces_sends_at_the_rate() -> None:

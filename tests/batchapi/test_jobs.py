@@ -28,8 +28,7 @@ from batch_stream_openai import (
 from batch_stream_openai.testing import FakeOpenAIServer
 from batch_stream_openai.testing.answers import expected_embedding
 
-from .conftest import TEST_API_KEY
-from .helpers import SYSTEM, answers, ask, wait_until
+from ..helpers import SYSTEM, TEST_API_KEY, answers, ask, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

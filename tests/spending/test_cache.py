@@ -30,13 +30,14 @@ from batch_stream_openai._spending.cache import ResponseCache, cache_key
 from batch_stream_openai._wire.answers import StoredAnswer
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from .helpers import answers, ask, wait_until
+from ..helpers import answers, ask, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
 BASE = "http://127.0.0.1:9/v1"
 
 
+@pytest.mark.fast
 def test_any_change_to_what_is_sent_changes_the_key() -> None:
     request = ask("q", temperature=0.2, extra_body={"user": "a"})
     same = ask("q", temperature=0.2, extra_body={"user": "a"})
@@ -64,6 +65,7 @@ def test_any_change_to_what_is_sent_changes_the_key() -> None:
     assert cache_key(prefixed, BASE) == cache_key(plain, BASE)
 
 
+@pytest.mark.fast
 def test_answers_are_stored_and_visible_before_they_are_committed(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
     cache = ResponseCache(path)
@@ -80,6 +82,7 @@ def test_answers_are_stored_and_visible_before_they_are_committed(tmp_path: Path
     again.close()
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("content", [b"not a database at all", b""])
 def test_a_file_that_is_not_a_cache_is_refused_naming_it(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "notes.txt"

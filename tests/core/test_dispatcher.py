@@ -25,9 +25,9 @@ from batch_stream_openai._wire.protocol import Cancel, Exit, Outcome, Task
 from batch_stream_openai.errors import APIConnectionError
 from batch_stream_openai.results import Result, Usage
 
-from .helpers import FakeClock
+from ..helpers import FakeClock
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = [pytest.mark.fast, pytest.mark.timeout(10)]
 
 CRASHED = Exit(exitcode=-9, was_ready=True)
 

@@ -9,12 +9,12 @@ from batch_stream_openai import run_batch, stream_batch
 from batch_stream_openai._policy.hedging import HEDGE_AFTER_P50, HEDGE_AFTER_P95, Hedging
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
-from .conftest import TEST_API_KEY
-from .helpers import SYSTEM, ask, wait_until
+from ..helpers import SYSTEM, TEST_API_KEY, ask, wait_until
 
 pytestmark = pytest.mark.timeout(10)
 
 
+@pytest.mark.fast
 def test_no_threshold_until_enough_answers_then_a_multiple_of_the_p95() -> None:
     hedging = Hedging(0.02)
     for i in range(19):
@@ -25,6 +25,7 @@ def test_no_threshold_until_enough_answers_then_a_multiple_of_the_p95() -> None:
     assert hedging.threshold(tail=True) == pytest.approx(1.0)
 
 
+@pytest.mark.fast
 def test_answers_that_all_take_about_as_long_are_hedged_past_a_multiple_of_the_median() -> None:
     hedging = Hedging(0.02)
     for i in range(20):
@@ -32,6 +33,7 @@ def test_answers_that_all_take_about_as_long_are_hedged_past_a_multiple_of_the_m
     assert hedging.threshold(tail=True) == pytest.approx(HEDGE_AFTER_P50 * 0.101, rel=0.02)
 
 
+@pytest.mark.fast
 def test_hedges_stay_within_the_fraction_of_the_requests_read() -> None:
     hedging = Hedging(0.02)
     assert not hedging.allowed(read=49)

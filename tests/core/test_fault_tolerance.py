@@ -28,8 +28,7 @@ from batch_stream_openai import (
 )
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
-from .conftest import signal_worker
-from .helpers import SYSTEM, answers, ask, die_on_poison, wait_until
+from ..helpers import SYSTEM, answers, ask, die_on_poison, signal_worker, wait_until
 
 
 @pytest.mark.timeout(60)

@@ -10,7 +10,7 @@ import pytest
 
 from batch_stream_openai import OpenAIRequest, run_batch, stream_batch
 
-from .conftest import worker_children
+from ..helpers import worker_children
 
 GOOD = OpenAIRequest("s", "u", model="gpt-4o-mini")
 

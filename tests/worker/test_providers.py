@@ -23,6 +23,7 @@ from batch_stream_openai.request import CHAT_ENDPOINT
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
 
+@pytest.mark.fast
 def test_chat_json_schema_converts_to_the_responses_shape() -> None:
     chat_shape = {
         "type": "json_schema",
@@ -55,6 +56,7 @@ def test_non_openai_models_route_through_litellm(
     assert all(r.path == "/v1/chat/completions" for r in fake.requests())
 
 
+@pytest.mark.fast
 def test_without_litellm_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "litellm", None)  # what an absent package looks like
     provider = Provider(ClientConfig(api_key="sk-test"))
@@ -64,6 +66,7 @@ def test_without_litellm_the_error_names_the_extra(monkeypatch: pytest.MonkeyPat
         asyncio.run(provider.complete(*http_call(request), 0))
 
 
+@pytest.mark.fast
 def test_responses_text_joins_every_output_text_part_like_the_sdk() -> None:
     response = {
         "output": [
@@ -82,6 +85,7 @@ def test_responses_text_joins_every_output_text_part_like_the_sdk() -> None:
     assert responses_text(response) == "Hello, world"
 
 
+@pytest.mark.fast
 def test_answers_without_text_are_empty_response_errors() -> None:
     refusal = {"choices": [{"message": {"content": None}, "finish_reason": "content_filter"}]}
     with pytest.raises(EmptyResponseError, match="content_filter"):
@@ -90,6 +94,7 @@ def test_answers_without_text_are_empty_response_errors() -> None:
         responses_text({"error": {"code": "server_error", "message": "boom"}, "output": []})
 
 
+@pytest.mark.fast
 def test_a_raw_request_answered_without_text_keeps_its_body() -> None:
     tool_call = {"choices": [{"message": {"content": None, "tool_calls": [{"id": "c1"}]}}]}
     assert answer_text(Reading(CHAT_ENDPOINT, raw=True), tool_call) == ""

@@ -14,7 +14,7 @@ from batch_stream_openai import EmbeddingRequest, OpenAIRequest, RawRequest, run
 from batch_stream_openai._wire.bodies import http_call
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from .helpers import SYSTEM, ask
+from ..helpers import SYSTEM, ask
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,6 +27,7 @@ class Weather(BaseModel):
     degrees: int
 
 
+@pytest.mark.fast
 def test_a_pydantic_class_is_sent_as_the_sdks_strict_schema_in_both_shapes() -> None:
     from openai.lib._parsing._completions import type_to_response_format_param
 
@@ -47,6 +48,7 @@ def test_a_pydantic_class_is_sent_as_the_sdks_strict_schema_in_both_shapes() -> 
     }
 
 
+@pytest.mark.fast
 def test_images_from_urls_files_and_bytes(tmp_path: Path) -> None:
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(JPEG)
@@ -73,6 +75,7 @@ def test_images_from_urls_files_and_bytes(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("images", "message"),
     [
@@ -88,6 +91,7 @@ def test_bad_images_are_named_when_the_request_is_built(images: Any, message: st
         ask("q", images=images)
 
 
+@pytest.mark.fast
 def test_an_image_file_of_an_unknown_type_is_named(tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("hello")
@@ -95,6 +99,7 @@ def test_an_image_file_of_an_unknown_type_is_named(tmp_path: Path) -> None:
         ask("q", images=[notes])
 
 
+@pytest.mark.fast
 def test_tools_and_tool_choice_pass_through_in_each_shape() -> None:
     chat_tool = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
     _, chat = http_call(ask("q", tools=[chat_tool], tool_choice="required"))
@@ -106,6 +111,7 @@ def test_tools_and_tool_choice_pass_through_in_each_shape() -> None:
         ask("q", tool_choice="sometimes")
 
 
+@pytest.mark.fast
 def test_embedding_requests_are_embedding_bodies() -> None:
     assert http_call(EmbeddingRequest("a text")) == (
         "/v1/embeddings",

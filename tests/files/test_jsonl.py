@@ -22,7 +22,7 @@ from batch_stream_openai.files.jsonl import (
     request_sha256,
 )
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = [pytest.mark.fast, pytest.mark.timeout(10)]
 
 CHAT = "/v1/chat/completions"
 

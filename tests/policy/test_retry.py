@@ -18,7 +18,7 @@ from batch_stream_openai._wire.failures import to_request_error
 from batch_stream_openai._wire.statuses import parse_retry_after, retryable_status
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from .helpers import sdk_error
+from ..helpers import sdk_error
 
 
 def status_error(
@@ -39,25 +39,30 @@ def converted(exc: Exception) -> errors.RequestError:
     return to_request_error(exc, index=0, attempts=1, secret=None)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504])
 def test_transient_statuses_are_retried(status: int) -> None:
     assert converted(status_error(status)).retryable
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
 def test_client_errors_are_not_retried(status: int) -> None:
     assert not converted(status_error(status)).retryable
 
 
+@pytest.mark.fast
 def test_insufficient_quota_is_not_retried() -> None:
     assert not converted(status_error(429, code="insufficient_quota")).retryable
 
 
+@pytest.mark.fast
 def test_the_server_can_say_whether_to_retry() -> None:
     assert converted(status_error(400, {"x-should-retry": "true"})).retryable
     assert not converted(status_error(503, {"x-should-retry": "false"})).retryable
 
 
+@pytest.mark.fast
 def test_connection_errors_and_timeouts_are_retried() -> None:
     connection = converted(ConnectionResetError("reset by peer"))
     assert isinstance(connection, errors.APIConnectionError) and connection.retryable
@@ -66,6 +71,7 @@ def test_connection_errors_and_timeouts_are_retried() -> None:
     assert not converted(ValueError("ours")).retryable
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("headers", "seconds"),
     [
@@ -86,6 +92,7 @@ def test_retry_after_headers(headers: dict[str, str], seconds: float | None) -> 
     assert converted(status_error(429, headers)).retry_after_s == seconds  # type: ignore[attr-defined]
 
 
+@pytest.mark.fast
 def test_retry_after_as_an_http_date() -> None:
     when = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
     seconds = parse_retry_after({"retry-after": when})
@@ -103,6 +110,7 @@ def waits_for(failures: list[Exception], policy: RetrySchedule) -> tuple[list[fl
     return waits, len(failures) + 1  # the attempt after the last failure succeeds
 
 
+@pytest.mark.fast
 def test_honours_retry_after_then_succeeds() -> None:
     failures = [status_error(429, {"retry-after-ms": "1500"}), status_error(503)]
     waits, attempts = waits_for(failures, RetrySchedule(RetryPolicy(max_attempts=5, max_backoff=1)))
@@ -111,6 +119,7 @@ def test_honours_retry_after_then_succeeds() -> None:
     assert 0 <= waits[1] <= 1.0  # jittered exponential, capped
 
 
+@pytest.mark.fast
 def test_a_huge_retry_after_is_capped_for_the_request() -> None:
     for asked in ("3600", "1e9"):
         (wait,), _ = waits_for(
@@ -120,6 +129,7 @@ def test_a_huge_retry_after_is_capped_for_the_request() -> None:
     assert math.isfinite(MAX_RETRY_AFTER_S)
 
 
+@pytest.mark.fast
 def test_stops_after_max_attempts_with_the_last_error() -> None:
     failures = [status_error(503) for _ in range(10)]
     waits, attempts = waits_for(failures, RetrySchedule(RetryPolicy(max_attempts=3)))
@@ -127,6 +137,7 @@ def test_stops_after_max_attempts_with_the_last_error() -> None:
     assert len(waits) == 2
 
 
+@pytest.mark.fast
 def test_stops_after_the_deadline() -> None:
     schedule = RetrySchedule(RetryPolicy(max_attempts=100, deadline=10))
     error = converted(status_error(503))
@@ -134,6 +145,7 @@ def test_stops_after_the_deadline() -> None:
     assert schedule.next_wait(error, 2, 11.0) is None
 
 
+@pytest.mark.fast
 def test_does_not_retry_a_bad_request() -> None:
     waits, attempts = waits_for([status_error(400)], RetrySchedule(RetryPolicy(max_attempts=5)))
     assert attempts == 1

@@ -37,7 +37,7 @@ from batch_stream_openai._wire.protocol import Ready  # noqa: E402
 from batch_stream_openai.pool import in_input_order  # noqa: E402
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer  # noqa: E402
 
-from .conftest import wait_for_no_workers  # noqa: E402
+from ..helpers import wait_for_no_workers  # noqa: E402
 
 SYSTEM = "You are terse."
 

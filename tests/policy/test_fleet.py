@@ -14,8 +14,7 @@ from batch_stream_openai._policy.fleet import COOL_DOWN_S, FAILURES_TO_SET_ASIDE
 from batch_stream_openai.errors import APIConnectionError, APIError
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from .conftest import TEST_API_KEY
-from .helpers import FakeClock, answers, ask, closed_port
+from ..helpers import TEST_API_KEY, FakeClock, answers, ask, closed_port
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -30,6 +29,7 @@ def send(fleet: Fleet, avoid: Collection[int] = ()) -> int:
     return target
 
 
+@pytest.mark.fast
 def test_the_endpoint_with_the_fewest_in_flight_goes_first_ties_in_turn() -> None:
     fleet = Fleet(URLS)
     assert [send(fleet) for _ in range(6)] == [0, 1, 2, 0, 1, 2]
@@ -39,6 +39,7 @@ def test_the_endpoint_with_the_fewest_in_flight_goes_first_ties_in_turn() -> Non
     assert send(fleet, avoid={1}) != 1
 
 
+@pytest.mark.fast
 def test_no_endpoint_takes_more_than_its_cap() -> None:
     fleet = Fleet(URLS[:2], endpoint_concurrency=2)
     assert sorted(send(fleet) for _ in range(4)) == [0, 0, 1, 1]
@@ -47,6 +48,7 @@ def test_no_endpoint_takes_more_than_its_cap() -> None:
     assert fleet.pick() == 0
 
 
+@pytest.mark.fast
 def test_an_endpoint_failing_in_a_row_is_set_aside_then_probed_then_rejoins() -> None:
     clock = FakeClock()
     fleet = Fleet(URLS, clock=clock)
@@ -61,6 +63,7 @@ def test_an_endpoint_failing_in_a_row_is_set_aside_then_probed_then_rejoins() ->
     assert [send(fleet) for _ in range(3)] == [1, 1, 1]  # back, and the least busy
 
 
+@pytest.mark.fast
 def test_a_failed_probe_sets_it_aside_for_longer() -> None:
     clock = FakeClock()
     fleet = Fleet(URLS[:2], clock=clock)
@@ -76,6 +79,7 @@ def test_a_failed_probe_sets_it_aside_for_longer() -> None:
     assert send(fleet, avoid={0}) == 1
 
 
+@pytest.mark.fast
 def test_answers_with_a_4xx_do_not_set_an_endpoint_aside() -> None:
     fleet = Fleet(URLS[:2])
     for _ in range(10):
@@ -84,6 +88,7 @@ def test_answers_with_a_4xx_do_not_set_an_endpoint_aside() -> None:
     assert {send(fleet) for _ in range(4)} == {0, 1}
 
 
+@pytest.mark.fast
 def test_with_every_endpoint_set_aside_all_are_used() -> None:
     fleet = Fleet(URLS[:2])
     for target in (0, 1):
@@ -93,6 +98,7 @@ def test_with_every_endpoint_set_aside_all_are_used() -> None:
     assert {send(fleet) for _ in range(4)} == {0, 1}
 
 
+@pytest.mark.fast
 def test_one_endpoint_is_never_set_aside() -> None:
     fleet = Fleet(URLS[:1])
     for _ in range(10):
@@ -101,6 +107,7 @@ def test_one_endpoint_is_never_set_aside() -> None:
     assert fleet.pick() == 0
 
 
+@pytest.mark.fast
 def test_a_new_batch_starts_with_nothing_in_flight() -> None:
     fleet = Fleet(URLS[:2], endpoint_concurrency=1)
     send(fleet), send(fleet)

@@ -4,7 +4,6 @@ it, and an option that cannot act where it is given is refused, naming it."""
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,11 +15,9 @@ from batch_stream_openai.cli import _parser
 from batch_stream_openai.pool import StreamOptions
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from .helpers import ask
+from ..helpers import README, ask
 
 pytestmark = pytest.mark.timeout(30)
-
-README = Path(__file__).parent.parent / "README.md"
 
 
 def test_the_pool_takes_exactly_the_pool_options_with_their_defaults() -> None:
@@ -29,6 +26,7 @@ def test_the_pool_takes_exactly_the_pool_options_with_their_defaults() -> None:
     assert taken == {option.name: option.default for option in OPTIONS if option.pool}
 
 
+@pytest.mark.fast
 def test_a_batch_takes_exactly_the_batch_options() -> None:
     batch = {option.name for option in OPTIONS if not option.pool}
     assert set(StreamOptions.__annotations__) == batch | {"postprocess"}
@@ -51,6 +49,7 @@ def test_help_lists_every_option_on_one_line() -> None:
             assert option.help in line
 
 
+@pytest.mark.fast
 def test_the_readme_table_is_the_declaration() -> None:
     assert options_table() in README.read_text()
 
@@ -60,9 +59,10 @@ def test_every_flag_of_the_command_line_sets_its_option() -> None:
     by_flag = {flag: action.dest for action in run._actions for flag in action.option_strings}
     for option in OPTIONS:
         if option.flag is not None:
-            assert by_flag[option.flag] == option.name
+            assert by_flag[option.flag.name] == option.name
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("given", "named", "why"),
     [
@@ -86,6 +86,7 @@ def test_an_option_that_cannot_act_is_refused_naming_it(
         refuse_idle(given)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     "given",
     [

@@ -23,7 +23,7 @@ from batch_stream_openai import (
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 from batch_stream_openai.testing.answers import expected_embedding
 
-from .helpers import SYSTEM, ask
+from ..helpers import SYSTEM, ask
 
 pytestmark = pytest.mark.timeout(60)
 

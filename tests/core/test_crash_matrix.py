@@ -35,8 +35,7 @@ from batch_stream_openai import (
 )
 from batch_stream_openai.testing import FakeOpenAIServer, expected_answer
 
-from .conftest import signal_worker
-from .helpers import sdk_error
+from ..helpers import sdk_error, signal_worker
 
 SYSTEM = "You are terse."
 START_METHODS = ["spawn", "forkserver"]

@@ -11,7 +11,7 @@ from batch_stream_openai import APIError, BatchPool, DeadlineExceededError, Open
 from batch_stream_openai._spending.prices import PriceTable
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from .helpers import SYSTEM, answers, ask
+from ..helpers import SYSTEM, answers, ask
 
 pytestmark = pytest.mark.timeout(60)
 

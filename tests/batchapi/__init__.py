@@ -1,0 +1,1 @@
+"""Tests of `_batchapi/`: the Batch API route."""

@@ -1,0 +1,1 @@
+"""Tests of `_core/`: one batch in the parent."""

@@ -1,0 +1,1 @@
+"""Tests of `_policy/`: limits, retries, endpoints, hedging."""

@@ -1,0 +1,1 @@
+"""Tests of `_spending/`: prices, the cost cap, the response cache."""

@@ -1,0 +1,1 @@
+"""Tests of `_wire/`: bodies and answers."""

@@ -1,0 +1,1 @@
+"""Tests of `_worker/`: the HTTP call."""
