@@ -222,7 +222,7 @@ class Dispatcher(Generic[W]):
         if entry.replay:
             self._finish(index, entry, result)
             return
-        result = self._admission.priced(result, entry.model, entry.retry.standard)
+        self._admission.price(result, entry.model, entry.retry.standard)
         if attempt.reserved is not None:
             self._admission.settle_cost(attempt.reserved, result)
         blamed = self._sender.ended(entry, attempt, result)

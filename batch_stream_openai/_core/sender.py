@@ -73,7 +73,11 @@ class Sender(Generic[W]):
     ) -> None:
         self._batch_id = batch_id
         self._ledger = ledger
-        self._policies = policies
+        self._retries = policies.retries
+        self._budget = policies.budget
+        self._fleet = policies.fleet
+        self._admission = policies.admission
+        self._hedging = policies.hedging
         self._summary = summary
         self._clock = clock
         self.blocked_until = 0.0  # when the budget lets the next send go (monotonic)
@@ -87,7 +91,7 @@ class Sender(Generic[W]):
 
     def capacity(self) -> float:
         """How many attempts may run at once now (the budget's and the endpoints')."""
-        return min(self._policies.budget.concurrency(), self._policies.fleet.capacity())
+        return min(self._budget.concurrency(), self._fleet.capacity())
 
     def has_room(self) -> bool:
         return self._ledger.slots < self.capacity()
@@ -103,13 +107,13 @@ class Sender(Generic[W]):
             return NOTHING_RESERVED
         if self.refusal is not None:
             return None
-        if entry.routed and not self._policies.fleet.has_room():
+        if entry.routed and not self._fleet.has_room():
             return None  # every endpoint is full: an answer will make room
-        wait = self._policies.budget.delay(entry.tokens)
+        wait = self._budget.delay(entry.tokens)
         if wait > 0:
             self.blocked_until = now + wait
             return None
-        admission = self._policies.admission
+        admission = self._admission
         reserved = admission.reserve_cost(entry.model, entry.prompt_tokens, entry.output_cap)
         if reserved is None and admission.cost_exhausted:
             # With nothing in flight to settle below its reservation, it never will fit.
@@ -130,17 +134,17 @@ class Sender(Generic[W]):
         entry = self._ledger.entries[index]
         worker, target = self._where(entry, among, hedge)
         number = entry.new_attempt()
-        charge = None if entry.replay else self._policies.budget.spend(entry.tokens)
+        charge = None if entry.replay else self._budget.spend(entry.tokens)
         attempt = Attempt(worker, number, target, now, charge, None if entry.replay else reserved)
         # Not `now` for the watchdog: reading the input may have taken a while since.
         self._ledger.place(index, attempt, hedge, self._clock())
-        hedging = self._policies.hedging
+        hedging = self._hedging
         if hedge:
             assert hedging is not None
             hedging.sent_one()
             self._summary.add_hedge()
         elif not entry.replay:
-            self._policies.retries.sent(entry.retry, now)
+            self._retries.sent(entry.retry, now)
             if hedging is not None:
                 hedging.started(index, number, now)
         sends.setdefault(worker, []).append(entry.task(self._batch_id, index, target))
@@ -161,7 +165,7 @@ class Sender(Generic[W]):
             worker, avoid = min(among, key=busy), entry.retry.failed_on
         if not entry.routed:
             return worker, None
-        fleet = self._policies.fleet
+        fleet = self._fleet
         target = fleet.pick(avoid)
         assert target is not None  # `may_send` saw room
         fleet.sent(target)
@@ -172,7 +176,7 @@ class Sender(Generic[W]):
         fleet and the hedging how it went. The endpoint to blame for its failure, if any."""
         self._hedge_held = False
         latency = result.latency_s
-        hedging = self._policies.hedging
+        hedging = self._hedging
         if hedging is not None and result.error is None:
             # As the parent sees it: what a running request's age is compared with.
             hedging.answered(self._clock() - attempt.sent_at)
@@ -180,7 +184,7 @@ class Sender(Generic[W]):
         if target is None:
             return None
         entry.ended_on(target)
-        fleet = self._policies.fleet
+        fleet = self._fleet
         self._summary.add_attempt(fleet.urls[target], latency, result.error is None)
         return target if fleet.ended(target, latency, result.error) else None
 
@@ -188,20 +192,20 @@ class Sender(Generic[W]):
         """If `error` is a 429: count it, and let the budget slow down."""
         if isinstance(error, APIError) and error.status_code == 429:
             self._summary.add_throttled()
-            self._policies.budget.on_throttled(error.retry_after_s)
+            self._budget.on_throttled(error.retry_after_s)
 
     def withdraw(self, attempt: Attempt) -> None:
         """`attempt` ends without an answer: what it holds of the budgets goes back
         (what it reserved under ``max_cost`` counts as spent: it may have been billed)."""
         if attempt.reserved is not None:
-            self._policies.admission.settle_cost(attempt.reserved, None)
+            self._admission.settle_cost(attempt.reserved, None)
         if attempt.endpoint is not None:
-            self._policies.fleet.withdrawn(attempt.endpoint)
+            self._fleet.withdrawn(attempt.endpoint)
 
     def hedge_wait(self, now: float, exhausted: bool, read: int) -> float:
         """Seconds until a hedge could be sent (inf: none could; an answer, freeing a
         slot, wakes the loop then)."""
-        hedging = self._policies.hedging
+        hedging = self._hedging
         if hedging is None or self._hedge_held or not self.has_room():
             return float("inf")
         return hedging.wait(now, exhausted, read)
@@ -211,7 +215,7 @@ class Sender(Generic[W]):
     ) -> None:
         """A duplicate for each request running past the hedging threshold, while
         slots, budgets and the hedging fraction allow (`Hedging.due`)."""
-        hedging = self._policies.hedging
+        hedging = self._hedging
         if hedging is None:
             return
         due = hedging.due(now, tail and self.has_room(), read, self._hedgeable)

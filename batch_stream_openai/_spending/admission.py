@@ -16,8 +16,7 @@ pays a few attribute lookups.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
+from .._pickling import set_unshared
 from .._wire.answers import StoredAnswer
 from ..errors import BudgetExceededError
 from ..request import AnyRequest
@@ -123,17 +122,19 @@ class Admission:
                 self.cache.put(key, answer)
         return self._duplicates.pop(key, [])
 
-    def priced(self, result: Result, model: str, standard: bool) -> Result:
-        """`result` with what it cost: its usage at the price of `model` (or of the model
-        the provider named, a dated name say), at the batch's tier (`standard`: sent at
-        the standard tier, flex having had no capacity)."""
+    def price(self, result: Result, model: str, standard: bool) -> None:
+        """Set what `result` cost, a result just received from a worker (nothing else
+        holds it yet): its usage at the price of `model` (or of the model the provider
+        named, a dated name say), at the batch's tier (`standard`: sent at the standard
+        tier, flex having had no capacity). Each answer is priced once, here."""
         if self._prices is None or result.usage is None:
-            return result
+            return
         tier = "default" if standard else self._tier
         cost = self._prices.cost(model, result.usage, tier)
         if cost is None and result.model is not None:
             cost = self._prices.cost(result.model, result.usage, tier)
-        return replace(result, cost_usd=cost) if cost is not None else result
+        if cost is not None:
+            set_unshared(result, "cost_usd", cost)
 
     def reserve_cost(
         self, model: str, prompt_tokens: int, output_cap: int | None
