@@ -93,8 +93,6 @@ class Dispatcher(Generic[W]):
         self._budget = policies.budget
         self._retries = policies.retries
         self._admission = policies.admission
-        self._fleet = policies.fleet
-        self._hedging = policies.hedging
         self._delivery = delivery
         self._deadline = deadline
         self._clock = clock
