@@ -1,0 +1,219 @@
+"""Time to first result, this tree against another git revision and two asyncio loops.
+
+Usage: ``python scripts/bench_first_result.py [--baseline REV] [--runs 5]``
+
+Every figure is a fresh process (``python -c``) against one bundled `FakeOpenAIServer`
+at zero latency, 100 requests at concurrency 50; runs alternate between the programs;
+medians (and the range) of `--runs`. Measured:
+
+- **fresh interpreter**: from launching ``python -c`` to the first result in hand, for
+  `stream_batch` (this tree, and the baseline), asyncio with the SDK's aiohttp transport
+  (``openai.DefaultAioHttpClient``), and a raw aiohttp loop (the floor);
+- **warm interpreter**: the package imported a second earlier (a notebook), from the
+  `stream_batch` call to the first result (a new pool, and so new workers);
+- **a built pool, its next batch**: ``pool.stream(...)`` to the first result, the pool's
+  workers already running;
+- **scenario A**: 5,000 requests at 100 ms latency and concurrency 200, wall seconds
+  (ideal: 5,000 / 200 x 0.1 = 2.5 s).
+
+Writes section "first-result" of BENCHMARKS.md (``--print-only``: only prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "sk-bench-0123456789abcdef"
+
+_LIBRARY = """
+import time
+from batch_stream_openai import OpenAIRequest, stream_batch
+requests = [OpenAIRequest("s", f"q{i}", model="gpt-4o-mini", api="chat") for i in range(100)]
+for _ in stream_batch(requests, max_concurrency=50, base_url=URL, api_key=KEY):
+    print(time.monotonic(), flush=True)
+    break
+"""
+_SDK_AIOHTTP = """
+import asyncio, time
+import openai
+
+async def main():
+    client = openai.AsyncOpenAI(base_url=URL, api_key=KEY, max_retries=0,
+                                http_client=openai.DefaultAioHttpClient())
+    async def one(i):
+        return await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": f"q{i}"}])
+    for _ in asyncio.as_completed([one(i) for i in range(100)]):
+        await _
+        print(time.monotonic(), flush=True)
+        break
+    await client.close()
+asyncio.run(main())
+"""
+_RAW_AIOHTTP = """
+import asyncio, json, time
+import aiohttp
+
+async def main():
+    headers = {"Authorization": "Bearer " + KEY, "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async def one(i):
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]}
+            async with session.post(URL + "/chat/completions", data=json.dumps(body)) as r:
+                return await r.json()
+        for _ in asyncio.as_completed([one(i) for i in range(100)]):
+            await _
+            print(time.monotonic(), flush=True)
+            break
+asyncio.run(main())
+"""
+_WARM = """
+import time
+from batch_stream_openai import BatchPool, OpenAIRequest, stream_batch
+requests = [OpenAIRequest("s", f"q{i}", model="gpt-4o-mini", api="chat") for i in range(100)]
+time.sleep(1.0)  # a notebook: the library was imported a while ago
+start = time.monotonic()
+for _ in stream_batch(requests, max_concurrency=50, base_url=URL, api_key=KEY):
+    warm = time.monotonic() - start
+    break
+with BatchPool(max_concurrency=50, base_url=URL, api_key=KEY) as pool:
+    pool.run(requests[:10])
+    start = time.monotonic()
+    for _ in pool.stream(requests):
+        again = time.monotonic() - start
+        break
+print(warm, again, flush=True)
+"""
+_SCENARIO_A = """
+import time
+from batch_stream_openai import OpenAIRequest, run_batch
+requests = [OpenAIRequest("s", f"q{i}", model="gpt-4o-mini", api="chat") for i in range(5000)]
+start = time.monotonic()
+run_batch(requests, max_concurrency=200, base_url=URL, api_key=KEY)
+print(time.monotonic() - start, flush=True)
+"""
+
+
+def _program(text: str, url: str) -> str:
+    return f"URL = {url!r}\nKEY = {KEY!r}\n" + textwrap.dedent(text)
+
+
+def _run(program: str, tree: Path | None) -> list[float]:
+    """Launch `program` in a fresh interpreter (the library from `tree`); what it printed,
+    as numbers; a lone timestamp becomes the seconds since the launch."""
+    env = None
+    if tree is not None:
+        env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, env=env, check=True
+    )
+    numbers = [float(x) for x in done.stdout.split()]
+    return [numbers[0] - start] if len(numbers) == 1 and numbers[0] > start else numbers
+
+
+def _cell(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", help="git revision to compare with (e.g. HEAD~3)")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--print-only", action="store_true", help="do not write BENCHMARKS.md")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from batch_stream_openai.testing import FakeOpenAIServer
+
+    trees = {"this tree": ROOT}
+    scratch = tempfile.TemporaryDirectory()
+    if args.baseline:
+        worktree = Path(scratch.name) / "baseline"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.baseline],
+            check=True,
+            capture_output=True,
+        )
+        trees = {f"baseline {args.baseline}": worktree, **trees}
+    figures: dict[str, list[float]] = {}
+    try:
+        with FakeOpenAIServer() as server:
+            url = server.base_url
+            for run in range(args.runs):
+                for label, tree in trees.items():
+                    figures.setdefault(f"fresh: stream_batch, {label}", []).extend(
+                        _run(_program(_LIBRARY, url), tree)
+                    )
+                    warm, again = _run(_program(_WARM, url), tree)
+                    figures.setdefault(f"warm: stream_batch, {label}", []).append(warm)
+                    figures.setdefault(f"built pool, next batch, {label}", []).append(again)
+                figures.setdefault("fresh: asyncio + SDK (aiohttp transport)", []).extend(
+                    _run(_program(_SDK_AIOHTTP, url), None)
+                )
+                figures.setdefault("fresh: raw aiohttp loop", []).extend(
+                    _run(_program(_RAW_AIOHTTP, url), None)
+                )
+                print(
+                    f"run {run + 1}: {json.dumps({k: v[-1] for k, v in figures.items()})}",
+                    file=sys.stderr,
+                )
+            server.configure(latency=0.1)
+            for _ in range(min(args.runs, 3)):
+                for label, tree in trees.items():
+                    figures.setdefault(f"scenario A (ideal 2.5 s), {label}", []).extend(
+                        _run(_program(_SCENARIO_A, url), tree)
+                    )
+    finally:
+        if args.baseline:
+            subprocess.run(
+                [
+                    "git",
+                    "-C",
+                    str(ROOT),
+                    "worktree",
+                    "remove",
+                    "--force",
+                    str(Path(scratch.name) / "baseline"),
+                ],
+                check=False,
+            )
+        scratch.cleanup()
+    command = " ".join(["python scripts/bench_first_result.py", *sys.argv[1:]])
+    revision = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    rows = [f"| {label} | {_cell(values)} |" for label, values in figures.items()]
+    section = "\n".join(
+        [
+            "## D2. Time to first result",
+            "",
+            f"`{command}` on {time.strftime('%Y-%m-%d')}, library at git `{revision}`. "
+            "Each figure is a fresh process against one bundled server (zero latency, 100 "
+            "requests at concurrency 50, except scenario A); runs alternate; seconds, median "
+            "(min-max) of the runs.",
+            "",
+            "| what | seconds |",
+            "|---|---|",
+            *rows,
+        ]
+    )
+    print(section)
+    if not args.print_only:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from benchmarks_md import save_section
+
+        save_section("first-result", section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
