@@ -14,7 +14,9 @@ medians (and the range) of `--runs`. Measured:
 - **a built pool, its next batch**: ``pool.stream(...)`` to the first result, the pool's
   workers already running;
 - **scenario A**: 5,000 requests at 100 ms latency and concurrency 200, wall seconds
-  (ideal: 5,000 / 200 x 0.1 = 2.5 s).
+  (ideal: 5,000 / 200 x 0.1 = 2.5 s);
+- **the cold path's imports** (``python -X importtime``): what the fork server imports
+  before it forks the first worker, and what the parent imports for `stream_batch`.
 
 Writes section "first-result" of BENCHMARKS.md (``--print-only``: only prints it).
 """
@@ -103,6 +105,14 @@ print(time.monotonic() - start, flush=True)
 """
 
 
+# What is imported before the first request: by the fork server (every worker's code),
+# and by the parent (`stream_batch`).
+_IMPORTS = {
+    "imports of the fork server (preload)": "batch_stream_openai._backends.preload",
+    "imports of the parent (the api)": "batch_stream_openai.api",
+}
+
+
 def _program(text: str, url: str) -> str:
     return f"URL = {url!r}\nKEY = {KEY!r}\n" + textwrap.dedent(text)
 
@@ -114,11 +124,33 @@ def _run(program: str, tree: Path | None) -> list[float]:
     if tree is not None:
         env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
     start = time.monotonic()
+    # In the tree's own folder: ``python -c`` puts the working directory first on sys.path.
     done = subprocess.run(
-        [sys.executable, "-c", program], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tree,
+        check=True,
     )
     numbers = [float(x) for x in done.stdout.split()]
     return [numbers[0] - start] if len(numbers) == 1 and numbers[0] > start else numbers
+
+
+def _import_seconds(module: str, tree: Path) -> float:
+    """Seconds `python -X importtime` gives importing `module` (and all it imports) from
+    `tree` in a fresh interpreter (import time only: what the fork server and the parent
+    pay before the first request)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+        cwd=tree,
+        check=True,
+    )
+    line = next(x for x in done.stderr.splitlines() if x.rstrip().endswith(f"| {module}"))
+    return int(line.split("|")[1]) / 1e6
 
 
 def _cell(values: list[float]) -> str:
@@ -153,6 +185,10 @@ def main() -> int:
                     figures.setdefault(f"fresh: stream_batch, {label}", []).extend(
                         _run(_program(_LIBRARY, url), tree)
                     )
+                    for what, module in _IMPORTS.items():
+                        figures.setdefault(f"{what}, {label}", []).append(
+                            _import_seconds(module, tree)
+                        )
                     warm, again = _run(_program(_WARM, url), tree)
                     figures.setdefault(f"warm: stream_batch, {label}", []).append(warm)
                     figures.setdefault(f"built pool, next batch, {label}", []).append(again)
