@@ -21,17 +21,17 @@ medians. Writes section "core" of BENCHMARKS.md (``--print-only``: only prints i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from trees import ROOT, checked_out
 
 RUN_ONE = textwrap.dedent(
     """
@@ -134,48 +134,20 @@ def main() -> int:
     from batch_stream_openai.testing import FakeOpenAIServer
 
     trees = {"this tree": ROOT}
-    with tempfile.TemporaryDirectory() as scratch, FakeOpenAIServer() as server:
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(FakeOpenAIServer())
         if args.baseline:
-            worktree = Path(scratch) / "baseline"
-            subprocess.run(
-                [
-                    "git",
-                    "-C",
-                    str(ROOT),
-                    "worktree",
-                    "add",
-                    "--detach",
-                    str(worktree),
-                    args.baseline,
-                ],
-                check=True,
-                capture_output=True,
-            )
-            trees = {f"baseline {args.baseline}": worktree, **trees}
-        try:
-            runs: dict[str, list[dict]] = {label: [] for label in trees}
-            for run in range(args.runs):
-                for label, tree in trees.items():
-                    server.reset()
-                    result = run_once(
-                        tree, server.base_url, args.requests, args.concurrency, server.pid
-                    )
-                    runs[label].append(result)
-                    print(f"run {run + 1} {label}: {result}", file=sys.stderr)
-        finally:
-            if args.baseline:
-                subprocess.run(
-                    [
-                        "git",
-                        "-C",
-                        str(ROOT),
-                        "worktree",
-                        "remove",
-                        "--force",
-                        str(Path(scratch) / "baseline"),
-                    ],
-                    check=False,
+            trees = {f"baseline {args.baseline}": stack.enter_context(checked_out(args.baseline))}
+            trees["this tree"] = ROOT
+        runs: dict[str, list[dict]] = {label: [] for label in trees}
+        for run in range(args.runs):
+            for label, tree in trees.items():
+                server.reset()
+                result = run_once(
+                    tree, server.base_url, args.requests, args.concurrency, server.pid
                 )
+                runs[label].append(result)
+                print(f"run {run + 1} {label}: {result}", file=sys.stderr)
     baseline_label = f"baseline {args.baseline}" if args.baseline else None
     command = " ".join(["python scripts/bench_core.py", *sys.argv[1:]])
     section = "\n".join(

@@ -24,16 +24,17 @@ Writes section "first-result" of BENCHMARKS.md (``--print-only``: only prints it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from trees import ROOT, checked_out
+
 KEY = "sk-bench-0123456789abcdef"
 
 _LIBRARY = """
@@ -167,62 +168,39 @@ def main() -> int:
     from batch_stream_openai.testing import FakeOpenAIServer
 
     trees = {"this tree": ROOT}
-    scratch = tempfile.TemporaryDirectory()
-    if args.baseline:
-        worktree = Path(scratch.name) / "baseline"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(worktree), args.baseline],
-            check=True,
-            capture_output=True,
-        )
-        trees = {f"baseline {args.baseline}": worktree, **trees}
     figures: dict[str, list[float]] = {}
-    try:
-        with FakeOpenAIServer() as server:
-            url = server.base_url
-            for run in range(args.runs):
-                for label, tree in trees.items():
-                    figures.setdefault(f"fresh: stream_batch, {label}", []).extend(
-                        _run(_program(_LIBRARY, url), tree)
-                    )
-                    for what, module in _IMPORTS.items():
-                        figures.setdefault(f"{what}, {label}", []).append(
-                            _import_seconds(module, tree)
-                        )
-                    warm, again = _run(_program(_WARM, url), tree)
-                    figures.setdefault(f"warm: stream_batch, {label}", []).append(warm)
-                    figures.setdefault(f"built pool, next batch, {label}", []).append(again)
-                figures.setdefault("fresh: asyncio + SDK (aiohttp transport)", []).extend(
-                    _run(_program(_SDK_AIOHTTP, url), None)
-                )
-                figures.setdefault("fresh: raw aiohttp loop", []).extend(
-                    _run(_program(_RAW_AIOHTTP, url), None)
-                )
-                print(
-                    f"run {run + 1}: {json.dumps({k: v[-1] for k, v in figures.items()})}",
-                    file=sys.stderr,
-                )
-            server.configure(latency=0.1)
-            for _ in range(min(args.runs, 3)):
-                for label, tree in trees.items():
-                    figures.setdefault(f"scenario A (ideal 2.5 s), {label}", []).extend(
-                        _run(_program(_SCENARIO_A, url), tree)
-                    )
-    finally:
+    with contextlib.ExitStack() as stack:
         if args.baseline:
-            subprocess.run(
-                [
-                    "git",
-                    "-C",
-                    str(ROOT),
-                    "worktree",
-                    "remove",
-                    "--force",
-                    str(Path(scratch.name) / "baseline"),
-                ],
-                check=False,
+            trees = {f"baseline {args.baseline}": stack.enter_context(checked_out(args.baseline))}
+            trees["this tree"] = ROOT
+        server = stack.enter_context(FakeOpenAIServer())
+        url = server.base_url
+        for run in range(args.runs):
+            for label, tree in trees.items():
+                figures.setdefault(f"fresh: stream_batch, {label}", []).extend(
+                    _run(_program(_LIBRARY, url), tree)
+                )
+                for what, module in _IMPORTS.items():
+                    figures.setdefault(f"{what}, {label}", []).append(_import_seconds(module, tree))
+                warm, again = _run(_program(_WARM, url), tree)
+                figures.setdefault(f"warm: stream_batch, {label}", []).append(warm)
+                figures.setdefault(f"built pool, next batch, {label}", []).append(again)
+            figures.setdefault("fresh: asyncio + SDK (aiohttp transport)", []).extend(
+                _run(_program(_SDK_AIOHTTP, url), None)
             )
-        scratch.cleanup()
+            figures.setdefault("fresh: raw aiohttp loop", []).extend(
+                _run(_program(_RAW_AIOHTTP, url), None)
+            )
+            print(
+                f"run {run + 1}: {json.dumps({k: v[-1] for k, v in figures.items()})}",
+                file=sys.stderr,
+            )
+        server.configure(latency=0.1)
+        for _ in range(min(args.runs, 3)):
+            for label, tree in trees.items():
+                figures.setdefault(f"scenario A (ideal 2.5 s), {label}", []).extend(
+                    _run(_program(_SCENARIO_A, url), tree)
+                )
     command = " ".join(["python scripts/bench_first_result.py", *sys.argv[1:]])
     revision = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
