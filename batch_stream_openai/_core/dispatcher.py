@@ -295,9 +295,8 @@ class Dispatcher(Generic[W]):
             return True
         try:
             estimate = self._budget.counts_tokens or self._admission.caps_cost
-            entry = Entry.of(request, key, estimate)
-        except RequestError as error:
-            error.index = index
+            entry = Entry.of(index, request, key, estimate)
+        except RequestError as error:  # it cannot be pickled: that index fails alone
             self._finish(index, None, Result(index, error=error))
             return True
         if self._admission.wait_for(key, index):

@@ -72,10 +72,10 @@ class Entry:
     retry: Tries = field(default_factory=Tries)  # what the retry policy knows of it
 
     @classmethod
-    def of(cls, request: Any, key: bytes | None, estimate: bool) -> Entry:
-        """A new request's entry (`estimate`: count its tokens, for `tpm` or the cost
-        cap); raises ResultTransferError if it cannot be pickled."""
-        payload = Task.pickle_payload(request)
+    def of(cls, index: int, request: Any, key: bytes | None, estimate: bool) -> Entry:
+        """The entry of request `index` (`estimate`: count its tokens, for `tpm` or the
+        cost cap); raises ResultTransferError (for `index`) if it cannot be pickled."""
+        payload = Task.pickle_payload(request, index)
         routed = request.uses_openai_sdk
         if not estimate:
             return cls(payload, 0, request.model, key=key, routed=routed)

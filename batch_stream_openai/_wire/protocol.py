@@ -88,8 +88,9 @@ class Task:
     endpoint: int = 0
 
     @staticmethod
-    def pickle_payload(value: AnyRequest | Result) -> bytes:
-        """The payload of a request (or replay); raises ResultTransferError if it cannot go.
+    def pickle_payload(value: AnyRequest | Result, index: int = -1) -> bytes:
+        """The payload of a request (or replay); raises ResultTransferError (for `index`) if
+        it cannot go.
 
         A request that carries a class (a pydantic ``response_format``) goes by
         cloudpickle, which sends a class defined in ``__main__`` or a notebook by value;
@@ -99,8 +100,10 @@ class Task:
             try:
                 return bytes(cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
             except Exception as exc:
-                raise ResultTransferError(f"the request cannot be pickled: {exc!r}") from None
-        return _dumps(value, "the request")
+                raise ResultTransferError(
+                    f"the request cannot be pickled: {exc!r}", index=index
+                ) from None
+        return _dumps(value, "the request", index)
 
     def request(self) -> Any:
         """The request (or, for a replay, the `Result`); raises ResultTransferError when
@@ -221,7 +224,7 @@ class Outcome:
 _PLAIN = (dict, list, str, int, float, bool, type(None))
 
 
-def _dumps(value: object, what: str) -> bytes:
+def _dumps(value: object, what: str, index: int = -1) -> bytes:
     """Pickle `value`, falling back to cloudpickle for what plain pickle cannot name.
 
     A class defined in ``__main__`` or a notebook reaches a worker by value (cloudpickle);
@@ -235,4 +238,4 @@ def _dumps(value: object, what: str) -> bytes:
     try:
         return bytes(cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
     except Exception as exc:  # any pickling failure, whatever its type
-        raise ResultTransferError(f"{what} cannot be pickled: {exc!r}") from None
+        raise ResultTransferError(f"{what} cannot be pickled: {exc!r}", index=index) from None
