@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from functools import partial
 from typing import Any, Protocol
@@ -140,12 +140,11 @@ def apply_postprocess(postprocess: Postprocess, index: int, answer: Any) -> Any:
         )
 
 
-def load_postprocess(options: BatchOptions) -> Postprocess | None:
-    """The batch's postprocess; one that cannot be loaded fails every answer, saying why."""
-    if options.postprocess is None:
-        return None
+def load_postprocess(blob: bytes) -> Postprocess:
+    """The batch's postprocess, cloudpickled; one that cannot be loaded fails every answer,
+    saying why."""
     try:
-        loaded: Postprocess = cloudpickle.loads(options.postprocess)
+        loaded: Postprocess = cloudpickle.loads(blob)
     except Exception as exc:
         error = PostprocessError(
             f"postprocess could not be loaded in the worker: {exc!r}",
@@ -174,7 +173,7 @@ class TaskServer:
         # {(batch, index, attempt): its asyncio task}
         self._running: dict[tuple[int, int, int], asyncio.Task[None]] = {}
         self._options = BatchOptions(0, None)
-        self._postprocess: Postprocess | None = None
+        self._postprocess: Future[Postprocess] | None = None
         self._postprocess_started: float | None = None  # monotonic; None when idle
         # One thread: postprocess is CPU-bound Python, so more threads would only contend
         # for the GIL; its job is to keep the event loop free while it runs.
@@ -191,7 +190,14 @@ class TaskServer:
                 job.add_done_callback(partial(_forget, self._running, key))
             elif isinstance(message, BatchOptions):
                 self._options = message
-                self._postprocess = load_postprocess(message)
+                # Loaded in the postprocess thread, ahead of any answer it runs on:
+                # unpickling it may import the caller's modules (seconds), and this loop
+                # must go on beating meanwhile, or the worker is taken for hung.
+                self._postprocess = (
+                    None
+                    if message.postprocess is None
+                    else self._executor.submit(load_postprocess, message.postprocess)
+                )
             elif isinstance(message, Cancel) and message.index is not None:
                 key = (message.batch_id, message.index, message.attempt or 0)
                 if key in self._running:
@@ -222,10 +228,11 @@ class TaskServer:
                 task.endpoint,
             )
         if result.error is None and self._postprocess is not None:
+            postprocess = await asyncio.wrap_future(self._postprocess)
             output = await asyncio.get_running_loop().run_in_executor(
                 self._executor,
                 self._timed_postprocess,
-                self._postprocess,
+                postprocess,
                 task.index,
                 result.output,  # the text (an embedding's vector), as the plain stream has it
             )
