@@ -305,13 +305,16 @@ def test_a_frozen_worker_that_ignores_sigterm_is_killed_and_its_requests_rerun(
         hang_timeout=1.0,
         initializer=ignore_sigterm,
         start_method=start_method,
+        postprocess=with_worker_pid,
         **pool_options,
     ) as pool:
-        for index, result in pool.stream([ask(f"f{i}") for i in range(40)]):
+        for index, (result, pid) in pool.stream([ask(f"f{i}") for i in range(40)]):
             seen[index] += 1
             assert result == expected_answer(SYSTEM, f"f{index}")
             if sum(seen.values()) == 1:
-                frozen = pool.pids[0]
+                # The worker that answered first: it is ready and runs requests (the
+                # other one may still be starting, and a starting worker has a minute).
+                frozen = pid
                 # Silent: no heartbeat, and a SIGTERM stays pending.
                 assert signal_worker(frozen, signal.SIGSTOP)
                 frozen_at = time.monotonic()
