@@ -10,7 +10,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,61 @@ def wait_for_no_workers(exclude: set[int], timeout: float = 3.0) -> list[psutil.
     while (alive := worker_children(exclude)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return alive
+
+
+# mode="batch" with quick looks at the jobs.
+FAST = {"mode": "batch", "poll_interval": 0.05}
+
+
+def jobs_of(fake: FakeOpenAIServer) -> list[dict[str, Any]]:
+    """The Batch API jobs the server was asked to create."""
+    return [job for job in fake.batch_jobs()["jobs"] if "id" in job]
+
+
+def answered_by_jobs(fake: FakeOpenAIServer) -> Counter[str]:
+    """How many times the server answered each custom id, over all jobs."""
+    return Counter(cid for job in jobs_of(fake) for cid in job["answered"])
+
+
+def creates(fake: FakeOpenAIServer) -> int:
+    """How many times the server was asked to create a Batch API job."""
+    return int(fake.batch_jobs()["calls"].count("POST /v1/batches"))
+
+
+RERUN_SCRIPT = """
+import os, sys
+from batch_stream_openai import OpenAIRequest, stream_batch
+if __name__ == "__main__":
+    requests = [OpenAIRequest({system!r}, f"{prefix}{{i}}", model="gpt-4o-mini", api="chat")
+                for i in range({count})]
+    stream = stream_batch(requests, max_concurrency=4, workers=1, base_url={base_url!r},
+                          api_key={api_key!r}, mode="batch", batch_size={batch_size},
+                          poll_interval=0.05{journal})
+    for index, value in stream:
+        print(index, flush=True)
+"""
+
+
+def rerun_script(fake: FakeOpenAIServer, prefix: str, count: int, **extra: Any) -> str:
+    """A script that streams `count` requests in batch mode and prints each index."""
+    journal = f", journal={str(extra['journal'])!r}" if "journal" in extra else ""
+    return textwrap.dedent(
+        RERUN_SCRIPT.format(
+            system=SYSTEM,
+            prefix=prefix,
+            count=count,
+            base_url=fake.base_url,
+            api_key=TEST_API_KEY,
+            batch_size=extra.get("batch_size", 10),
+            journal=journal,
+        )
+    )
+
+
+def each_once(pairs: Iterable[tuple[int, Any]]) -> dict[int, Any]:
+    """A stream's ``(index, value)`` pairs as a dict, failing on an index yielded twice."""
+    seen: dict[int, Any] = {}
+    for index, value in pairs:
+        assert index not in seen, f"index {index} yielded twice"
+        seen[index] = value
+    return seen

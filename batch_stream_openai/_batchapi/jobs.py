@@ -139,10 +139,13 @@ class Jobs:
         for group in list(self._groups.values()):
             self._submit(group)
 
-    def reattach(self) -> None:
-        """Take up the jobs a previous run left open (none without a kept journal)."""
+    def reattach(self) -> set[int]:
+        """Take up the jobs a previous run left open (none without a kept journal). Returns
+        the indices they owe: theirs to answer, whether the input has reached them or not."""
+        owed: set[int] = set()
         for record in self._journal.open_jobs():
             job = Job(record, self._journal.job_dir(record.key))
+            owed |= self._pending(job)
             self._jobs.append(job)
             if record.state == "downloaded":
                 self._read_answers(job, "completed")
@@ -150,6 +153,7 @@ class Jobs:
                 self._start(job, resumed=True)
             else:
                 job.status = "in_progress"
+        return owed
 
     def next_wait(self) -> float:
         """Seconds until the next look at the jobs: 1, 2, 4, ... up to `poll_interval`."""

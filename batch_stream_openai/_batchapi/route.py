@@ -105,6 +105,7 @@ class JobRoute:
         self._out: queue.Queue[tuple[int, Any]] = queue.Queue(_MAX_QUEUED)
         self._sent_online: set[int] = set()  # handed to the loop as requests
         self._yielded_before: set[int] = set()  # an earlier run yielded them: replayed
+        self._reattached: set[int] = set()  # owed by jobs of an earlier run, not read yet
         self._read = 0  # items read from the input
         self._next_poll = 0.0
         self._stop = threading.Event()
@@ -182,7 +183,7 @@ class JobRoute:
             item = self._next_input()
             if self._automatic and item is not None:
                 self._open_automatic_journal(*item)
-            self._jobs.reattach()
+            self._reattached = self._jobs.reattach()
             self._jobs.reading(True)
             while item is not None and not self._stop.is_set():
                 if not self._consider(*item):
@@ -263,15 +264,14 @@ class JobRoute:
                 )
                 return False
             self._journal.forget(index)  # another batch with the same first request
+            self._reattached.discard(index)  # (its job, unless it answered already, skips it)
             line = None
-        if line is None:
+        if index in self._reattached:  # its job answers it (it may have done so already)
+            self._reattached.discard(index)
+        elif line is None:
             self._take(index, request)
         elif line.answer is not None:
-            if line.delivered != CONFIRMED or self._replay:
-                stored = StoredAnswer.from_json(line.answer)
-                replayed = line.delivered in (YIELDED, CONFIRMED)
-                result = stored.result(index, request, cost_usd=0.0 if replayed else None)
-                self._give(index, Answered(replace(result, replayed=replayed)))
+            self._answer_again(index, request, line.answer, line.delivered)
         elif line.delivered == CONFIRMED and not self._replay:
             pass  # the caller had it (a failure without an answer, or a file run's line)
         elif not self._jobs.has(line.job):
@@ -279,6 +279,20 @@ class JobRoute:
                 self._yielded_before.add(index)
             self._take(index, request)  # no job will answer it
         return True
+
+    def _answer_again(self, index: int, request: Any, answer: str, delivered: int) -> None:
+        """An index the journal has an answer for: given back, unless the caller had it
+        (and `replay` is off). The cache gets it too: a run killed before the cache's next
+        commit had kept it in the journal only."""
+        stored = StoredAnswer.from_json(answer)
+        if stored.error is None:
+            key = self._admission.key_of(request)
+            if self._admission.stored(key) is None:
+                self._admission.keep(key, stored)
+        if delivered != CONFIRMED or self._replay:
+            replayed = delivered in (YIELDED, CONFIRMED)
+            result = stored.result(index, request, cost_usd=0.0 if replayed else None)
+            self._give(index, Answered(replace(result, replayed=replayed)))
 
     @staticmethod
     def _same(index: int, request: Any, line: Line) -> bool:

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,43 +22,22 @@ from batch_stream_openai import (
 from batch_stream_openai.testing import FakeOpenAIServer
 from batch_stream_openai.testing.answers import expected_embedding
 
-from ..helpers import SYSTEM, TEST_API_KEY, answers, ask, wait_until
+from ..helpers import (
+    FAST,
+    TEST_API_KEY,
+    answered_by_jobs,
+    answers,
+    ask,
+    each_once,
+    jobs_of,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
-FAST = {"mode": "batch", "poll_interval": 0.05}
-_BATCH_DEFAULTS = {
-    "batch_seconds": 1.0,
-    "batch_expire": 0.0,
-    "batch_refuse": 0.0,
-    "batch_fail_validation": 0.0,
-    "batch_refuse_upload": 0.0,
-}
-
-
-@pytest.fixture
-def jobs_fake(fake: FakeOpenAIServer) -> Iterator[FakeOpenAIServer]:
-    """The server with quick jobs (0.3 s); its Batch API settings restored afterwards."""
-    fake.configure(batch_seconds=0.3)
-    yield fake
-    fake.configure(**_BATCH_DEFAULTS)
-
-
-def jobs_of(fake: FakeOpenAIServer) -> list[dict[str, Any]]:
-    return [job for job in fake.batch_jobs()["jobs"] if "id" in job]
-
-
-def answered_by_jobs(fake: FakeOpenAIServer) -> Counter[str]:
-    """How many times the server answered each custom id, over all jobs."""
-    return Counter(cid for job in jobs_of(fake) for cid in job["answered"])
-
 
 def stream_results(pool: BatchPool, requests: Any, **options: Any) -> dict[int, Result]:
-    seen: dict[int, Result] = {}
-    for index, result in pool.stream(requests, return_results=True, **FAST, **options):
-        assert index not in seen, f"index {index} yielded twice"
-        seen[index] = result
-    return seen
+    return each_once(pool.stream(requests, return_results=True, **FAST, **options))
 
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
@@ -188,45 +161,6 @@ def test_a_deadline_cancels_the_jobs_and_sends_the_rest_online(
     assert all(results[i].batch_id is None for i in range(12) if str(i) not in by_batch)
 
 
-def test_a_rerun_with_the_journal_reattaches_after_a_kill(
-    jobs_fake: FakeOpenAIServer, tmp_path: Path
-) -> None:
-    jobs_fake.configure(batch_seconds=4.0)
-    journal = tmp_path / "jobs.journal"
-    script = textwrap.dedent(
-        f"""
-        from batch_stream_openai import BatchPool, OpenAIRequest
-        if __name__ == "__main__":
-            requests = [OpenAIRequest({SYSTEM!r}, f"k{{i}}", model="gpt-4o-mini", api="chat")
-                        for i in range(30)]
-            with BatchPool(max_concurrency=4, workers=1, base_url={jobs_fake.base_url!r},
-                           api_key={TEST_API_KEY!r}) as pool:
-                for index, value in pool.stream(requests, mode="batch", batch_size=10,
-                                                poll_interval=0.05, journal={str(journal)!r}):
-                    print(index, flush=True)
-        """
-    )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: len(jobs_of(jobs_fake)) == 3, timeout=30, what="3 jobs created")
-        child.send_signal(signal.SIGKILL)
-        printed, _ = child.communicate(timeout=10)
-    finally:
-        child.kill()
-    assert printed == ""  # killed before any job finished
-    creates = jobs_fake.batch_jobs()["calls"].count("POST /v1/batches")
-    users = [f"k{i}" for i in range(30)]
-    with BatchPool(
-        max_concurrency=4, workers=1, base_url=jobs_fake.base_url, api_key=TEST_API_KEY
-    ) as pool:
-        values = dict(pool.stream([ask(u) for u in users], **FAST, journal=journal))
-        assert [values[i] for i in range(30)] == answers(users)
-        assert jobs_fake.batch_jobs()["calls"].count("POST /v1/batches") == creates
-        # A third run has nothing left to yield, and sends nothing.
-        assert list(pool.stream([ask(u) for u in users], **FAST, journal=journal)) == []
-    assert jobs_fake.batch_jobs()["calls"].count("POST /v1/batches") == creates
-
-
 def test_a_line_is_written_as_the_batch_api_wants_it(
     jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -271,19 +205,6 @@ def test_a_batch_api_that_refuses_us_fails_each_index_once_without_the_key(
         assert TEST_API_KEY not in str(value)
 
 
-def test_a_journal_refuses_other_requests_at_the_same_indices(
-    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any], tmp_path: Path
-) -> None:
-    journal = tmp_path / "j"
-    with BatchPool(max_concurrency=2, workers=1, **pool_options) as pool:
-        assert pool.run([ask("same 0"), ask("same 1")], **FAST, journal=journal) == answers(
-            ["same 0", "same 1"]
-        )
-        with pytest.raises(ValueError, match="request 1 is not the one the journal"):
-            list(pool.stream([ask("same 0"), ask("other 1")], **FAST, journal=journal))
-    assert len(jobs_of(jobs_fake)) == 1  # nothing more was sent
-
-
 def test_a_job_cancelled_by_someone_else_keeps_what_it_answered_and_the_rest_is_sent_again(
     jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any]
 ) -> None:
@@ -313,125 +234,6 @@ def test_a_job_cancelled_by_someone_else_keeps_what_it_answered_and_the_rest_is_
     assert first["status"] == "cancelled" and 4 <= len(first["answered"]) < 10
     assert set(second["custom_ids"]) == {str(i) for i in range(10)} - set(first["answered"])
     assert max(answered_by_jobs(jobs_fake).values()) == 1  # nothing paid for twice
-
-
-def creates(fake: FakeOpenAIServer) -> int:
-    return int(fake.batch_jobs()["calls"].count("POST /v1/batches"))
-
-
-@pytest.fixture
-def own_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The user cache directory (where automatic journals live), private to the test."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "batch-stream-openai" / "journals"
-
-
-def test_run_batch_with_a_journal_returns_everything_on_every_rerun(
-    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any], tmp_path: Path
-) -> None:
-    journal = tmp_path / "j"
-    users = [f"rr{i}" for i in range(5)]
-    options = {**pool_options, **FAST, "journal": journal}
-    assert run_batch([ask(u) for u in users], **options) == answers(users)
-    assert run_batch([ask(u) for u in users], **options) == answers(users)  # pays nothing
-    assert creates(jobs_fake) == 1
-    more = [*users, "rr5"]  # one appended: only it is sent
-    results = run_batch([ask(u) for u in more], return_results=True, **options)
-    assert [r.text for r in results] == answers(more)
-    assert [r.replayed for r in results] == [True] * 5 + [False]
-    assert creates(jobs_fake) == 2 and jobs_of(jobs_fake)[1]["custom_ids"] == ["5"]
-    # stream_batch with the journal yields only what no earlier run yielded: nothing.
-    assert list(stream_batch([ask(u) for u in more], **options)) == []
-
-
-RERUN_SCRIPT = """
-import os, sys
-from batch_stream_openai import OpenAIRequest, stream_batch
-if __name__ == "__main__":
-    requests = [OpenAIRequest({system!r}, f"{prefix}{{i}}", model="gpt-4o-mini", api="chat")
-                for i in range({count})]
-    stream = stream_batch(requests, max_concurrency=4, workers=1, base_url={base_url!r},
-                          api_key={api_key!r}, mode="batch", batch_size={batch_size},
-                          poll_interval=0.05{journal})
-    for index, value in stream:
-        print(index, flush=True)
-"""
-
-
-def rerun_script(fake: FakeOpenAIServer, prefix: str, count: int, **extra: Any) -> str:
-    journal = f", journal={str(extra['journal'])!r}" if "journal" in extra else ""
-    return textwrap.dedent(
-        RERUN_SCRIPT.format(
-            system=SYSTEM,
-            prefix=prefix,
-            count=count,
-            base_url=fake.base_url,
-            api_key=TEST_API_KEY,
-            batch_size=extra.get("batch_size", 10),
-            journal=journal,
-        )
-    )
-
-
-def test_ctrl_c_without_a_journal_never_pays_twice(
-    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any], own_cache_dir: Path
-) -> None:
-    jobs_fake.configure(batch_seconds=3.0)
-    child = subprocess.Popen(
-        [sys.executable, "-c", rerun_script(jobs_fake, "cc", 20)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_until(lambda: len(jobs_of(jobs_fake)) == 2, timeout=30, what="2 jobs created")
-        child.send_signal(signal.SIGINT)
-        _, stderr = child.communicate(timeout=30)
-    finally:
-        child.kill()
-    assert "KeyboardInterrupt" in stderr and "run the same batch again" in stderr
-    assert len(list(own_cache_dir.glob("*.lock"))) == 1  # the journal was kept
-    users = [f"cc{i}" for i in range(20)]
-    results = run_batch([ask(u) for u in users], **pool_options, **FAST, batch_size=10)
-    assert results == answers(users)
-    assert creates(jobs_fake) == 2  # re-attached: nothing submitted again
-    assert max(answered_by_jobs(jobs_fake).values()) == 1
-    assert not list(own_cache_dir.iterdir())  # nothing owed any more: the journal is gone
-
-
-def test_a_killed_consumer_gets_exactly_the_rest_on_a_rerun(
-    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any], tmp_path: Path
-) -> None:
-    journal = tmp_path / "j"
-    script = rerun_script(jobs_fake, "kc", 300, journal=journal, batch_size=300)
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    printed: list[int] = []
-    try:
-        assert child.stdout is not None
-        for line in child.stdout:
-            printed.append(int(line))
-            if len(printed) == 100:
-                child.send_signal(signal.SIGKILL)
-                break
-        rest = child.stdout.read()  # what it printed before it died (buffered here too)
-        child.wait(timeout=30)
-    finally:
-        child.kill()
-    printed += [int(line) for line in rest.split()]
-    stream = stream_batch(
-        [ask(f"kc{i}") for i in range(300)],
-        return_results=True,
-        **pool_options,
-        **FAST,
-        journal=journal,
-    )
-    again = dict(stream)
-    twice = set(printed) & set(again)
-    assert set(printed) | set(again) == set(range(300))
-    assert len(twice) <= 1 and all(again[i].replayed for i in twice)
-    # The one it was on when it died, printed or not, is flagged; none other is.
-    assert sum(result.replayed for result in again.values()) <= 1
-    assert creates(jobs_fake) == 1 and max(answered_by_jobs(jobs_fake).values()) == 1
 
 
 def test_the_cache_answers_batch_mode_and_keeps_its_answers(
@@ -489,16 +291,3 @@ def test_zero_is_not_taken_for_the_default(pool_options: dict[str, Any]) -> None
             pool.run([ask("x")], mode="batch", poll_interval=0)
         with pytest.raises(ValueError, match="batch_size must be >= 1"):
             pool.run([ask("x")], mode="batch", batch_size=0)
-
-
-def test_a_failure_the_caller_was_handed_comes_back_flagged_on_a_rerun(
-    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any], tmp_path: Path
-) -> None:
-    journal = tmp_path / "j"
-    requests = [ask(f"b{i}") for i in range(6)]
-    options = {**pool_options, **FAST, "journal": journal, "max_cost": 0.0006}
-    with stream_batch(requests, return_results=True, **options) as stream:
-        index, first = next(stream)  # a refusal comes first; the caller stops on it
-    assert isinstance(first.error, BudgetExceededError) and not first.replayed
-    again = dict(stream_batch(requests, return_results=True, **options))
-    assert again[index].replayed  # it may have been handled: it says so

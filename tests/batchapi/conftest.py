@@ -1,0 +1,34 @@
+"""Fixtures of the Batch API tests: quick jobs on the bundled server, a private user cache
+directory (where automatic journals live)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from batch_stream_openai.testing import FakeOpenAIServer
+
+_BATCH_DEFAULTS = {
+    "batch_seconds": 1.0,
+    "batch_expire": 0.0,
+    "batch_refuse": 0.0,
+    "batch_fail_validation": 0.0,
+    "batch_refuse_upload": 0.0,
+}
+
+
+@pytest.fixture
+def jobs_fake(fake: FakeOpenAIServer) -> Iterator[FakeOpenAIServer]:
+    """The server with quick jobs (0.3 s); its Batch API settings restored afterwards."""
+    fake.configure(batch_seconds=0.3)
+    yield fake
+    fake.configure(**_BATCH_DEFAULTS)
+
+
+@pytest.fixture
+def own_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user cache directory (where automatic journals live), private to the test."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "batch-stream-openai" / "journals"
