@@ -18,6 +18,7 @@ import importlib.util
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,6 +28,7 @@ from pydantic import BaseModel
 
 from batch_stream_openai import errors
 from batch_stream_openai._wire.failures import to_request_error
+from batch_stream_openai._worker.sdk_headers import sdk_base_url, sdk_headers
 from batch_stream_openai.testing import FakeOpenAIServer
 
 from .helpers import TEST_API_KEY, closed_port, sdk_error
@@ -46,23 +48,36 @@ def relied_on(package: str, what: str, where: str) -> Iterator[None]:
 
 
 @pytest.mark.fast
-def test_the_client_gives_the_endpoint_and_headers_the_workers_send_with(
+@pytest.mark.parametrize(
+    ("base_url", "environment"),
+    [
+        (None, {}),
+        ("http://127.0.0.1:1/v1", {"OPENAI_ORG_ID": "org-contract"}),
+        (None, {"OPENAI_BASE_URL": "http://127.0.0.1:2/v1/", "OPENAI_PROJECT_ID": "proj-c"}),
+        ("http://127.0.0.1:3/v1/", {"OPENAI_ORG_ID": "org-c", "OPENAI_PROJECT_ID": "proj-c"}),
+    ],
+)
+def test_the_workers_send_with_the_endpoint_and_headers_of_an_sdk_client(
+    base_url: str | None,
+    environment: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv("OPENAI_ORG_ID", "org-contract")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the snapshot is taken afresh
+    for name in ("OPENAI_ORG_ID", "OPENAI_PROJECT_ID", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
     with relied_on(
         "openai",
         "AsyncOpenAI.base_url / default_headers / auth_headers",
-        "batch_stream_openai/providers.py (Provider.open)",
+        "batch_stream_openai/_worker/sdk_headers.py",
     ):
-        client = openai.AsyncOpenAI(
-            api_key="sk-contract", base_url="http://127.0.0.1:1/v1", max_retries=0
-        )
-        assert str(client.base_url).rstrip("/") == "http://127.0.0.1:1/v1"
-        headers = {**client.default_headers, **client.auth_headers}
-        assert headers["Authorization"] == "Bearer sk-contract"
-        assert headers["OpenAI-Organization"] == "org-contract"
-        assert "User-Agent" in headers
+        client = openai.AsyncOpenAI(api_key="sk-contract", base_url=base_url, max_retries=0)
+        expected = {**client.default_headers, **client.auth_headers}
+        assert sdk_base_url(base_url) == str(client.base_url)
+        assert sdk_headers("sk-contract") == {k: v for k, v in expected.items() if v}
+        assert sdk_headers("sk-contract") == {k: v for k, v in expected.items() if v}  # kept
 
 
 @pytest.mark.fast

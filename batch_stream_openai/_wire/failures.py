@@ -10,10 +10,10 @@ wherever it appears, since some proxies echo the Authorization header.
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import aiohttp
-import openai
 
 from .. import errors
 from .config import mask_in
@@ -48,12 +48,19 @@ def to_request_error(
         return errors.APITimeoutError(
             f"no answer{where} within the timeout", retryable=True, **common
         )
-    if cause is not None or isinstance(exc, (openai.APIConnectionError, aiohttp.ClientError)):
+    if cause is not None or isinstance(exc, aiohttp.ClientError) or _sdk(exc, "APIConnectionError"):
         detail = f": {type(cause).__name__}: {cause}" if cause is not None else f": {message}"
         return errors.APIConnectionError(
             f"cannot connect{where}{mask_in(detail, secret)}", retryable=True, **common
         )
     return errors.RequestError(f"{type(exc).__name__}: {message}", **common)
+
+
+def _sdk(exc: BaseException, name: str) -> bool:
+    """Whether `exc` is the openai SDK's exception `name`. Only code that imported the
+    SDK can raise one, so the hot path (aiohttp) never has to import it to know."""
+    sdk = sys.modules.get("openai")
+    return sdk is not None and isinstance(exc, getattr(sdk, name))
 
 
 def _api_error(
@@ -101,7 +108,7 @@ def _network_cause(exc: BaseException) -> tuple[bool, BaseException | None]:
         if isinstance(seen, OSError):
             return False, seen
         seen = seen.__cause__ or seen.__context__
-    return isinstance(exc, openai.APITimeoutError), None
+    return _sdk(exc, "APITimeoutError"), None
 
 
 def _host_of(exc: BaseException) -> str:

@@ -2,9 +2,10 @@
 
 OpenAI models are posted with one long-lived aiohttp session per worker, with the
 headers, endpoint and proxy the `openai` SDK itself would use (key, organization,
-project, user agent, ``OPENAI_BASE_URL``, ``HTTPS_PROXY``/``NO_PROXY``), worked out once:
-building them per request was most of the SDK's CPU cost (see BENCHMARKS.md), and the
-answers are read as JSON anyway. SDK retries are not involved; the parent schedules
+project, user agent, ``OPENAI_BASE_URL``, ``HTTPS_PROXY``/``NO_PROXY``), worked out once
+(`sdk_headers.py`, without importing the SDK once they are known): building them per
+request was most of the SDK's CPU cost (see BENCHMARKS.md), and the answers are read as
+JSON anyway. SDK retries are not involved; the parent schedules
 ours. Anything else goes through `litellm.acompletion`, imported on first use so the
 OpenAI path never pays for it.
 """
@@ -21,12 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import openai
 
 from .. import errors
 from .._wire.config import ClientConfig, mask_secret, maskable
 from .._wire.statuses import parse_retry_after, retryable_status
 from ..request import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, explain_route, openai_model_name
+from .sdk_headers import sdk_base_url, sdk_headers
 
 __all__ = ["Answer", "Provider", "RateLimitHeaders"]
 
@@ -130,15 +131,14 @@ class Provider:
         self._litellm: Any = None
 
     def open(self) -> None:
-        """Take the endpoint and headers from the SDK now, so a bad setup fails early."""
+        """Take the endpoint and headers the SDK would use now, so a bad setup fails early
+        (`sdk_headers.py`: without importing the SDK once they are known)."""
         if not self.secret:
             return  # no key: OpenAI-routed requests fail one by one, saying so
         for base_url in self._config.base_urls or (None,):
-            client = openai.AsyncOpenAI(api_key=self.secret, base_url=base_url, max_retries=0)
-            self._base_urls.append(str(client.base_url).rstrip("/") + "/")
+            self._base_urls.append(sdk_base_url(base_url))
             self._proxies.append(_proxy_for(self._base_urls[-1]))
-        headers = {**client.default_headers, **client.auth_headers}
-        self._headers = {k: v for k, v in headers.items() if isinstance(v, str)}
+        self._headers = sdk_headers(self.secret)
 
     async def aclose(self) -> None:
         """Close the HTTP connections."""
