@@ -10,7 +10,11 @@ Example:
 [0, 1, 2]
 """
 
-from .api import arun_batch, astream_batch, run_batch, stream_batch
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     APIConnectionError,
     APIError,
@@ -32,10 +36,13 @@ from .errors import (
     WorkerCrashedError,
     WorkerStartupError,
 )
-from .pool import BatchPool
 from .request import EmbeddingRequest, OpenAIRequest, RawRequest
 from .results import BatchSummary, EndpointSummary, Result, ToolCall, Usage
-from .stream import AsyncBatchStream, BatchStream
+
+if TYPE_CHECKING:
+    from .api import arun_batch, astream_batch, run_batch, stream_batch
+    from .pool import BatchPool
+    from .stream import AsyncBatchStream, BatchStream
 
 __all__ = [
     "APIConnectionError",
@@ -73,3 +80,37 @@ __all__ = [
     "run_batch",
     "stream_batch",
 ]
+
+# Loaded on first use: a worker process imports this package too (for its own modules),
+# and needs none of the pool, the batch loop or the Batch API route.
+_LAZY = {
+    "stream_batch": ".api",
+    "run_batch": ".api",
+    "astream_batch": ".api",
+    "arun_batch": ".api",
+    "BatchPool": ".pool",
+    "BatchStream": ".stream",
+    "AsyncBatchStream": ".stream",
+}
+
+
+# Names that start a pool: on first use the fork server starts too (in the background),
+# so that its imports overlap the caller's own until the first pool forks from it.
+_STARTS_POOLS = {"stream_batch", "run_batch", "astream_batch", "arun_batch", "BatchPool"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in _STARTS_POOLS:
+        from ._backends.process import start_fork_server
+
+        start_fork_server()
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

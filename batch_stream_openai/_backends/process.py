@@ -26,7 +26,7 @@ from typing import Any
 from .._signals import GROUP_SIGNALS
 from .base import PipeWorker
 
-__all__ = ["WorkerProcess", "default_start_method", "process_context"]
+__all__ = ["WorkerProcess", "default_start_method", "process_context", "start_fork_server"]
 
 # Time a hung worker gets between SIGTERM and SIGKILL.
 _KILL_GRACE_S = 2.0
@@ -57,6 +57,22 @@ def process_context(start_method: str) -> BaseContext:
     if start_method == "forkserver":
         context.set_forkserver_preload(["batch_stream_openai._backends.preload"])
     return context
+
+
+def start_fork_server() -> None:
+    """Start the fork server now, if workers will fork from one: its imports (~0.3 s) then
+    run while the caller's process goes on (importing the pool, building requests), and
+    the first pool forks from a server that is ready, or nearly. Only the main thread of
+    a process that has finished starting can start it (the signals it must ignore are the
+    main thread's; a child re-running the caller's script as it starts may not)."""
+    if default_start_method() != "forkserver" or multiprocessing.parent_process() is not None:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    process_context("forkserver")
+    with _group_signals_ignored(), contextlib.suppress(RuntimeError):
+        # RuntimeError: this process is itself starting (multiprocessing refuses).
+        multiprocessing.forkserver.ensure_running()
 
 
 class WorkerProcess(PipeWorker):

@@ -28,8 +28,9 @@ from ..results import BatchSummary, Result
 from .client import BatchClient
 from .journal import JobRecord, Journal
 from .lines import Job, batch_line, line_result
+from .options import JobOptions
 
-__all__ = ["MAX_FILE_BYTES", "JobOptions", "Jobs"]
+__all__ = ["MAX_FILE_BYTES", "JobServices", "Jobs"]
 
 # The API takes input files up to 200 MB; a margin for the multipart framing.
 MAX_FILE_BYTES = 190 * 2**20
@@ -42,18 +43,6 @@ _FINAL = frozenset({"completed", "expired", "cancelled", "failed"})
 
 # How answers go back to the route: (index, an `Answered` item or a request to send online).
 Give = Callable[[int, Any], None]
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    """How the route batches and waits (see `BatchPool.stream` for each)."""
-
-    batch_size: int = 50_000
-    poll_interval: float = 30.0
-    max_retries: int = 5
-    deadline: float | None = None  # monotonic
-    online_reserve: float | None = None  # seconds kept for the online rest
-    online_rate: float = 10.0  # requests per second this pool is expected to do online
 
 
 @dataclass(frozen=True)

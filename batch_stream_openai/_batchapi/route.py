@@ -46,11 +46,12 @@ from .._wire.sources import PENDING, Answered
 from ..errors import BatchFileError, BudgetExceededError, RequestError
 from ..results import BatchSummary, Result
 from .client import BatchClient
-from .jobs import JobOptions, Jobs, JobServices
+from .jobs import Jobs, JobServices
 from .journal import CONFIRMED, YIELDED, Journal, Line, auto_journal
 from .lines import batch_line, line_digest
+from .options import JobOptions
 
-__all__ = ["JobOptions", "JobRoute"]
+__all__ = ["JobRoute"]
 
 # Items handed to the batch loop and not yet taken, at most.
 _MAX_QUEUED = 4096

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from .._backends import Worker
-from .._batchapi.route import JobRoute
 from .._policy.fleet import Fleet
 from .._policy.hedging import Hedging
 from .._policy.limits import Budget
@@ -44,6 +43,9 @@ from .options import refuse_idle
 from .progress import ProgressBar
 from .settings import PoolSettings
 from .supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from .._batchapi.route import JobRoute
 
 __all__ = ["Batch", "PoolParts", "build_batch"]
 

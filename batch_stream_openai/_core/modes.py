@@ -14,18 +14,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._batchapi.client import BatchClient
-from .._batchapi.jobs import JobOptions
-from .._batchapi.journal import Journal
-from .._batchapi.route import JobRoute
+from .._batchapi.options import JobOptions
 from .._spending.admission import Admission
 from .._spending.cap import Spending
 from .._spending.prices import PriceTable
 from .._wire.config import Secret
 from ..results import BatchSummary
 from .checks import check_bool, check_int, check_positive
+
+if TYPE_CHECKING:
+    from .._batchapi.route import JobRoute
 
 __all__ = ["MODES", "BatchMode"]
 
@@ -99,6 +99,11 @@ class BatchMode:
     ) -> JobRoute:
         """The Batch API route of this batch's `requests` (its thread starts on first
         read); the caller's journal is opened (and locked) now, so a bad one fails here."""
+        # Imported here: only a batch in batch mode needs the route (and its SDK calls).
+        from .._batchapi.client import BatchClient
+        from .._batchapi.journal import Journal
+        from .._batchapi.route import JobRoute
+
         return JobRoute(
             requests,
             client=BatchClient(base_url, api_key),
