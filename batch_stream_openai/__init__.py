@@ -94,8 +94,8 @@ _LAZY = {
 }
 
 
-# Names that start a pool: on first use the fork server starts too (in the background),
-# so that its imports overlap the caller's own until the first pool forks from it.
+# Names that start a pool: on first use the fork server starts, and the price table
+# loads, in the background, so that both overlap the caller's own imports and work.
 _STARTS_POOLS = {"stream_batch", "run_batch", "astream_batch", "arun_batch", "BatchPool"}
 
 
@@ -105,8 +105,10 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if name in _STARTS_POOLS:
         from ._backends.process import start_fork_server
+        from ._spending.prices import warm_up
 
         start_fork_server()
+        warm_up()
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value

@@ -77,7 +77,7 @@ from ._policy.fleet import Fleet
 from ._policy.limits import Budget
 from ._policy.retry import RetrySchedule
 from ._spending.cache import ResponseCache
-from ._spending.prices import PriceTable
+from ._spending.prices import PriceTable, warm_up
 from ._wire.protocol import Postprocess
 from .errors import PoolClosedError
 from .request import AnyRequest
@@ -347,7 +347,7 @@ class BatchPool:
             self._check_can_start()
             self._state = PoolState.RUNNING
             self._supervisor.start()
-            self._prices.warm()  # while the workers start
+            warm_up()  # the price table loads while the workers start
 
     def _check_can_start(self) -> None:
         process = multiprocessing.current_process()

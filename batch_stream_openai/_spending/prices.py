@@ -18,7 +18,7 @@ from typing import Any
 
 from ..results import Usage
 
-__all__ = ["Price", "PriceTable", "check_prices"]
+__all__ = ["Price", "PriceTable", "check_prices", "warm_up"]
 
 # Price tiers: what the request was sent as ("batch": the Batch API, "flex": flex tier).
 TIERS = ("default", "batch", "flex")
@@ -119,11 +119,6 @@ class PriceTable:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["overrides"])  # type: ignore[misc]
 
-    def warm(self) -> None:
-        """Load genai-prices' table in a thread now (its first lookup takes ~0.5 s), so
-        that pricing the first answer of a batch does not wait for it."""
-        threading.Thread(target=_genai_price, args=("gpt-4o-mini", "default"), daemon=True).start()
-
     def price(self, model: str, tier: str = "default") -> Price | None:
         """The price of `model` sent at `tier`, or None when no table knows it."""
         key = (model, tier)
@@ -148,6 +143,25 @@ class PriceTable:
             half = None if own.cached_input is None else own.cached_input / 2
             return Price(own.input / 2, own.output / 2, half)
         return _genai_price(name, tier)
+
+
+_warming = threading.Lock()
+_warmed = False
+
+
+def warm_up() -> None:
+    """Load genai-prices' table in a thread of its own now (its import and first lookup
+    take ~0.3 s), once per process: the first answer of a batch, priced in the parent,
+    then does not wait for it while the caller waits for that answer."""
+    global _warmed
+    with _warming:
+        if _warmed:
+            return
+        _warmed = True
+    thread = threading.Thread(
+        target=_genai_price, args=("gpt-4o-mini", "default"), name="price-table", daemon=True
+    )
+    thread.start()
 
 
 def _genai_price(model: str, tier: str) -> Price | None:
