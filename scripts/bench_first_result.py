@@ -6,15 +6,18 @@ Every figure is a fresh process (``python -c``) against one bundled `FakeOpenAIS
 at zero latency, 100 requests at concurrency 50; runs alternate between the programs;
 medians (and the range) of `--runs`. Measured:
 
-- **fresh interpreter**: from launching ``python -c`` to the first result in hand, for
-  `stream_batch` (this tree, and the baseline), asyncio with the SDK's aiohttp transport
+- **fresh interpreter**: from launching ``python -c`` to the first request on the wire
+  (the server's clock) and to the first result in hand, for `stream_batch` (this tree,
+  and the baseline), asyncio with the SDK's aiohttp transport
   (``openai.DefaultAioHttpClient``), and a raw aiohttp loop (the floor);
 - **warm interpreter**: the package imported a second earlier (a notebook), from the
-  `stream_batch` call to the first result (a new pool, and so new workers);
+  `stream_batch` call to the first request on the wire and to the first result (a new
+  pool, and so new workers);
 - **a built pool, its next batch**: ``pool.stream(...)`` to the first result, the pool's
   workers already running;
 - **scenario A**: 5,000 requests at 100 ms latency and concurrency 200, wall seconds
-  (ideal: 5,000 / 200 x 0.1 = 2.5 s);
+  (ideal: 5,000 / 200 x 0.1 = 2.5 s), and the raw aiohttp loop doing the same (what this
+  machine allows: the server shares its two cores);
 - **the cold path's imports** (``python -X importtime``): what the fork server imports
   before it forks the first worker, and what the parent imports for `stream_batch`.
 
@@ -32,6 +35,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 from trees import ROOT, checked_out
 
@@ -84,6 +88,7 @@ import time
 from batch_stream_openai import BatchPool, OpenAIRequest, stream_batch
 requests = [OpenAIRequest("s", f"q{i}", model="gpt-4o-mini", api="chat") for i in range(100)]
 time.sleep(1.0)  # a notebook: the library was imported a while ago
+called = time.time()
 start = time.monotonic()
 for _ in stream_batch(requests, max_concurrency=50, base_url=URL, api_key=KEY):
     warm = time.monotonic() - start
@@ -94,7 +99,7 @@ with BatchPool(max_concurrency=50, base_url=URL, api_key=KEY) as pool:
     for _ in pool.stream(requests):
         again = time.monotonic() - start
         break
-print(warm, again, flush=True)
+print(warm, again, called, flush=True)
 """
 _SCENARIO_A = """
 import time
@@ -102,6 +107,24 @@ from batch_stream_openai import OpenAIRequest, run_batch
 requests = [OpenAIRequest("s", f"q{i}", model="gpt-4o-mini", api="chat") for i in range(5000)]
 start = time.monotonic()
 run_batch(requests, max_concurrency=200, base_url=URL, api_key=KEY)
+print(time.monotonic() - start, flush=True)
+"""
+_SCENARIO_A_RAW = """
+import asyncio, json, time
+import aiohttp
+
+async def main():
+    headers = {"Authorization": "Bearer " + KEY, "Content-Type": "application/json"}
+    room = asyncio.Semaphore(200)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+        async def one(i):
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q{i}"}]}
+            async with room, session.post(URL + "/chat/completions", data=json.dumps(body)) as r:
+                return await r.json()
+        await asyncio.gather(*(one(i) for i in range(5000)))
+start = time.monotonic()
+asyncio.run(main())
 print(time.monotonic() - start, flush=True)
 """
 
@@ -136,6 +159,15 @@ def _run(program: str, tree: Path | None) -> list[float]:
     )
     numbers = [float(x) for x in done.stdout.split()]
     return [numbers[0] - start] if len(numbers) == 1 and numbers[0] > start else numbers
+
+
+def _fresh(program: str, tree: Path | None, server: Any) -> tuple[float, float]:
+    """Seconds from launching `program` to its first request reaching `server`, and to
+    its first result (one clock: the machine's)."""
+    server.reset()
+    launched = time.time()
+    (first_result,) = _run(program, tree)
+    return min(r.received_at for r in server.requests()) - launched, first_result
 
 
 def _import_seconds(module: str, tree: Path) -> float:
@@ -176,30 +208,37 @@ def main() -> int:
         server = stack.enter_context(FakeOpenAIServer())
         url = server.base_url
         for run in range(args.runs):
+            fresh: dict[str, tuple[str, Path | None]] = {
+                f"stream_batch, {label}": (_LIBRARY, tree) for label, tree in trees.items()
+            }
+            fresh["asyncio + SDK (aiohttp transport)"] = (_SDK_AIOHTTP, None)
+            fresh["raw aiohttp loop"] = (_RAW_AIOHTTP, None)
+            for label, (program, tree) in fresh.items():
+                sent, first = _fresh(_program(program, url), tree, server)
+                figures.setdefault(f"fresh: first request sent, {label}", []).append(sent)
+                figures.setdefault(f"fresh: first result, {label}", []).append(first)
             for label, tree in trees.items():
-                figures.setdefault(f"fresh: stream_batch, {label}", []).extend(
-                    _run(_program(_LIBRARY, url), tree)
-                )
                 for what, module in _IMPORTS.items():
                     figures.setdefault(f"{what}, {label}", []).append(_import_seconds(module, tree))
-                warm, again = _run(_program(_WARM, url), tree)
-                figures.setdefault(f"warm: stream_batch, {label}", []).append(warm)
+                server.reset()
+                warm, again, called = _run(_program(_WARM, url), tree)
+                sent = min(r.received_at for r in server.requests()) - called
+                figures.setdefault(f"warm: first request sent, {label}", []).append(sent)
+                figures.setdefault(f"warm: first result, {label}", []).append(warm)
                 figures.setdefault(f"built pool, next batch, {label}", []).append(again)
-            figures.setdefault("fresh: asyncio + SDK (aiohttp transport)", []).extend(
-                _run(_program(_SDK_AIOHTTP, url), None)
-            )
-            figures.setdefault("fresh: raw aiohttp loop", []).extend(
-                _run(_program(_RAW_AIOHTTP, url), None)
-            )
             print(
                 f"run {run + 1}: {json.dumps({k: v[-1] for k, v in figures.items()})}",
                 file=sys.stderr,
             )
         server.configure(latency=0.1)
+        scenario_a: dict[str, tuple[str, Path | None]] = {
+            label: (_SCENARIO_A, tree) for label, tree in trees.items()
+        }
+        scenario_a["raw aiohttp loop"] = (_SCENARIO_A_RAW, None)
         for _ in range(min(args.runs, 3)):
-            for label, tree in trees.items():
+            for label, (program, tree) in scenario_a.items():
                 figures.setdefault(f"scenario A (ideal 2.5 s), {label}", []).extend(
-                    _run(_program(_SCENARIO_A, url), tree)
+                    _run(_program(program, url), tree)
                 )
     command = " ".join(["python scripts/bench_first_result.py", *sys.argv[1:]])
     revision = subprocess.run(
