@@ -190,6 +190,22 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
+def _breakdown(median: dict[str, float]) -> str:
+    """The cold path of this tree in words, from the medians."""
+    mine = {label.removesuffix(", this tree"): value for label, value in median.items()}
+    return (
+        "The cold path of this tree, medians: a fresh `python -c` has the first request on "
+        f"the wire after {mine['fresh: first request sent, stream_batch']:.2f} s and its "
+        f"result after {mine['fresh: first result, stream_batch']:.2f} s; of that, the "
+        f"parent's imports take {mine['imports of the parent (the api)']:.2f} s and the fork "
+        "server's (every worker's code, started on the library's first use so that they "
+        f"overlap the caller's) {mine['imports of the fork server (preload)']:.2f} s; the rest "
+        "is the interpreter's start, forking a worker and its first connection. In a warm "
+        f"interpreter the first request leaves {mine['warm: first request sent']:.2f} s after "
+        "the call."
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", help="git revision to compare with (e.g. HEAD~3)")
@@ -245,6 +261,7 @@ def main() -> int:
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     rows = [f"| {label} | {_cell(values)} |" for label, values in figures.items()]
+    median = {label: statistics.median(values) for label, values in figures.items()}
     section = "\n".join(
         [
             "## D2. Time to first result",
@@ -257,6 +274,8 @@ def main() -> int:
             "| what | seconds |",
             "|---|---|",
             *rows,
+            "",
+            _breakdown(median),
         ]
     )
     print(section)
