@@ -174,13 +174,15 @@ class Dispatcher(Generic[W]):
         self._workers_seen = bool(workers)
         if workers:
             self._send_due(workers, sends, now)
+        # Not to a worker that runs a suspect or is drained for one: suspects run alone.
+        if innocent := self._quarantine.innocent(workers):
             # Hedges before new requests: a straggler holds the batch up.
             tail = self._intake.exhausted
-            self._sender.send_hedges(workers, sends, now, tail, self._read)
+            self._sender.send_hedges(innocent, sends, now, tail, self._read)
             capacity = self._sender.capacity()
             while self._ledger.slots < capacity and len(self._ledger) < capacity + _READ_AHEAD:
                 item = None if self._sender.refusal else self._intake.next()
-                if item is None or not self._admit(*item, workers, sends, now):
+                if item is None or not self._admit(*item, innocent, sends, now):
                     break
         if (refusal := self._sender.refusal) is not None:
             self._refuse_more(refusal)
@@ -195,7 +197,7 @@ class Dispatcher(Generic[W]):
             reserved = sender.may_send(self._ledger.entries[index], now)
             return None if reserved is None else sender.send(index, among, sends, now, reserved)
 
-        self._quarantine.release(workers, self._ran_a_crash, send_suspect)
+        self._quarantine.release(workers, self._ledger.load, send_suspect)
         innocent = self._quarantine.innocent(workers)
         while innocent and (index := self._schedule.first()) is not None:
             reserved = sender.may_send(self._ledger.entries[index], now)
@@ -311,10 +313,6 @@ class Dispatcher(Generic[W]):
         self._admission.claim(key, index)
         self._sender.send(index, workers, sends, now, reserved)
         return True
-
-    def _ran_a_crash(self, worker: W) -> bool:
-        """Whether `worker` runs a request that was on a worker that died."""
-        return any(self._ledger.entries[i].crashes for i in self._ledger.owed(worker))
 
     def _retry_later(self, index: int, entry: Entry, error: Exception, blamed: int | None) -> bool:
         """Schedule the next attempt if the retry policy wants one; count 429s either way."""

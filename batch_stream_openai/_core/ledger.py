@@ -206,6 +206,10 @@ class Ledger(Generic[W]):
         """The requests `worker` runs."""
         return self._owed_by.get(worker, set())
 
+    def load(self, worker: W) -> int:
+        """How many requests `worker` runs."""
+        return len(self._owed_by.get(worker, ()))
+
     def owing_since(self, worker: W) -> float | None:
         """Since when `worker` runs requests without a break (None: idle)."""
         return self._owing_since.get(worker)

@@ -1,13 +1,14 @@
 """Requests whose workers died while running them: re-sent, set apart, then given up.
 
 One death proves nothing (an OOM kill, an operator): the request is simply re-sent. Two
-make it a suspect: it is quarantined, and runs only on a worker with no other request
-that ever crashed, beside fresh requests only. So a poison (a suspect itself after two
-deaths) can kill an innocent suspect at most while that one is still fresh: it cannot
-take innocents with it again and again, and random worker deaths cost no throughput
-(nothing waits for a worker to drain). After `MAX_CRASHES_PER_REQUEST` re-sends the
-request yields `WorkerCrashedError`, so one that kills every worker it lands on cannot
-take the pool down with it.
+make it a suspect: it is quarantined, and runs alone, on a worker that runs nothing else.
+Beside other requests, a suspect would die again with any poison among them (and an
+innocent one would end as `WorkerCrashedError` in a batch with a few poisons); alone, a
+death is its own doing. So one worker is drained for the suspects: no new request goes to
+it until it is idle, then it runs the first suspect, and the other workers go on with
+the rest. After `MAX_CRASHES_PER_REQUEST` re-sends the request yields
+`WorkerCrashedError`, so one that kills every worker it lands on cannot take the pool down
+with it.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ _QUARANTINE_AFTER_CRASHES = 2
 
 
 class Quarantine(Generic[W]):
-    """The suspects of one batch: those waiting for a clean worker, and where each runs."""
+    """The suspects of one batch: those waiting, the worker drained for them, and where
+    each runs."""
 
     def __init__(self) -> None:
         self._waiting: deque[int] = deque()  # indices whose workers died twice or more
-        self._suspect_on: dict[W, int] = {}  # {worker: quarantined index it runs}
+        self._suspect_on: dict[W, int] = {}  # {worker: the suspect it runs alone}
+        self._draining: W | None = None  # takes no new request: the next suspect's
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -46,26 +49,34 @@ class Quarantine(Generic[W]):
         self._waiting.append(index)
 
     def innocent(self, workers: Sequence[W]) -> list[W]:
-        """The workers not running a suspect (fresh requests may go there)."""
-        return [worker for worker in workers if worker not in self._suspect_on]
+        """The workers new requests may go to: neither running a suspect nor drained."""
+        return [w for w in workers if w not in self._suspect_on and w != self._draining]
 
     def release(
         self,
         workers: Sequence[W],
-        ran_a_crash: Callable[[W], bool],
+        load: Callable[[W], int],
         send: Callable[[int, list[W]], W | None],
     ) -> None:
-        """Send each waiting suspect to a worker that runs no request that ever crashed.
+        """Send each waiting suspect alone to an idle worker; while none is idle, drain
+        the least loaded one (`load`: the requests a worker runs).
 
         `send(index, among)` sends it to one of `among` and says which (None: a budget
         holds it back, and the rest wait too).
         """
         while self._waiting:
-            clean = [w for w in self.innocent(workers) if not ran_a_crash(w)]
-            worker = send(self._waiting[0], clean) if clean else None
+            free = [w for w in workers if w not in self._suspect_on]
+            idle = [w for w in free if load(w) == 0]
+            if not idle:
+                if self._draining not in free:
+                    self._draining = min(free, key=load, default=None)
+                return
+            drained = self._draining if self._draining in idle else idle[0]
+            worker = send(self._waiting[0], [drained])
             if worker is None:
                 return
             self._suspect_on[worker] = self._waiting.popleft()
+        self._draining = None  # no suspect waits
 
     def settled(self, worker: W, index: int) -> None:
         """`index` is done on `worker`: the worker is no longer a suspect's."""
@@ -75,11 +86,16 @@ class Quarantine(Generic[W]):
     def forget(self, worker: W) -> None:
         """`worker` exited."""
         self._suspect_on.pop(worker, None)
+        if self._draining == worker:
+            self._draining = None
 
     def keep_only(self, owed: Container[int]) -> None:
         """Drop the waiting suspects that are no longer owed (finished otherwise)."""
         self._waiting = deque(index for index in self._waiting if index in owed)
+        if not self._waiting:
+            self._draining = None
 
     def clear(self) -> None:
         self._waiting.clear()
         self._suspect_on.clear()
+        self._draining = None

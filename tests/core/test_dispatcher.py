@@ -158,7 +158,7 @@ def test_a_worker_that_dies_before_it_is_ready_costs_no_crash() -> None:
     assert dispatcher.take_results() == []
 
 
-def test_quarantine_runs_a_suspect_only_beside_fresh_requests_then_fails_the_poison() -> None:
+def test_quarantine_runs_a_suspect_alone_then_fails_the_poison() -> None:
     # Index 0 kills every worker it runs on; the others answer when their worker lives.
     dispatcher = make([ask(i) for i in range(30)], concurrency=6)
     workers, spawned, deaths = ["a", "b"], 0, 0
@@ -172,8 +172,8 @@ def test_quarantine_runs_a_suspect_only_beside_fresh_requests_then_fails_the_poi
                 dispatcher.settle(worker, answer(task))
         if holder is not None:
             held = {task.index for worker, task in tasks_of(sends) if worker == holder}
-            if crashes[0] >= 2:  # a suspect runs only beside requests that never crashed
-                assert not any(crashes[i] for i in held - {0})
+            if crashes[0] >= 2:  # a suspect runs alone
+                assert held == {0}
             crashes.update(held)
             dispatcher.reclaim(holder, CRASHED)
             deaths += 1
@@ -186,6 +186,43 @@ def test_quarantine_runs_a_suspect_only_beside_fresh_requests_then_fails_the_poi
     assert isinstance(error, WorkerCrashedError)
     assert error.attempts == MAX_CRASHES_PER_REQUEST + 1 == deaths
     assert results == {i: f"answer {i}" for i in range(1, 30)}
+
+
+def test_a_suspect_runs_alone_so_poisons_around_it_never_fail_an_innocent_request() -> None:
+    # Every fifth request kills its worker. Workers answer one request a round, oldest
+    # first, so each keeps several in flight: a suspect placed beside running requests
+    # would die with the next poison among them, again and again, and an innocent one
+    # would end as WorkerCrashedError.
+    poisons = set(range(0, 60, 5))
+    dispatcher = make([ask(i) for i in range(60)], concurrency=8)
+    running: dict[str, list[Task]] = {"w0": [], "w1": []}
+    results: dict[int, object] = {}
+    crashes: Counter[int] = Counter()  # of each index: the workers it was on that died
+    spawned = 0
+    while not dispatcher.finished:
+        for worker, task in tasks_of(dispatcher.fill(list(running))):
+            if crashes[task.index] >= 2:
+                assert not running[worker], f"suspect {task.index} sent beside others"
+            running[worker].append(task)
+        for worker in list(running):
+            if not running[worker]:
+                continue
+            task = running[worker].pop(0)
+            if task.index in poisons:
+                crashes.update(t.index for t in [task, *running[worker]])
+                dispatcher.reclaim(worker, CRASHED)
+                del running[worker]
+                spawned += 1
+                running[f"new{spawned}"] = []
+            else:
+                dispatcher.settle(worker, answer(task))
+        results.update(dispatcher.take_results())
+        assert spawned <= 100
+    assert sorted(results) == list(range(60))
+    assert all(isinstance(results[i], WorkerCrashedError) for i in poisons)
+    assert {i: results[i] for i in results if i not in poisons} == {
+        i: f"answer {i}" for i in range(60) if i not in poisons
+    }
 
 
 def test_an_input_error_is_raised_only_after_what_was_read() -> None:
