@@ -64,6 +64,17 @@ def stream_once(requests: list[Any], **options: Any) -> dict[int, Result]:
         return each_once(stream)
 
 
+def kill_once_created(child: Any, fake: FakeOpenAIServer, jobs: int) -> None:
+    """SIGKILL `child` once the server has `jobs` jobs (before any finished)."""
+    try:
+        wait_until(lambda: len(jobs_of(fake)) == jobs, timeout=30, what=f"{jobs} jobs created")
+        child.send_signal(signal.SIGKILL)
+        printed, _ = child.communicate(timeout=10)
+    finally:
+        child.kill()
+    assert printed == ""  # killed before any job finished
+
+
 def paid_twice(fake: FakeOpenAIServer) -> list[str]:
     paid = Counter(cid for job in jobs_of(fake) for cid in job["paid"])
     return [cid for cid, count in paid.items() if count > 1]
@@ -74,38 +85,18 @@ def test_a_rerun_with_the_journal_reattaches_after_a_kill(
 ) -> None:
     jobs_fake.configure(batch_seconds=4.0)
     journal = tmp_path / "jobs.journal"
-    script = textwrap.dedent(
-        f"""
-        from batch_stream_openai import BatchPool, OpenAIRequest
-        if __name__ == "__main__":
-            requests = [OpenAIRequest({SYSTEM!r}, f"k{{i}}", model="gpt-4o-mini", api="chat")
-                        for i in range(30)]
-            with BatchPool(max_concurrency=4, workers=1, base_url={jobs_fake.base_url!r},
-                           api_key={TEST_API_KEY!r}) as pool:
-                for index, value in pool.stream(requests, mode="batch", batch_size=10,
-                                                poll_interval=0.05, journal={str(journal)!r}):
-                    print(index, flush=True)
-        """
-    )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: len(jobs_of(jobs_fake)) == 3, timeout=30, what="3 jobs created")
-        child.send_signal(signal.SIGKILL)
-        printed, _ = child.communicate(timeout=10)
-    finally:
-        child.kill()
-    assert printed == ""  # killed before any job finished
-    creates = jobs_fake.batch_jobs()["calls"].count("POST /v1/batches")
     users = [f"k{i}" for i in range(30)]
+    kill_once_created(start_run(jobs_fake, users, journal), jobs_fake, 3)
+    created = creates(jobs_fake)
     with BatchPool(
         max_concurrency=4, workers=1, base_url=jobs_fake.base_url, api_key=TEST_API_KEY
     ) as pool:
         values = dict(pool.stream([ask(u) for u in users], **FAST, journal=journal))
         assert [values[i] for i in range(30)] == answers(users)
-        assert jobs_fake.batch_jobs()["calls"].count("POST /v1/batches") == creates
+        assert creates(jobs_fake) == created
         # A third run has nothing left to yield, and sends nothing.
         assert list(pool.stream([ask(u) for u in users], **FAST, journal=journal)) == []
-    assert jobs_fake.batch_jobs()["calls"].count("POST /v1/batches") == creates
+    assert creates(jobs_fake) == created
 
 
 def test_run_batch_with_a_journal_returns_everything_on_every_rerun(
@@ -223,14 +214,7 @@ def test_jobs_of_a_killed_run_that_answer_before_the_input_reaches_them_give_eac
     jobs_fake.configure(batch_seconds=1.0)
     journal = tmp_path / "j"
     users = [f"ahead{i}" for i in range(19)] + ["ahead19 [[status=503 times=1]]"]
-    child = start_run(jobs_fake, users, journal)
-    try:
-        wait_until(lambda: len(jobs_of(jobs_fake)) == 2, timeout=30, what="2 jobs created")
-        child.send_signal(signal.SIGKILL)
-        printed, _ = child.communicate(timeout=10)
-    finally:
-        child.kill()
-    assert printed == ""  # killed before any job finished
+    kill_once_created(start_run(jobs_fake, users, journal), jobs_fake, 2)
     finished = lambda: all(job["status"] == "completed" for job in jobs_of(jobs_fake))  # noqa: E731
     wait_until(finished, timeout=30, what="the killed run's jobs finished")
     results = stream_once([ask(u) for u in users], **pool_options, **FAST, journal=journal)
