@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .._signals import block_group_signals
 from ..results import Usage
 
 __all__ = ["Price", "PriceTable", "check_prices", "warm_up"]
@@ -158,10 +159,15 @@ def warm_up() -> None:
         if _warmed:
             return
         _warmed = True
-    thread = threading.Thread(
-        target=_genai_price, args=("gpt-4o-mini", "default"), name="price-table", daemon=True
-    )
+    thread = threading.Thread(target=_warm, name="price-table", daemon=True)
     thread.start()
+
+
+def _warm() -> None:
+    # Ctrl-C and SIGTERM are the main thread's: one this thread took while the main thread
+    # ignores them for a moment (starting a worker) would be lost.
+    block_group_signals()
+    _genai_price("gpt-4o-mini", "default")
 
 
 def _genai_price(model: str, tier: str) -> Price | None:
