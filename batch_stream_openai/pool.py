@@ -22,6 +22,7 @@ Rooms (subpackages), each importing only the rooms below it::
     _core/                one batch in the parent: options, the loop, the dispatcher
                           (no I/O) with its ledger, sender and delivery, the supervisor
     _batchapi/            mode="batch": jobs at the provider, the journal
+    _observe/             OpenTelemetry metrics and spans, recorded in the parent
     _backends/            starting workers: processes, threads, Ray actors
     _worker/              the worker side: task server, the HTTP call
     _spending/            prices, the cost cap, the response cache, admission

@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"pool"},
     {"_core"},
     {"_batchapi"},
+    {"_observe"},
     {"_backends"},
     {"_worker"},
     {"_spending"},

@@ -62,9 +62,7 @@ CREATE TABLE IF NOT EXISTS lines (
 );
 CREATE INDEX IF NOT EXISTS lines_by_job ON lines (job, delivered);
 """
-_OWED = (
-    "SELECT COUNT(*) FROM lines WHERE delivered = 0 AND (job != '' OR answer IS NOT NULL)"
-)
+_OWED = "SELECT COUNT(*) FROM lines WHERE delivered = 0 AND (job != '' OR answer IS NOT NULL)"
 _UPSERT_DELIVERED = (
     "INSERT INTO lines (idx, job, delivered) VALUES (?, '', ?) "
     "ON CONFLICT (idx) DO UPDATE SET delivered = excluded.delivered"
@@ -261,9 +259,7 @@ class Journal:
             self._db.execute("BEGIN")
             for index, send in indices:
                 if send:
-                    self._db.execute(
-                        "DELETE FROM lines WHERE idx = ? AND delivered > 0", (index,)
-                    )
+                    self._db.execute("DELETE FROM lines WHERE idx = ? AND delivered > 0", (index,))
                 else:
                     self._db.execute(_UPSERT_DELIVERED, (index, CONFIRMED))
 

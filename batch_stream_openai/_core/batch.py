@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from .._backends import Worker
+from .._observe.telemetry import Telemetry
 from .._policy.fleet import Fleet
 from .._policy.hedging import Hedging
 from .._policy.limits import Budget
@@ -123,22 +124,24 @@ def build_batch(
             wake=parts.supervisor.wake,
             summary=summary,
         )
+    total = len(requests) if isinstance(requests, Sized) else None
+    telemetry = Telemetry.start(lambda: dispatcher.state(), _described(options, total, parts))
     dispatcher: Dispatcher[Worker] = Dispatcher(
         batch_id,
         _intake(requests, route, check_item),
-        _policies(parts, mode, admission, hedge),
+        _policies(parts, mode, admission, hedge, telemetry),
         Delivery(
             summary,
             rich=rich,
             urls=parts.fleet.urls,
             on_finish=None if route is None else route.finished,
+            telemetry=telemetry,
         ),
         deadline=mode.deadline if route is None else None,
     )
-    total = len(requests) if isinstance(requests, Sized) else None
     progress = ProgressBar(summary, total) if options.get("progress") else None
     message = _options_message(batch_id, postprocess, rich, mode, parts)
-    loop = BatchLoop(dispatcher, parts.supervisor, message, admission, progress)
+    loop = BatchLoop(dispatcher, parts.supervisor, message, admission, progress, telemetry)
     return Batch(loop, summary, route)
 
 
@@ -154,10 +157,14 @@ def _intake(
 
 
 def _policies(
-    parts: PoolParts, mode: BatchMode, admission: Admission, hedge: float | None
+    parts: PoolParts,
+    mode: BatchMode,
+    admission: Admission,
+    hedge: float | None,
+    telemetry: Telemetry | None,
 ) -> Policies:
     """What decides for the batch: the pool's budget and endpoints, its own retries,
-    admission and hedging."""
+    admission and hedging (and where each attempt is recorded)."""
     flex_fallback = mode.mode == "flex" and mode.flex_fallback
     return Policies(
         parts.budget,
@@ -165,7 +172,24 @@ def _policies(
         admission,
         parts.fleet,
         Hedging(hedge) if hedge is not None else None,
+        telemetry,
     )
+
+
+def _described(options: Mapping[str, Any], total: int | None, parts: PoolParts) -> dict[str, Any]:
+    """The batch span's attributes: its size when known, and the options that shape it."""
+    settings = parts.settings
+    shaped = {
+        "size": total,
+        "mode": options.get("mode", "online"),
+        "max_concurrency": "auto" if settings.auto_concurrency else settings.max_concurrency,
+        "endpoints": len(parts.fleet.urls),
+        "cache": parts.cache is not None,
+        "max_cost": options.get("max_cost"),
+        "hedge": bool(options.get("hedge")),
+        "workers": settings.workers,
+    }
+    return {f"batch_stream_openai.batch.{k}": v for k, v in shaped.items() if v is not None}
 
 
 def _check_requests(

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from .._observe.telemetry import Telemetry
 from ..results import BatchSummary, Result, ResultPair
 from .ledger import Entry
 
@@ -36,6 +37,7 @@ class Delivery:
         rich: keep `Result` objects, not plain values.
         urls: the endpoints, by number (a rich result names the one that answered).
         on_finish: told each index's result as it is done, or None.
+        telemetry: where each result is recorded (OpenTelemetry), or None.
         clock: monotonic seconds (a rich result's latency).
     """
 
@@ -46,12 +48,14 @@ class Delivery:
         rich: bool = False,
         urls: Sequence[str] = (),
         on_finish: Callable[[int, Result], None] | None = None,
+        telemetry: Telemetry | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.summary = summary if summary is not None else BatchSummary()
         self._rich = rich
         self._urls = urls
         self._on_finish = on_finish
+        self._telemetry = telemetry
         self._clock = clock
         self._done: list[ResultPair] = []  # [(index, value)], not yet taken
 
@@ -71,12 +75,23 @@ class Delivery:
         self.summary.add(result, tries)
         if self._on_finish is not None:
             self._on_finish(index, result)
+        if self._telemetry is not None:
+            self._record(index, entry, tries, result)
         if not self._rich:
             self._done.append((index, result.value))
         elif entry is not None:
             self._done.append((index, entry.rich(index, result, self._clock(), self._urls)))
         else:
             self._done.append((index, replace(result, index=index, latency_s=0.0)))
+
+    def _record(self, index: int, entry: Entry | None, tries: int, result: Result) -> None:
+        assert self._telemetry is not None
+        if entry is None:
+            self._telemetry.finished(index, None, "", None, tries, result)
+            return
+        rich = entry.rich(index, result, self._clock(), self._urls)
+        since = entry.retry.first_sent_at
+        self._telemetry.finished(index, entry, rich.base_url or "", since, tries, rich)
 
     def take(self) -> list[ResultPair]:
         """The results finished since the last call."""

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
+from .._observe.instruments import State
 from .._policy.quarantine import MAX_CRASHES_PER_REQUEST, Quarantine
 from .._wire.protocol import Cancel, Exit, Outcome
 from ..errors import DeadlineExceededError, RequestError, WorkerCrashedError
@@ -133,6 +134,11 @@ class Dispatcher(Generic[W]):
         """Requests read and not yet finished."""
         return len(self._ledger)
 
+    def state(self) -> State:
+        """The gauges of the batch (sent, waiting, the concurrency limit, the jobs)."""
+        sent = self._ledger.slots
+        return State(sent, len(self._ledger) - sent, self._sender.capacity(), self.summary.jobs)
+
     def owing_since(self, worker: W) -> float | None:
         """Since when `worker` holds requests of this batch without a break (None: idle)."""
         return self._ledger.owing_since(worker)
@@ -225,7 +231,7 @@ class Dispatcher(Generic[W]):
         self._admission.price(result, entry.model, entry.retry.standard)
         if attempt.reserved is not None:
             self._admission.settle_cost(attempt.reserved, result)
-        blamed = self._sender.ended(entry, attempt, result)
+        blamed = self._sender.ended(index, entry, attempt, result)
         error = result.error
         if error is None:
             used = result.usage.total_tokens if result.usage is not None else None

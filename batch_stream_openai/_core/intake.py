@@ -17,6 +17,7 @@ from .._wire.sources import PENDING
 
 __all__ = ["Intake"]
 
+
 class Intake:
     """The input of one batch.
 

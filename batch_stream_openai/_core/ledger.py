@@ -15,6 +15,7 @@ from collections.abc import Container, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
+from .._observe.names import operation_of
 from .._policy.limits import token_estimate
 from .._policy.retry import Tries
 from .._spending.cap import Reservation
@@ -62,6 +63,7 @@ class Entry:
     key: bytes | None = None  # its response-cache key, when the cache is on
     replay: bool = False  # a cache hit sent to a worker only for `postprocess`
     routed: bool = False  # an OpenAI-routed request: its attempts go to the fleet
+    operation: str = "chat"  # its ``gen_ai.operation.name`` (chat, embeddings, ...)
     counted: bool = False  # counted against the concurrency (a request to send)
     attempts: int = 0  # attempts sent so far (retries, re-sends, failovers, hedges)
     crashes: int = 0  # workers that died while running it
@@ -76,12 +78,21 @@ class Entry:
         """The entry of request `index` (`estimate`: count its tokens, for `tpm` or the
         cost cap); raises ResultTransferError (for `index`) if it cannot be pickled."""
         payload = Task.pickle_payload(request, index)
-        routed = request.uses_openai_sdk
+        routed, operation = request.uses_openai_sdk, operation_of(request)
         if not estimate:
-            return cls(payload, 0, request.model, key=key, routed=routed)
+            return cls(payload, 0, request.model, key=key, routed=routed, operation=operation)
         prompt_tokens, cap = token_estimate(request)
         tokens = prompt_tokens + (cap or 0)
-        return cls(payload, tokens, request.model, prompt_tokens, cap, key, routed=routed)
+        return cls(
+            payload,
+            tokens,
+            request.model,
+            prompt_tokens,
+            cap,
+            key,
+            routed=routed,
+            operation=operation,
+        )
 
     def new_attempt(self) -> int:
         """The number of the attempt about to be sent."""

@@ -14,6 +14,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 from .._backends import Worker
+from .._observe.telemetry import Telemetry
 from .._spending.admission import Admission
 from .._wire.protocol import BatchOptions, Cancel
 from ..errors import WorkerCrashedError
@@ -47,6 +48,7 @@ class BatchLoop:
         options: the batch's options message for the workers.
         admission: the batch's cache and cost cap (its writes are committed as it goes).
         progress: the progress bar, or None.
+        telemetry: the batch's OpenTelemetry metrics and spans, or None.
     """
 
     def __init__(
@@ -56,12 +58,14 @@ class BatchLoop:
         options: BatchOptions,
         admission: Admission,
         progress: ProgressBar | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self._supervisor = supervisor
         self._options = options
         self._admission = admission
         self._progress = progress
+        self._telemetry = telemetry
         self._interrupted = False
 
     def interrupt(self) -> None:
@@ -74,6 +78,7 @@ class BatchLoop:
         tell the pool when the batch starts, needs its workers, and ends."""
         dispatcher, supervisor = self.dispatcher, self._supervisor
         hooks.started(self)
+        error: BaseException | None = None
         try:
             dispatcher.peek()  # an empty input needs no worker
             if not dispatcher.finished:
@@ -92,8 +97,11 @@ class BatchLoop:
                 self._turn()
             if dispatcher.input_error is not None:
                 raise dispatcher.input_error
+        except BaseException as raised:
+            error = None if isinstance(raised, GeneratorExit) else raised  # not: a `break`
+            raise
         finally:
-            self._end()
+            self._end(error)
             hooks.ended(self)
 
     def _turn(self) -> None:
@@ -117,10 +125,12 @@ class BatchLoop:
                     )
                 )
 
-    def _end(self) -> None:
+    def _end(self, error: BaseException | None) -> None:
         self.dispatcher.summary.finish()
         if self._progress is not None:
             self._progress.close()
+        if self._telemetry is not None:
+            self._telemetry.close(self.dispatcher.summary, error)
         self._admission.commit()
         self._supervisor.begin([])
         if self.dispatcher.in_flight or self.dispatcher.abandoned:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from .._observe.telemetry import Telemetry
 from .._policy.fleet import Fleet
 from .._policy.hedging import Hedging
 from .._policy.limits import Budget
@@ -43,6 +44,7 @@ class Policies:
         admission: the response cache, in-flight dedup, the cost cap and the prices.
         fleet: the endpoints each OpenAI-routed attempt goes to (default: one, unnamed).
         hedging: hedge stragglers, or None.
+        telemetry: where each attempt is recorded (OpenTelemetry), or None.
     """
 
     budget: Budget
@@ -50,6 +52,7 @@ class Policies:
     admission: Admission = field(default_factory=Admission)
     fleet: Fleet = field(default_factory=lambda: Fleet([""]))
     hedging: Hedging | None = None
+    telemetry: Telemetry | None = None
 
 
 class Sender(Generic[W]):
@@ -78,6 +81,7 @@ class Sender(Generic[W]):
         self._fleet = policies.fleet
         self._admission = policies.admission
         self._hedging = policies.hedging
+        self._telemetry = policies.telemetry
         self._summary = summary
         self._clock = clock
         self.blocked_until = 0.0  # when the budget lets the next send go (monotonic)
@@ -171,9 +175,10 @@ class Sender(Generic[W]):
         fleet.sent(target)
         return worker, target
 
-    def ended(self, entry: Entry, attempt: Attempt, result: Result) -> int | None:
-        """An attempt ended: the hedging may be offered held-back hedges again; tell the
-        fleet and the hedging how it went. The endpoint to blame for its failure, if any."""
+    def ended(self, index: int, entry: Entry, attempt: Attempt, result: Result) -> int | None:
+        """An attempt of `index` ended: the hedging may be offered held-back hedges again;
+        tell the fleet, the hedging and the telemetry how it went. The endpoint to blame
+        for its failure, if any."""
         self._hedge_held = False
         latency = result.latency_s
         hedging = self._hedging
@@ -181,10 +186,13 @@ class Sender(Generic[W]):
             # As the parent sees it: what a running request's age is compared with.
             hedging.answered(self._clock() - attempt.sent_at)
         target = attempt.endpoint
+        fleet = self._fleet
+        if self._telemetry is not None:
+            url = fleet.urls[target] if target is not None else ""
+            self._telemetry.attempt(index, entry, url, result)
         if target is None:
             return None
         entry.ended_on(target)
-        fleet = self._fleet
         self._summary.add_attempt(fleet.urls[target], latency, result.error is None)
         return target if fleet.ended(target, latency, result.error) else None
 

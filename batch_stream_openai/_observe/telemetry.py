@@ -1,0 +1,218 @@
+"""OpenTelemetry metrics and spans of one batch, recorded in the parent.
+
+The parent sees every attempt and every result, so it records them all; the workers know
+nothing of it. Names follow OpenTelemetry's GenAI semantic conventions:
+
+- ``gen_ai.client.operation.duration`` (s) per attempt and ``gen_ai.client.token.usage``
+  (``{token}``, by ``gen_ai.token.type``) per answer, with the spec's buckets and
+  attributes (``gen_ai.operation.name``, ``gen_ai.provider.name``,
+  ``gen_ai.request.model``, ``gen_ai.response.model``, ``server.address``,
+  ``server.port``, ``error.type``);
+- the library's own under ``batch_stream_openai.``: results by outcome, retries, hedges,
+  spend, and gauges of the requests in flight and waiting, the concurrency limit and the
+  Batch API jobs by state (no attribute per request: bounded cardinality);
+- a span per batch (``batch_stream_openai.batch``, a child of the caller's current span)
+  and a CLIENT span per request under it (``{operation} {model}``, from its first send to
+  its result; each attempt an event). Prompts and answers are never recorded.
+
+Nothing is imported and nothing recorded unless the application imported OpenTelemetry
+and set a global `MeterProvider` or `TracerProvider` before the batch started.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from ..results import BatchSummary, Result
+from .instruments import METER, Instruments, State, instruments_of, library_version, set_provider
+from .names import error_type, outcome_of, provider_of, server_of
+
+__all__ = ["Described", "Telemetry"]
+
+
+class Described(Protocol):
+    """What the parent keeps of a request (its ledger entry)."""
+
+    operation: str
+    model: str
+    routed: bool
+
+
+class Telemetry:
+    """The metrics and spans of one batch (`start` makes one only when a provider is set).
+
+    Parameters:
+        instruments: the meter provider's instruments, or None (no metrics).
+        tracer: the tracer, or None (no spans).
+        state: the batch's gauges, read when the metrics are collected.
+        attributes: the batch span's attributes (its size, mode, options).
+    """
+
+    def __init__(
+        self,
+        instruments: Instruments | None,
+        tracer: Any,
+        state: Callable[[], State],
+        attributes: Mapping[str, Any],
+    ) -> None:
+        self._instruments = instruments
+        self._tracer = tracer
+        self.state = state
+        self._wall = time.time_ns() - time.monotonic_ns()  # monotonic -> epoch
+        self._attempts: dict[int, list[tuple[str, dict[str, Any], int]]] = {}  # span events
+        self._batch: Any = None
+        if tracer is not None:
+            self._batch = tracer.start_span("batch_stream_openai.batch", attributes=attributes)
+        if instruments is not None:
+            instruments.live.add(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Telemetry metrics={self._instruments is not None} spans={self._tracer is not None}>"
+        )
+
+    @classmethod
+    def start(cls, state: Callable[[], State], attributes: Mapping[str, Any]) -> Telemetry | None:
+        """The telemetry of a batch starting now, or None when the application set no
+        OpenTelemetry provider (looked up now: one set after the import counts)."""
+        meters = set_provider("opentelemetry.metrics", "get_meter_provider", "_ProxyMeterProvider")
+        tracers = set_provider("opentelemetry.trace", "get_tracer_provider", "ProxyTracerProvider")
+        if meters is None and tracers is None:
+            return None
+        instruments = instruments_of(meters) if meters is not None else None
+        tracer = tracers.get_tracer(METER, library_version()) if tracers else None
+        return cls(instruments, tracer, state, attributes)
+
+    def attempt(self, index: int, request: Described, url: str, result: Result) -> None:
+        """One attempt of `index` ended (at the endpoint `url`) with `result`."""
+        attributes = self._common(request, url)
+        if result.model:
+            attributes["gen_ai.response.model"] = result.model
+        if result.error is not None:
+            attributes["error.type"] = error_type(result.error)
+        if (instruments := self._instruments) is not None:
+            instruments.duration.record(result.latency_s, attributes)
+            if (usage := result.usage) is not None:
+                for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
+                    instruments.tokens.record(count, {**attributes, "gen_ai.token.type": kind})
+        if self._tracer is not None:
+            event = {"batch_stream_openai.duration_s": result.latency_s}
+            if result.error is not None:
+                event["error.type"] = attributes["error.type"]
+            self._attempts.setdefault(index, []).append(("attempt", event, time.time_ns()))
+
+    def finished(
+        self,
+        index: int,
+        request: Described | None,
+        url: str,
+        since: float | None,
+        tries: int,
+        result: Result,
+    ) -> None:
+        """`index` is done with `result` (`since`: when it was first sent, monotonic;
+        `tries`: its attempts, hedges and failovers not counted)."""
+        if (instruments := self._instruments) is not None:
+            instruments.results.add(1, {"batch_stream_openai.outcome": outcome_of(result)})
+            if tries > 1:
+                instruments.retries.add(tries - 1)
+            if result.hedged:
+                instruments.hedges.add(1)
+            if result.cost_usd and not result.cached:
+                instruments.cost.add(result.cost_usd)
+        if self._tracer is not None:
+            self._span(index, request, url, since, result)
+
+    def close(self, summary: BatchSummary, error: BaseException | None) -> None:
+        """The batch ended (`error`: what ended it early, if anything)."""
+        if self._instruments is not None:
+            self._instruments.live.discard(self)
+        if (span := self._batch) is None:
+            return
+        span.set_attributes(
+            {
+                "batch_stream_openai.batch.ok": summary.ok,
+                "batch_stream_openai.batch.failed": summary.failed,
+                "batch_stream_openai.batch.cost_usd": summary.cost_usd,
+            }
+        )
+        if error is not None:
+            _failed(span, type(error).__name__)
+        span.end()
+
+    def _common(self, request: Described | None, url: str) -> dict[str, Any]:
+        if request is None:  # answered without being sent (the cache)
+            return {}
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": request.operation,
+            "gen_ai.provider.name": provider_of(request.model, request.routed),
+            "gen_ai.request.model": request.model,
+        }
+        if request.routed:
+            attributes["server.address"], attributes["server.port"] = server_of(url)
+        return attributes
+
+    def _span(
+        self, index: int, request: Described | None, url: str, since: float | None, result: Result
+    ) -> None:
+        """The request's CLIENT span, from its first send to now, its attempts as events."""
+        from opentelemetry import trace
+
+        attributes = self._common(request, url)
+        attributes.update(_answer_attributes(index, result))
+        now = time.time_ns()
+        start = now if since is None else self._wall + int(since * 1e9)
+        operation = attributes.get("gen_ai.operation.name", "chat")
+        name = f"{operation} {attributes.get('gen_ai.request.model', '')}"
+        span = self._tracer.start_span(
+            name.strip(),
+            context=trace.set_span_in_context(self._batch),
+            kind=trace.SpanKind.CLIENT,
+            start_time=start,
+            attributes=attributes,
+        )
+        for event, fields, at in self._attempts.pop(index, ()):
+            span.add_event(event, fields, at)
+        if result.error is not None:
+            _failed(span, error_type(result.error))
+        span.end(now)
+
+
+def _answer_attributes(index: int, result: Result) -> dict[str, Any]:
+    """What a request's span says of its answer (never its prompt or text)."""
+    attributes: dict[str, Any] = {
+        "batch_stream_openai.index": index,
+        "batch_stream_openai.cached": result.cached,
+        "batch_stream_openai.attempts": result.attempts,
+    }
+    if result.model:
+        attributes["gen_ai.response.model"] = result.model
+    if result.response_id:
+        attributes["gen_ai.response.id"] = result.response_id
+    if (usage := result.usage) is not None:
+        attributes["gen_ai.usage.input_tokens"] = usage.input_tokens
+        attributes["gen_ai.usage.output_tokens"] = usage.output_tokens
+    if result.cost_usd is not None:
+        attributes["batch_stream_openai.cost_usd"] = result.cost_usd
+    if reasons := _finish_reasons(result.body):
+        attributes["gen_ai.response.finish_reasons"] = reasons
+    return attributes
+
+
+def _finish_reasons(body: Mapping[str, Any] | None) -> list[str]:
+    """Chat Completions' ``finish_reason`` of each choice (the Responses API has none)."""
+    choices = body.get("choices") if body else None
+    if not isinstance(choices, list):
+        return []
+    return [
+        str(c["finish_reason"]) for c in choices if isinstance(c, dict) and c.get("finish_reason")
+    ]
+
+
+def _failed(span: Any, kind: str) -> None:
+    from opentelemetry.trace import Status, StatusCode
+
+    span.set_attribute("error.type", kind)
+    span.set_status(Status(StatusCode.ERROR, kind))
