@@ -28,7 +28,8 @@ def operation_of(request: object) -> str:
     """``gen_ai.operation.name``: ``embeddings``, or ``chat`` (Chat Completions and
     Responses).
 
-    >>> operation_of(EmbeddingRequest("hi")), operation_of(RawRequest("/v1/embeddings", {}))
+    >>> vector = RawRequest("/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"})
+    >>> operation_of(EmbeddingRequest("hi")), operation_of(vector)
     ('embeddings', 'embeddings')
     """
     embeds = isinstance(request, RawRequest) and request.url == "/v1/embeddings"
