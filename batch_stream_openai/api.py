@@ -49,6 +49,7 @@ class BatchArguments(PerBatchOptions, total=False):
     ray_address: str | None
     cache: str | Path | bool | None
     prices: Mapping[str, Mapping[str, float]] | None
+    metrics_port: int | None
 
 
 _STREAM_KEYS = frozenset(PerBatchOptions.__annotations__)

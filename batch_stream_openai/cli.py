@@ -224,6 +224,7 @@ def _readers() -> dict[str, dict[str, Any]]:
         "int>=0": {"type": _number(int, 0)},
         "int>=1": {"type": _number(int, 1)},
         "float>0": {"type": _number(float, 0, inclusive=False)},
+        "port": {"type": _port},
         "text": {},
         "urls": {"action": "append"},
         "concurrency": {"type": _concurrency},

@@ -74,6 +74,7 @@ from ._core.loop import BatchLoop, PoolHooks
 from ._core.options import options_doc
 from ._core.settings import PoolSettings, default_workers
 from ._core.supervisor import MAIN_GUARD_HINT, Supervisor
+from ._observe.prometheus import serve_metrics
 from ._policy.fleet import Fleet
 from ._policy.limits import Budget
 from ._policy.retry import RetrySchedule
@@ -169,6 +170,7 @@ class BatchPool:
         ray_address: str | None = None,
         cache: str | Path | bool | None = None,
         prices: Mapping[str, Mapping[str, float]] | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         # Every keyword argument above, as given (the option list is declared once, in
         # `_core/options.py`; a test checks this signature against it).
@@ -204,6 +206,7 @@ class BatchPool:
             self._cache,
             self._supervisor,
             postprocess,
+            serve_metrics(metrics_port) if metrics_port is not None else None,
         )
         self._state = PoolState.CREATED
         self._batch_ids = itertools.count(1)

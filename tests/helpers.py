@@ -171,9 +171,12 @@ def creates(fake: FakeOpenAIServer) -> int:
 
 
 RERUN_SCRIPT = """
-import os, sys
+import os, signal, sys
 from batch_stream_openai import OpenAIRequest, stream_batch
 if __name__ == "__main__":
+    # Ctrl-C raises, as in a terminal, even when the tests run as a background job (which
+    # starts with it ignored: Python then installs no handler).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     requests = [OpenAIRequest({system!r}, f"{prefix}{{i}}", model="gpt-4o-mini", api="chat")
                 for i in range({count})]
     stream = stream_batch(requests, max_concurrency=4, workers=1, base_url={base_url!r},

@@ -4,7 +4,7 @@ server, with injected faults, and the invariants every run must keep.
 A `Scenario` is drawn by `scenarios()` (hypothesis): the requests (every kind, both APIs,
 a fault directive each), the options (`cache`, `mode`, `journal`, `max_cost`, several
 endpoints with one dead, fixed or ``"auto"`` concurrency, `hedge`, `postprocess`,
-`return_results`, workers) and a crash (a worker SIGKILLed once, or the whole parent
+`return_results`, workers, `metrics_port`) and a crash (a worker SIGKILLed once, or the whole parent
 killed mid-stream and the batch run again). `run_scenario` runs it and checks:
 
 - an option that cannot act is refused before anything is sent;
@@ -14,7 +14,8 @@ killed mid-stream and the batch run again). `run_scenario` runs it and checks:
 - with a cache, a second run sends nothing for what the first got and yields the same;
 - batch mode never has the server answer a line twice (the journal re-attaches);
 - spend stays within ``max_cost`` (the README's bound: answers here are of like length);
-- the API key is in nothing returned, nor in the cache or the journal files.
+- the API key is in nothing returned, nor in the cache or the journal files;
+- with `metrics_port`, Prometheus scrapes one more result counted per result yielded.
 
 `tests/test_model_based.py` runs a fast, fixed profile in the test suite;
 ``python scripts/model_based.py --minutes 30`` the long one.
@@ -27,12 +28,15 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from batch_stream_openai import (
@@ -51,6 +55,8 @@ from batch_stream_openai.testing.answers import expected_embedding
 
 from .helpers import closed_port
 
+# One port per test process: its metrics server runs until the process exits.
+METRICS_PORT = closed_port()
 # Long and real-looking: anything showing it is a leak.
 SECRET_KEY = "sk-model-test-3f1c9a7e5b2d4c6e8f0a"
 SYSTEM = "You are terse."
@@ -96,6 +102,7 @@ class Scenario:
     postprocess: bool = False
     rich: bool = False
     workers: int = 1
+    metrics: bool = False  # metrics_port: served for Prometheus, scraped around the run
     crash: str = ""  # "", "worker" (one SIGKILL) or "parent" (killed mid-stream, run again)
     tag: str = field(default="", compare=False)  # makes prompts unique to this run
 
@@ -153,6 +160,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         postprocess=draw(st.booleans()),
         rich=draw(st.booleans()),
         workers=draw(st.sampled_from((1, 2))),
+        metrics=draw(st.booleans()),
         crash=draw(st.sampled_from(crashes)),
     )
 
@@ -184,6 +192,8 @@ def options_of(scenario: Scenario, server: FakeOpenAIServer, folder: Path) -> di
         options["hedge"] = 0.5
     if scenario.deadline is not None:
         options["deadline"] = scenario.deadline
+    if scenario.metrics:
+        options["metrics_port"] = METRICS_PORT
     if scenario.crash == "worker":
         options["postprocess"] = killing_once(folder / "killed")
     elif scenario.postprocess:
@@ -257,6 +267,7 @@ def run_once(
 ) -> Outcome:
     """Stream the batch once; every index of `expected` (default: all) exactly once."""
     before = server.stats().requests
+    counted = results_counted(options.get("metrics_port"))
     seen: Counter[int] = Counter()
     results: dict[int, Result] = {}
     stream = stream_batch(scenario.requests(), **options)
@@ -265,6 +276,9 @@ def run_once(
             seen[index] += 1
             results[index] = result
     assert max(seen.values(), default=1) == 1, f"yielded twice: {seen.most_common(3)}"
+    if "metrics_port" in options:
+        recorded = results_counted(options["metrics_port"]) - counted
+        assert recorded == len(results), f"metrics counted {recorded} of {len(results)} results"
     everything = set(range(len(scenario.kinds)))
     missing = (everything if expected is None else expected) - set(results)
     assert not missing, f"indices missing: {sorted(missing)}"
@@ -298,6 +312,7 @@ def crash_then_rerun(
     """Kill a parent process after about half the results, then run the batch again here."""
     plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()}
     plain.pop("postprocess", None)  # a callable does not go into JSON (nor this crash)
+    plain.pop("metrics_port", None)  # this process serves that port
     fields = {**asdict(scenario), "crash": ""}
     code = CHILD.format(
         root=str(Path(__file__).parent.parent),
@@ -328,6 +343,24 @@ def crash_then_rerun(
     else:
         again = run_once(scenario, options, server)
     return again
+
+
+def results_counted(port: int | None) -> float:
+    """``batch_stream_openai_results_total`` as Prometheus scrapes it at `port` now, summed
+    over its outcomes (0 before anything was recorded, or without a port)."""
+    if port is None:
+        return 0.0
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            text = page.read().decode()
+    except urllib.error.URLError:
+        return 0.0  # not served yet: the first batch with metrics_port starts it
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "batch_stream_openai_results_total"
+    )
 
 
 def check_paid_once(server: FakeOpenAIServer, jobs_before: set[str]) -> None:

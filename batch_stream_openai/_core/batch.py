@@ -64,6 +64,7 @@ class PoolParts:
     cache: ResponseCache | None
     supervisor: Supervisor
     postprocess: Postprocess | None  # the pool's (a batch's own wins)
+    meters: Any = None  # the MeterProvider `metrics_port` serves, if any
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ def build_batch(
             summary=summary,
         )
     total = len(requests) if isinstance(requests, Sized) else None
-    telemetry = Telemetry.start(lambda: dispatcher.state(), _described(options, total, parts))
+    described = _described(options, total, parts)
+    telemetry = Telemetry.start(lambda: dispatcher.state(), described, parts.meters)
     dispatcher: Dispatcher[Worker] = Dispatcher(
         batch_id,
         _intake(requests, route, check_item),

@@ -70,7 +70,7 @@ class Flag:
     Parameters:
         name: the flag, as ``--max-cost``.
         reads: how its text is read, a key of the command line's readers: ``int>=0``,
-            ``int>=1``, ``float>0``, ``text``, ``urls`` (repeatable), ``concurrency``
+            ``int>=1``, ``float>0``, ``port``, ``text``, ``urls`` (repeatable), ``concurrency``
             (a number or ``auto``), ``prices`` (JSON), ``mode``, ``fraction`` (optional).
         help: the command line's words, where the option's own line does not fit a
             file run (None: the option's).
@@ -392,6 +392,15 @@ OPTIONS: tuple[Option, ...] = (
         "flex mode: send at the standard tier what flex had no capacity for (default True)",
         pool=False,
         idle=_only_mode("flex"),
+    ),
+    Option(
+        "metrics_port",
+        None,
+        "int | None",
+        "serve the metrics (OpenTelemetry's) for Prometheus at http://127.0.0.1:PORT/metrics"
+        " while the process runs; needs the [otel] extra",
+        pool=True,
+        flag=Flag("--metrics-port", "port", metavar="PORT"),
     ),
     Option(
         "hedge",

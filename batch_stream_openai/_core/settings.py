@@ -73,6 +73,7 @@ class PoolSettings:
     ray_address: str | None
     cache: Path | None
     prices: Mapping[str, Price]
+    metrics_port: int | None
 
     @classmethod
     def check(cls, **given: Any) -> PoolSettings:
@@ -111,6 +112,7 @@ class PoolSettings:
             ray_address=given["ray_address"],
             cache=_cache_path(given["cache"]),
             prices=check_prices(given["prices"]),
+            metrics_port=_port("metrics_port", given["metrics_port"]),
         )
 
     @property
@@ -189,3 +191,12 @@ def _cache_path(cache: object) -> Path | None:
     if isinstance(cache, (str, os.PathLike)):
         return Path(cache).expanduser()
     raise TypeError(f"cache must be a path, True or None, got {type(cache).__name__}")
+
+
+def _port(name: str, port: object) -> int | None:
+    """A TCP port to listen on (1 to 65535), or None."""
+    if port is None:
+        return None
+    if (checked := check_int(name, port, minimum=1)) > 65535:
+        raise ValueError(f"{name} must be a TCP port, at most 65535, got {port}")
+    return checked

@@ -90,8 +90,12 @@ class Instruments:
         self.results = meter.create_counter(
             f"{METER}.results", unit="{request}", description="Requests done, by outcome"
         )
-        self.retries = meter.create_counter(f"{METER}.retries", unit="{attempt}")
-        self.hedges = meter.create_counter(f"{METER}.hedges", unit="{request}")
+        self.retries = meter.create_counter(
+            f"{METER}.retries", unit="{attempt}", description="Attempts after a request's first"
+        )
+        self.hedges = meter.create_counter(
+            f"{METER}.hedges", unit="{request}", description="Requests duplicated (hedged)"
+        )
         self.cost = meter.create_counter(f"{METER}.cost", unit="USD", description="Spend")
         self.live: weakref.WeakSet[Any] = weakref.WeakSet()  # the batches running
         gauges: list[tuple[str, str, Callable[[State], float]]] = [

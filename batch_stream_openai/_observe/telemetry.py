@@ -44,7 +44,7 @@ class Telemetry:
     """The metrics and spans of one batch (`start` makes one only when a provider is set).
 
     Parameters:
-        instruments: the meter provider's instruments, or None (no metrics).
+        instruments: the instruments of each meter provider (none: no metrics).
         tracer: the tracer, or None (no spans).
         state: the batch's gauges, read when the metrics are collected.
         attributes: the batch span's attributes (its size, mode, options).
@@ -52,7 +52,7 @@ class Telemetry:
 
     def __init__(
         self,
-        instruments: Instruments | None,
+        instruments: list[Instruments],
         tracer: Any,
         state: Callable[[], State],
         attributes: Mapping[str, Any],
@@ -65,25 +65,27 @@ class Telemetry:
         self._batch: Any = None
         if tracer is not None:
             self._batch = tracer.start_span("batch_stream_openai.batch", attributes=attributes)
-        if instruments is not None:
-            instruments.live.add(self)
+        for each in instruments:
+            each.live.add(self)
 
     def __repr__(self) -> str:
-        return (
-            f"<Telemetry metrics={self._instruments is not None} spans={self._tracer is not None}>"
-        )
+        providers, spans = len(self._instruments), self._tracer is not None
+        return f"<Telemetry meter_providers={providers} spans={spans}>"
 
     @classmethod
-    def start(cls, state: Callable[[], State], attributes: Mapping[str, Any]) -> Telemetry | None:
-        """The telemetry of a batch starting now, or None when the application set no
-        OpenTelemetry provider (looked up now: one set after the import counts)."""
+    def start(
+        cls, state: Callable[[], State], attributes: Mapping[str, Any], own: Any = None
+    ) -> Telemetry | None:
+        """The telemetry of a batch starting now, or None when there is no provider:
+        neither the application's (looked up now: one set after the import counts) nor
+        the library's `own` (`metrics_port`'s)."""
         meters = set_provider("opentelemetry.metrics", "get_meter_provider", "_ProxyMeterProvider")
         tracers = set_provider("opentelemetry.trace", "get_tracer_provider", "ProxyTracerProvider")
-        if meters is None and tracers is None:
+        providers = [provider for provider in (meters, own) if provider is not None]
+        if not providers and tracers is None:
             return None
-        instruments = instruments_of(meters) if meters is not None else None
         tracer = tracers.get_tracer(METER, library_version()) if tracers else None
-        return cls(instruments, tracer, state, attributes)
+        return cls([instruments_of(p) for p in providers], tracer, state, attributes)
 
     def attempt(self, index: int, request: Described, url: str, result: Result) -> None:
         """One attempt of `index` ended (at the endpoint `url`) with `result`."""
@@ -92,9 +94,10 @@ class Telemetry:
             attributes["gen_ai.response.model"] = result.model
         if result.error is not None:
             attributes["error.type"] = error_type(result.error)
-        if (instruments := self._instruments) is not None:
+        usage = result.usage
+        for instruments in self._instruments:
             instruments.duration.record(result.latency_s, attributes)
-            if (usage := result.usage) is not None:
+            if usage is not None:
                 for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
                     instruments.tokens.record(count, {**attributes, "gen_ai.token.type": kind})
         if self._tracer is not None:
@@ -114,7 +117,7 @@ class Telemetry:
     ) -> None:
         """`index` is done with `result` (`since`: when it was first sent, monotonic;
         `tries`: its attempts, hedges and failovers not counted)."""
-        if (instruments := self._instruments) is not None:
+        for instruments in self._instruments:
             instruments.results.add(1, {"batch_stream_openai.outcome": outcome_of(result)})
             if tries > 1:
                 instruments.retries.add(tries - 1)
@@ -127,8 +130,8 @@ class Telemetry:
 
     def close(self, summary: BatchSummary, error: BaseException | None) -> None:
         """The batch ended (`error`: what ended it early, if anything)."""
-        if self._instruments is not None:
-            self._instruments.live.discard(self)
+        for instruments in self._instruments:
+            instruments.live.discard(self)
         if (span := self._batch) is None:
             return
         span.set_attributes(
