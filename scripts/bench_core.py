@@ -16,6 +16,9 @@ streams the batch. Measured per run:
 
 Runs alternate between the two trees; the table gives medians and the ratio of the
 medians. Writes section "core" of BENCHMARKS.md (``--print-only``: only prints it).
+With ``--metrics``, this tree also runs with an OpenTelemetry `MeterProvider` set (an
+in-memory reader: the cost of recording, not of exporting), written to section
+"core-metrics" against this tree without one.
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ RUN_ONE = textwrap.dedent(
         return total
 
     if __name__ == "__main__":
+        if sys.argv[5] == "metrics":  # an application that set a MeterProvider
+            from opentelemetry import metrics
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+            metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
         options = dict(base_url=base_url, api_key="sk-bench-0123456789")
         with BatchPool(max_concurrency=concurrency, **options) as pool:
             pool.run(list(requests(concurrency, "warm-up")))
@@ -79,10 +88,13 @@ RUN_ONE = textwrap.dedent(
 )
 
 
-def run_once(tree: Path, base_url: str, count: int, concurrency: int, server_pid: int) -> dict:
+def run_once(
+    tree: Path, base_url: str, count: int, concurrency: int, server_pid: int, metrics: bool
+) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    arguments = [base_url, str(count), str(concurrency), str(server_pid)]
     out = subprocess.run(
-        [sys.executable, "-c", RUN_ONE, base_url, str(count), str(concurrency), str(server_pid)],
+        [sys.executable, "-c", RUN_ONE, *arguments, "metrics" if metrics else "plain"],
         cwd=tree,
         env=env,
         capture_output=True,
@@ -128,31 +140,43 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="this tree against itself with an OpenTelemetry MeterProvider set (section C3)",
+    )
     parser.add_argument("--print-only", action="store_true", help="do not write BENCHMARKS.md")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from batch_stream_openai.testing import FakeOpenAIServer
 
-    trees = {"this tree": ROOT}
+    trees = {"this tree": (ROOT, False)}
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(FakeOpenAIServer())
         if args.baseline:
-            trees = {f"baseline {args.baseline}": stack.enter_context(checked_out(args.baseline))}
-            trees["this tree"] = ROOT
+            baseline = stack.enter_context(checked_out(args.baseline))
+            trees = {f"baseline {args.baseline}": (baseline, False), "this tree": (ROOT, False)}
+        if args.metrics:
+            trees["this tree, metrics on"] = (ROOT, True)
         runs: dict[str, list[dict]] = {label: [] for label in trees}
         for run in range(args.runs):
-            for label, tree in trees.items():
+            for label, (tree, metrics) in trees.items():
                 server.reset()
                 result = run_once(
-                    tree, server.base_url, args.requests, args.concurrency, server.pid
+                    tree, server.base_url, args.requests, args.concurrency, server.pid, metrics
                 )
                 runs[label].append(result)
                 print(f"run {run + 1} {label}: {result}", file=sys.stderr)
     baseline_label = f"baseline {args.baseline}" if args.baseline else None
+    if args.metrics:
+        baseline_label = baseline_label or "this tree"
     command = " ".join(["python scripts/bench_core.py", *sys.argv[1:]])
+    heading = "## C2. Core throughput and CPU per request, before and after"
+    if args.metrics:
+        heading = "## C3. The cost of OpenTelemetry metrics (a MeterProvider set)"
     section = "\n".join(
         [
-            "## C2. Core throughput and CPU per request, before and after",
+            heading,
             "",
             f"`{command}` on {time.strftime('%Y-%m-%d')}, library at git `{git_revision()}`. "
             f"{args.requests:,} chat requests at zero server latency, concurrency "
@@ -170,7 +194,7 @@ def main() -> int:
     if not args.print_only:
         from benchmarks_md import save_section
 
-        save_section("core", section)
+        save_section("core-metrics" if args.metrics else "core", section)
     return 0
 
 
