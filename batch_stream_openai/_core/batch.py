@@ -126,8 +126,9 @@ def build_batch(
             summary=summary,
         )
     total = len(requests) if isinstance(requests, Sized) else None
-    described = _described(options, total, parts)
-    telemetry = Telemetry.start(lambda: dispatcher.state(), described, parts.meters)
+    telemetry = Telemetry.start(
+        lambda: dispatcher.state(), lambda: _described(options, total, parts), parts.meters
+    )
     dispatcher: Dispatcher[Worker] = Dispatcher(
         batch_id,
         _intake(requests, route, check_item),

@@ -7,7 +7,7 @@ import threading
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -58,12 +58,6 @@ class State:
     waiting: int
     limit: float
     jobs: Mapping[str, int]
-
-
-class Live(Protocol):
-    """A running batch, as the gauges read it."""
-
-    def state(self) -> State: ...
 
 
 class Instruments:

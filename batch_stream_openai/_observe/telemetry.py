@@ -74,18 +74,22 @@ class Telemetry:
 
     @classmethod
     def start(
-        cls, state: Callable[[], State], attributes: Mapping[str, Any], own: Any = None
+        cls,
+        state: Callable[[], State],
+        describe: Callable[[], Mapping[str, Any]],
+        own: Any = None,
     ) -> Telemetry | None:
         """The telemetry of a batch starting now, or None when there is no provider:
         neither the application's (looked up now: one set after the import counts) nor
-        the library's `own` (`metrics_port`'s)."""
+        the library's `own` (`metrics_port`'s). `describe` gives the batch span's
+        attributes (called only when there is a provider)."""
         meters = set_provider("opentelemetry.metrics", "get_meter_provider", "_ProxyMeterProvider")
         tracers = set_provider("opentelemetry.trace", "get_tracer_provider", "ProxyTracerProvider")
         providers = [provider for provider in (meters, own) if provider is not None]
         if not providers and tracers is None:
             return None
         tracer = tracers.get_tracer(METER, library_version()) if tracers else None
-        return cls([instruments_of(p) for p in providers], tracer, state, attributes)
+        return cls([instruments_of(p) for p in providers], tracer, state, describe())
 
     def attempt(self, index: int, request: Described, url: str, result: Result) -> None:
         """One attempt of `index` ended (at the endpoint `url`) with `result`."""

@@ -168,4 +168,4 @@ def test_no_provider_set_records_nothing() -> None:
 
     assert type(metrics.get_meter_provider()).__name__ == "_ProxyMeterProvider"
     assert type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider"
-    assert Telemetry.start(lambda: None, {}) is None  # type: ignore[arg-type,return-value]
+    assert Telemetry.start(lambda: None, dict) is None  # type: ignore[arg-type,return-value]
