@@ -17,8 +17,8 @@ streams the batch. Measured per run:
 Runs alternate between the two trees; the table gives medians and the ratio of the
 medians. Writes section "core" of BENCHMARKS.md (``--print-only``: only prints it).
 With ``--metrics``, this tree also runs with an OpenTelemetry `MeterProvider` set (an
-in-memory reader: the cost of recording, not of exporting), written to section
-"core-metrics" against this tree without one.
+in-memory reader: the cost of recording, not of exporting) and with ``metrics_port``
+(nothing scrapes it), written to section "core-metrics" against this tree without either.
 """
 
 from __future__ import annotations
@@ -61,13 +61,19 @@ RUN_ONE = textwrap.dedent(
         return total
 
     if __name__ == "__main__":
-        if sys.argv[5] == "metrics":  # an application that set a MeterProvider
+        options = dict(base_url=base_url, api_key="sk-bench-0123456789")
+        if sys.argv[5] == "provider":  # an application that set a MeterProvider
             from opentelemetry import metrics
             from opentelemetry.sdk.metrics import MeterProvider
             from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
             metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
-        options = dict(base_url=base_url, api_key="sk-bench-0123456789")
+        elif sys.argv[5] == "port":  # metrics served for Prometheus
+            import socket
+
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                options["metrics_port"] = probe.getsockname()[1]
         with BatchPool(max_concurrency=concurrency, **options) as pool:
             pool.run(list(requests(concurrency, "warm-up")))
             workers = [psutil.Process(pid) for pid in pool.pids]
@@ -89,12 +95,12 @@ RUN_ONE = textwrap.dedent(
 
 
 def run_once(
-    tree: Path, base_url: str, count: int, concurrency: int, server_pid: int, metrics: bool
+    tree: Path, base_url: str, count: int, concurrency: int, server_pid: int, metrics: str
 ) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     arguments = [base_url, str(count), str(concurrency), str(server_pid)]
     out = subprocess.run(
-        [sys.executable, "-c", RUN_ONE, *arguments, "metrics" if metrics else "plain"],
+        [sys.executable, "-c", RUN_ONE, *arguments, metrics],
         cwd=tree,
         env=env,
         capture_output=True,
@@ -143,21 +149,23 @@ def main() -> int:
     parser.add_argument(
         "--metrics",
         action="store_true",
-        help="this tree against itself with an OpenTelemetry MeterProvider set (section C3)",
+        help="this tree against itself with an OpenTelemetry MeterProvider set, and with "
+        "metrics_port (section C3)",
     )
     parser.add_argument("--print-only", action="store_true", help="do not write BENCHMARKS.md")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from batch_stream_openai.testing import FakeOpenAIServer
 
-    trees = {"this tree": (ROOT, False)}
+    trees = {"this tree": (ROOT, "plain")}
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(FakeOpenAIServer())
         if args.baseline:
             baseline = stack.enter_context(checked_out(args.baseline))
-            trees = {f"baseline {args.baseline}": (baseline, False), "this tree": (ROOT, False)}
+            trees = {f"baseline {args.baseline}": (baseline, "plain"), "this tree": (ROOT, "plain")}
         if args.metrics:
-            trees["this tree, metrics on"] = (ROOT, True)
+            trees["this tree, a MeterProvider set"] = (ROOT, "provider")
+            trees["this tree, metrics_port"] = (ROOT, "port")
         runs: dict[str, list[dict]] = {label: [] for label in trees}
         for run in range(args.runs):
             for label, (tree, metrics) in trees.items():
@@ -173,7 +181,7 @@ def main() -> int:
     command = " ".join(["python scripts/bench_core.py", *sys.argv[1:]])
     heading = "## C2. Core throughput and CPU per request, before and after"
     if args.metrics:
-        heading = "## C3. The cost of OpenTelemetry metrics (a MeterProvider set)"
+        heading = "## C3. The cost of metrics (a MeterProvider set; metrics_port)"
     section = "\n".join(
         [
             heading,

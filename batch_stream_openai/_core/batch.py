@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from .._backends import Worker
+from .._observe.tally import Tally
 from .._observe.telemetry import Telemetry
 from .._policy.fleet import Fleet
 from .._policy.hedging import Hedging
@@ -64,7 +65,7 @@ class PoolParts:
     cache: ResponseCache | None
     supervisor: Supervisor
     postprocess: Postprocess | None  # the pool's (a batch's own wins)
-    meters: Any = None  # the MeterProvider `metrics_port` serves, if any
+    served: Tally | None = None  # the tally `metrics_port` serves, if any
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def build_batch(
         )
     total = len(requests) if isinstance(requests, Sized) else None
     telemetry = Telemetry.start(
-        lambda: dispatcher.state(), lambda: _described(options, total, parts), parts.meters
+        lambda: dispatcher.state(), lambda: _described(options, total, parts), parts.served
     )
     dispatcher: Dispatcher[Worker] = Dispatcher(
         batch_id,

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
-from .._observe.instruments import State
+from .._observe.tally import State
 from .._policy.quarantine import MAX_CRASHES_PER_REQUEST, Quarantine
 from .._wire.protocol import Cancel, Exit, Outcome
 from ..errors import DeadlineExceededError, RequestError, WorkerCrashedError

@@ -1,30 +1,20 @@
-"""The OpenTelemetry instruments the library records into, made once per provider."""
+"""The OpenTelemetry instruments of an application's `MeterProvider`, made once per provider.
+
+The two histograms are recorded into per attempt (the SDK's histograms have no cheaper
+way in); the counters and gauges are observable ones, read from a `Tally` when the
+application's reader collects.
+"""
 
 from __future__ import annotations
 
 import sys
 import threading
-import weakref
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-__all__ = [
-    "DURATION_BUCKETS",
-    "METER",
-    "TOKEN_BUCKETS",
-    "Instruments",
-    "State",
-    "instruments_of",
-    "library_version",
-    "set_provider",
-]
+from .tally import HISTOGRAMS, METER, OBSERVED, Points, Tally
 
-METER = "batch_stream_openai"
-# The GenAI semantic conventions' explicit bucket boundaries.
-DURATION_BUCKETS: tuple[float, ...] = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
-DURATION_BUCKETS += (5.12, 10.24, 20.48, 40.96, 81.92)
-TOKEN_BUCKETS = tuple(4**power for power in range(14))  # 1, 4, 16, ... 67108864
+__all__ = ["Instruments", "instruments_of", "library_version", "set_provider"]
 
 
 def library_version() -> str:
@@ -50,84 +40,41 @@ def set_provider(module: str, getter: str, stand_in: str) -> Any:
     return None if type(provider).__name__ == stand_in else provider
 
 
-@dataclass(frozen=True)
-class State:
-    """A running batch's gauges, read when the metrics are collected."""
-
-    in_flight: int
-    waiting: int
-    limit: float
-    jobs: Mapping[str, int]
-
-
 class Instruments:
-    """The instruments of one meter provider (see `telemetry.py` for what each holds).
+    """The instruments of one meter provider, from the metrics `tally.py` declares.
 
     Parameters:
         provider: the application's `MeterProvider`.
     """
 
     def __init__(self, provider: Any) -> None:
+        self.tally = Tally(histograms=False)
         meter = provider.get_meter(METER, library_version())
-        self.duration = meter.create_histogram(
-            "gen_ai.client.operation.duration",
-            unit="s",
-            description="GenAI operation duration",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-        )
-        self.tokens = meter.create_histogram(
-            "gen_ai.client.token.usage",
-            unit="{token}",
-            description="Number of input and output tokens used",
-            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
-        )
-        self.results = meter.create_counter(
-            f"{METER}.results", unit="{request}", description="Requests done, by outcome"
-        )
-        self.retries = meter.create_counter(
-            f"{METER}.retries", unit="{attempt}", description="Attempts after a request's first"
-        )
-        self.hedges = meter.create_counter(
-            f"{METER}.hedges", unit="{request}", description="Requests duplicated (hedged)"
-        )
-        self.cost = meter.create_counter(f"{METER}.cost", unit="USD", description="Spend")
-        self.live: weakref.WeakSet[Any] = weakref.WeakSet()  # the batches running
-        gauges: list[tuple[str, str, Callable[[State], float]]] = [
-            ("requests.in_flight", "Requests sent, not yet answered", lambda s: s.in_flight),
-            ("requests.waiting", "Requests read, waiting to be sent", lambda s: s.waiting),
-            ("concurrency.limit", "The concurrency limit now", lambda s: s.limit),
-        ]
-        for name, description, read in gauges:
-            meter.create_observable_gauge(
-                f"{METER}.{name}",
-                callbacks=[self._observer(read)],
-                unit="{request}",
-                description=description,
+        self.duration, self.tokens = (
+            meter.create_histogram(
+                metric.name,
+                unit=metric.unit,
+                description=metric.description,
+                explicit_bucket_boundaries_advisory=metric.buckets,
             )
-        meter.create_observable_gauge(
-            f"{METER}.batch_jobs", callbacks=[self._jobs], unit="{job}", description="By state"
+            for metric in HISTOGRAMS
         )
+        for metric in OBSERVED:
+            assert metric.read is not None
+            create = (
+                meter.create_observable_counter
+                if metric.kind == "counter"
+                else meter.create_observable_gauge
+            )
+            create(metric.name, [self._observer(metric.read)], metric.unit, metric.description)
 
-    def _states(self) -> list[State]:
-        return [live.state() for live in list(self.live)]
-
-    def _observer(self, read: Callable[[State], float]) -> Callable[[Any], list[Any]]:
-        def observe(options: Any) -> list[Any]:
-            from opentelemetry.metrics import Observation
-
-            states = self._states()
-            return [Observation(sum(read(state) for state in states))] if states else []
-
-        return observe
-
-    def _jobs(self, options: Any) -> list[Any]:
+    def _observer(self, read: Callable[[Tally], Points]) -> Callable[[Any], list[Any]]:
         from opentelemetry.metrics import Observation
 
-        jobs: dict[str, int] = {}
-        for state in self._states():
-            for name, count in state.jobs.items():
-                jobs[name] = jobs.get(name, 0) + count
-        return [Observation(count, {"state": name}) for name, count in jobs.items()]
+        def observe(options: Any) -> list[Any]:
+            return [Observation(value, attributes) for value, attributes in read(self.tally)]
+
+        return observe
 
 
 _made: dict[int, tuple[Any, Instruments]] = {}  # {id(provider): (provider, its instruments)}

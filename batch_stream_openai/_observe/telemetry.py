@@ -26,8 +26,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..results import BatchSummary, Result
-from .instruments import METER, Instruments, State, instruments_of, library_version, set_provider
+from .instruments import Instruments, instruments_of, library_version, set_provider
 from .names import error_type, outcome_of, provider_of, server_of
+from .tally import METER, Labels, State, Tally
 
 __all__ = ["Described", "Telemetry"]
 
@@ -44,7 +45,8 @@ class Telemetry:
     """The metrics and spans of one batch (`start` makes one only when a provider is set).
 
     Parameters:
-        instruments: the instruments of each meter provider (none: no metrics).
+        instruments: the instruments of each application meter provider.
+        tallies: what adds the counters up: each provider's, and `metrics_port`'s.
         tracer: the tracer, or None (no spans).
         state: the batch's gauges, read when the metrics are collected.
         attributes: the batch span's attributes (its size, mode, options).
@@ -53,11 +55,14 @@ class Telemetry:
     def __init__(
         self,
         instruments: list[Instruments],
+        tallies: list[Tally],
         tracer: Any,
         state: Callable[[], State],
         attributes: Mapping[str, Any],
     ) -> None:
         self._instruments = instruments
+        self._tallies = tallies
+        self._attributes: dict[tuple[Any, ...], _Attributes] = {}
         self._tracer = tracer
         self.state = state
         self._wall = time.time_ns() - time.monotonic_ns()  # monotonic -> epoch
@@ -65,19 +70,19 @@ class Telemetry:
         self._batch: Any = None
         if tracer is not None:
             self._batch = tracer.start_span("batch_stream_openai.batch", attributes=attributes)
-        for each in instruments:
-            each.live.add(self)
+        for tally in tallies:
+            tally.live.add(self)
 
     def __repr__(self) -> str:
-        providers, spans = len(self._instruments), self._tracer is not None
-        return f"<Telemetry meter_providers={providers} spans={spans}>"
+        tallies, spans = len(self._tallies), self._tracer is not None
+        return f"<Telemetry tallies={tallies} spans={spans}>"
 
     @classmethod
     def start(
         cls,
         state: Callable[[], State],
         describe: Callable[[], Mapping[str, Any]],
-        own: Any = None,
+        own: Tally | None = None,
     ) -> Telemetry | None:
         """The telemetry of a batch starting now, or None when there is no provider:
         neither the application's (looked up now: one set after the import counts) nor
@@ -85,29 +90,30 @@ class Telemetry:
         attributes (called only when there is a provider)."""
         meters = set_provider("opentelemetry.metrics", "get_meter_provider", "_ProxyMeterProvider")
         tracers = set_provider("opentelemetry.trace", "get_tracer_provider", "ProxyTracerProvider")
-        providers = [provider for provider in (meters, own) if provider is not None]
-        if not providers and tracers is None:
+        if meters is None and own is None and tracers is None:
             return None
+        instruments = [] if meters is None else [instruments_of(meters)]
+        tallies = [each.tally for each in instruments] + ([] if own is None else [own])
         tracer = tracers.get_tracer(METER, library_version()) if tracers else None
-        return cls([instruments_of(p) for p in providers], tracer, state, describe())
+        return cls(instruments, tallies, tracer, state, describe())
 
     def attempt(self, index: int, request: Described, url: str, result: Result) -> None:
         """One attempt of `index` ended (at the endpoint `url`) with `result`."""
-        attributes = self._common(request, url)
-        if result.model:
-            attributes["gen_ai.response.model"] = result.model
-        if result.error is not None:
-            attributes["error.type"] = error_type(result.error)
+        error = None if result.error is None else error_type(result.error)
+        attributes = self._attributes_of(request, url, result.model or "", error)
         usage = result.usage
+        tokens = None if usage is None else (usage.input_tokens, usage.output_tokens)
         for instruments in self._instruments:
-            instruments.duration.record(result.latency_s, attributes)
-            if usage is not None:
-                for kind, count in (("input", usage.input_tokens), ("output", usage.output_tokens)):
-                    instruments.tokens.record(count, {**attributes, "gen_ai.token.type": kind})
+            instruments.duration.record(result.latency_s, attributes.duration)
+            if tokens is not None:
+                for each, count in zip(attributes.tokens, tokens, strict=True):
+                    instruments.tokens.record(count, each)
+        for tally in self._tallies:
+            tally.attempt(attributes.labels, attributes.token_labels, result.latency_s, tokens)
         if self._tracer is not None:
-            event = {"batch_stream_openai.duration_s": result.latency_s}
-            if result.error is not None:
-                event["error.type"] = attributes["error.type"]
+            event: dict[str, Any] = {"batch_stream_openai.duration_s": result.latency_s}
+            if error is not None:
+                event["error.type"] = error
             self._attempts.setdefault(index, []).append(("attempt", event, time.time_ns()))
 
     def finished(
@@ -121,21 +127,16 @@ class Telemetry:
     ) -> None:
         """`index` is done with `result` (`since`: when it was first sent, monotonic;
         `tries`: its attempts, hedges and failovers not counted)."""
-        for instruments in self._instruments:
-            instruments.results.add(1, {"batch_stream_openai.outcome": outcome_of(result)})
-            if tries > 1:
-                instruments.retries.add(tries - 1)
-            if result.hedged:
-                instruments.hedges.add(1)
-            if result.cost_usd and not result.cached:
-                instruments.cost.add(result.cost_usd)
+        cost = result.cost_usd if result.cost_usd and not result.cached else 0.0
+        for tally in self._tallies:
+            tally.finished(outcome_of(result), max(tries - 1, 0), result.hedged, cost)
         if self._tracer is not None:
             self._span(index, request, url, since, result)
 
     def close(self, summary: BatchSummary, error: BaseException | None) -> None:
         """The batch ended (`error`: what ended it early, if anything)."""
-        for instruments in self._instruments:
-            instruments.live.discard(self)
+        for tally in self._tallies:
+            tally.live.discard(self)
         if (span := self._batch) is None:
             return
         span.set_attributes(
@@ -148,6 +149,24 @@ class Telemetry:
         if error is not None:
             _failed(span, type(error).__name__)
         span.end()
+
+    def _attributes_of(
+        self, request: Described, url: str, model: str, error: str | None
+    ) -> _Attributes:
+        """The attribute sets of an attempt (made once per distinct request kind, endpoint,
+        answering model and error: a few per batch)."""
+        key = (request.operation, request.model, request.routed, url, model, error)
+        made = self._attributes.get(key)
+        if made is None:
+            duration = self._common(request, url)
+            if model:
+                duration["gen_ai.response.model"] = model
+            if error is not None:
+                duration["error.type"] = error
+            made = _Attributes(duration)
+            if len(self._attributes) < _DISTINCT:
+                self._attributes[key] = made
+        return made
 
     def _common(self, request: Described | None, url: str) -> dict[str, Any]:
         if request is None:  # answered without being sent (the cache)
@@ -185,6 +204,23 @@ class Telemetry:
         if result.error is not None:
             _failed(span, error_type(result.error))
         span.end(now)
+
+
+_DISTINCT = 10_000  # attribute sets kept per batch (past that, each is made anew)
+
+
+class _Attributes:
+    """An attempt's attribute sets: its duration's, and its input and output tokens'
+    (as the SDK takes them, and as the tallies key them)."""
+
+    __slots__ = ("duration", "labels", "token_labels", "tokens")
+
+    def __init__(self, duration: dict[str, Any]) -> None:
+        self.duration = duration
+        self.tokens = tuple({**duration, "gen_ai.token.type": kind} for kind in ("input", "output"))
+        self.labels: Labels = tuple(sorted(duration.items()))
+        input_labels, output_labels = (tuple(sorted(each.items())) for each in self.tokens)
+        self.token_labels = (input_labels, output_labels)
 
 
 def _answer_attributes(index: int, result: Result) -> dict[str, Any]:

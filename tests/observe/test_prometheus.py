@@ -55,7 +55,8 @@ def test_a_command_line_run_serves_its_metrics_for_prometheus(
 
     def served() -> bool:
         families.update(scrape(port))
-        return "batch_stream_openai_retries" in families  # its retry is done: all are in
+        retries = families.get("batch_stream_openai_retries")
+        return retries is not None and retries.samples[0].value == 1  # all kinds are in
 
     try:
         wait_until(served, timeout=30, what="the run's metrics, its retry included")

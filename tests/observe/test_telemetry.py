@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from batch_stream_openai._observe.instruments import DURATION_BUCKETS, TOKEN_BUCKETS
+from batch_stream_openai._observe.tally import DURATION_BUCKETS, TOKEN_BUCKETS
 from batch_stream_openai._observe.telemetry import Telemetry
 from batch_stream_openai.testing import FakeOpenAIServer
 
