@@ -56,6 +56,7 @@ class Delivery:
         self._urls = urls
         self._on_finish = on_finish
         self._telemetry = telemetry
+        self._traced = telemetry is not None and telemetry.traces  # spans want rich results
         self._clock = clock
         self._done: list[ResultPair] = []  # [(index, value)], not yet taken
 
@@ -75,23 +76,27 @@ class Delivery:
         self.summary.add(result, tries)
         if self._on_finish is not None:
             self._on_finish(index, result)
+        rich = None
+        if entry is not None and (self._rich or self._traced):
+            rich = entry.rich(index, result, self._clock(), self._urls)
         if self._telemetry is not None:
-            self._record(index, entry, tries, result)
+            self._record(index, entry, tries, result if rich is None else rich)
         if not self._rich:
             self._done.append((index, result.value))
-        elif entry is not None:
-            self._done.append((index, entry.rich(index, result, self._clock(), self._urls)))
+        elif rich is not None:
+            self._done.append((index, rich))
         else:
             self._done.append((index, replace(result, index=index, latency_s=0.0)))
 
     def _record(self, index: int, entry: Entry | None, tries: int, result: Result) -> None:
-        assert self._telemetry is not None
+        telemetry = self._telemetry
+        assert telemetry is not None
         if entry is None:
-            self._telemetry.finished(index, None, "", None, tries, result)
+            telemetry.finished(index, None, "", None, tries, False, result)
             return
-        rich = entry.rich(index, result, self._clock(), self._urls)
+        url = self._urls[entry.endpoint] if entry.endpoint is not None else ""
         since = entry.retry.first_sent_at
-        self._telemetry.finished(index, entry, rich.base_url or "", since, tries, rich)
+        telemetry.finished(index, entry, url, since, tries, bool(entry.hedged), result)
 
     def take(self) -> list[ResultPair]:
         """The results finished since the last call."""

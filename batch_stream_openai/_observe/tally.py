@@ -14,7 +14,7 @@ import threading
 import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -51,23 +51,19 @@ class State:
     jobs: Mapping[str, int]
 
 
-@dataclass
 class Histogram:
     """Counts of values per explicit bucket (bucket i holds bounds[i-1] < value <=
-    bounds[i], the last one everything above), their sum and their number."""
+    bounds[i], the last one everything above), and their sum."""
 
-    bounds: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    count: int = 0
+    __slots__ = ("bounds", "counts", "total")
 
-    def __post_init__(self) -> None:
-        self.counts = [0] * (len(self.bounds) + 1)
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
 
-    def add(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
-        self.count += 1
+    def __repr__(self) -> str:
+        return f"<Histogram count={sum(self.counts)} sum={self.total}>"
 
     def cumulative(self) -> list[int]:
         """The count of values at or below each bound, then of all (Prometheus' ``le``)."""
@@ -104,11 +100,17 @@ class Tally:
         """One attempt ended: its duration, and its input and output tokens if any."""
         if not self.histograms:
             return
-        with self.lock:
-            _histogram(self.durations, labels, DURATION_BUCKETS).add(latency_s)
+        with self.lock:  # the hot path: no call that is not needed
+            duration = self.durations.get(labels) or _made(self.durations, labels, DURATION_BUCKETS)
+            duration.counts[bisect_left(DURATION_BUCKETS, latency_s)] += 1
+            duration.total += latency_s
             if tokens is not None:
-                for each, count in zip(token_labels, tokens, strict=True):
-                    _histogram(self.tokens, each, TOKEN_BUCKETS).add(count)
+                for labels_of, count in zip(token_labels, tokens, strict=True):
+                    used = self.tokens.get(labels_of) or _made(
+                        self.tokens, labels_of, TOKEN_BUCKETS
+                    )
+                    used.counts[bisect_left(TOKEN_BUCKETS, count)] += 1
+                    used.total += count
 
     def finished(self, outcome: str, retries: int, hedged: bool, cost_usd: float) -> None:
         """A request is done: how it ended, its attempts after the first, whether it was
@@ -133,12 +135,10 @@ class Tally:
         return jobs
 
 
-def _histogram(
+def _made(
     histograms: dict[Labels, Histogram], labels: Labels, bounds: tuple[float, ...]
 ) -> Histogram:
-    histogram = histograms.get(labels)
-    if histogram is None:
-        histogram = histograms[labels] = Histogram(bounds)
+    histogram = histograms[labels] = Histogram(bounds)
     return histogram
 
 

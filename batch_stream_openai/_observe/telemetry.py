@@ -73,6 +73,11 @@ class Telemetry:
         for tally in tallies:
             tally.live.add(self)
 
+    @property
+    def traces(self) -> bool:
+        """Spans are recorded (each wants the request's whole `Result`)."""
+        return self._tracer is not None
+
     def __repr__(self) -> str:
         tallies, spans = len(self._tallies), self._tracer is not None
         return f"<Telemetry tallies={tallies} spans={spans}>"
@@ -123,13 +128,15 @@ class Telemetry:
         url: str,
         since: float | None,
         tries: int,
+        hedged: bool,
         result: Result,
     ) -> None:
         """`index` is done with `result` (`since`: when it was first sent, monotonic;
-        `tries`: its attempts, hedges and failovers not counted)."""
+        `tries`: its attempts, hedges and failovers not counted; `hedged`: a copy of it
+        was sent)."""
         cost = result.cost_usd if result.cost_usd and not result.cached else 0.0
         for tally in self._tallies:
-            tally.finished(outcome_of(result), max(tries - 1, 0), result.hedged, cost)
+            tally.finished(outcome_of(result), max(tries - 1, 0), hedged, cost)
         if self._tracer is not None:
             self._span(index, request, url, since, result)
 
