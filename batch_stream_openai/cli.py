@@ -1,4 +1,4 @@
-"""Command line: ``batch-stream-openai run``, ``demo`` and ``serve``.
+"""Command line: ``batch-stream-openai run``, ``report``, ``demo`` and ``serve``.
 
 Exit codes of ``run``: 0 done (failed requests are in the output file), 1 an unexpected
 error (I/O, workers that cannot start), 2 invalid input or usage, 75 partial after SIGTERM
@@ -247,6 +247,21 @@ def _concurrency(text: str) -> int | str:
     return text if text == "auto" else int(_number(int, 1)(text))
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .files.stats import RunStats
+
+    try:
+        stats = RunStats.read(args.output)
+        print(stats)
+        if args.html is not None:
+            args.html.write_text(stats.to_html(title=args.output.name), encoding="utf-8")
+            print(f"report: {args.html}")
+    except (OSError, ValueError, ImportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
 def _add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = commands.add_parser(
         "run",
@@ -335,6 +350,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=8000, help="0 for any free port")
     serve.add_argument("--latency", type=_number(float, 0), default=0.0)
     serve.set_defaults(handler=_serve)
+
+    report = commands.add_parser(
+        "report",
+        help="the figures of a run from its output file; --html draws them",
+        description=(
+            "Print what OUTPUT's lines say of the runs that wrote them (requests, ok, "
+            "failed, cost, time, latency percentiles, tokens and spend by model, errors, "
+            "the slowest); --html also draws them into one self-contained page that "
+            "opens offline (needs: pip install 'batch-stream-openai[report]')."
+        ),
+    )
+    report.add_argument("output", metavar="OUTPUT.jsonl", type=Path, help="a run's output")
+    report.add_argument("--html", metavar="REPORT.html", type=Path, help="write the page here")
+    report.set_defaults(handler=_report)
 
     _add_run_command(commands)
     return parser

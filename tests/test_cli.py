@@ -28,7 +28,7 @@ from .helpers import TEST_API_KEY
 
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
-OUTPUT_KEYS = {"id", "custom_id", "response", "error", "x_request_sha256"}
+OUTPUT_KEYS = {"id", "custom_id", "response", "error", "x_request_sha256", "x_stats"}
 ERROR_KEYS = {"type", "code", "message", "attempts"}
 
 

@@ -4,6 +4,8 @@
   appending one output line per ``custom_id``; resumable, shardable, preemptible.
 - `jsonl.py`: the input and output line formats.
 - `report.py`: `FileRunReport`, what a run did.
+- `stats.py`: `RunStats`, the figures of the runs that wrote an output file
+  (``batch-stream-openai report``); `charts.py` draws them into an HTML page.
 - `preemption.py`: SIGTERM: send nothing new, give what is in flight ``grace`` seconds.
 - `diskspace.py`: room on disk for the output, checked before and while sending.
 
@@ -19,5 +21,6 @@ True
 
 from .report import FileRunReport
 from .run import run_batch_file
+from .stats import RunStats
 
-__all__ = ["FileRunReport", "run_batch_file"]
+__all__ = ["FileRunReport", "RunStats", "run_batch_file"]

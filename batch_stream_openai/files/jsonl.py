@@ -7,10 +7,12 @@ An input line is either a Batch API line or a prompt line (the fields of `OpenAI
 
 An output line is a Batch API output line, plus ``x_request_sha256``: the first 16 hex
 digits of the SHA-256 of the request as sent, so a resumed run can tell a changed request
-from one already done::
+from one already done; and ``x_stats``, what ``batch-stream-openai report`` draws (when
+the line was written, its latency, attempts, model, tokens, cost)::
 
     {"id": "batch_req_...", "custom_id": "q1", "response": {"status_code": 200,
-     "request_id": "req_...", "body": {...}}, "error": null, "x_request_sha256": "..."}
+     "request_id": "req_...", "body": {...}}, "error": null, "x_request_sha256": "...",
+     "x_stats": {"at": 1765000000.123, "latency_s": 0.41, "attempts": 1, ...}}
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -230,8 +233,33 @@ def output_line(custom_id: str, request_digest: str, result: Result) -> bytes:
         "response": response,
         "error": None if result.error is None else _error_object(result.error, result.attempts),
         "x_request_sha256": request_digest,
+        "x_stats": _stats(result),
     }
     return json.dumps(record, separators=(",", ":")).encode() + b"\n"
+
+
+def _stats(result: Result) -> dict[str, Any]:
+    """What the report (`stats.py`) needs of a line that the Batch API format lacks:
+    when it was written (epoch seconds), its latency and attempts, and those of its model,
+    tokens, cost, cache hit, hedge and Batch API job that apply."""
+    stats: dict[str, Any] = {
+        "at": round(time.time(), 3),
+        "latency_s": round(result.latency_s, 4),
+        "attempts": result.attempts,
+    }
+    if result.model:
+        stats["model"] = result.model
+    if (usage := result.usage) is not None:
+        stats["tokens"] = [usage.input_tokens, usage.output_tokens]
+    if result.cost_usd is not None:
+        stats["cost_usd"] = result.cost_usd
+    if result.cached:
+        stats["cached"] = True
+    if result.hedged:
+        stats["hedged"] = True
+    if result.batch_id:
+        stats["batch_id"] = result.batch_id
+    return stats
 
 
 def _error_object(error: Exception, attempts: int) -> dict[str, Any]:

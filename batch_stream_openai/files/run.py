@@ -21,6 +21,7 @@ import contextlib
 import enum
 import fcntl
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ from .jsonl import (
 )
 from .preemption import GraceExpired, Preemption
 from .report import FileRunReport
+from .stats import note_run
 
 __all__ = [
     "BatchFileError",
@@ -387,6 +389,7 @@ def _send(
         **options,
     )
     report.summary = stream.summary
+    started_at = time.time()
     try:
         with stream:
             for index, result in stream:
@@ -397,6 +400,7 @@ def _send(
                 report.written += 1
                 report.failed += result.error is not None
     finally:
+        note_run(report.output_path, started_at, stream.summary)
         if journal is not None:
             report.in_jobs = owed_by(journal)
     if space.low() and report.written < report.to_send and not preemption.requested:

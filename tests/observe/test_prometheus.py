@@ -81,6 +81,55 @@ def test_a_command_line_run_serves_its_metrics_for_prometheus(
     assert asked - later <= served, sorted(asked - later - served)
 
 
+PARITY = """
+import sys
+from opentelemetry import metrics
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import REGISTRY, generate_latest
+from batch_stream_openai import OpenAIRequest, run_batch
+
+if __name__ == "__main__":
+    url, key, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+    users = ["a", "b", "c [[status=503 times=1]]", "d [[status=400]]"]
+    requests = [OpenAIRequest("s", u, model="gpt-4o-mini") for u in users]
+    run_batch(requests, base_url=url, api_key=key, workers=1, metrics_port=port)
+    print(generate_latest(REGISTRY).decode())
+"""
+
+
+def _points(family: Any) -> set[tuple[str, frozenset[tuple[str, str]], float]]:
+    """A family's samples, with the labels the exporter writes empty left out (Prometheus
+    reads an empty label as an absent one)."""
+    return {
+        (s.name, frozenset((k, v) for k, v in s.labels.items() if v), round(s.value, 12))
+        for s in family.samples
+    }
+
+
+def test_metrics_port_serves_what_opentelemetrys_prometheus_exporter_would(
+    fake: FakeOpenAIServer,
+) -> None:
+    """The same batch, recorded by the OpenTelemetry SDK into its Prometheus exporter and
+    by `metrics_port`'s own tally: both in the one registry, every family twice, the same."""
+    command = [sys.executable, "-c", PARITY, fake.base_url, TEST_API_KEY, str(closed_port())]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    families: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(done.stdout):
+        if family.name.startswith(("gen_ai_", "batch_stream_openai_")):
+            families.setdefault(family.name, []).append(family)
+    assert {"gen_ai_client_operation_duration_seconds", "batch_stream_openai_results"} <= set(
+        families
+    )
+    for name, pair in families.items():
+        served = [family for family in pair if family.samples]
+        if served:  # the gauges of a batch that ended have none
+            assert len(served) == 2, name
+            assert served[0].type == served[1].type, name
+            assert _points(served[0]) == _points(served[1]), name
+
+
 @pytest.mark.fast
 def test_a_port_that_is_no_port_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="metrics_port must be a TCP port"):

@@ -1,0 +1,146 @@
+"""`batch-stream-openai report`: the figures of a real run's output file, as text and as a
+self-contained HTML page (drawn in headless Chromium where Debian's ``chromium`` is)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batch_stream_openai.files import RunStats
+from batch_stream_openai.files.stats import runs_path
+from batch_stream_openai.testing import FakeOpenAIServer
+
+from ..helpers import TEST_API_KEY
+
+pytestmark = pytest.mark.timeout(120)
+
+USERS = [f"q{i}" for i in range(60)]
+USERS[3] += " [[status=503 times=1]]"  # answered on its second attempt
+USERS[5] += " [[status=503 times=2]]"  # on its third
+USERS[7] += " [[status=400]]"  # fails
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "batch_stream_openai.cli", *args]
+    env = {"OPENAI_API_KEY": TEST_API_KEY, "PATH": "/usr/bin:/bin"}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=90)
+
+
+@pytest.fixture(scope="module")
+def run(server: FakeOpenAIServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A command-line run of `USERS` (its output file and what the server saw)."""
+    server.reset()
+    server.configure(latency=0.02, capacity=0, queue_limit=0)
+    folder = tmp_path_factory.mktemp("report")
+    source, output = folder / "in.jsonl", folder / "out.jsonl"
+    lines = (
+        {"custom_id": f"c{i}", "system_prompt": "s", "user_prompt": u} for i, u in enumerate(USERS)
+    )
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    done = _cli(
+        "run",
+        str(source),
+        "-o",
+        str(output),
+        "--base-url",
+        server.base_url,
+        "--model",
+        "gpt-4o-mini",
+        "--workers",
+        "1",
+        "--max-concurrency",
+        "8",
+    )
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    return {"output": output, "records": records, "attempts": server.stats().requests}
+
+
+def test_the_figures_are_those_of_the_run(run: dict[str, Any]) -> None:
+    stats = RunStats.read(run["output"])
+    assert (stats.requests, stats.ok, stats.failed) == (60, 59, 1)
+    assert stats.retries == run["attempts"] - 60 == 3
+    assert stats.attempts == {1: 58, 2: 1, 3: 1}
+    assert stats.errors == {"APIError": 1}
+    assert [f.custom_id for f in stats.failures] == ["c7"]
+    usage = [r["response"]["body"]["usage"] for r in run["records"] if r["error"] is None]
+    model = stats.models["gpt-4o-mini"]
+    assert model.input_tokens == sum(u["input_tokens"] for u in usage)
+    assert model.output_tokens == sum(u["output_tokens"] for u in usage)
+    assert model.cost_usd == pytest.approx(stats.cost_usd) and stats.cost_usd > 0
+    assert len(stats.finished_at) == 60 and min(stats.latency_s) > 0
+    assert stats.slowest[0][1] in {f"c{i}" for i in range(60)}
+    assert max(stats.slowest)[1] == "c5"  # three attempts, two of them failed: the slowest
+    assert len(stats.runs) == 1 and stats.runs[0][0] <= stats.runs[0][1]
+
+
+def test_the_command_prints_the_headline_and_writes_a_page_that_needs_no_network(
+    run: dict[str, Any], tmp_path: Path
+) -> None:
+    page = tmp_path / "report.html"
+    done = _cli("report", str(run["output"]), "--html", str(page))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("requests 60, ok 59, failed 1, cost $")
+    assert "latency p50" in done.stdout and "errors: APIError 1" in done.stdout
+    html = page.read_text()
+    assert not re.search(r"<script[^>]+src=|<link[^>]+href=\"?https?:", html)  # offline
+    assert html.count('class="plotly-graph-div"') == 6  # no Batch API jobs: no timeline
+    assert "c7" in html  # the failed request's row
+
+
+def test_lines_without_stats_still_count_and_a_torn_last_line_is_left(tmp_path: Path) -> None:
+    """OpenAI's own output files have no ``x_stats``; a killed run may leave half a line."""
+    body = {"model": "gpt-4o-mini", "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+    ok = {"custom_id": "a", "response": {"status_code": 200, "body": body}, "error": None}
+    failed = {"custom_id": "b", "response": None, "error": {"code": "server_error"}}
+    output = tmp_path / "out.jsonl"
+    output.write_text(json.dumps(ok) + "\n" + json.dumps(failed) + "\n" + '{"custom_id": "c"')
+    stats = RunStats.read(output)
+    assert (stats.requests, stats.ok, stats.failed, stats.errors) == (2, 1, 1, {"server_error": 1})
+    assert stats.models["gpt-4o-mini"].input_tokens == 5 and not stats.finished_at
+    assert str(stats).startswith("requests 2, ok 1, failed 1")
+    assert not runs_path(output).exists()
+
+
+def test_a_line_that_is_not_json_is_named(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    output.write_text('{"custom_id": "a", "error": null}\nnot json\n')
+    done = _cli("report", str(output))
+    assert done.returncode == 2 and f"{output}:2: not a JSON line" in done.stderr
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)"
+)
+def test_the_page_draws_its_charts_in_headless_chromium(
+    run: dict[str, Any], tmp_path: Path
+) -> None:
+    page = tmp_path / "report.html"
+    page.write_text(RunStats.read(run["output"]).to_html())
+    assert CHROMIUM is not None
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        page.as_uri(),
+    ]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=90).stdout
+    # plotly draws each chart as an SVG with its bars or lines in it
+    assert dom.count('class="main-svg"') >= 6, dom[:500]
+    assert dom.count('class="point"') + dom.count('class="trace scatter') > 0
