@@ -141,7 +141,8 @@ def _latency_histogram(stats: RunStats) -> Any:
         return None
     import plotly.graph_objects as go
 
-    figure = _figure("Latency", "seconds", "requests")
+    figure = _figure("Latency", "seconds", "requests (log scale)")
+    figure.update_yaxes(type="log")  # the tail is what a person looks for
     figure.add_trace(go.Histogram(x=list(stats.latency_s), nbinsx=60, name="requests"))
     return figure
 
@@ -169,7 +170,9 @@ def _attempts(stats: RunStats) -> Any:
     import plotly.graph_objects as go
 
     tries = sorted(stats.attempts)
-    figure = _figure(f"Requests by attempts ({stats.retries:,} retries)", "attempts", "requests")
+    title = f"Requests by attempts ({stats.retries:,} retries)"
+    figure = _figure(title, "attempts", "requests (log scale)")
+    figure.update_yaxes(type="log")
     figure.add_trace(go.Bar(x=[str(t) for t in tries], y=[stats.attempts[t] for t in tries]))
     return figure
 

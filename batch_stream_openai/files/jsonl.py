@@ -44,7 +44,9 @@ __all__ = [
     "OutputState",
     "compact_output",
     "custom_id_digest",
+    "error_object",
     "id_key",
+    "line_stats",
     "output_line",
     "parse_input_line",
     "read_input",
@@ -231,14 +233,14 @@ def output_line(custom_id: str, request_digest: str, result: Result) -> bytes:
         "id": f"batch_req_{uuid.uuid4().hex}",
         "custom_id": custom_id,
         "response": response,
-        "error": None if result.error is None else _error_object(result.error, result.attempts),
+        "error": None if result.error is None else error_object(result.error, result.attempts),
         "x_request_sha256": request_digest,
-        "x_stats": _stats(result),
+        "x_stats": line_stats(result),
     }
     return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
-def _stats(result: Result) -> dict[str, Any]:
+def line_stats(result: Result) -> dict[str, Any]:
     """What the report (`stats.py`) needs of a line that the Batch API format lacks:
     when it was written (epoch seconds), its latency and attempts, and those of its model,
     tokens, cost, cache hit, hedge and Batch API job that apply."""
@@ -262,7 +264,8 @@ def _stats(result: Result) -> dict[str, Any]:
     return stats
 
 
-def _error_object(error: Exception, attempts: int) -> dict[str, Any]:
+def error_object(error: Exception, attempts: int) -> dict[str, Any]:
+    """The ``error`` of a failed request's output line."""
     return {
         "type": type(error).__name__,
         "code": getattr(error, "code", None),

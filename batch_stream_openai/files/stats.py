@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..results import BatchSummary
+from ..results import BatchSummary, Result
+from .jsonl import error_object, line_stats
 
 __all__ = ["FailedLine", "ModelTotals", "RunStats", "note_run", "runs_path"]
 
@@ -161,6 +162,13 @@ class RunStats:
         if len(self.failures) < _FAILED:
             message = str(error.get("message") or "")
             self.failures.append(FailedLine(str(line.get("custom_id")), kind, message, attempts))
+
+    def add_result(self, result: Result, custom_id: str | None = None) -> None:
+        """Count one result as it arrives, from ``stream_batch(..., return_results=True)``
+        (its index names it unless `custom_id` does); `to_html` then draws the stream."""
+        error = None if result.error is None else error_object(result.error, result.attempts)
+        name = str(result.index) if custom_id is None else custom_id
+        self.add_line({"custom_id": name, "error": error, "x_stats": line_stats(result)})
 
     def add_run(self, run: dict[str, Any]) -> None:
         """Count one run's sidecar line."""

@@ -144,3 +144,15 @@ def test_the_page_draws_its_charts_in_headless_chromium(
     # plotly draws each chart as an SVG with its bars or lines in it
     assert dom.count('class="main-svg"') >= 6, dom[:500]
     assert dom.count('class="point"') + dom.count('class="trace scatter') > 0
+
+
+def test_a_stream_is_counted_as_its_results_arrive(fake: FakeOpenAIServer) -> None:
+    from batch_stream_openai import OpenAIRequest, stream_batch
+
+    requests = [OpenAIRequest("s", u, model="gpt-4o-mini") for u in ["a", "b [[status=400]]"]]
+    stats = RunStats()
+    options = {"base_url": fake.base_url, "api_key": TEST_API_KEY, "workers": 1}
+    for _, result in stream_batch(requests, return_results=True, **options):
+        stats.add_result(result)
+    assert (stats.ok, stats.failed, [f.custom_id for f in stats.failures]) == (1, 1, ["1"])
+    assert len(stats.latency_s) == 2 and stats.models["gpt-4o-mini"].output_tokens > 0
