@@ -27,6 +27,7 @@ __all__ = [
     "Labels",
     "Metric",
     "Points",
+    "Series",
     "State",
     "Tally",
 ]
@@ -39,6 +40,7 @@ DURATION_BUCKETS += (5.12, 10.24, 20.48, 40.96, 81.92)
 TOKEN_BUCKETS = tuple(4**power for power in range(14))  # 1, 4, 16, ... 67108864
 
 Labels = tuple[tuple[str, Any], ...]  # an attribute set, hashable (sorted by name)
+Series = tuple["Histogram", "Histogram", "Histogram"]  # durations, input, output tokens
 
 
 @dataclass(frozen=True)
@@ -90,27 +92,28 @@ class Tally:
         self.cost_usd = 0.0
         self.live: weakref.WeakSet[Any] = weakref.WeakSet()  # the batches' telemetry
 
-    def attempt(
-        self,
-        labels: Labels,
-        token_labels: tuple[Labels, Labels],
-        latency_s: float,
-        tokens: tuple[int, int] | None,
-    ) -> None:
+    def series(self, labels: Labels, token_labels: tuple[Labels, Labels]) -> Series:
+        """The histograms of an attribute set: its durations', its input and output
+        tokens' (made on first use; what `attempt` adds to)."""
+        with self.lock:
+            return (
+                _histogram(self.durations, labels, DURATION_BUCKETS),
+                _histogram(self.tokens, token_labels[0], TOKEN_BUCKETS),
+                _histogram(self.tokens, token_labels[1], TOKEN_BUCKETS),
+            )
+
+    def attempt(self, series: Series, latency_s: float, tokens: tuple[int, int] | None) -> None:
         """One attempt ended: its duration, and its input and output tokens if any."""
-        if not self.histograms:
-            return
-        with self.lock:  # the hot path: no call that is not needed
-            duration = self.durations.get(labels) or _made(self.durations, labels, DURATION_BUCKETS)
+        duration, input_tokens, output_tokens = series
+        with self.lock:  # the hot path: no call, no lookup that is not needed
             duration.counts[bisect_left(DURATION_BUCKETS, latency_s)] += 1
             duration.total += latency_s
             if tokens is not None:
-                for labels_of, count in zip(token_labels, tokens, strict=True):
-                    used = self.tokens.get(labels_of) or _made(
-                        self.tokens, labels_of, TOKEN_BUCKETS
-                    )
-                    used.counts[bisect_left(TOKEN_BUCKETS, count)] += 1
-                    used.total += count
+                used, answered = tokens
+                input_tokens.counts[bisect_left(TOKEN_BUCKETS, used)] += 1
+                input_tokens.total += used
+                output_tokens.counts[bisect_left(TOKEN_BUCKETS, answered)] += 1
+                output_tokens.total += answered
 
     def finished(self, outcome: str, retries: int, hedged: bool, cost_usd: float) -> None:
         """A request is done: how it ended, its attempts after the first, whether it was
@@ -135,10 +138,12 @@ class Tally:
         return jobs
 
 
-def _made(
+def _histogram(
     histograms: dict[Labels, Histogram], labels: Labels, bounds: tuple[float, ...]
 ) -> Histogram:
-    histogram = histograms[labels] = Histogram(bounds)
+    histogram = histograms.get(labels)
+    if histogram is None:
+        histogram = histograms[labels] = Histogram(bounds)
     return histogram
 
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from ..results import BatchSummary, Result
 from .instruments import Instruments, instruments_of, library_version, set_provider
 from .names import error_type, outcome_of, provider_of, server_of
-from .tally import METER, Labels, State, Tally
+from .tally import METER, Labels, Series, State, Tally
 
 __all__ = ["Described", "Telemetry"]
 
@@ -113,8 +113,8 @@ class Telemetry:
             if tokens is not None:
                 for each, count in zip(attributes.tokens, tokens, strict=True):
                     instruments.tokens.record(count, each)
-        for tally in self._tallies:
-            tally.attempt(attributes.labels, attributes.token_labels, result.latency_s, tokens)
+        for tally, series in attributes.series:
+            tally.attempt(series, result.latency_s, tokens)
         if self._tracer is not None:
             event: dict[str, Any] = {"batch_stream_openai.duration_s": result.latency_s}
             if error is not None:
@@ -170,7 +170,7 @@ class Telemetry:
                 duration["gen_ai.response.model"] = model
             if error is not None:
                 duration["error.type"] = error
-            made = _Attributes(duration)
+            made = _Attributes(duration, self._tallies)
             if len(self._attributes) < _DISTINCT:
                 self._attributes[key] = made
         return made
@@ -217,17 +217,21 @@ _DISTINCT = 10_000  # attribute sets kept per batch (past that, each is made ane
 
 
 class _Attributes:
-    """An attempt's attribute sets: its duration's, and its input and output tokens'
-    (as the SDK takes them, and as the tallies key them)."""
+    """An attempt's attribute sets, as the SDK takes them (its duration's, its input and
+    output tokens'), and the histograms they name in each tally that keeps histograms."""
 
-    __slots__ = ("duration", "labels", "token_labels", "tokens")
+    __slots__ = ("duration", "series", "tokens")
 
-    def __init__(self, duration: dict[str, Any]) -> None:
+    def __init__(self, duration: dict[str, Any], tallies: list[Tally]) -> None:
         self.duration = duration
         self.tokens = tuple({**duration, "gen_ai.token.type": kind} for kind in ("input", "output"))
-        self.labels: Labels = tuple(sorted(duration.items()))
-        input_labels, output_labels = (tuple(sorted(each.items())) for each in self.tokens)
-        self.token_labels = (input_labels, output_labels)
+        labels: Labels = tuple(sorted(duration.items()))
+        token_labels = tuple(tuple(sorted(each.items())) for each in self.tokens)
+        self.series: list[tuple[Tally, Series]] = [
+            (tally, tally.series(labels, (token_labels[0], token_labels[1])))
+            for tally in tallies
+            if tally.histograms
+        ]
 
 
 def _answer_attributes(index: int, result: Result) -> dict[str, Any]:
