@@ -88,6 +88,8 @@ class _Collector:
             family = Family(name, metric.description, "histogram")
             bounds = [*(_bound(b) for b in metric.buckets), "+Inf"]
             for key, cumulative, total in series:
+                if not cumulative[-1]:  # made for an attribute set, never added to
+                    continue
                 labels = self._labels(key)
                 for bound, count in zip(bounds, cumulative, strict=True):
                     family.add_sample(f"{name}_bucket", {**labels, "le": bound}, count)
