@@ -135,9 +135,11 @@ class Dispatcher(Generic[W]):
         return len(self._ledger)
 
     def state(self) -> State:
-        """The gauges of the batch (sent, waiting, the concurrency limit, the jobs)."""
-        sent = self._ledger.slots
-        return State(sent, len(self._ledger) - sent, self._sender.capacity(), self.summary.jobs)
+        """The gauges of the batch (sent, waiting, the concurrency limit, the jobs, the
+        endpoints)."""
+        sent, sender = self._ledger.slots, self._sender
+        waiting = len(self._ledger) - sent
+        return State(sent, waiting, sender.capacity(), self.summary.jobs, sender.endpoints())
 
     def owing_since(self, worker: W) -> float | None:
         """Since when `worker` holds requests of this batch without a break (None: idle)."""

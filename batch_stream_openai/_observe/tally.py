@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .names import server_of
+
 __all__ = [
     "DURATION_BUCKETS",
     "HISTOGRAMS",
@@ -51,6 +53,7 @@ class State:
     waiting: int
     limit: float
     jobs: Mapping[str, int]
+    endpoints: Mapping[str, tuple[int, bool]]  # url -> (in flight, set aside now)
 
 
 class Histogram:
@@ -129,6 +132,15 @@ class Tally:
         states = [each.state() for each in list(self.live)]
         return sum(read(state) for state in states) if states else None
 
+    def endpoints(self) -> dict[str, tuple[int, bool]]:
+        """The running batches' endpoints: requests in flight, set aside (by any)."""
+        endpoints: dict[str, tuple[int, bool]] = {}
+        for each in list(self.live):
+            for url, (in_flight, aside) in each.state().endpoints.items():
+                before, was_aside = endpoints.get(url, (0, False))
+                endpoints[url] = (before + in_flight, was_aside or aside)
+        return endpoints
+
     def jobs(self) -> dict[str, int]:
         """The running batches' Batch API jobs by state."""
         jobs: dict[str, int] = {}
@@ -173,6 +185,17 @@ def _gauge(read: Callable[[State], float]) -> Callable[[Tally], Points]:
     def points(tally: Tally) -> Points:
         value = tally.gauge(read)
         return [] if value is None else [(value, None)]
+
+    return points
+
+
+def _endpoint(read: Callable[[tuple[int, bool]], float]) -> Callable[[Tally], Points]:
+    def points(tally: Tally) -> Points:
+        out: Points = []
+        for url, gauges in tally.endpoints().items():
+            address, port = server_of(url)
+            out.append((read(gauges), {"server.address": address, "server.port": port}))
+        return out
 
     return points
 
@@ -238,4 +261,18 @@ OBSERVED = (
         _gauge(lambda state: state.limit),
     ),
     Metric(f"{METER}.batch_jobs", "gauge", "{job}", "Batch API jobs by state", _jobs),
+    Metric(
+        f"{METER}.endpoint.in_flight",
+        "gauge",
+        "{request}",
+        "Requests in flight to each endpoint",
+        _endpoint(lambda gauges: gauges[0]),
+    ),
+    Metric(
+        f"{METER}.endpoint.set_aside",
+        "gauge",
+        "{endpoint}",
+        "1 while an endpoint is set aside after failures",
+        _endpoint(lambda gauges: int(gauges[1])),
+    ),
 )

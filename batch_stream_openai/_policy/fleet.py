@@ -118,6 +118,10 @@ class Fleet:
             return math.inf
         return sum(endpoint.allowed() for endpoint in self._usable(self._clock()))
 
+    def gauges(self) -> dict[str, tuple[int, bool]]:
+        """Each endpoint's requests in flight, and whether it is set aside now."""
+        return {e.url: (e.in_flight, e.set_aside_until is not None) for e in self.endpoints}
+
     def has_room(self) -> bool:
         """Whether an endpoint may take one more request now."""
         if self._trivial:

@@ -71,6 +71,9 @@ def test_a_command_line_run_serves_its_metrics_for_prometheus(
         assert sample.labels["gen_ai_operation_name"] == "chat"
         assert sample.labels["server_address"] == "127.0.0.1"
     assert "gen_ai_client_token_usage" in families
+    endpoints = families["batch_stream_openai_endpoint_in_flight"].samples  # scraped mid-run
+    assert [s.labels["server_port"] for s in endpoints] == [fake.base_url.split(":")[2][:-3]]
+    assert families["batch_stream_openai_endpoint_set_aside"].samples[0].value == 0
     assert families["batch_stream_openai_results"].type == "counter"
     # The shipped Grafana dashboard asks only for series a run serves (hedges and Batch API
     # jobs: when a run has them).
