@@ -13,7 +13,8 @@ nothing of it. Names follow OpenTelemetry's GenAI semantic conventions:
   Batch API jobs by state (no attribute per request: bounded cardinality);
 - a span per batch (``batch_stream_openai.batch``, a child of the caller's current span)
   and a CLIENT span per request under it (``{operation} {model}``, from its first send to
-  its result; each attempt an event). Prompts and answers are never recorded.
+  its result; each attempt an event). Prompts and answers are recorded only when the
+  application opts in (``content.py``).
 
 Nothing is imported and nothing recorded unless the application imported OpenTelemetry
 and set a global `MeterProvider` or `TracerProvider` before the batch started.
@@ -26,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ..results import BatchSummary, Result
+from .content import capture_content, input_messages, output_messages
 from .instruments import Instruments, instruments_of, library_version, set_provider
 from .names import error_type, outcome_of, provider_of, server_of
 from .tally import METER, Labels, Series, State, Tally
@@ -39,6 +41,8 @@ class Described(Protocol):
     operation: str
     model: str
     routed: bool
+    payload: bytes  # the pickled request (a cached `Result` when `replay`)
+    replay: bool
 
 
 class Telemetry:
@@ -68,6 +72,7 @@ class Telemetry:
         self._wall = time.time_ns() - time.monotonic_ns()  # monotonic -> epoch
         self._attempts: dict[int, list[tuple[str, dict[str, Any], int]]] = {}  # span events
         self._batch: Any = None
+        self._content = tracer is not None and capture_content()  # prompts, answers on spans
         if tracer is not None:
             self._batch = tracer.start_span("batch_stream_openai.batch", attributes=attributes)
         for tally in tallies:
@@ -195,6 +200,10 @@ class Telemetry:
 
         attributes = self._common(request, url)
         attributes.update(_answer_attributes(index, result))
+        if self._content and request is not None and not request.replay:
+            attributes["gen_ai.input.messages"] = input_messages(request.payload)
+            reasons = attributes.get("gen_ai.response.finish_reasons", [])
+            attributes["gen_ai.output.messages"] = output_messages(result, reasons)
         now = time.time_ns()
         start = now if since is None else self._wall + int(since * 1e9)
         operation = attributes.get("gen_ai.operation.name", "chat")

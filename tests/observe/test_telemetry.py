@@ -5,6 +5,7 @@ global providers can be set once per process)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from batch_stream_openai._observe.content import CAPTURE
 from batch_stream_openai._observe.tally import DURATION_BUCKETS, TOKEN_BUCKETS
 from batch_stream_openai._observe.telemetry import Telemetry
 from batch_stream_openai.testing import FakeOpenAIServer
@@ -64,19 +66,29 @@ USERS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def recorded(server: FakeOpenAIServer) -> dict[str, Any]:
-    """What a batch of `USERS` recorded (the server saw 7 attempts: the 503 went twice)."""
-    fake = server
+def record(fake: FakeOpenAIServer, **env: str) -> dict[str, Any]:
+    """What a batch of `USERS` recorded, in a process of its own with `env` set."""
     fake.reset()
     code = textwrap.dedent(RUN.format(users=USERS, url=fake.base_url, key=TEST_API_KEY))
+    environment = {key: value for key, value in os.environ.items() if key != CAPTURE} | env
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=environment,
     )
     data: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
     data["attempts"] = fake.stats().requests
     data["port"] = int(fake.base_url.split(":")[2].split("/")[0])
     return data
+
+
+@pytest.fixture(scope="module")
+def recorded(server: FakeOpenAIServer) -> dict[str, Any]:
+    """What a batch of `USERS` recorded (the server saw 7 attempts: the 503 went twice)."""
+    return record(server)
 
 
 def points(data: dict[str, Any], name: str) -> list[dict[str, Any]]:
@@ -139,6 +151,23 @@ def test_requests_are_client_spans_in_the_batch_span_in_the_callers(
     assert all(span["attributes"]["gen_ai.response.finish_reasons"] == ["stop"] for span in ok)
     # Prompts and answers are not recorded.
     assert not any(user.split()[0] in json.dumps(span) for user in USERS for span in requests)
+
+
+def test_prompts_and_answers_are_on_the_spans_when_the_application_opts_in(
+    server: FakeOpenAIServer,
+) -> None:
+    recorded = record(server, **{CAPTURE: "true"})
+    spans = [span for span in recorded["spans"] if span["name"] == "chat gpt-4o-mini"]
+    by_user = {}
+    for span in spans:
+        sent = json.loads(span["attributes"]["gen_ai.input.messages"])
+        assert [message["role"] for message in sent] == ["system", "user"]
+        by_user[sent[1]["parts"][0]["content"]] = span["attributes"]["gen_ai.output.messages"]
+    assert set(by_user) == set(USERS)
+    answer = json.loads(by_user["fine 0"])[0]
+    assert answer["role"] == "assistant" and answer["finish_reason"] == "stop"
+    assert answer["parts"][0]["content"].startswith("echo: fine 0")
+    assert by_user["bad [[status=400]]"] == "[]"
 
 
 def test_nothing_is_imported_without_opentelemetry_in_the_application(
