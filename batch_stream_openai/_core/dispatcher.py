@@ -135,11 +135,9 @@ class Dispatcher(Generic[W]):
         return len(self._ledger)
 
     def state(self) -> State:
-        """The gauges of the batch (sent, waiting, the concurrency limit, the jobs, the
-        endpoints)."""
-        sent, sender = self._ledger.slots, self._sender
-        waiting = len(self._ledger) - sent
-        return State(sent, waiting, sender.capacity(), self.summary.jobs, sender.endpoints())
+        """The gauges of the batch (sent, waiting, the limit, the jobs, the endpoints)."""
+        sent, sender, jobs = self._ledger.slots, self._sender, self.summary.jobs
+        return State(sent, len(self._ledger) - sent, sender.capacity(), jobs, sender.endpoints())
 
     def owing_since(self, worker: W) -> float | None:
         """Since when `worker` holds requests of this batch without a break (None: idle)."""
