@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import pytest
@@ -83,10 +84,22 @@ def test_the_progress_bar_renders_on_stderr(
     pool_options: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     requests = [OpenAIRequest("s", f"p{i}", model="gpt-4o-mini", api="chat") for i in range(20)]
-    run_batch(requests, progress=True, **pool_options)
+    run_batch(requests, progress=True, max_cost=5, **pool_options)
     err = capsys.readouterr().err
     assert "20/20" in err
     assert "failed=0" in err and "in_flight=" in err and "tok_s=" in err
+    assert re.search(r"usd=0\.\d{4}/5\.00", err)  # spend, against the cap
+
+
+def test_the_progress_bar_tells_requests_in_flight_from_requests_waiting(
+    pool_options: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    users = [f"p{i}" + (" [[status=503 times=1]]" if i < 3 else "") for i in range(12)]
+    requests = [OpenAIRequest("s", u, model="gpt-4o-mini", api="chat") for u in users]
+    run_batch(requests, progress=True, rpm=600, **pool_options)  # one request per 0.1 s
+    err = capsys.readouterr().err
+    # Read, but held back by the rate limit or waiting for a retry: not in flight.
+    assert re.search(r"in_flight=[01],.* waiting=[1-9]", err), err[-300:]
 
 
 def test_request_options_reach_the_server(

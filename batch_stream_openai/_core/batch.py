@@ -143,7 +143,8 @@ def build_batch(
         ),
         deadline=mode.deadline if route is None else None,
     )
-    progress = ProgressBar(summary, total) if options.get("progress") else None
+    cap = None if spending is None else spending.max_cost
+    progress = ProgressBar(summary, total, cap) if options.get("progress") else None
     message = _options_message(batch_id, postprocess, rich, mode, parts)
     loop = BatchLoop(dispatcher, parts.supervisor, message, admission, progress, telemetry)
     return Batch(loop, summary, route)

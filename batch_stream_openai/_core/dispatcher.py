@@ -130,14 +130,16 @@ class Dispatcher(Generic[W]):
         return self._intake.error
 
     @property
-    def in_flight(self) -> int:
-        """Requests read and not yet finished."""
+    def unfinished(self) -> int:
+        """Requests read and not yet finished (running, or waiting to be sent)."""
         return len(self._ledger)
 
     def state(self) -> State:
         """The gauges of the batch (sent, waiting, the limit, the jobs, the endpoints)."""
-        sent, sender, jobs = self._ledger.slots, self._sender, self.summary.jobs
-        return State(sent, len(self._ledger) - sent, sender.capacity(), jobs, sender.endpoints())
+        running, sender, jobs = self._ledger.running, self._sender, self.summary.jobs
+        return State(
+            running, self.unfinished - running, sender.capacity(), jobs, sender.endpoints()
+        )
 
     def owing_since(self, worker: W) -> float | None:
         """Since when `worker` holds requests of this batch without a break (None: idle)."""

@@ -208,11 +208,6 @@ class Ledger(Generic[W]):
         self.slots -= entry.counted
         return entry
 
-    def busy(self, worker: W) -> int:
-        """Requests `worker` runs."""
-        owed = self._owed_by.get(worker)
-        return len(owed) if owed is not None else 0
-
     def owed(self, worker: W) -> set[int]:
         """The requests `worker` runs."""
         return self._owed_by.get(worker, set())
@@ -220,6 +215,12 @@ class Ledger(Generic[W]):
     def load(self, worker: W) -> int:
         """How many requests `worker` runs."""
         return len(self._owed_by.get(worker, ()))
+
+    @property
+    def running(self) -> int:
+        """Requests running now, on every worker (those waiting to be sent, or for their
+        next attempt, are not)."""
+        return sum(len(owed) for owed in self._owed_by.values())
 
     def owing_since(self, worker: W) -> float | None:
         """Since when `worker` runs requests without a break (None: idle)."""

@@ -89,7 +89,7 @@ class BatchLoop:
                     worker.send(tasks)
                 self._admission.tick()
                 if self._progress is not None:
-                    self._progress.update(in_flight=dispatcher.in_flight)
+                    self._progress.update(dispatcher.state())
                 if done := dispatcher.take_results():
                     yield done
                 if dispatcher.finished:
@@ -133,5 +133,5 @@ class BatchLoop:
             self._telemetry.close(self.dispatcher.summary, error)
         self._admission.commit()
         self._supervisor.begin([])
-        if self.dispatcher.in_flight or self.dispatcher.abandoned:
+        if self.dispatcher.unfinished or self.dispatcher.abandoned:
             self._supervisor.broadcast([Cancel(self._options.batch_id)])

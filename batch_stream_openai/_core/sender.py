@@ -161,7 +161,7 @@ class Sender(Generic[W]):
     def _where(self, entry: Entry, among: Sequence[W], hedge: bool) -> tuple[W, int | None]:
         """The worker and the endpoint for `entry`'s next attempt: the least busy ones; a
         hedge goes elsewhere than the copy it duplicates, where it can."""
-        busy = self._ledger.busy
+        busy = self._ledger.load
         if hedge:
             assert entry.running is not None
             original = entry.running.worker

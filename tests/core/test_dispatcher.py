@@ -92,7 +92,7 @@ def test_at_most_the_concurrency_is_sent_and_the_load_is_spread() -> None:
 def test_nothing_is_sent_without_a_ready_worker() -> None:
     dispatcher = make([ask(0)])
     assert dispatcher.fill([]) == {}
-    assert dispatcher.in_flight == 0
+    assert dispatcher.unfinished == 0
 
 
 def test_every_index_once_and_stale_outcomes_are_ignored() -> None:
