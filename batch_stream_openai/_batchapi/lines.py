@@ -55,6 +55,7 @@ class Job:
     refusals: int = 0
     reserved: dict[int, Reservation] = field(default_factory=dict)  # {index: ...} (max_cost)
     counts: tuple[int, int] = (0, 0)  # the provider's (answered, total) lines
+    waited_s: float = 0.0  # from its creation at the provider to its end
     files: tuple[BinaryIO, BinaryIO] | None = None  # input lines, pickled requests
 
     def write(self, index: int, line: bytes, request: Any) -> None:

@@ -86,7 +86,7 @@ class Delivery:
         elif rich is not None:
             self._done.append((index, rich))
         else:
-            self._done.append((index, replace(result, index=index, latency_s=0.0)))
+            self._done.append((index, replace(result, index=index)))  # as it came
 
     def _record(self, index: int, entry: Entry | None, tries: int, result: Result) -> None:
         telemetry = self._telemetry

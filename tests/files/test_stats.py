@@ -17,7 +17,7 @@ from batch_stream_openai.files import RunStats
 from batch_stream_openai.files.stats import runs_path
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from ..helpers import TEST_API_KEY
+from ..helpers import TEST_API_KEY, jobs_of
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -156,3 +156,33 @@ def test_a_stream_is_counted_as_its_results_arrive(fake: FakeOpenAIServer) -> No
         stats.add_result(result)
     assert (stats.ok, stats.failed, [f.custom_id for f in stats.failures]) == (1, 1, ["1"])
     assert len(stats.latency_s) == 2 and stats.models["gpt-4o-mini"].output_tokens > 0
+
+
+def test_a_batch_api_run_shows_its_jobs_and_how_long_each_line_waited(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    lines = (
+        {"custom_id": f"b{i}", "system_prompt": "s", "user_prompt": f"q{i}"} for i in range(20)
+    )
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    done = _cli(
+        "run",
+        str(source),
+        "-o",
+        str(output),
+        "--base-url",
+        fake.base_url,
+        "--model",
+        "gpt-4o-mini",
+        "--mode",
+        "batch",
+        "--poll-interval",
+        "0.05",
+    )
+    assert done.returncode == 0, done.stderr
+    stats = RunStats.read(output)
+    assert stats.ok == 20 and sum(lines for _, _, lines in stats.jobs.values()) == 20
+    assert set(stats.jobs) == {job["id"] for job in jobs_of(fake)}
+    assert min(stats.latency_s) > 0  # from the job's creation to its answer
+    assert stats.to_html().count('class="plotly-graph-div"') == 6  # jobs, no errors chart
