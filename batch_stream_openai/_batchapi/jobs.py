@@ -15,7 +15,7 @@ import copy
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from .._spending.admission import Admission
@@ -267,8 +267,7 @@ class Jobs:
             self._refused(job)
             return
         self._download(job, batch)
-        created = getattr(batch, "created_at", None)  # epoch seconds
-        job.waited_s = max(0.0, time.time() - created) if created else 0.0
+        job.waited_s = max(0.0, time.time() - batch.created_at)  # its answers' latency
         self._read_answers(job, batch.status, failure=self._client.failure(batch))
 
     def _download(self, job: Job, batch: Any) -> None:
@@ -327,8 +326,7 @@ class Jobs:
         index = int(line["custom_id"])
         attempts = self._attempts.get(index, 0) + 1
         prices = self._services.prices
-        result = line_result(line, request, attempts, prices, job.record.batch_id)
-        result = replace(result, latency_s=job.waited_s)  # from the job's creation
+        result = line_result(line, request, attempts, prices, job.record.batch_id, job.waited_s)
         if (spending := self._services.spending) is not None:
             output = result.usage.output_tokens if result.usage is not None else 0
             reserved = job.reserved.pop(index, NOTHING_RESERVED)

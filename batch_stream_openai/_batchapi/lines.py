@@ -111,10 +111,16 @@ class Job:
 
 
 def line_result(
-    line: dict[str, Any], request: Any, attempts: int, prices: PriceTable, batch_id: str | None
+    line: dict[str, Any],
+    request: Any,
+    attempts: int,
+    prices: PriceTable,
+    batch_id: str | None,
+    waited_s: float,
 ) -> Result:
-    """The `Result` of one output or error line, priced at the batch rate; a line with a
-    status other than 200 fails with its `APIError` (even when its ``error`` is null)."""
+    """The `Result` of one output or error line, priced at the batch rate, its latency the
+    job's `waited_s`; a line with a status other than 200 fails with its `APIError` (even
+    when its ``error`` is null)."""
     index = int(line["custom_id"])
     response = line.get("response") or {}
     status = int(response.get("status_code") or 0)
@@ -129,6 +135,7 @@ def line_result(
             request_id=request_id,
             error=_line_error(line, status, index, attempts),
             batch_id=batch_id,
+            latency_s=waited_s,
         )
     endpoint, body = http_call(request)
     usage = usage_of(data)
@@ -137,7 +144,7 @@ def line_result(
     result = answer_result(
         index, reading, data, request_id, attempts=attempts, usage=usage, cost_usd=cost
     )
-    return replace(result, batch_id=batch_id)
+    return replace(result, batch_id=batch_id, latency_s=waited_s)
 
 
 def _line_error(line: dict[str, Any], status: int, index: int, attempts: int) -> APIError:

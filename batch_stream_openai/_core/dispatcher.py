@@ -136,10 +136,8 @@ class Dispatcher(Generic[W]):
 
     def state(self) -> State:
         """The gauges of the batch (sent, waiting, the limit, the jobs, the endpoints)."""
-        running, sender, jobs = self._ledger.running, self._sender, self.summary.jobs
-        return State(
-            running, self.unfinished - running, sender.capacity(), jobs, sender.endpoints()
-        )
+        running, sender, jobs = self._ledger.running, self._sender, dict(self.summary.jobs)
+        return State(running, self.unfinished - running, sender.capacity(), jobs, sender.gauges())
 
     def owing_since(self, worker: W) -> float | None:
         """Since when `worker` holds requests of this batch without a break (None: idle)."""

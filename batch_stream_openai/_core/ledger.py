@@ -109,13 +109,15 @@ class Entry:
 
     def rich(self, index: int, result: Result, now: float, urls: Sequence[str]) -> Result:
         """`result` with what the ledger knows of its request: attempts, latency since
-        the first was sent, the endpoint that answered, whether it was hedged."""
+        the first was sent (a replay keeps its answer's: a cache hit's 0, a Batch API
+        job's wait), the endpoint that answered, whether it was hedged."""
         first = self.retry.first_sent_at
+        latency = result.latency_s if self.replay or first is None else now - first
         return replace(
             result,
             index=index,
             attempts=self.attempts,
-            latency_s=now - first if first is not None else 0.0,
+            latency_s=latency,
             base_url=(urls[self.endpoint] or None) if self.endpoint is not None else None,
             hedged=self.hedged,
         )
@@ -218,9 +220,9 @@ class Ledger(Generic[W]):
 
     @property
     def running(self) -> int:
-        """Requests running now, on every worker (those waiting to be sent, or for their
-        next attempt, are not)."""
-        return sum(len(owed) for owed in self._owed_by.values())
+        """Requests running now, on any worker (a hedged one once; those waiting to be
+        sent, or for their next attempt, not at all)."""
+        return len(set().union(*self._owed_by.values()))
 
     def owing_since(self, worker: W) -> float | None:
         """Since when `worker` runs requests without a break (None: idle)."""

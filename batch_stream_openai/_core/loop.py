@@ -10,6 +10,7 @@ in flight is cancelled in the workers).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
@@ -88,6 +89,8 @@ class BatchLoop:
                 for worker, tasks in dispatcher.fill(supervisor.ready()).items():
                     worker.send(tasks)
                 self._admission.tick()
+                if self._telemetry is not None:
+                    self._telemetry.refresh(time.monotonic())
                 if self._progress is not None:
                     self._progress.update(dispatcher.state())
                 if done := dispatcher.take_results():

@@ -97,7 +97,7 @@ class Sender(Generic[W]):
         """How many attempts may run at once now (the budget's and the endpoints')."""
         return min(self._budget.concurrency(), self._fleet.capacity())
 
-    def endpoints(self) -> dict[str, tuple[int, bool]]:
+    def gauges(self) -> dict[str, tuple[int, bool]]:
         """Each endpoint's requests in flight, and whether it is set aside now."""
         return self._fleet.gauges()
 

@@ -28,7 +28,7 @@ _UNITS = {"s": "seconds", "USD": "USD"}  # units OpenTelemetry's translation spe
 
 def prometheus_name(metric: Metric) -> str:
     """The name OpenTelemetry's Prometheus exporter gives `metric` (its unit as a suffix,
-    none for ``{...}`` units; a counter's ``_total`` is added by `prometheus_client`).
+    none for ``{...}`` units; a counter's samples add ``_total``).
 
     >>> prometheus_name(HISTOGRAMS[0])
     'gen_ai_client_operation_duration_seconds'

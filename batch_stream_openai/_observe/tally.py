@@ -13,8 +13,9 @@ from __future__ import annotations
 import threading
 import weakref
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .names import server_of
@@ -49,11 +50,12 @@ Series = tuple["Histogram", "Histogram", "Histogram"]  # durations, input, outpu
 class State:
     """A running batch's gauges, read when the metrics are collected."""
 
-    in_flight: int
-    waiting: int
-    limit: float
-    jobs: Mapping[str, int]
-    endpoints: Mapping[str, tuple[int, bool]]  # url -> (in flight, set aside now)
+    in_flight: int = 0
+    waiting: int = 0
+    limit: float = 0.0
+    jobs: Mapping[str, int] = field(default_factory=dict)
+    endpoints: Mapping[str, tuple[int, bool]] = field(default_factory=dict)  # url -> (in
+    # flight, set aside now)
 
 
 class Histogram:
@@ -93,7 +95,7 @@ class Tally:
         self.retries = 0
         self.hedges = 0
         self.cost_usd = 0.0
-        self.live: weakref.WeakSet[Any] = weakref.WeakSet()  # the batches' telemetry
+        self._live: weakref.WeakSet[Any] = weakref.WeakSet()  # the batches' telemetry
 
     def series(self, labels: Labels, token_labels: tuple[Labels, Labels]) -> Series:
         """The histograms of an attribute set: its durations', its input and output
@@ -109,13 +111,13 @@ class Tally:
         """One attempt ended: its duration, and its input and output tokens if any."""
         duration, input_tokens, output_tokens = series
         with self.lock:  # the hot path: no call, no lookup that is not needed
-            duration.counts[bisect_left(DURATION_BUCKETS, latency_s)] += 1
+            duration.counts[bisect_left(duration.bounds, latency_s)] += 1
             duration.total += latency_s
             if tokens is not None:
                 used, answered = tokens
-                input_tokens.counts[bisect_left(TOKEN_BUCKETS, used)] += 1
+                input_tokens.counts[bisect_left(input_tokens.bounds, used)] += 1
                 input_tokens.total += used
-                output_tokens.counts[bisect_left(TOKEN_BUCKETS, answered)] += 1
+                output_tokens.counts[bisect_left(output_tokens.bounds, answered)] += 1
                 output_tokens.total += answered
 
     def finished(self, outcome: str, retries: int, hedged: bool, cost_usd: float) -> None:
@@ -127,27 +129,19 @@ class Tally:
             self.hedges += hedged
             self.cost_usd += cost_usd
 
-    def gauge(self, read: Callable[[State], float]) -> float | None:
-        """`read` summed over the running batches (None when none runs)."""
-        states = [each.state() for each in list(self.live)]
-        return sum(read(state) for state in states) if states else None
+    def join(self, batch: Any) -> None:
+        """A batch started: its gauges (`batch.snapshot`) count from now on."""
+        with self.lock:
+            self._live.add(batch)
 
-    def endpoints(self) -> dict[str, tuple[int, bool]]:
-        """The running batches' endpoints: requests in flight, set aside (by any)."""
-        endpoints: dict[str, tuple[int, bool]] = {}
-        for each in list(self.live):
-            for url, (in_flight, aside) in each.state().endpoints.items():
-                before, was_aside = endpoints.get(url, (0, False))
-                endpoints[url] = (before + in_flight, was_aside or aside)
-        return endpoints
+    def leave(self, batch: Any) -> None:
+        with self.lock:
+            self._live.discard(batch)
 
-    def jobs(self) -> dict[str, int]:
-        """The running batches' Batch API jobs by state."""
-        jobs: dict[str, int] = {}
-        for each in list(self.live):
-            for name, count in each.state().jobs.items():
-                jobs[name] = jobs.get(name, 0) + count
-        return jobs
+    def states(self) -> list[State]:
+        """The gauges of the batches running now, as their loops last took them."""
+        with self.lock:
+            return [batch.snapshot for batch in self._live]
 
 
 def _histogram(
@@ -183,25 +177,34 @@ def _outcomes(tally: Tally) -> Points:
 
 def _gauge(read: Callable[[State], float]) -> Callable[[Tally], Points]:
     def points(tally: Tally) -> Points:
-        value = tally.gauge(read)
-        return [] if value is None else [(value, None)]
+        states = tally.states()
+        return [(sum(read(state) for state in states), None)] if states else []
 
     return points
 
 
 def _endpoint(read: Callable[[tuple[int, bool]], float]) -> Callable[[Tally], Points]:
+    """Each endpoint's gauge, by server (two URLs of one server are one series)."""
+
     def points(tally: Tally) -> Points:
-        out: Points = []
-        for url, gauges in tally.endpoints().items():
-            address, port = server_of(url)
-            out.append((read(gauges), {"server.address": address, "server.port": port}))
-        return out
+        servers: dict[tuple[str, int], tuple[int, bool]] = {}
+        for state in tally.states():
+            for url, (in_flight, aside) in state.endpoints.items():
+                before, was_aside = servers.get(server_of(url), (0, False))
+                servers[server_of(url)] = (before + in_flight, was_aside or aside)
+        return [
+            (read(gauges), {"server.address": address, "server.port": port})
+            for (address, port), gauges in servers.items()
+        ]
 
     return points
 
 
 def _jobs(tally: Tally) -> Points:
-    return [(count, {"state": state}) for state, count in tally.jobs().items()]
+    jobs: Counter[str] = Counter()
+    for state in tally.states():
+        jobs.update(state.jobs)
+    return [(count, {"state": name}) for name, count in jobs.items()]
 
 
 # Every metric, declared once: the application's instruments and the Prometheus

@@ -9,8 +9,9 @@ nothing of it. Names follow OpenTelemetry's GenAI semantic conventions:
   ``gen_ai.request.model``, ``gen_ai.response.model``, ``server.address``,
   ``server.port``, ``error.type``);
 - the library's own under ``batch_stream_openai.``: results by outcome, retries, hedges,
-  spend, and gauges of the requests in flight and waiting, the concurrency limit and the
-  Batch API jobs by state (no attribute per request: bounded cardinality);
+  spend, and gauges of the requests in flight and waiting, the concurrency limit, the
+  Batch API jobs by state and each endpoint's requests in flight and set-aside state (by
+  ``server.address`` and ``server.port``; no attribute per request: bounded cardinality);
 - a span per batch (``batch_stream_openai.batch``, a child of the caller's current span)
   and a CLIENT span per request under it (``{operation} {model}``, from its first send to
   its result; each attempt an event). Prompts and answers are recorded only when the
@@ -32,7 +33,9 @@ from .instruments import Instruments, instruments_of, library_version, set_provi
 from .names import error_type, outcome_of, provider_of, server_of
 from .tally import METER, Labels, Series, State, Tally
 
-__all__ = ["Described", "Telemetry"]
+__all__ = ["SNAPSHOT_S", "Described", "Telemetry"]
+
+SNAPSHOT_S = 0.5  # how old the gauges a reader sees may be
 
 
 class Described(Protocol):
@@ -68,7 +71,9 @@ class Telemetry:
         self._tallies = tallies
         self._attributes: dict[tuple[Any, ...], _Attributes] = {}
         self._tracer = tracer
-        self.state = state
+        self._state = state
+        self.snapshot = State()  # the gauges, as the loop last took them (`refresh`)
+        self._next_snapshot = 0.0
         self._wall = time.time_ns() - time.monotonic_ns()  # monotonic -> epoch
         self._attempts: dict[int, list[tuple[str, dict[str, Any], int]]] = {}  # span events
         self._batch: Any = None
@@ -76,7 +81,14 @@ class Telemetry:
         if tracer is not None:
             self._batch = tracer.start_span("batch_stream_openai.batch", attributes=attributes)
         for tally in tallies:
-            tally.live.add(self)
+            tally.join(self)
+
+    def refresh(self, now: float) -> None:
+        """Take the batch's gauges, at most every `SNAPSHOT_S` (called by the batch's loop,
+        on its thread: a reader's thread never touches the dispatcher)."""
+        if now >= self._next_snapshot:
+            self.snapshot = self._state()
+            self._next_snapshot = now + SNAPSHOT_S
 
     @property
     def traces(self) -> bool:
@@ -148,7 +160,7 @@ class Telemetry:
     def close(self, summary: BatchSummary, error: BaseException | None) -> None:
         """The batch ended (`error`: what ended it early, if anything)."""
         for tally in self._tallies:
-            tally.live.discard(self)
+            tally.leave(self)
         if (span := self._batch) is None:
             return
         span.set_attributes(

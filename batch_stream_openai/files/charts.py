@@ -87,7 +87,7 @@ class _Bins:
         self.count = int(span // self.width) + 1
 
     def of(self, at: float) -> int:
-        return min(int((at - self.start) // self.width), self.count - 1)
+        return max(0, min(int((at - self.start) // self.width), self.count - 1))
 
     def axis(self) -> list[datetime]:
         return [datetime.fromtimestamp(self.start + i * self.width, UTC) for i in range(self.count)]
@@ -167,6 +167,8 @@ def _errors_over_time(stats: RunStats, bins: _Bins) -> Any:
 
 
 def _attempts(stats: RunStats) -> Any:
+    if not stats.requests:
+        return None
     import plotly.graph_objects as go
 
     tries = sorted(stats.attempts)
@@ -178,6 +180,8 @@ def _attempts(stats: RunStats) -> Any:
 
 
 def _models(stats: RunStats) -> Any:
+    if not stats.models:
+        return None
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 

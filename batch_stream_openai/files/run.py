@@ -400,9 +400,10 @@ def _send(
                 report.written += 1
                 report.failed += result.error is not None
     finally:
-        note_run(report.output_path, started_at, stream.summary)
         if journal is not None:
             report.in_jobs = owed_by(journal)
+        with contextlib.suppress(OSError):  # a full disk: the run's own error comes first
+            note_run(report.output_path, started_at, stream.summary)
     if space.low() and report.written < report.to_send and not preemption.requested:
         raise space.stopped()
 

@@ -89,7 +89,7 @@ class RunStats:
     Parameters:
         requests: output lines read.
         ok: of those, answers; failed: errors (by type in `errors`).
-        retries: attempts after each request's first.
+        retries: attempts after each request's first (a hedge is none).
         cached: answers from the response cache; saved_usd: what they cost when paid
             for (from the runs' sidecar).
         cost_usd: spend; models: requests, tokens and spend by model.
@@ -99,7 +99,8 @@ class RunStats:
         slowest: the slowest requests, (latency, custom_id, attempts), slowest first.
         failures: the first failed requests.
         jobs: Batch API jobs: id -> [first send, last answer, lines].
-        runs: the runs' (start, end) epoch seconds, from the sidecar.
+        runs: the runs' (start, end) epoch seconds, from the sidecar (`wall_s` adds them
+            up).
     """
 
     requests: int = 0
@@ -128,8 +129,11 @@ class RunStats:
         """
         path = Path(output_path)
         stats = cls()
-        for _, line in _json_lines(path):
-            stats.add_line(line)
+        for number, line in _json_lines(path):
+            try:
+                stats.add_line(line)
+            except (AttributeError, TypeError, ValueError):
+                raise ValueError(f"{path}:{number}: not a Batch API output line") from None
         sidecar = runs_path(path)
         if sidecar.exists():
             for _, run in _json_lines(sidecar):
@@ -138,18 +142,20 @@ class RunStats:
 
     def add_line(self, line: dict[str, Any]) -> None:
         """Count one Batch API output line."""
-        self.requests += 1
         stats: dict[str, Any] = line.get("x_stats") or {}
-        error = line.get("error")
+        error: dict[str, Any] | None = line.get("error")
+        custom_id = str(line.get("custom_id"))
         attempts = int(stats.get("attempts") or (error or {}).get("attempts") or 1)
+        self.requests += 1
         self.attempts[attempts] += 1
-        self.retries += attempts - 1
+        self.retries += max(0, attempts - 1 - bool(stats.get("hedged")))  # a hedge is none
         self._count_spend(line, stats)
-        at, latency = stats.get("at"), stats.get("latency_s")
-        if at is not None and latency is not None:
-            self._count_time(str(line.get("custom_id")), float(at), float(latency), attempts)
+        timed = "at" in stats and "latency_s" in stats and not stats.get("cached")
+        at, latency = (float(stats["at"]), float(stats["latency_s"])) if timed else (0.0, 0.0)
+        if timed:  # a cache hit took no time, and its job (if any) is an earlier run's
+            self._count_time(custom_id, at, latency, attempts)
             if batch_id := stats.get("batch_id"):
-                self._count_job(str(batch_id), float(at) - float(latency), float(at))
+                self._count_job(str(batch_id), at - latency, at)
         if error is None:
             self.ok += 1
             self.cached += bool(stats.get("cached"))
@@ -157,11 +163,11 @@ class RunStats:
         kind = str(error.get("type") or error.get("code") or "error")
         self.failed += 1
         self.errors[kind] += 1
-        if at is not None:
-            self.error_times.setdefault(kind, array("d")).append(float(at))
+        if timed:
+            self.error_times.setdefault(kind, array("d")).append(at)
         if len(self.failures) < _FAILED:
             message = str(error.get("message") or "")
-            self.failures.append(FailedLine(str(line.get("custom_id")), kind, message, attempts))
+            self.failures.append(FailedLine(custom_id, kind, message, attempts))
 
     def add_result(self, result: Result, custom_id: str | None = None) -> None:
         """Count one result as it arrives, from ``stream_batch(..., return_results=True)``
@@ -178,7 +184,10 @@ class RunStats:
 
     @property
     def wall_s(self) -> float:
-        """Seconds from the first request's send to the last answer (runs' pauses in)."""
+        """Seconds the runs took (from the sidecar: the pauses between runs left out), or
+        from the first request's send to the last answer."""
+        if self.runs:
+            return sum(end - start for start, end in self.runs)
         if not self.finished_at:
             return 0.0
         first = min(

@@ -291,6 +291,8 @@ def test_a_straggler_gets_a_duplicate_elsewhere_and_the_first_answer_wins() -> N
     dispatcher, owner, original = hedged_batch(30, fraction=0.1)
     ((worker, hedge),) = tasks_of(dispatcher.fill(["a", "b"]))
     assert hedge.index == 0 and hedge.attempt == 2 and worker != owner
+    state = dispatcher.state()  # two copies on two workers: one request in flight
+    assert (state.in_flight, state.waiting) == (1, 0)
     dispatcher.settle(worker, answer(hedge))
     ((index, result),) = dispatcher.take_results()
     assert index == 0 and isinstance(result, Result) and result.hedged and result.attempts == 2

@@ -186,3 +186,33 @@ def test_a_batch_api_run_shows_its_jobs_and_how_long_each_line_waited(
     assert set(stats.jobs) == {job["id"] for job in jobs_of(fake)}
     assert min(stats.latency_s) > 0  # from the job's creation to its answer
     assert stats.to_html().count('class="plotly-graph-div"') == 6  # jobs, no errors chart
+
+
+@pytest.mark.fast
+def test_cache_hits_hedges_and_resumed_runs_are_counted_for_what_they_are() -> None:
+    def line(custom_id: str, at: float, **stats: Any) -> dict[str, Any]:
+        body = {"model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+        return {
+            "custom_id": custom_id,
+            "response": {"status_code": 200, "body": body},
+            "error": None,
+            "x_stats": {"at": at, "latency_s": 2.0, "attempts": 1, **stats},
+        }
+
+    stats = RunStats()
+    stats.add_line(line("a", 100.0, batch_id="batch_1"))
+    stats.add_line(line("b", 5000.0, attempts=2, hedged=True))  # a hedge, not a retry
+    stats.add_line(line("c", 9000.0, latency_s=0.0, cached=True, batch_id="batch_1"))
+    assert (stats.ok, stats.cached, stats.retries, stats.attempts[2]) == (3, 1, 0, 1)
+    assert list(stats.latency_s) == [2.0, 2.0]  # the cache hit took no time
+    assert stats.jobs == {"batch_1": [98.0, 100.0, 1]}  # nor is it the earlier job's line
+    stats.add_run({"started_at": 97.0, "ended_at": 101.0})
+    stats.add_run({"started_at": 4997.0, "ended_at": 5001.0})
+    assert stats.wall_s == 8.0  # the two runs, not the night between them
+
+
+def test_a_line_that_is_json_but_no_output_line_is_named(tmp_path: Path) -> None:
+    output = tmp_path / "out.jsonl"
+    output.write_text('{"custom_id": "a", "error": null}\n["not", "a", "line"]\n')
+    done = _cli("report", str(output))
+    assert done.returncode == 2 and f"{output}:2: not a Batch API output line" in done.stderr
