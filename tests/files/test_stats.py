@@ -34,32 +34,26 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=90)
 
 
+def _run(fake: FakeOpenAIServer, folder: Path, users: list[str], *flags: str) -> Path:
+    """A command-line run of one prompt line per user prompt; its output file."""
+    source, output = folder / "in.jsonl", folder / "out.jsonl"
+    lines = (
+        {"custom_id": f"c{i}", "system_prompt": "s", "user_prompt": u} for i, u in enumerate(users)
+    )
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    command = ["run", str(source), "-o", str(output), "--base-url", fake.base_url]
+    done = _cli(*command, "--model", "gpt-4o-mini", *flags)
+    assert done.returncode == 0, done.stderr
+    return output
+
+
 @pytest.fixture(scope="module")
 def run(server: FakeOpenAIServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A command-line run of `USERS` (its output file and what the server saw)."""
     server.reset()
     server.configure(latency=0.02, capacity=0, queue_limit=0)
     folder = tmp_path_factory.mktemp("report")
-    source, output = folder / "in.jsonl", folder / "out.jsonl"
-    lines = (
-        {"custom_id": f"c{i}", "system_prompt": "s", "user_prompt": u} for i, u in enumerate(USERS)
-    )
-    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    done = _cli(
-        "run",
-        str(source),
-        "-o",
-        str(output),
-        "--base-url",
-        server.base_url,
-        "--model",
-        "gpt-4o-mini",
-        "--workers",
-        "1",
-        "--max-concurrency",
-        "8",
-    )
-    assert done.returncode == 0, done.stderr
+    output = _run(server, folder, USERS, "--workers", "1", "--max-concurrency", "8")
     records = [json.loads(line) for line in output.read_text().splitlines()]
     return {"output": output, "records": records, "attempts": server.stats().requests}
 
@@ -161,26 +155,9 @@ def test_a_stream_is_counted_as_its_results_arrive(fake: FakeOpenAIServer) -> No
 def test_a_batch_api_run_shows_its_jobs_and_how_long_each_line_waited(
     fake: FakeOpenAIServer, tmp_path: Path
 ) -> None:
-    source, output = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    lines = (
-        {"custom_id": f"b{i}", "system_prompt": "s", "user_prompt": f"q{i}"} for i in range(20)
+    output = _run(
+        fake, tmp_path, [f"q{i}" for i in range(20)], "--mode", "batch", "--poll-interval", "0.05"
     )
-    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    done = _cli(
-        "run",
-        str(source),
-        "-o",
-        str(output),
-        "--base-url",
-        fake.base_url,
-        "--model",
-        "gpt-4o-mini",
-        "--mode",
-        "batch",
-        "--poll-interval",
-        "0.05",
-    )
-    assert done.returncode == 0, done.stderr
     stats = RunStats.read(output)
     assert stats.ok == 20 and sum(lines for _, _, lines in stats.jobs.values()) == 20
     assert set(stats.jobs) == {job["id"] for job in jobs_of(fake)}
