@@ -12,8 +12,9 @@ Example:
 >>> reply.choices[0].message.content == expected_answer("", "Hi")
 True
 
-The server runs in its own process (`server.py`); its routes live in `app.py`, and the
-``[[...]]`` fault-injection directives in `directives.py`.
+The server runs in its own process (`server.py`); its routes live in `app.py` (the Batch
+API's in `batches.py`, Anthropic's Messages and Message Batches in `anthropic.py`), and
+the ``[[...]]`` fault-injection directives in `directives.py`.
 """
 
 from .directives import expected_answer

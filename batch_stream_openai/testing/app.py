@@ -32,6 +32,7 @@ from .answers import (
     tokens,
     tool_call_of,
 )
+from .anthropic import CHAT_PATH, MessageBatches, message_batch_route, messages_route
 from .batches import BatchJobs, batch_route
 from .capacity import CapacityGate
 from .directives import FAULT_KINDS, Directive, expected_answer, parse_directives
@@ -106,6 +107,7 @@ class _State:
         self.seen: dict[str, int] = {}
         self.batch_calls: list[str] = []  # "POST /v1/batches", ... (Batch API calls)
         self.jobs: BatchJobs  # set by the app, which answers their lines
+        self.message_batches: MessageBatches  # Anthropic's, set by the app too
         self.gate = CapacityGate()  # the capacity model, when `settings.capacity` is set
 
     def reset(self) -> None:
@@ -118,6 +120,7 @@ class _State:
         self.seen.clear()
         self.batch_calls.clear()
         self.jobs = BatchJobs(self.settings, self.jobs.answer_line)
+        self.message_batches = MessageBatches(self.settings, self.jobs.answer_line)
         self.gate.reset()
 
 
@@ -138,6 +141,7 @@ class _App:
     def __init__(self, state: _State) -> None:
         self.state = state
         state.jobs = BatchJobs(state.settings, self.answer_line)
+        state.message_batches = MessageBatches(state.settings, self.answer_line)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
@@ -146,6 +150,8 @@ class _App:
         if path.startswith(("/v1/files", "/v1/batches")):
             self.state.batch_calls.append(f"{request.method} {path}")
             return await batch_route(self.state.jobs, request, path)
+        if path.startswith("/v1/messages/batches"):
+            return await message_batch_route(self.state.message_batches, request, path)
         state = self.state
         epoch = state.epoch
         state.requests += 1
@@ -183,6 +189,10 @@ class _App:
     async def _api(
         self, request: web.BaseRequest, path: str, body: Any
     ) -> web.StreamResponse | None:
+        if path == "/v1/messages":  # Anthropic's: answered as Chat Completions
+            return await messages_route(
+                request, body, lambda chat: self._api(request, CHAT_PATH, chat)
+            )
         if path == "/v1/chat/completions":
             prompts: Callable[[dict[str, Any]], tuple[str, str, int]] = chat_prompts
         elif path == "/v1/responses":
