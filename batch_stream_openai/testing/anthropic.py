@@ -245,16 +245,15 @@ class MessageBatches:
         share = min(1.0, (until - batch.created) / duration)
         while len(batch.results) < int(share * len(batch.requests) + 1e-9):
             batch.results.append(self._result(batch.requests[len(batch.results)]))
-        over = batch.cancelled is not None or now - batch.created >= duration
-        if batch.expires and now - batch.created >= 0.5 * duration:
-            over = True
-        if over:
+        end = batch.created + (0.5 if batch.expires else 1.0) * duration
+        if batch.cancelled is not None:
+            end = min(end, batch.cancelled)
+        if now >= end:  # over: cancelled, expired or done, at `end`
             unanswered = "canceled" if batch.cancelled is not None else "expired"
             for each in batch.requests[len(batch.results) :]:
-                batch.results.append(
-                    {"custom_id": each["custom_id"], "result": {"type": unanswered}}
-                )
-            batch.ended = now
+                result = {"custom_id": each["custom_id"], "result": {"type": unanswered}}
+                batch.results.append(result)
+            batch.ended = end
 
     def _result(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
