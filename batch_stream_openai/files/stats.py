@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._wire.answers import usage_of
 from ..results import BatchSummary, Result
 from .jsonl import error_object, line_stats
 
@@ -244,7 +245,9 @@ class RunStats:
     def _count_spend(self, line: dict[str, Any], stats: dict[str, Any]) -> None:
         body = ((line.get("response") or {}).get("body")) or {}
         model = stats.get("model") or body.get("model")
-        tokens = stats.get("tokens") or _usage_of(body)
+        tokens = stats.get("tokens")
+        if tokens is None and (usage := usage_of(body)) is not None:  # OpenAI's own lines
+            tokens = (usage.input_tokens, usage.output_tokens)
         cost = float(stats.get("cost_usd") or 0.0)
         self.cost_usd += cost
         if not model:  # an error without an answer: no model said, nothing spent
@@ -273,17 +276,6 @@ class RunStats:
             self.jobs[batch_id] = [sent, answered, 1]
             return
         job[0], job[1], job[2] = min(job[0], sent), max(job[1], answered), job[2] + 1
-
-
-def _usage_of(body: dict[str, Any]) -> tuple[int, int] | None:
-    """Input and output tokens from a response body's usage (Chat Completions,
-    Responses or embeddings)."""
-    usage = body.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0
-    completion = usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0
-    return int(prompt), int(completion)
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -83,17 +83,11 @@ def as_chat(params: Any) -> dict[str, Any]:
     messages = params.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages: at least one message is required")
-    chat = [{"role": m.get("role"), "content": _text(m.get("content"))} for m in messages]
+    # Content blocks read as Chat Completions parts do (their text; cache_control ignored).
+    chat = [{"role": m.get("role"), "content": m.get("content")} for m in messages]
     if system := params.get("system"):
-        chat.insert(0, {"role": "system", "content": _text(system)})
+        chat.insert(0, {"role": "system", "content": system})
     return {"model": params["model"], "messages": chat}
-
-
-def _text(content: Any) -> str:
-    """A content string, or its blocks' text (``cache_control`` and the rest ignored)."""
-    if isinstance(content, list):
-        return "".join(b.get("text", "") for b in content if isinstance(b, dict))
-    return str(content or "")
 
 
 def as_message(chat: dict[str, Any]) -> dict[str, Any]:
