@@ -27,7 +27,7 @@ from benchmarks_md import save_section
 from hypothesis import HealthCheck, Phase, given, settings
 
 from batch_stream_openai.testing import FakeOpenAIServer
-from tests.model import Scenario, describe, run_scenario, scenarios
+from tests.model import Scenario, anthropic_environment, describe, run_scenario, scenarios
 
 
 def main() -> int:
@@ -43,6 +43,7 @@ def main() -> int:
     failures: list[str] = []
     started = time.monotonic()
     with FakeOpenAIServer(batch_seconds=0.2) as server:
+        os.environ.update(anthropic_environment(server))
 
         @settings(
             max_examples=20,  # per call: the loop below goes on until the time is up

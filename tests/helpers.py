@@ -40,9 +40,11 @@ class FakeClock:
         return self.now
 
 
-def ask(user: str, api: str = "chat", **options: Any) -> OpenAIRequest:
+def ask(
+    user: str, api: str = "chat", model: str = "gpt-4o-mini", **options: Any
+) -> OpenAIRequest:
     """A request for the bundled server, with the tests' system prompt."""
-    return OpenAIRequest(SYSTEM, user, model="gpt-4o-mini", api=api, **options)  # type: ignore[arg-type]
+    return OpenAIRequest(SYSTEM, user, model=model, api=api, **options)  # type: ignore[arg-type]
 
 
 def answers(users: list[str]) -> list[str]:
@@ -163,6 +165,11 @@ def jobs_of(fake: FakeOpenAIServer) -> list[dict[str, Any]]:
 def answered_by_jobs(fake: FakeOpenAIServer) -> Counter[str]:
     """How many times the server answered each custom id, over all jobs."""
     return Counter(cid for job in jobs_of(fake) for cid in job["answered"])
+
+
+def message_batches_of(fake: FakeOpenAIServer) -> list[dict[str, Any]]:
+    """The Anthropic Message Batches the server was asked to create."""
+    return list(fake.batch_jobs()["message_batches"])
 
 
 def creates(fake: FakeOpenAIServer) -> int:

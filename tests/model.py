@@ -69,6 +69,9 @@ ONLINE_FAULTS = (
     "[[straggle=0.5]]",
     "[[status=400]]",
 )
+# With provider="anthropic", these go to Claude (the others stay OpenAI's: a mixed batch).
+CLAUDE_KINDS = frozenset({"chat", "pydantic", "schema", "tool", "raw"})
+CLAUDE = "anthropic/claude-haiku-4-5"
 BATCH_FAULTS = ("", "[[status=503 times=1]]", "[[status=400]]")
 SCHEMA = {
     "type": "json_schema",
@@ -104,6 +107,7 @@ class Scenario:
     workers: int = 1
     metrics: bool = False  # metrics_port: served for Prometheus, scraped around the run
     crash: str = ""  # "", "worker" (one SIGKILL) or "parent" (killed mid-stream, run again)
+    provider: str = "openai"  # "anthropic": prompt requests go to Claude (batch mode)
     tag: str = field(default="", compare=False)  # makes prompts unique to this run
 
     def requests(self) -> list[Any]:
@@ -115,7 +119,8 @@ class Scenario:
         if self.crash == "worker" and index == 0 and kind not in ("embedding", "raw"):
             user += " poison"
         cap = {"max_output_tokens": 200} if self.capped else {}
-        model = "gpt-4o-mini"
+        claude = self.provider == "anthropic" and kind in CLAUDE_KINDS
+        model = CLAUDE if claude else "gpt-4o-mini"
         if kind == "embedding":
             return EmbeddingRequest(user)
         if kind == "raw":
@@ -162,7 +167,14 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         workers=draw(st.sampled_from((1, 2))),
         metrics=draw(st.booleans()),
         crash=draw(st.sampled_from(crashes)),
+        provider=draw(st.sampled_from(("openai", "anthropic"))) if mode == "batch" else "openai",
     )
+
+
+def anthropic_environment(server: FakeOpenAIServer) -> dict[str, str]:
+    """Anthropic's SDK on the bundled server, with the scenarios' key (checked for leaks)."""
+    base_url = server.base_url.removesuffix("/v1")
+    return {"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": SECRET_KEY}
 
 
 def options_of(scenario: Scenario, server: FakeOpenAIServer, folder: Path) -> dict[str, Any]:
@@ -244,7 +256,8 @@ def run_scenario(scenario: Scenario, server: FakeOpenAIServer, folder: Path) -> 
             raise AssertionError(f"not refused: {refusal}") from None
         assert server.stats().requests == sent, "a refused batch sent something"
         return "refused"
-    jobs_before = {job["id"] for job in server.batch_jobs()["jobs"] if "id" in job}
+    record = server.batch_jobs()
+    jobs_before = {job["id"] for job in record["jobs"] + record["message_batches"] if "id" in job}
     if scenario.crash == "parent":
         first = crash_then_rerun(scenario, options, server, folder)
     else:
@@ -364,9 +377,13 @@ def results_counted(port: int | None) -> float:
 
 
 def check_paid_once(server: FakeOpenAIServer, jobs_before: set[str]) -> None:
-    """No line of this scenario's jobs was answered (billed) twice by the server."""
-    jobs = [job for job in server.batch_jobs()["jobs"] if job.get("id") not in jobs_before]
-    paid = Counter(cid for job in jobs if "id" in job for cid in job["paid"])
+    """No line of this scenario's jobs was answered (billed) twice by the server, at
+    OpenAI or at Anthropic."""
+    record = server.batch_jobs()
+    jobs = [job for job in record["jobs"] if "id" in job and job["id"] not in jobs_before]
+    batches = [batch for batch in record["message_batches"] if batch["id"] not in jobs_before]
+    paid = Counter(cid for job in jobs for cid in job["paid"])
+    paid += Counter(cid for batch in batches for cid in batch["paid"])
     assert max(paid.values(), default=1) == 1, f"paid twice: {paid.most_common(3)}"
 
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from .model import Scenario, describe, run_scenario, scenarios
+from .model import Scenario, anthropic_environment, describe, run_scenario, scenarios
 
 _RUNS = itertools.count()
 
@@ -24,6 +24,8 @@ def quick_jobs(
 ) -> Iterator[FakeOpenAIServer]:
     server.configure(batch_seconds=0.2, latency=0.0, capacity=0, queue_limit=0)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
+    for name, value in anthropic_environment(server).items():
+        monkeypatch.setenv(name, value)
     yield server
     server.configure(batch_seconds=1.0)
 

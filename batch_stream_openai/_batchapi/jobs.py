@@ -1,12 +1,12 @@
-"""The Batch API jobs of one route: spooled, submitted, polled and read back.
+"""The batch jobs of one route, at every provider: spooled, submitted, polled, read back.
 
-Lines are written into the open group of their endpoint and model (the API wants one
-model per file). A group becomes a job when it holds `batch_size` lines (or nears the
-200 MB file limit), or the input ends: uploaded (``POST /v1/files``), started
-(``POST /v1/batches``) and polled (after 1 s, then twice as long each time, up to
+Lines are written into open groups (`groups.py`); a full group, or every group once the
+input ends, becomes a job at its provider (`provider.py`): uploaded if the provider takes
+files, created, and polled (after 1 s, then twice as long each time, up to
 `poll_interval`). A finished job's answers are kept in the journal and the cache, then
-handed back through `give`; a line to try again is spooled into a later job (or, past
-the deadline's switch, handed back through `send_online`).
+handed back through `give`; a line to try again is spooled into a later job, and one
+whose jobs ended without answering it `max_retries` times (expired, say), or any line
+past the deadline's switch, is handed back through `send_online`.
 """
 
 from __future__ import annotations
@@ -19,27 +19,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._spending.admission import Admission
-from .._spending.cap import NOTHING_RESERVED, Reservation, Spending
+from .._spending.cap import Spending
 from .._spending.prices import PriceTable
 from .._wire.answers import StoredAnswer
 from .._wire.sources import Answered
-from ..errors import APIError, RequestError
+from ..errors import APIError, BudgetExceededError, RequestError
 from ..results import BatchSummary, Result
-from .client import BatchClient
-from .journal import JobRecord, Journal
-from .lines import Job, batch_line, line_result
+from .groups import Groups
+from .journal import Journal
+from .lines import Job, line_result
 from .options import JobOptions
+from .provider import BatchProvider, JobState, Providers
 
-__all__ = ["MAX_FILE_BYTES", "JobServices", "Jobs"]
-
-# The API takes input files up to 200 MB; a margin for the multipart framing.
-MAX_FILE_BYTES = 190 * 2**20
+__all__ = ["JobServices", "Jobs"]
 # A job refused for the enqueued-token limit is created again after this many polls,
 # doubling each time, waiting at most `_MAX_REFUSED_WAIT_S`.
 _MAX_REFUSED_WAIT_S = 600.0
 # The first look at a new job; each next one waits twice as long, up to `poll_interval`.
 _FIRST_POLL_S = 1.0
-_FINAL = frozenset({"completed", "expired", "cancelled", "failed"})
 
 # How answers go back to the route: (index, an `Answered` item or a request to send online).
 Give = Callable[[int, Any], None]
@@ -47,10 +44,10 @@ Give = Callable[[int, Any], None]
 
 @dataclass(frozen=True)
 class JobServices:
-    """What the jobs talk to: the provider, the prices, the cost cap, the cache, the
+    """What the jobs talk to: the providers, the prices, the cost cap, the cache, the
     summary (where the jobs' states are shown)."""
 
-    client: BatchClient
+    providers: Providers
     prices: PriceTable
     spending: Spending | None
     admission: Admission
@@ -63,7 +60,7 @@ class Jobs:
     Parameters:
         journal: where every job and answer is recorded.
         options: sizes, polling, retries, the deadline.
-        services: the client, prices, cost cap, cache and summary.
+        services: the providers, prices, cost cap, cache and summary.
         give: hands an index's `Answered` item back to the route.
         send_online: hands an index's request back to run online.
     """
@@ -79,10 +76,9 @@ class Jobs:
         self._journal = journal
         self._options = options
         self._services = services
-        self._client = services.client
         self._give = give
         self._send_online = send_online
-        self._groups: dict[tuple[str, str], Job] = {}  # open, by (endpoint, model)
+        self._groups = Groups(journal, options, services.providers, services.spending)
         self._jobs: list[Job] = []  # submitted (or refused, to be created again)
         self._attempts: dict[int, int] = {}  # {index: attempts} of lines sent again
         self._input_ended = True  # lines to send again are submitted at once
@@ -91,7 +87,7 @@ class Jobs:
         self.online = False  # past the deadline's switch: everything goes online
 
     def __repr__(self) -> str:
-        return f"<Jobs jobs={len(self._jobs)} open_groups={len(self._groups)}>"
+        return f"<Jobs jobs={len(self._jobs)} {self._groups!r}>"
 
     def __bool__(self) -> bool:
         """Whether a submitted job is still open."""
@@ -105,27 +101,22 @@ class Jobs:
         """While the input is read, lines to send again wait for the input's next job."""
         self._input_ended = not reading
 
-    def spool(self, index: int, request: Any, reserved: Reservation | None = None) -> None:
-        """Write `request` into its endpoint and model's open group (a full one is
-        submitted first)."""
-        endpoint, model, data = batch_line(index, request)
-        group = self._groups.get((endpoint, model))
-        if group is not None and (
-            group.lines >= self._options.batch_size or group.size + len(data) > MAX_FILE_BYTES
-        ):
-            self._submit(group)
-            group = None
-        if group is None:
-            key = f"job-{time.time_ns():x}"
-            group = Job(JobRecord(key, endpoint, model, "spooled"), self._journal.job_dir(key))
-            self._groups[(endpoint, model)] = group
-        group.write(index, data, request)
-        if reserved is not None:
-            group.reserved[index] = reserved
+    def spool(self, index: int, request: Any) -> None:
+        """Write `request` into its open group (a group it fills becomes a job); one its
+        provider cannot take, or that does not fit under ``max_cost``, yields its error."""
+        try:
+            full = self._groups.add(index, request)
+        except (ValueError, BudgetExceededError) as error:
+            failed = error if isinstance(error, RequestError) else RequestError(str(error))
+            failed.index = index
+            self._give(index, Answered(Result(index, error=failed)))
+            return
+        if full is not None:
+            self._submit(full)
 
     def submit_all(self) -> None:
         """Every open group becomes a job."""
-        for group in list(self._groups.values()):
+        for group in self._groups.take_all():
             self._submit(group)
 
     def reattach(self) -> set[int]:
@@ -163,21 +154,20 @@ class Jobs:
 
     def cancel_running(self) -> int:
         """Cancel every job created at the provider; how many there were."""
-        running = [job.record.batch_id for job in self._jobs if job.record.batch_id]
-        for batch_id in running:
-            self._client.cancel(batch_id)
+        running = [job for job in self._jobs if job.record.batch_id]
+        for job in running:
+            self._provider(job).cancel(str(job.record.batch_id))
         return len(running)
 
     def close_files(self) -> None:
-        for group in self._groups.values():
-            group.close_files()
+        self._groups.close_files()
 
     def give_up(self) -> list[int]:
         """Forget every group and job: the indices they still owed, in order."""
-        owed = {i for group in self._groups.values() for i in group.indices}
+        owed = self._groups.indices()
         for job in self._jobs:
             owed.update(self._pending(job))
-        self._groups.clear()
+        self._groups.take_all()
         self._jobs.clear()
         return sorted(owed)
 
@@ -192,31 +182,30 @@ class Jobs:
 
     def _submit(self, job: Job) -> None:
         """Record, upload and start a group's job."""
-        self._groups.pop((job.record.endpoint, job.record.model), None)
-        job.close_files()
         self._journal.add_job(job.record, job.lines_sent)
         job.lines_sent = []
         self._jobs.append(job)
         self._start(job)
 
     def _start(self, job: Job, resumed: bool = False) -> None:
-        """Upload the job's lines and create it; a resumed job is looked for first (the
-        run before may have died between creating it and writing its id down). A refusal
-        (after the client's retries) fails the job's own lines."""
+        """Upload the job's lines (if its provider takes files) and create it; a resumed
+        job is looked for first (the run before may have died between creating it and
+        writing its id down). A refusal (after the adapter's retries) fails its lines."""
         record = job.record
+        provider = self._provider(job)
+        path = job.folder / "input.jsonl"
         try:
-            if record.file_id is None:
-                record.file_id = self._client.upload(job.folder / "input.jsonl")
+            if record.file_id is None and provider.uploads:
+                record.file_id = provider.upload(path)
                 record.state = "uploaded"
                 self._journal.update(record)
             if record.batch_id is None:
-                record.batch_id = (resumed and self._client.find(record.key)) or (
-                    self._client.create(record.file_id, record.endpoint, record.key)
-                )
+                found = resumed and provider.find(record, len(self._pending(job)))
+                record.batch_id = found or provider.create(record, path)
                 record.state = "submitted"
                 self._journal.update(record)
         except Exception as error:
-            self._fail(job, self._client.refusal(error))
+            self._fail(job, provider.refusal(error))
             return
         job.status = "validating"
         self._poll_wait = min(_FIRST_POLL_S, self._options.poll_interval)
@@ -252,35 +241,32 @@ class Jobs:
 
     def _look_at(self, job: Job) -> None:
         """Ask for one job's status; take in its answers once it is done."""
-        assert job.record.batch_id is not None
+        batch_id = str(job.record.batch_id)
+        provider = self._provider(job)
         try:
-            batch = self._client.retrieve(job.record.batch_id)
+            state = provider.state(batch_id)
         except Exception as error:  # deleted at the provider, say
-            self._fail(job, self._client.refusal(error))
+            self._fail(job, provider.refusal(error))
             return
-        job.status = batch.status
-        if (counts := batch.request_counts) is not None:
-            job.counts = (counts.completed + counts.failed, counts.total)
-        if batch.status not in _FINAL:
+        job.status = state.status
+        job.counts = (state.answered, state.total)
+        if not state.final:
             return
-        if batch.status == "failed" and self._client.refused(batch):
+        if state.status == "failed" and state.refused:
             self._refused(job)
             return
-        self._download(job, batch)
-        job.waited_s = max(0.0, time.time() - batch.created_at)  # its answers' latency
-        self._read_answers(job, batch.status, failure=self._client.failure(batch))
+        self._download(job, state)
+        job.waited_s = max(0.0, time.time() - state.created_at)  # its answers' latency
+        self._read_answers(job, state.status, failure=state.failure)
 
-    def _download(self, job: Job, batch: Any) -> None:
-        """Keep the job's output and error files beside the journal, then delete them (and
-        the input file) at the provider."""
-        for name, file_id in (("output", batch.output_file_id), ("errors", batch.error_file_id)):
-            if file_id:
-                job.keep(name, self._client.content(file_id))
+    def _download(self, job: Job, state: JobState) -> None:
+        """Keep the job's answers beside the journal, then delete what it left at the
+        provider (its files, or the job itself)."""
+        provider = self._provider(job)
+        provider.download(state, str(job.record.batch_id), job.folder)
         job.record.state = "downloaded"
         self._journal.update(job.record)
-        for file_id in (batch.output_file_id, batch.error_file_id, job.record.file_id):
-            if file_id:
-                self._client.delete(file_id)
+        provider.clean_up(job.record, state)
 
     def _read_answers(self, job: Job, status: str, failure: APIError | None = None) -> None:
         """Hand each pending index of a finished job back: its answer, an error, or a
@@ -293,26 +279,36 @@ class Jobs:
             index = int(line.get("custom_id", -1))
             if index in pending and index not in results:
                 self._answered(job, line, requests[index], results, again)
-        for index in sorted(pending - results.keys() - set(again)):  # the job ended first
-            error = self._unanswered(index, status, failure)
-            if error is not None:
-                results[index] = Result(index, error=error.for_index(index))
-            else:
-                self.again(index, requests[index], count=status != "cancelled")
+        unanswered = sorted(pending - results.keys() - set(again))  # the job ended first
+        for index in unanswered:
+            self._release(job, index)
+            if failure is not None:
+                results[index] = Result(index, error=failure.for_index(index))
         self._keep(job, results, requests)
         for index, result in results.items():
             self._give(index, Answered(result))
         for index in again:
             self.again(index, requests[index], count=True)
+        if failure is None:
+            for index in unanswered:
+                self._unanswered(index, requests[index], status)
         self._forget(job)
 
-    def _unanswered(self, index: int, status: str, failure: APIError | None) -> APIError | None:
-        """The error of a line its job ended without answering (None: try it again)."""
-        tries = self._attempts.get(index, 0) + 1
-        if failure is None and status != "cancelled" and tries > self._options.max_retries:
-            message = f"batch jobs ended ({status}) before answering it, {tries} times"
-            return APIError(message, status_code=0)
-        return failure
+    def _unanswered(self, index: int, request: Any, status: str) -> None:
+        """A line its job ended without answering goes again: in a later job, or online
+        once jobs ended (expired, say) `max_retries` times without it."""
+        if status == "cancelled":
+            self.again(index, request, count=False)
+        elif self._attempts.get(index, 0) + 1 > self._options.max_retries:
+            self._send_online(index, request)
+        else:
+            self.again(index, request, count=True)
+
+    def _release(self, job: Job, index: int) -> None:
+        """`index` leaves `job` unanswered: its reservation under ``max_cost`` goes."""
+        reserved = job.reserved.pop(index, None)
+        if reserved is not None and self._services.spending is not None:
+            self._services.spending.release(reserved)
 
     def _answered(
         self,
@@ -329,8 +325,11 @@ class Jobs:
         result = line_result(line, request, attempts, prices, job.record.batch_id, job.waited_s)
         if (spending := self._services.spending) is not None:
             output = result.usage.output_tokens if result.usage is not None else 0
-            reserved = job.reserved.pop(index, NOTHING_RESERVED)
-            spending.settle(reserved, result.cost_usd, result.error, output)
+            reserved = job.reserved.pop(index, None)
+            if reserved is not None:
+                spending.settle(reserved, result.cost_usd, result.error, output)
+            elif result.error is None:  # a job of an earlier run: reserved by that run
+                spending.spent += result.cost_usd or 0.0
         error = result.error
         retryable = isinstance(error, APIError) and error.retryable
         if retryable and attempts <= self._options.max_retries:
@@ -351,8 +350,7 @@ class Jobs:
 
     def open_lines(self) -> int:
         """Lines not yet answered: spooled, or in open jobs."""
-        spooled = sum(group.lines for group in self._groups.values())
-        return spooled + sum(len(self._pending(job)) for job in self._jobs)
+        return self._groups.lines + sum(len(self._pending(job)) for job in self._jobs)
 
     def go_online(self) -> None:
         """Cancel the open jobs (their answered lines are used when they end) and hand
@@ -360,29 +358,33 @@ class Jobs:
         self.online = True
         for job in list(self._jobs):
             if job.status != "refused":
-                assert job.record.batch_id is not None
-                self._client.cancel(job.record.batch_id)
+                self._provider(job).cancel(str(job.record.batch_id))
                 continue
             self._jobs.remove(job)  # never created: all of it goes online
-            for index, request in job.requests(self._pending(job)).items():
-                self._send_online(index, request)
-        for group in list(self._groups.values()):
-            self._groups.pop((group.record.endpoint, group.record.model))
-            group.close_files()
-            for index, request in group.requests(set(group.indices)).items():
-                self._send_online(index, request)
+            self._all_online(job, self._pending(job))
+        for group in self._groups.take_all():
+            self._all_online(group, set(group.indices))
+
+    def _all_online(self, job: Job, indices: set[int]) -> None:
+        for index, request in job.requests(indices).items():
+            self._release(job, index)
+            self._send_online(index, request)
 
     def _pending(self, job: Job) -> set[int]:
         return self._journal.pending(job.record.key)
 
+    def _provider(self, job: Job) -> BatchProvider:
+        return self._services.providers.of(job.record.model)
+
     def _report(self) -> None:
         """Show the jobs' states in the batch's summary (and so its progress bar)."""
-        states = {"done": self._done} if self._done else {}
-        for job in self._jobs:
-            states[job.status] = states.get(job.status, 0) + 1
-        summary = self._services.summary
-        summary.jobs = states
-        summary.job_lines = (
-            sum(job.counts[0] for job in self._jobs),
-            sum(job.counts[1] for job in self._jobs),
-        )
+        _show(self._services.summary, self._jobs, self._done)
+
+
+def _show(summary: BatchSummary, jobs: list[Job], done: int) -> None:
+    """The jobs' states, and their lines answered of all, in the batch's summary."""
+    states = {"done": done} if done else {}
+    for job in jobs:
+        states[job.status] = states.get(job.status, 0) + 1
+    summary.jobs = states
+    summary.job_lines = (sum(job.counts[0] for job in jobs), sum(job.counts[1] for job in jobs))

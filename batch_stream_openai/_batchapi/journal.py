@@ -73,12 +73,13 @@ _UPSERT_DELIVERED = (
 class JobRecord:
     """One job as the journal has it."""
 
-    key: str  # ours: names its files, and the job's metadata at the provider
+    key: str  # ours: names its files (and, at OpenAI, the job's metadata)
     endpoint: str
     model: str
     state: str
     file_id: str | None = None
     batch_id: str | None = None
+    created: float = 0.0  # when it was recorded (epoch seconds)
 
 
 @dataclass(frozen=True)
@@ -164,11 +165,12 @@ class Journal:
     def add_job(self, job: JobRecord, lines: Iterable[tuple[int, bytes]]) -> None:
         """Record a spooled job and make it the owner of its ``(index, digest)`` lines
         (before its upload); a digest tells a re-run whether it sends the same request."""
+        job.created = time.time()
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.execute(
                 "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job.key, job.endpoint, job.model, job.state, None, None, time.time()),
+                (job.key, job.endpoint, job.model, job.state, None, None, job.created),
             )
             self._db.executemany(
                 "INSERT OR REPLACE INTO lines (idx, job, digest) VALUES (?, ?, ?)",
@@ -187,7 +189,7 @@ class Journal:
         """The jobs not read yet that still owe answers, oldest first (to re-attach to)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT key, endpoint, model, state, file_id, batch_id FROM jobs "
+                "SELECT key, endpoint, model, state, file_id, batch_id, created FROM jobs "
                 "WHERE state != 'read' AND key IN (SELECT DISTINCT job FROM lines "
                 "WHERE answer IS NULL AND delivered = 0) ORDER BY created"
             ).fetchall()

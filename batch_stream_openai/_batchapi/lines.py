@@ -35,7 +35,7 @@ def line_digest(line: bytes) -> bytes:
 
 
 def batch_line(index: int, request: Any) -> tuple[str, str, bytes]:
-    """The request as a Batch API input line: ``(endpoint, model, line)``."""
+    """The request as an OpenAI Batch API input line: ``(endpoint, model, line)``."""
     endpoint, body = http_call(request)
     line = {"custom_id": str(index), "method": "POST", "url": endpoint, "body": body}
     return endpoint, str(body.get("model")), json.dumps(line).encode() + b"\n"
@@ -58,8 +58,8 @@ class Job:
     waited_s: float = 0.0  # from its creation at the provider to its end
     files: tuple[BinaryIO, BinaryIO] | None = None  # input lines, pickled requests
 
-    def write(self, index: int, line: bytes, request: Any) -> None:
-        """Add one request: its input line, and its pickle."""
+    def write(self, index: int, line: bytes, request: Any, digest: bytes) -> None:
+        """Add one request: its input line, its pickle, and its digest (see `Groups`)."""
         if self.files is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             self.files = (
@@ -70,7 +70,7 @@ class Job:
         pickle.dump((index, Task.pickle_payload(request)), self.files[1])
         self.lines += 1
         self.size += len(line)
-        self.lines_sent.append((index, line_digest(line)))
+        self.lines_sent.append((index, digest))
 
     @property
     def indices(self) -> list[int]:
@@ -94,10 +94,6 @@ class Job:
                     return found
                 if index in indices:
                     found[index] = pickle.loads(payload)
-
-    def keep(self, name: str, data: bytes) -> None:
-        """Keep a downloaded file (``output`` or ``errors``)."""
-        (self.folder / f"{name}.jsonl").write_bytes(data)
 
     def answers(self) -> Iterator[dict[str, Any]]:
         """The downloaded output and error lines."""

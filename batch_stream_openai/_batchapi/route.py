@@ -1,7 +1,8 @@
-"""The Batch API route (``mode="batch"``): the caller's requests as provider batch jobs.
+"""The job route (``mode="batch"``): the caller's requests as provider batch jobs.
 
-A thread of the parent reads the caller's input and spools each request into a Batch
-API job (`jobs.py`: grouped by endpoint and model, uploaded, started, polled). What a
+A thread of the parent reads the caller's input and spools each request into a batch
+job at its model's provider (`jobs.py`: grouped by endpoint and model, uploaded,
+started, polled; OpenAI's Batch API or Anthropic's Message Batches, `provider.py`). What a
 finished job answered goes back to the batch loop as `Answered` items, so answers pass
 through the workers' `postprocess` and the caller gets the same pairs and `Result`
 objects as online. The route is the batch loop's input: it iterates ``(index, item)``
@@ -12,9 +13,11 @@ pairs, and `PENDING` while it waits for a job.
 - A line that failed with a retryable status (429, 5xx) goes into a later job, up to
   `max_retries` times; any other failure is that index's `APIError`.
 - A job that ended ``expired``, ``cancelled`` or ``failed``: the lines it did answer are
-  used, the others go into a later job. One refused for the enqueued-token limit is
-  created again after a backoff, its lines not counted as failed. One whose upload or
-  creation is refused (a 413 from a proxy, say) fails its own lines; reading goes on.
+  used, the others go into a later job (a line that jobs ended without answering
+  `max_retries` times goes online: every answer asked for is given). One refused for the
+  enqueued-token limit is created again after a backoff, its lines not counted as failed.
+  One whose upload or creation is refused (a 413 from a proxy, say) fails its own lines;
+  reading goes on.
 - Under a `deadline`: once what is still in jobs could not be done online in the time
   left, the open jobs are cancelled, their answered lines used, and the rest (and
   whatever is read from then on) is handed to the loop as requests, to run online.
@@ -36,20 +39,19 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from .._policy.limits import token_estimate
 from .._signals import block_group_signals
 from .._spending.admission import Admission
 from .._spending.cap import Spending
 from .._spending.prices import PriceTable
 from .._wire.answers import StoredAnswer
 from .._wire.sources import PENDING, Answered
-from ..errors import BatchFileError, BudgetExceededError, RequestError
+from ..errors import BatchFileError, RequestError
 from ..results import BatchSummary, Result
-from .client import BatchClient
 from .jobs import Jobs, JobServices
 from .journal import CONFIRMED, YIELDED, Journal, Line, auto_journal
 from .lines import batch_line, line_digest
 from .options import JobOptions
+from .provider import Providers
 
 __all__ = ["JobRoute"]
 
@@ -62,7 +64,7 @@ class JobRoute:
 
     Parameters:
         requests: the caller's iterable (read in the route's thread).
-        client: the Batch API calls.
+        providers: each provider's batch API.
         journal: the caller's journal (opened and locked already), or None for the
             automatic one (see the module docstring).
         options: sizes, polling, retries, the deadline.
@@ -79,7 +81,7 @@ class JobRoute:
         self,
         requests: Iterable[Any],
         *,
-        client: BatchClient,
+        providers: Providers,
         journal: Journal | None,
         options: JobOptions,
         prices: PriceTable,
@@ -91,14 +93,13 @@ class JobRoute:
         summary: BatchSummary,
     ) -> None:
         self._source = iter(requests)
-        self._client = client
+        self._providers = providers
         self._journal = journal if journal is not None else Journal(None)  # until the first
         self._automatic = journal is None
         self._options = options
-        self._services = JobServices(client, prices, spending, admission, summary)
+        self._services = JobServices(providers, prices, spending, admission, summary)
         self._jobs = self._jobs_of(self._journal)
         self._check_item = check_item
-        self._spending = spending
         self._admission = admission
         self._replay = replay or journal is None
         self._wake = wake
@@ -224,7 +225,7 @@ class JobRoute:
         """The journal named after the batch's endpoint and first request (a temporary
         one while another run holds it)."""
         endpoint, _, line = batch_line(index, request)
-        path = auto_journal(self._client.base_url + endpoint, line)
+        path = auto_journal(self._providers.base_url + endpoint, line)
         try:
             journal = Journal(path)
         except BatchFileError:
@@ -302,8 +303,7 @@ class JobRoute:
         return line.digest is None or line_digest(batch_line(index, request)[2]) == line.digest
 
     def _take(self, index: int, request: Any) -> None:
-        """A new request: online (past the switch), from the cache, refused (`max_cost`),
-        or spooled."""
+        """A new request: online (past the switch), from the cache, or spooled."""
         if self._jobs.online:
             self._send_online(index, request)
             return
@@ -312,22 +312,7 @@ class JobRoute:
             result = replace(stored.result(index, request, cost_usd=0.0), cached=True)
             self._give(index, Answered(result, paid=stored.cost_usd))
             return
-        reserved = None
-        if self._spending is not None:
-            prompt_tokens, cap = token_estimate(request)
-            # Reserved when spooled, hours before any answer: nothing to wait for.
-            reserved = self._spending.reserve(
-                request.model, prompt_tokens, cap, tier="batch", learn_first=False
-            )
-            if reserved is None:
-                cap_usd = self._spending.max_cost
-                error = BudgetExceededError(
-                    f"not sent: it could take the batch's spend past max_cost=${cap_usd:g}",
-                    index=index,
-                )
-                self._give(index, Answered(Result(index, error=error)))
-                return
-        self._jobs.spool(index, request, reserved)
+        self._jobs.spool(index, request)
 
     def _send_online(self, index: int, request: Any) -> None:
         self._sent_online.add(index)
@@ -349,7 +334,7 @@ class JobRoute:
 
     def _fail_open(self, error: BaseException) -> None:
         """The route cannot go on: every index it still owes yields `error`."""
-        message = self._client.masked(f"the Batch API route failed: {error!r}")
+        message = self._providers.masked(f"the job route failed: {error!r}")
         for index in self._jobs.give_up():
             failed = RequestError(message, index=index)
             self._give(index, Answered(Result(index, error=failed)))

@@ -101,8 +101,8 @@ def build_batch(
     hedge = check_hedge(options.get("hedge", False))
     spending = _spending(options.get("max_cost"), parts.prices)
     checker = parts.checker if spending is None else parts.checker.with_prices(parts.prices)
-    check_item = _check_requests(requests, checker)
     mode = BatchMode.check(options, parts.settings.max_retries, online_rate)
+    check_item = _check_requests(requests, checker.for_jobs() if mode.mode == "batch" else checker)
     summary = BatchSummary()
     admission = Admission(
         parts.cache,

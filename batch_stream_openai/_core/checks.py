@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import psutil
 
+from .._batchapi.provider import batch_route_error, provider_of
 from .._spending.prices import PriceTable
 from ..request import EmbeddingRequest, OpenAIRequest, RawRequest
 
@@ -35,35 +36,58 @@ _MIN_WORKERS_ALLOWED = 32
 
 
 class RequestChecker:
-    """Checks each request before it is sent: its type, that its route has a key, and
-    (under a cost cap) that its model has a known price.
+    """Checks each request before it is sent: its type, that its route has a key,
+    (under a cost cap) that its model has a known price, and (``mode="batch"``) that its
+    provider has a batch API.
 
     Parameters:
         needs_key: requests for OpenAI models need ``OPENAI_API_KEY`` (no ``api_key`` was
             given, and the workers read this machine's environment).
         prices: with a cost cap, where prices come from: a model without one is refused.
+        jobs: the batch goes to providers' batch APIs.
     """
 
-    def __init__(self, needs_key: bool, prices: PriceTable | None = None) -> None:
+    def __init__(
+        self, needs_key: bool, prices: PriceTable | None = None, jobs: bool = False
+    ) -> None:
         self.needs_key = needs_key
         self.prices = prices
+        self.jobs = jobs
 
     def with_prices(self, prices: PriceTable) -> RequestChecker:
         """This checker, also requiring a known price for every model."""
-        return RequestChecker(self.needs_key, prices)
+        return RequestChecker(self.needs_key, prices, self.jobs)
+
+    def for_jobs(self) -> RequestChecker:
+        """This checker, also requiring a batch API for every model."""
+        return RequestChecker(self.needs_key, self.prices, jobs=True)
 
     def __call__(self, index: int, request: object) -> None:
         self.check_type(index, request)
         self.check_key(index, request)
         self.check_price(index, request)
+        self.check_batch_route(index, request)
 
     def check_all(self, requests: Sequence[object]) -> None:
-        """Check a whole list: every item's type first, then keys and prices."""
+        """Check a whole list: every item's type first, then keys, prices and routes."""
         for index, request in enumerate(requests):
             self.check_type(index, request)
         for index, request in enumerate(requests):
             self.check_key(index, request)
             self.check_price(index, request)
+            self.check_batch_route(index, request)
+
+    def check_batch_route(self, index: int, request: object) -> None:
+        if not self.jobs or not isinstance(request, _REQUEST_TYPES):
+            return
+        refused = batch_route_error(index, request.model)
+        if refused is not None:
+            raise ValueError(refused)
+        if provider_of(request.model) == "anthropic" and not os.environ.get("ANTHROPIC_API_KEY"):
+            raise ValueError(
+                f"requests[{index}] (model {request.model!r}) goes to Anthropic's Message "
+                "Batches, which need a key: set ANTHROPIC_API_KEY"
+            )
 
     def check_price(self, index: int, request: object) -> None:
         if self.prices is None or not isinstance(request, _REQUEST_TYPES):

@@ -100,13 +100,13 @@ class BatchMode:
         """The Batch API route of this batch's `requests` (its thread starts on first
         read); the caller's journal is opened (and locked) now, so a bad one fails here."""
         # Imported here: only a batch in batch mode needs the route (and its SDK calls).
-        from .._batchapi.client import BatchClient
         from .._batchapi.journal import Journal
+        from .._batchapi.provider import Providers
         from .._batchapi.route import JobRoute
 
         return JobRoute(
             requests,
-            client=BatchClient(base_url, api_key),
+            providers=Providers(base_url, api_key),
             journal=Journal(self.journal) if self.journal is not None else None,
             options=self.jobs,
             prices=prices,

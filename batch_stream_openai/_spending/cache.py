@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
+
 from .._wire.answers import StoredAnswer
 from .._wire.bodies import http_call
 from ..errors import CacheError
@@ -164,8 +166,16 @@ class ResponseCache:
             )
         except sqlite3.Error as exc:
             raise CacheError(f"cannot open the cache {path}: {exc}") from None
+        # Two runs opening one new file at once: switching it to WAL answers "database is
+        # locked" at once (SQLite's busy timeout does not wait for that): wait and retry.
+        retrying = Retrying(
+            retry=retry_if_exception(_locked),
+            wait=wait_random(0.01, 0.1),
+            stop=stop_after_delay(_BUSY_TIMEOUT_S),
+            reraise=True,
+        )
         try:
-            _prepare(db, path)
+            retrying(_prepare, db, path)
         except sqlite3.DatabaseError as exc:
             db.close()
             raise CacheError(
@@ -173,6 +183,10 @@ class ResponseCache:
             ) from None
         db.isolation_level = "DEFERRED"  # transactions again, for the batched writes
         return db
+
+
+def _locked(error: BaseException) -> bool:
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
 
 
 def _prepare(db: sqlite3.Connection, path: Path) -> None:

@@ -128,6 +128,14 @@ class Spending:
             self._probing.add(model)
         return Reservation(worst, model, probe)
 
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation whose attempt was never made (its line left a job
+        unanswered, to go again or online): nothing is charged."""
+        self._open -= 1
+        self.reserved = max(0.0, self.reserved - reservation.usd) if self._open else 0.0
+        if reservation.probe:
+            self._probing.discard(reservation.model)
+
     def settle(
         self,
         reservation: Reservation,
@@ -136,10 +144,7 @@ class Spending:
         output_tokens: int = 0,
     ) -> None:
         """An attempt that had `reservation` ended: charge what it cost (see the module)."""
-        self._open -= 1
-        self.reserved = max(0.0, self.reserved - reservation.usd) if self._open else 0.0
-        if reservation.probe:
-            self._probing.discard(reservation.model)
+        self.release(reservation)
         if error is None:
             model = reservation.model
             self._most_output[model] = max(self._most_output.get(model, 0), output_tokens)

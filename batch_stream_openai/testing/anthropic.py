@@ -87,7 +87,17 @@ def as_chat(params: Any) -> dict[str, Any]:
     chat = [{"role": m.get("role"), "content": m.get("content")} for m in messages]
     if system := params.get("system"):
         chat.insert(0, {"role": "system", "content": system})
-    return {"model": params["model"], "messages": chat}
+    body: dict[str, Any] = {"model": params["model"], "messages": chat}
+    # Tools and a JSON schema (``output_config.format``) are answered as Chat's would be.
+    tools = [t for t in params.get("tools") or [] if isinstance(t, dict) and "name" in t]
+    if tools:
+        functions = [{"name": t["name"], "parameters": t.get("input_schema")} for t in tools]
+        body["tools"] = [{"type": "function", "function": f} for f in functions]
+    output = (params.get("output_config") or {}).get("format") or {}
+    if output.get("type") == "json_schema":
+        inner = {"name": "output", "schema": output.get("schema") or {}}
+        body["response_format"] = {"type": "json_schema", "json_schema": inner}
+    return body
 
 
 def as_message(chat: dict[str, Any]) -> dict[str, Any]:
@@ -100,7 +110,7 @@ def as_message(chat: dict[str, Any]) -> dict[str, Any]:
         "type": "message",
         "role": "assistant",
         "model": chat.get("model", ""),
-        "content": [{"type": "text", "text": choice["message"].get("content") or ""}],
+        "content": _blocks(choice["message"]),
         "stop_reason": stop or "end_turn",
         "stop_sequence": None,
         "usage": {
@@ -110,6 +120,17 @@ def as_message(chat: dict[str, Any]) -> dict[str, Any]:
             "cache_read_input_tokens": 0,
         },
     }
+
+
+def _blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Chat Completions message's text and tool calls as content blocks."""
+    blocks = [{"type": "text", "text": message["content"]}] if message.get("content") else []
+    for call in message.get("tool_calls") or []:
+        function = call["function"]
+        arguments = json.loads(function["arguments"])
+        use = {"type": "tool_use", "id": f"toolu_{call['id']}", "name": function["name"]}
+        blocks.append({**use, "input": arguments})
+    return blocks or [{"type": "text", "text": ""}]
 
 
 async def messages_route(
@@ -156,8 +177,28 @@ class MessageBatches:
         self._settings = settings
         self._answer = answer
         self._batches: dict[str, _Batch] = {}
+        self._created: list[_Batch] = []  # every batch, deleted ones too (for tests)
         self._ids = itertools.count(1)
         self.calls: list[str] = []  # "POST /v1/messages/batches", ... for tests
+
+    def records(self) -> dict[str, Any]:
+        """What tests read: each batch created (its requests' custom ids, those that
+        succeeded or errored, those paid for, whether it was deleted) and every call."""
+        batches = []
+        for batch in self._created:
+            self._advance(batch)
+            kinds = {r["custom_id"]: r["result"]["type"] for r in batch.results}
+            batches.append({
+                "id": batch.id,
+                "custom_ids": [r["custom_id"] for r in batch.requests],
+                "answered": [c for c, kind in kinds.items() if kind in ("succeeded", "errored")],
+                "paid": [c for c, kind in kinds.items() if kind == "succeeded"],
+                "expired": batch.expires,
+                "deleted": batch.id not in self._batches,
+                "models": sorted({r["params"]["model"] for r in batch.requests}),
+                "first_params": batch.requests[0]["params"],
+            })  # fmt: skip
+        return {"message_batches": batches, "message_calls": list(self.calls)}
 
     def create(self, body: Any) -> tuple[int, dict[str, Any]]:
         """(status, the MessageBatch or an error object)."""
@@ -179,6 +220,7 @@ class MessageBatches:
             self._settings.batch_expire -= 1
             batch.expires = True
         self._batches[batch.id] = batch
+        self._created.append(batch)
         return 200, self._object(batch)
 
     def get(self, batch_id: str, base: str) -> dict[str, Any] | None:

@@ -105,7 +105,6 @@ class _State:
         self.by_status: dict[int, int] = {}
         self.records: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDS)
         self.seen: dict[str, int] = {}
-        self.batch_calls: list[str] = []  # "POST /v1/batches", ... (Batch API calls)
         self.jobs: BatchJobs  # set by the app, which answers their lines
         self.message_batches: MessageBatches  # Anthropic's, set by the app too
         self.gate = CapacityGate()  # the capacity model, when `settings.capacity` is set
@@ -118,7 +117,6 @@ class _State:
         self.by_status = {}
         self.records.clear()
         self.seen.clear()
-        self.batch_calls.clear()
         self.jobs = BatchJobs(self.settings, self.jobs.answer_line)
         self.message_batches = MessageBatches(self.settings, self.jobs.answer_line)
         self.gate.reset()
@@ -148,7 +146,7 @@ class _App:
         if path.startswith("/_control/"):
             return await self._control(request, path)
         if path.startswith(("/v1/files", "/v1/batches")):
-            self.state.batch_calls.append(f"{request.method} {path}")
+            self.state.jobs.calls.append(f"{request.method} {path}")
             return await batch_route(self.state.jobs, request, path)
         if path.startswith("/v1/messages/batches"):
             return await message_batch_route(self.state.message_batches, request, path)
@@ -397,7 +395,8 @@ class _App:
                     return error_response(400, str(exc))
             result = dataclasses.asdict(state.settings)
         elif name == "batches" and method == "GET":
-            result = {"jobs": state.jobs.records(), "calls": state.batch_calls}
+            jobs = {"jobs": state.jobs.records(), "calls": state.jobs.calls}
+            result = {**jobs, **state.message_batches.records()}
         elif name == "health" and method == "GET":
             result = {"ok": True, "pid": os.getpid()}
         else:

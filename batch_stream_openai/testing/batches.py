@@ -90,6 +90,7 @@ class BatchJobs:
         self._files: dict[str, _File] = {}
         self._jobs: dict[str, _Job] = {}
         self._ids = itertools.count(1)
+        self.calls: list[str] = []  # "POST /v1/batches", ... for tests
         self.deleted: list[str] = []  # file ids deleted, for tests
 
     # -- files ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Fixtures of the Batch API tests: quick jobs on the bundled server, a private user cache
-directory (where automatic journals live)."""
+"""Fixtures of the Batch API tests: quick jobs on the bundled server, Anthropic's SDK
+pointed at it, a private user cache directory (where automatic journals live)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from batch_stream_openai.testing import FakeOpenAIServer
+
+from ..helpers import TEST_API_KEY
 
 _BATCH_DEFAULTS = {
     "batch_seconds": 1.0,
@@ -32,3 +34,13 @@ def own_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The user cache directory (where automatic journals live), private to the test."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return tmp_path / "cache" / "batch-stream-openai" / "journals"
+
+
+@pytest.fixture
+def claude(jobs_fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch) -> FakeOpenAIServer:
+    """Quick jobs, with Anthropic's SDK (the job route's, and LiteLLM's online) on the
+    bundled server through the environment, as a user points it at Anthropic."""
+    pytest.importorskip("anthropic", reason="the [anthropic] extra is not installed")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", jobs_fake.base_url.removesuffix("/v1"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_API_KEY)
+    return jobs_fake

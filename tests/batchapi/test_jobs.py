@@ -201,7 +201,7 @@ def test_a_batch_api_that_refuses_us_fails_each_index_once_without_the_key(
     assert sorted(values) == [0, 1, 2]
     for index, value in values.items():
         assert isinstance(value, APIError) and value.index == index
-        assert value.status_code == 404 and "the Batch API refused the job" in str(value)
+        assert value.status_code == 404 and "the OpenAI Batch API refused the job" in str(value)
         assert TEST_API_KEY not in str(value)
 
 

@@ -236,7 +236,10 @@ def test_answers_a_killed_run_had_in_its_journal_only_reach_the_cache_on_the_rer
         assert child.stdout is not None
         first = child.stdout.readline()
         child.send_signal(signal.SIGKILL)
-        printed = {int(line) for line in (first + child.communicate(timeout=10)[0]).split()}
+        # What readline buffered past the first line is in the text wrapper, not the pipe
+        # (communicate with a timeout reads the pipe only, and would lose it).
+        printed = {int(line) for line in (first + child.stdout.read()).split()}
+        child.wait(timeout=10)
     finally:
         child.kill()
     options = {**pool_options, **FAST, "cache": cache}

@@ -1,0 +1,200 @@
+"""What a provider's batch API is to the job route: one small adapter per provider.
+
+`Jobs` talks to every provider the same way: write a request as a line of a job's input
+file (`BatchProvider.line`), upload it if the provider takes files, create the job, look
+at its state (`JobState`, in the OpenAI Batch API's words), download its answers as
+OpenAI Batch API output lines (so one reader reads them all), clean up, cancel. Which
+provider a model's batch goes to is decided here, once (`provider_of`), and so is the
+error of a model no batch route covers.
+
+- `openai.py`: OpenAI's Batch API (files and ``/v1/batches``), through the openai SDK.
+- `anthropic.py`: Anthropic's Message Batches, through the anthropic SDK.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
+
+from .._wire.config import Secret, mask_in
+from .._wire.messages import ANTHROPIC_PREFIX
+from ..errors import APIError, RequestError
+from ..request import openai_model_name
+
+if TYPE_CHECKING:
+    from .journal import JobRecord
+
+__all__ = [
+    "FINAL",
+    "BatchProvider",
+    "JobState",
+    "Providers",
+    "batch_route_error",
+    "job_refusal",
+    "provider_of",
+    "retrying",
+]
+
+# A job's states once it will change no more (OpenAI's words, which every adapter speaks).
+FINAL = frozenset({"completed", "expired", "cancelled", "failed"})
+_RETRY_FOR_S = 600.0
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A job as its provider reports it, in the OpenAI Batch API's words.
+
+    Attributes:
+        status: ``validating``, ``in_progress``, ``finalizing``, ``cancelling``, or once
+            final ``completed``, ``expired``, ``cancelled``, ``failed``.
+        answered: lines done (answered or failed), of `total`.
+        created_at: when the provider created it (epoch seconds).
+        refused: it failed for a limit and may be created again later.
+        failure: why it failed (for each of its lines), or None.
+        results: where its answers are, as the adapter needs to download them.
+    """
+
+    status: str
+    answered: int = 0
+    total: int = 0
+    created_at: float = 0.0
+    refused: bool = False
+    failure: APIError | None = None
+    results: tuple[str | None, ...] = ()
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+
+class BatchProvider(Protocol):
+    """One provider's batch API (see the module docstring). Every call that reaches the
+    provider retries what is transient itself and raises the SDK's error otherwise."""
+
+    name: str
+    secret: str | None  # its key, masked wherever an error quotes it
+    uploads: bool  # the input is a file uploaded first (its id is the job's `file_id`)
+    max_lines: int
+    max_bytes: int
+
+    def line(self, index: int, request: Any) -> tuple[str, str, bytes]:
+        """`request` as a line of a job's input: ``(endpoint, model, line)``."""
+
+    def upload(self, path: Path) -> str:
+        """Upload a job's input file; its id."""
+
+    def create(self, record: JobRecord, path: Path) -> str:
+        """Create the job of `record` (input `path`, or its uploaded file); its id."""
+
+    def find(self, record: JobRecord, lines: int) -> str | None:
+        """The id of `record`'s job if an earlier run created it (and died before writing
+        the id down), or None."""
+
+    def state(self, batch_id: str) -> JobState:
+        """The job's state now."""
+
+    def download(self, state: JobState, batch_id: str, folder: Path) -> None:
+        """Write a final job's answers into `folder` as ``output.jsonl`` (and
+        ``errors.jsonl``), in OpenAI's output-line shape."""
+
+    def clean_up(self, record: JobRecord, state: JobState) -> None:
+        """Delete what the downloaded job left at the provider (files, the job)."""
+
+    def cancel(self, batch_id: str) -> None:
+        """Ask the provider to stop the job (its answered lines are still given)."""
+
+    def refusal(self, error: Exception) -> RequestError:
+        """An SDK error of a call (after the retries) as the error of each line it
+        concerns, the key masked; anything else (a bug) is raised again."""
+
+
+def provider_of(model: str) -> str | None:
+    """The provider whose batch API takes `model` (None: no batch route does).
+
+    >>> provider_of("gpt-4o-mini"), provider_of("anthropic/claude-haiku-4-5")
+    ('openai', 'anthropic')
+    """
+    if openai_model_name(model) is not None:
+        return "openai"
+    if model.startswith(ANTHROPIC_PREFIX):
+        return "anthropic"
+    return None
+
+
+def batch_route_error(index: int, model: str) -> str | None:
+    """Why request `index` (of `model`) cannot go in a batch job, or None if it can."""
+    if provider_of(model) is not None:
+        return None
+    provider = model.split("/", 1)[0] if "/" in model else "LiteLLM"
+    return (
+        f"requests[{index}]: model {model!r} ({provider}) has no batch route: mode='batch' "
+        "takes OpenAI models and 'anthropic/...' ones; send it with mode='online' (or "
+        "mode='flex' for OpenAI models)"
+    )
+
+
+class Providers:
+    """The route's adapters, each made when a job first needs it (its SDK imported then).
+
+    Parameters:
+        base_url: OpenAI's endpoint (the pool's); other providers read their own from
+            the environment, as their SDKs do (``ANTHROPIC_BASE_URL``).
+        api_key: OpenAI's key (None: ``OPENAI_API_KEY``).
+    """
+
+    def __init__(self, base_url: str, api_key: Secret | None) -> None:
+        self.base_url = base_url
+        self._api_key = api_key
+        self._made: dict[str, BatchProvider] = {}
+
+    def __repr__(self) -> str:
+        return f"<Providers {sorted(self._made)}>"
+
+    def of(self, model: str) -> BatchProvider:
+        """The adapter of `model`'s provider (checked before: it has one)."""
+        name = provider_of(model)
+        if name not in self._made:
+            self._made[str(name)] = self._make(str(name))
+        return self._made[str(name)]
+
+    def _make(self, name: str) -> BatchProvider:
+        if name == "anthropic":
+            from .anthropic import AnthropicBatches
+
+            return AnthropicBatches()
+        from .openai import OpenAIBatches
+
+        return OpenAIBatches(self.base_url, self._api_key)
+
+    def masked(self, text: str) -> str:
+        """`text` with every key the route uses masked (an error may quote one)."""
+        keys = [self._api_key.reveal() if self._api_key else None]
+        for key in keys + [made.secret for made in self._made.values()]:
+            text = mask_in(text, key)
+        return text
+
+
+def job_refusal(error: Exception, secret: str | None, api: str) -> RequestError:
+    """An SDK's error of a job's call to `api`, after the retries, as each of its lines'
+    error."""
+    from .._wire.failures import to_request_error
+
+    converted = to_request_error(error, index=-1, attempts=1, secret=secret)
+    converted.message = f"{api} refused the job: {converted.message}"
+    return converted
+
+
+def retrying(transient: Callable[[BaseException], bool]) -> Retrying:
+    """How an adapter's calls are retried: what is `transient` (a lost connection, a
+    timeout, a 429, a 5xx), with exponential backoff and jitter, for up to 10 minutes;
+    anything else is raised as the SDK raised it (the SDKs' own retries are off)."""
+    return Retrying(
+        retry=retry_if_exception(transient),
+        wait=wait_random_exponential(multiplier=0.5, max=30.0),
+        stop=stop_after_delay(_RETRY_FOR_S),
+        reraise=True,
+    )
