@@ -740,3 +740,33 @@ def test_a_full_disk_stops_sending_loses_nothing_paid_and_keeps_one_line_per_id(
     code, err, _ = outcome("limited")
     assert code == 1 and "cannot write" in err and "limited.jsonl" in err, err
     assert _records(report / "limited.jsonl")  # every line whole: each parses
+
+
+@pytest.mark.timeout(90)
+def test_batch_mode_sends_claude_lines_to_message_batches_and_writes_openai_output(
+    fake: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("anthropic", reason="the [anthropic] extra is not installed")
+    from batch_stream_openai.testing import expected_answer
+
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.base_url.removesuffix("/v1"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_API_KEY)
+    fake.configure(batch_seconds=0.3)
+    models = ["anthropic/claude-haiku-4-5", "gpt-4o-mini"]
+    lines = [_batch_line(f"c-{i}", f"cq{i}", CHAT, models[i % 2]) for i in range(6)]
+    source = _write(tmp_path / "in.jsonl", lines)
+    output = tmp_path / "out.jsonl"
+    flags = ("--mode", "batch", "--poll-interval", "0.05")
+    result = _run(fake, source, output, *flags)
+    assert result.returncode == 0, result.stderr
+    records = _latest(output)
+    assert sorted(records) == [f"c-{i}" for i in range(6)]
+    for i in range(6):
+        record = records[f"c-{i}"]
+        assert set(record) == OUTPUT_KEYS and record["error"] is None
+        answer = record["response"]["body"]["choices"][0]["message"]["content"]
+        assert answer == expected_answer("", f"cq{i}")
+        job = record["x_stats"]["batch_id"]
+        assert job.startswith("msgbatch_" if i % 2 == 0 else "batch_"), job
+    batches = fake.batch_jobs()["message_batches"]
+    assert [batch["custom_ids"] for batch in batches] == [["0", "2", "4"]]

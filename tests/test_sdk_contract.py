@@ -158,7 +158,7 @@ def test_the_batch_api_resources_and_the_batch_fields_the_job_route_reads(
     with relied_on(
         "openai",
         "files.create/content/delete, batches.create/list/retrieve/cancel or the Batch type",
-        "batch_stream_openai/batchapi.py (BatchClient) and jobs.py (JobRoute._poll)",
+        "batch_stream_openai/_batchapi/openai.py (OpenAIBatches)",
     ):
         sdk = openai.OpenAI(api_key=TEST_API_KEY, base_url=fake.base_url, max_retries=0)
         uploaded = sdk.files.create(
@@ -186,6 +186,39 @@ def test_the_batch_api_resources_and_the_batch_fields_the_job_route_reads(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
         assert sdk.batches.cancel(again.id).status in ("cancelling", "cancelled")
+
+
+@pytest.mark.timeout(60)
+def test_the_message_batches_calls_and_fields_the_anthropic_adapter_reads(
+    fake: FakeOpenAIServer,
+) -> None:
+    anthropic = pytest.importorskip("anthropic", reason="the [anthropic] extra is not installed")
+    fake.configure(batch_seconds=0.2)
+    params = {"model": "claude-haiku-4-5", "max_tokens": 16,
+              "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    with relied_on(
+        "anthropic",
+        "messages.batches create/list/retrieve/results/cancel/delete or MessageBatch",
+        "batch_stream_openai/_batchapi/anthropic.py (AnthropicBatches)",
+    ):
+        sdk = anthropic.Anthropic(
+            api_key=TEST_API_KEY, base_url=fake.base_url.removesuffix("/v1"), max_retries=0
+        )
+        created = sdk.messages.batches.create(requests=[{"custom_id": "0", "params": params}])
+        assert created.id in [batch.id for batch in sdk.messages.batches.list(limit=100)]
+        batch = sdk.messages.batches.retrieve(created.id)
+        while batch.processing_status != "ended":
+            batch = sdk.messages.batches.retrieve(created.id)
+        counts = batch.request_counts
+        assert (counts.succeeded, counts.processing, batch.cancel_initiated_at) == (1, 0, None)
+        assert batch.created_at.timestamp() > 0
+        with sdk.messages.batches.with_streaming_response.results(created.id) as response:
+            [line] = [json.loads(raw) for raw in response.iter_lines() if raw.strip()]
+        assert line["custom_id"] == "0" and line["result"]["type"] == "succeeded"
+        assert sdk.messages.batches.delete(created.id).id == created.id
+        again = sdk.messages.batches.create(requests=[{"custom_id": "1", "params": params}])
+        cancelled = sdk.messages.batches.cancel(again.id)
+        assert cancelled.processing_status in ("canceling", "ended")
 
 
 @pytest.mark.timeout(30)
