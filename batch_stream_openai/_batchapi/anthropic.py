@@ -57,15 +57,6 @@ _STATUSES = {
 _CLOCK_SLACK_S = 60.0
 
 
-def _transient(error: BaseException) -> bool:
-    import anthropic
-
-    if isinstance(error, anthropic.APIConnectionError):  # timeouts included
-        return True
-    status = getattr(error, "status_code", 0)
-    return isinstance(error, anthropic.APIStatusError) and (status == 429 or status >= 500)
-
-
 class AnthropicBatches:
     """Anthropic's Message Batches (see the module docstring).
 
@@ -82,7 +73,7 @@ class AnthropicBatches:
         self.secret = os.environ.get("ANTHROPIC_API_KEY")
         self._timeout = timeout
         self._sdk: anthropic.Anthropic | None = None
-        self._retrying = retrying(_transient)
+        self._retrying = retrying("anthropic")
 
     def __repr__(self) -> str:
         return "<AnthropicBatches>"

@@ -31,15 +31,6 @@ METADATA_KEY = "batch_stream_openai_job"
 _T = TypeVar("_T")
 
 
-def _transient(error: BaseException) -> bool:
-    import openai
-
-    if isinstance(error, openai.APIConnectionError):  # timeouts included
-        return True
-    status = getattr(error, "status_code", 0)
-    return isinstance(error, openai.APIStatusError) and (status == 429 or status >= 500)
-
-
 class OpenAIBatches:
     """The Batch API of one OpenAI-compatible endpoint.
 
@@ -59,7 +50,7 @@ class OpenAIBatches:
         self.secret = api_key.reveal() if api_key is not None else None
         self._timeout = timeout
         self._sdk: openai.OpenAI | None = None
-        self._retrying = retrying(_transient)
+        self._retrying = retrying("openai")
 
     def __repr__(self) -> str:
         return f"<OpenAIBatches {self._base_url}>"

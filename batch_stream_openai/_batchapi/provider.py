@@ -13,7 +13,7 @@ error of a model no batch route covers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -188,10 +188,19 @@ def job_refusal(error: Exception, secret: str | None, api: str) -> RequestError:
     return converted
 
 
-def retrying(transient: Callable[[BaseException], bool]) -> Retrying:
-    """How an adapter's calls are retried: what is `transient` (a lost connection, a
-    timeout, a 429, a 5xx), with exponential backoff and jitter, for up to 10 minutes;
-    anything else is raised as the SDK raised it (the SDKs' own retries are off)."""
+def retrying(package: str) -> Retrying:
+    """How an adapter's calls through `package`'s SDK (``openai``, ``anthropic``: both
+    name their errors alike) are retried: a lost connection, a timeout, a 429 or a 5xx,
+    with exponential backoff and jitter, for up to 10 minutes; anything else is raised as
+    the SDK raised it (the SDKs' own retries are off)."""
+
+    def transient(error: BaseException) -> bool:
+        sdk = importlib.import_module(package)
+        if isinstance(error, sdk.APIConnectionError):  # timeouts included
+            return True
+        status = getattr(error, "status_code", 0)
+        return isinstance(error, sdk.APIStatusError) and (status == 429 or status >= 500)
+
     return Retrying(
         retry=retry_if_exception(transient),
         wait=wait_random_exponential(multiplier=0.5, max=30.0),
