@@ -69,9 +69,10 @@ ONLINE_FAULTS = (
     "[[straggle=0.5]]",
     "[[status=400]]",
 )
-# With provider="anthropic", these go to Claude (the others stay OpenAI's: a mixed batch).
-CLAUDE_KINDS = frozenset({"chat", "pydantic", "schema", "tool", "raw"})
-CLAUDE = "anthropic/claude-haiku-4-5"
+# With another provider, these go there (the others stay OpenAI's: a mixed batch).
+ELSEWHERE_KINDS = frozenset({"chat", "pydantic", "schema", "tool", "raw"})
+PROVIDER_MODELS = {"anthropic": "anthropic/claude-haiku-4-5", "gemini": "gemini/gemini-2.5-flash"}
+PROVIDERS = ("openai", "anthropic", "gemini")
 BATCH_FAULTS = ("", "[[status=503 times=1]]", "[[status=400]]")
 SCHEMA = {
     "type": "json_schema",
@@ -107,7 +108,7 @@ class Scenario:
     workers: int = 1
     metrics: bool = False  # metrics_port: served for Prometheus, scraped around the run
     crash: str = ""  # "", "worker" (one SIGKILL) or "parent" (killed mid-stream, run again)
-    provider: str = "openai"  # "anthropic": prompt requests go to Claude (batch mode)
+    provider: str = "openai"  # "anthropic", "gemini": prompt requests go there (batch mode)
     tag: str = field(default="", compare=False)  # makes prompts unique to this run
 
     def requests(self) -> list[Any]:
@@ -119,8 +120,8 @@ class Scenario:
         if self.crash == "worker" and index == 0 and kind not in ("embedding", "raw"):
             user += " poison"
         cap = {"max_output_tokens": 200} if self.capped else {}
-        claude = self.provider == "anthropic" and kind in CLAUDE_KINDS
-        model = CLAUDE if claude else "gpt-4o-mini"
+        elsewhere = self.provider != "openai" and kind in ELSEWHERE_KINDS
+        model = PROVIDER_MODELS[self.provider] if elsewhere else "gpt-4o-mini"
         if kind == "embedding":
             return EmbeddingRequest(user)
         if kind == "raw":
@@ -167,14 +168,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         workers=draw(st.sampled_from((1, 2))),
         metrics=draw(st.booleans()),
         crash=draw(st.sampled_from(crashes)),
-        provider=draw(st.sampled_from(("openai", "anthropic"))) if mode == "batch" else "openai",
+        provider=draw(st.sampled_from(PROVIDERS)) if mode == "batch" else "openai",
     )
-
-
-def anthropic_environment(server: FakeOpenAIServer) -> dict[str, str]:
-    """Anthropic's SDK on the bundled server, with the scenarios' key (checked for leaks)."""
-    base_url = server.base_url.removesuffix("/v1")
-    return {"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": SECRET_KEY}
 
 
 def options_of(scenario: Scenario, server: FakeOpenAIServer, folder: Path) -> dict[str, Any]:
@@ -257,7 +252,8 @@ def run_scenario(scenario: Scenario, server: FakeOpenAIServer, folder: Path) -> 
         assert server.stats().requests == sent, "a refused batch sent something"
         return "refused"
     record = server.batch_jobs()
-    jobs_before = {job["id"] for job in record["jobs"] + record["message_batches"] if "id" in job}
+    jobs = record["jobs"] + record["message_batches"] + record["gemini_batches"]
+    jobs_before = {job["id"] for job in jobs if "id" in job}
     if scenario.crash == "parent":
         first = crash_then_rerun(scenario, options, server, folder)
     else:
@@ -377,11 +373,12 @@ def results_counted(port: int | None) -> float:
 
 
 def check_paid_once(server: FakeOpenAIServer, jobs_before: set[str]) -> None:
-    """No line of this scenario's jobs was answered (billed) twice by the server, at
-    OpenAI or at Anthropic."""
+    """No line of this scenario's jobs was answered (billed) twice by the server, at any
+    provider."""
     record = server.batch_jobs()
     jobs = [job for job in record["jobs"] if "id" in job and job["id"] not in jobs_before]
-    batches = [batch for batch in record["message_batches"] if batch["id"] not in jobs_before]
+    others = record["message_batches"] + record["gemini_batches"]
+    batches = [batch for batch in others if batch["id"] not in jobs_before]
     paid = Counter(cid for job in jobs for cid in job["paid"])
     paid += Counter(cid for batch in batches for cid in batch["paid"])
     assert max(paid.values(), default=1) == 1, f"paid twice: {paid.most_common(3)}"

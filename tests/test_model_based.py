@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from .model import Scenario, anthropic_environment, describe, run_scenario, scenarios
+from .helpers import provider_environment
+from .model import SECRET_KEY, Scenario, describe, run_scenario, scenarios
 
 _RUNS = itertools.count()
 
@@ -24,8 +25,11 @@ def quick_jobs(
 ) -> Iterator[FakeOpenAIServer]:
     server.configure(batch_seconds=0.2, latency=0.0, capacity=0, queue_limit=0)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
-    for name, value in anthropic_environment(server).items():
+    # The other providers' SDKs on the bundled server, with the scenarios' key (checked
+    # for leaks like the OpenAI one).
+    for name, value in provider_environment(server, SECRET_KEY).items():
         monkeypatch.setenv(name, value)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     yield server
     server.configure(batch_seconds=1.0)
 

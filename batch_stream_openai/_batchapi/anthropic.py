@@ -23,11 +23,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._wire.anthropic import chat_completion, messages_params
 from .._wire.bodies import http_call
-from .._wire.messages import chat_completion, messages_params
 from ..errors import RequestError
 from ..request import CHAT_ENDPOINT
-from .provider import JobState, job_refusal, retrying
+from .provider import JobState, job_refusal, retrying, stainless_transient
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -73,7 +73,7 @@ class AnthropicBatches:
         self.secret = os.environ.get("ANTHROPIC_API_KEY")
         self._timeout = timeout
         self._sdk: anthropic.Anthropic | None = None
-        self._retrying = retrying("anthropic")
+        self._retrying = retrying(stainless_transient("anthropic"))
 
     def __repr__(self) -> str:
         return "<AnthropicBatches>"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._wire.config import Secret
 from ..errors import APIError, RequestError
 from .lines import batch_line
-from .provider import JobState, job_refusal, retrying
+from .provider import JobState, job_refusal, retrying, stainless_transient
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -50,7 +50,7 @@ class OpenAIBatches:
         self.secret = api_key.reveal() if api_key is not None else None
         self._timeout = timeout
         self._sdk: openai.OpenAI | None = None
-        self._retrying = retrying("openai")
+        self._retrying = retrying(stainless_transient("openai"))
 
     def __repr__(self) -> str:
         return f"<OpenAIBatches {self._base_url}>"

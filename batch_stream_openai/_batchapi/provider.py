@@ -9,19 +9,23 @@ error of a model no batch route covers.
 
 - `openai.py`: OpenAI's Batch API (files and ``/v1/batches``), through the openai SDK.
 - `anthropic.py`: Anthropic's Message Batches, through the anthropic SDK.
+- `gemini.py`: Gemini's batch mode (inline requests), through the google-genai SDK.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
+from .._wire.anthropic import ANTHROPIC_PREFIX
 from .._wire.config import Secret, mask_in
-from .._wire.messages import ANTHROPIC_PREFIX
+from .._wire.gemini import GEMINI_PREFIX
 from ..errors import APIError, RequestError
 from ..request import openai_model_name
 
@@ -35,13 +39,18 @@ __all__ = [
     "Providers",
     "batch_route_error",
     "job_refusal",
+    "missing_key",
     "provider_of",
     "retrying",
+    "stainless_transient",
 ]
 
 # A job's states once it will change no more (OpenAI's words, which every adapter speaks).
 FINAL = frozenset({"completed", "expired", "cancelled", "failed"})
 _RETRY_FOR_S = 600.0
+# The keys each provider's SDK reads (OpenAI's: the pool's `api_key`, checked apart).
+_KEYS = {"anthropic": ("ANTHROPIC_API_KEY",), "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
+_API_NAMES = {"anthropic": "Anthropic's Message Batches", "gemini": "Gemini's batch mode"}
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,21 @@ def provider_of(model: str) -> str | None:
         return "openai"
     if model.startswith(ANTHROPIC_PREFIX):
         return "anthropic"
+    if model.startswith(GEMINI_PREFIX):
+        return "gemini"
     return None
+
+
+def missing_key(index: int, model: str) -> str | None:
+    """Why request `index` cannot reach its provider's batch API for want of a key (the
+    SDKs read them from the environment), or None."""
+    names = _KEYS.get(provider_of(model) or "", ())
+    if not names or any(os.environ.get(name) for name in names):
+        return None
+    return (
+        f"requests[{index}] (model {model!r}) goes to {_API_NAMES[provider_of(model) or '']}, "
+        f"which needs a key: set {' or '.join(names)}"
+    )
 
 
 def batch_route_error(index: int, model: str) -> str | None:
@@ -132,7 +155,8 @@ def batch_route_error(index: int, model: str) -> str | None:
     provider = model.split("/", 1)[0] if "/" in model else "LiteLLM"
     return (
         f"requests[{index}]: model {model!r} ({provider}) has no batch route: mode='batch' "
-        "takes OpenAI models and 'anthropic/...' ones; send it with mode='online' (or "
+        "takes OpenAI models, 'anthropic/...' and 'gemini/...' ones; send it with "
+        "mode='online' (or "
         "mode='flex' for OpenAI models)"
     )
 
@@ -166,6 +190,10 @@ class Providers:
             from .anthropic import AnthropicBatches
 
             return AnthropicBatches()
+        if name == "gemini":
+            from .gemini import GeminiBatches
+
+            return GeminiBatches()
         from .openai import OpenAIBatches
 
         return OpenAIBatches(self.base_url, self._api_key)
@@ -188,11 +216,21 @@ def job_refusal(error: Exception, secret: str | None, api: str) -> RequestError:
     return converted
 
 
-def retrying(package: str) -> Retrying:
-    """How an adapter's calls through `package`'s SDK (``openai``, ``anthropic``: both
-    name their errors alike) are retried: a lost connection, a timeout, a 429 or a 5xx,
-    with exponential backoff and jitter, for up to 10 minutes; anything else is raised as
-    the SDK raised it (the SDKs' own retries are off)."""
+def retrying(transient: Callable[[BaseException], bool]) -> Retrying:
+    """How an adapter's calls are retried: what is `transient` (a lost connection, a
+    timeout, a 429, a 5xx), with exponential backoff and jitter, for up to 10 minutes;
+    anything else is raised as the SDK raised it (the SDKs' own retries are off)."""
+    return Retrying(
+        retry=retry_if_exception(transient),
+        wait=wait_random_exponential(multiplier=0.5, max=30.0),
+        stop=stop_after_delay(_RETRY_FOR_S),
+        reraise=True,
+    )
+
+
+def stainless_transient(package: str) -> Callable[[BaseException], bool]:
+    """What is transient for the openai and anthropic SDKs (they name their errors alike):
+    a lost connection or a timeout, a 429, a 5xx."""
 
     def transient(error: BaseException) -> bool:
         sdk = importlib.import_module(package)
@@ -201,9 +239,4 @@ def retrying(package: str) -> Retrying:
         status = getattr(error, "status_code", 0)
         return isinstance(error, sdk.APIStatusError) and (status == 429 or status >= 500)
 
-    return Retrying(
-        retry=retry_if_exception(transient),
-        wait=wait_random_exponential(multiplier=0.5, max=30.0),
-        stop=stop_after_delay(_RETRY_FOR_S),
-        reraise=True,
-    )
+    return transient

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import psutil
 
-from .._batchapi.provider import batch_route_error, provider_of
+from .._batchapi.provider import batch_route_error, missing_key
 from .._spending.prices import PriceTable
 from ..request import EmbeddingRequest, OpenAIRequest, RawRequest
 
@@ -83,11 +83,8 @@ class RequestChecker:
         refused = batch_route_error(index, request.model)
         if refused is not None:
             raise ValueError(refused)
-        if provider_of(request.model) == "anthropic" and not os.environ.get("ANTHROPIC_API_KEY"):
-            raise ValueError(
-                f"requests[{index}] (model {request.model!r}) goes to Anthropic's Message "
-                "Batches, which need a key: set ANTHROPIC_API_KEY"
-            )
+        if (no_key := missing_key(index, request.model)) is not None:
+            raise ValueError(no_key)
 
     def check_price(self, index: int, request: object) -> None:
         if self.prices is None or not isinstance(request, _REQUEST_TYPES):

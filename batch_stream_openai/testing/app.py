@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import json
 import os
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,17 +32,17 @@ from .answers import (
 )
 from .anthropic import CHAT_PATH, MessageBatches, message_batch_route, messages_route
 from .batches import BatchJobs, batch_route
-from .capacity import CapacityGate
 from .directives import FAULT_KINDS, Directive, expected_answer, parse_directives
 from .faults import JSON, error_response, fault_response, slow_response
+from .gemini import GeminiBatches, gemini_batch_route, generate_route, is_gemini_path
 from .settings import ServerSettings
+from .state import ServerState
 
-__all__ = ["MAX_RECORDS", "Handler", "make_handler"]
+__all__ = ["Handler", "make_handler"]
 
 # What aiohttp's low-level server calls with each request.
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse | None]]
 
-MAX_RECORDS = 100_000
 _SHAPE_KINDS = frozenset({"refuse", "incomplete", "no_text", "tool_call", "bad_json"})
 _BAD_BODIES: dict[str, tuple[bytes, str]] = {
     "html": (b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
@@ -52,74 +50,6 @@ _BAD_BODIES: dict[str, tuple[bytes, str]] = {
     "list": (b'[{"id": "not an object"}]', JSON),
     "invalid_utf8": (b'{"text": "\xff\xfe broken"}', JSON),
 }
-
-
-class _Bucket:
-    """A token bucket refilled at ``per_minute / 60`` per second, holding one second's worth."""
-
-    def __init__(self) -> None:
-        self.level = 0.0
-        self.updated = time.monotonic()
-        self.per_minute = 0.0
-
-    def _refill(self, per_minute: float) -> float:
-        capacity = max(1.0, per_minute / 60)
-        now = time.monotonic()
-        if per_minute != self.per_minute:  # a new limit starts full
-            self.per_minute, self.level = per_minute, capacity
-        else:
-            self.level = min(capacity, self.level + (now - self.updated) * per_minute / 60)
-        self.updated = now
-        return capacity
-
-    def take(self, per_minute: float, cost: float) -> float:
-        """Take `cost`; return 0, or the seconds until it could be taken (nothing taken)."""
-        self._refill(per_minute)
-        if self.level >= min(cost, max(1.0, per_minute / 60)):
-            self.level -= cost
-            return 0.0
-        return (min(cost, max(1.0, per_minute / 60)) - self.level) * 60 / per_minute
-
-    def headers(self, kind: str, per_minute: float) -> dict[str, str]:
-        capacity = self._refill(per_minute)
-        reset = max(0.0, capacity - self.level) * 60 / per_minute
-        return {
-            f"x-ratelimit-limit-{kind}": str(int(per_minute)),
-            f"x-ratelimit-remaining-{kind}": str(max(0, int(self.level))),
-            f"x-ratelimit-reset-{kind}": f"{reset * 1000:.0f}ms",
-        }
-
-
-class _State:
-    """Mutable server state; only touched from the event loop thread."""
-
-    def __init__(self, settings: ServerSettings) -> None:
-        self.settings = settings
-        self.request_bucket = _Bucket()
-        self.token_bucket = _Bucket()
-        self.ids = itertools.count(1)
-        self.epoch = 0
-        self.requests = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.by_status: dict[int, int] = {}
-        self.records: deque[dict[str, Any]] = deque(maxlen=MAX_RECORDS)
-        self.seen: dict[str, int] = {}
-        self.jobs: BatchJobs  # set by the app, which answers their lines
-        self.message_batches: MessageBatches  # Anthropic's, set by the app too
-        self.gate = CapacityGate()  # the capacity model, when `settings.capacity` is set
-
-    def reset(self) -> None:
-        # The epoch keeps requests that started before a reset out of the new counters.
-        self.epoch += 1
-        self.requests = 0
-        self.max_in_flight = self.in_flight
-        self.by_status = {}
-        self.records.clear()
-        self.seen.clear()
-        self.jobs = BatchJobs(self.settings, self.jobs.answer_line)
-        self.message_batches = MessageBatches(self.settings, self.jobs.answer_line)
-        self.gate.reset()
 
 
 @dataclasses.dataclass
@@ -136,10 +66,11 @@ class _Plan:
 class _App:
     """Request handler of the fake server (one instance per process)."""
 
-    def __init__(self, state: _State) -> None:
+    def __init__(self, state: ServerState) -> None:
         self.state = state
         state.jobs = BatchJobs(state.settings, self.answer_line)
         state.message_batches = MessageBatches(state.settings, self.answer_line)
+        state.gemini_batches = GeminiBatches(state.settings, self.answer_line)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
@@ -150,6 +81,10 @@ class _App:
             return await batch_route(self.state.jobs, request, path)
         if path.startswith("/v1/messages/batches"):
             return await message_batch_route(self.state.message_batches, request, path)
+        if is_gemini_path(path) and (
+            routed := await gemini_batch_route(self.state.gemini_batches, request, path)
+        ):
+            return routed
         state = self.state
         epoch = state.epoch
         state.requests += 1
@@ -187,10 +122,10 @@ class _App:
     async def _api(
         self, request: web.BaseRequest, path: str, body: Any
     ) -> web.StreamResponse | None:
-        if path == "/v1/messages":  # Anthropic's: answered as Chat Completions
-            return await messages_route(
-                request, body, lambda chat: self._api(request, CHAT_PATH, chat)
-            )
+        if path == "/v1/messages":  # Anthropic's and Gemini's: answered as Chat Completions
+            return await messages_route(request, body, lambda c: self._api(request, CHAT_PATH, c))
+        if is_gemini_path(path):
+            return await generate_route(request, body, lambda c: self._api(request, CHAT_PATH, c))
         if path == "/v1/chat/completions":
             prompts: Callable[[dict[str, Any]], tuple[str, str, int]] = chat_prompts
         elif path == "/v1/responses":
@@ -396,7 +331,7 @@ class _App:
             result = dataclasses.asdict(state.settings)
         elif name == "batches" and method == "GET":
             jobs = {"jobs": state.jobs.records(), "calls": state.jobs.calls}
-            result = {**jobs, **state.message_batches.records()}
+            result = {**jobs, **state.message_batches.records(), **state.gemini_batches.records()}
         elif name == "health" and method == "GET":
             result = {"ok": True, "pid": os.getpid()}
         else:
@@ -416,4 +351,4 @@ def make_handler(
     settings: ServerSettings,
 ) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
     """The request handler of one server process, starting with `settings`."""
-    return _App(_State(settings)).handle
+    return _App(ServerState(settings)).handle

@@ -75,6 +75,8 @@ class ServerSettings:
         batch_refuse: The next N jobs fail validation with ``token_limit_exceeded`` (as
             when the enqueued-token limit is reached).
         batch_fail_validation: The next N jobs fail validation with ``invalid_request``.
+        batch_stuck: The next N Gemini batches never end, and say they were created two
+            days ago (a job past its window).
         batch_refuse_upload: The next N file uploads are answered 413 with an HTML page, as
             a proxy in front of the API does past its body size limit.
         flex_unavailable: The next N requests with ``service_tier: "flex"`` are answered
@@ -94,6 +96,7 @@ class ServerSettings:
     batch_refuse: float = 0.0
     batch_fail_validation: float = 0.0
     batch_refuse_upload: float = 0.0
+    batch_stuck: float = 0.0
     flex_unavailable: float = 0.0
     capacity: float = 0.0
     queue_limit: float = 0.0

@@ -10,7 +10,7 @@ import pytest
 
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from ..helpers import TEST_API_KEY
+from ..helpers import TEST_API_KEY, provider_environment
 
 _BATCH_DEFAULTS = {
     "batch_seconds": 1.0,
@@ -37,10 +37,13 @@ def own_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def claude(jobs_fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch) -> FakeOpenAIServer:
-    """Quick jobs, with Anthropic's SDK (the job route's, and LiteLLM's online) on the
-    bundled server through the environment, as a user points it at Anthropic."""
+def providers(jobs_fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch) -> FakeOpenAIServer:
+    """Quick jobs, with Anthropic's and Gemini's SDKs (the job route's, and LiteLLM's
+    online) on the bundled server through the environment, as a user points them at a
+    proxy."""
     pytest.importorskip("anthropic", reason="the [anthropic] extra is not installed")
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", jobs_fake.base_url.removesuffix("/v1"))
-    monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_API_KEY)
+    pytest.importorskip("google.genai", reason="the [gemini] extra is not installed")
+    for name, value in provider_environment(jobs_fake, TEST_API_KEY).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)  # the SDK would prefer it
     return jobs_fake

@@ -28,7 +28,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["ANTHROPIC_PREFIX", "DEFAULT_MAX_TOKENS", "chat_completion", "messages_params"]
+__all__ = [
+    "ANTHROPIC_PREFIX",
+    "DEFAULT_MAX_TOKENS",
+    "chat_completion",
+    "messages_params",
+    "refuse_unknown",
+]
 
 ANTHROPIC_PREFIX = "anthropic/"
 # Anthropic needs max_tokens; what LiteLLM sends when a request gives none (so a request
@@ -55,12 +61,7 @@ def messages_params(body: dict[str, Any]) -> dict[str, Any]:
     """The Messages params of a Chat Completions `body`; `ValueError` names the field
     Anthropic has no equivalent for."""
     handled = _RENAMED | _IGNORED | {"response_format", "reasoning_effort", *_AS_IS}
-    for name in body:
-        if name not in handled:
-            raise ValueError(
-                f"the body's {name!r} has no equivalent in Anthropic's Message Batches: "
-                "leave it out, or send the request online (mode='online')"
-            )
+    refuse_unknown(body, handled, "Anthropic's Message Batches")
     system, messages = _split_system(body["messages"])
     params: dict[str, Any] = {
         "model": str(body["model"]).removeprefix(ANTHROPIC_PREFIX),
@@ -76,6 +77,16 @@ def messages_params(body: dict[str, Any]) -> dict[str, Any]:
     if config := _output_config(body):
         params["output_config"] = config
     return params
+
+
+def refuse_unknown(body: dict[str, Any], handled: set[str], api: str) -> None:
+    """`ValueError` naming the first field of `body` that `api` has no equivalent for."""
+    for name in body:
+        if name not in handled:
+            raise ValueError(
+                f"the body's {name!r} has no equivalent in {api}: leave it out, or send the "
+                "request online (mode='online')"
+            )
 
 
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Chat Completions bodies as Anthropic Messages params, and Anthropic messages back as
-the answers every other reader reads (`_wire/messages.py`)."""
+the answers every other reader reads (`_wire/anthropic.py`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from batch_stream_openai._wire.answers import answer_result, reading_of, usage_of
+from batch_stream_openai._wire.anthropic import DEFAULT_MAX_TOKENS, chat_completion, messages_params
 from batch_stream_openai._wire.bodies import http_call
-from batch_stream_openai._wire.messages import DEFAULT_MAX_TOKENS, chat_completion, messages_params
 from batch_stream_openai.request import OpenAIRequest
 
 pytestmark = [pytest.mark.fast, pytest.mark.timeout(10)]
