@@ -743,21 +743,24 @@ def test_a_full_disk_stops_sending_loses_nothing_paid_and_keeps_one_line_per_id(
 
 
 @pytest.mark.timeout(90)
-def test_batch_mode_sends_claude_lines_to_message_batches_and_writes_openai_output(
+def test_batch_mode_sends_each_line_to_its_providers_batch_api_and_writes_openai_output(
     fake: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("anthropic", reason="the [anthropic] extra is not installed")
+    pytest.importorskip("google.genai", reason="the [gemini] extra is not installed")
     from batch_stream_openai.testing import expected_answer
 
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.base_url.removesuffix("/v1"))
-    monkeypatch.setenv("ANTHROPIC_API_KEY", TEST_API_KEY)
+    from .helpers import provider_environment
+
+    for name, value in provider_environment(fake, TEST_API_KEY).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     fake.configure(batch_seconds=0.3)
-    models = ["anthropic/claude-haiku-4-5", "gpt-4o-mini"]
-    lines = [_batch_line(f"c-{i}", f"cq{i}", CHAT, models[i % 2]) for i in range(6)]
+    models = ["anthropic/claude-haiku-4-5", "gpt-4o-mini", "gemini/gemini-2.5-flash"]
+    lines = [_batch_line(f"c-{i}", f"cq{i}", CHAT, models[i % 3]) for i in range(6)]
     source = _write(tmp_path / "in.jsonl", lines)
     output = tmp_path / "out.jsonl"
-    flags = ("--mode", "batch", "--poll-interval", "0.05")
-    result = _run(fake, source, output, *flags)
+    result = _run(fake, source, output, "--mode", "batch", "--poll-interval", "0.05")
     assert result.returncode == 0, result.stderr
     records = _latest(output)
     assert sorted(records) == [f"c-{i}" for i in range(6)]
@@ -767,6 +770,7 @@ def test_batch_mode_sends_claude_lines_to_message_batches_and_writes_openai_outp
         answer = record["response"]["body"]["choices"][0]["message"]["content"]
         assert answer == expected_answer("", f"cq{i}")
         job = record["x_stats"]["batch_id"]
-        assert job.startswith("msgbatch_" if i % 2 == 0 else "batch_"), job
-    batches = fake.batch_jobs()["message_batches"]
-    assert [batch["custom_ids"] for batch in batches] == [["0", "2", "4"]]
+        assert job.startswith(("msgbatch_", "batch_", "batches/")[i % 3]), job
+    jobs = fake.batch_jobs()
+    assert [batch["custom_ids"] for batch in jobs["message_batches"]] == [["0", "3"]]
+    assert [batch["keys"] for batch in jobs["gemini_batches"]] == [["2", "5"]]

@@ -221,6 +221,37 @@ def test_the_message_batches_calls_and_fields_the_anthropic_adapter_reads(
         assert cancelled.processing_status in ("canceling", "ended")
 
 
+@pytest.mark.timeout(60)
+def test_the_batch_calls_and_fields_the_gemini_adapter_reads(fake: FakeOpenAIServer) -> None:
+    genai = pytest.importorskip("google.genai", reason="the [gemini] extra is not installed")
+    fake.configure(batch_seconds=0.2)
+    request = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+               "config": {"max_output_tokens": 16}, "metadata": {"key": "0"}}  # fmt: skip
+    with relied_on(
+        "google-genai",
+        "batches create/get/list/cancel/delete, BatchJob or InlinedResponse",
+        "batch_stream_openai/_batchapi/gemini.py (GeminiBatches)",
+    ):
+        options = genai.types.HttpOptions(
+            base_url=fake.base_url.removesuffix("/v1"), api_version="v1beta", timeout=10_000
+        )
+        sdk = genai.Client(api_key=TEST_API_KEY, http_options=options)
+        job = sdk.batches.create(model="gemini-2.5-flash", src=[request],
+                                 config={"display_name": "k1"})  # fmt: skip
+        listed = list(sdk.batches.list(config={"page_size": 100}))
+        assert any(b.display_name == "k1" and b.name == job.name for b in listed)
+        while (got := sdk.batches.get(name=job.name)).state.value == "JOB_STATE_RUNNING":
+            pass
+        assert got.state.value == "JOB_STATE_SUCCEEDED" and got.create_time.timestamp() > 0
+        [answer] = got.dest.inlined_responses
+        dumped = answer.model_dump(mode="json", exclude_none=True)
+        assert dumped["metadata"] == {"key": "0"} and "candidates" in dumped["response"]
+        assert "usage_metadata" in dumped["response"] and got.model
+        sdk.batches.delete(name=job.name)
+        again = sdk.batches.create(model="gemini-2.5-flash", src=[request])
+        sdk.batches.cancel(name=again.name)
+
+
 @pytest.mark.timeout(30)
 def test_aiohttp_reports_a_refused_connection_with_its_host_and_port() -> None:
     port = closed_port()

@@ -18,6 +18,7 @@ _BATCH_DEFAULTS = {
     "batch_refuse": 0.0,
     "batch_fail_validation": 0.0,
     "batch_refuse_upload": 0.0,
+    "batch_stuck": 0.0,
 }
 
 
