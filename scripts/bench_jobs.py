@@ -1,15 +1,20 @@
-"""Online vs the Batch API vs the Batch API under a deadline, and flat memory while spooling.
+"""Online vs batch jobs vs batch jobs under a deadline, and flat memory while spooling.
 
-Usage: ``python scripts/bench_jobs.py [--runs 3] [--requests 2000] [--rss-lines 200000]``
+Usage: ``python scripts/bench_jobs.py [--runs 3] [--requests 10000] [--rss-lines 200000]
+[--providers openai,anthropic,gemini]``
 
-1. One batch of chat requests (gpt-4o-mini) against the bundled server, whose online
-   answers take 200 ms and whose Batch API jobs take `JOB_SECONDS`: online
-   (concurrency 50), ``mode="batch"`` (jobs of 1,000 lines), and ``mode="batch"`` with a
-   deadline shorter than the jobs take (they are cancelled, the rest runs online). Wall
-   time, cost (genai-prices: batch lines at the batch rate), and the calls the server
-   saw (online requests + Batch API calls); medians of `--runs`, runs interleaved.
+1. One batch of chat requests split evenly over the providers' models (gpt-4o-mini,
+   claude-haiku-4-5, gemini-2.5-flash) against the bundled server, whose online answers
+   take 200 ms and whose batch jobs take `JOB_SECONDS` (OpenAI's Batch API, Anthropic's
+   Message Batches and Gemini's batch mode, each through its SDK; online, the other two
+   go through LiteLLM): online (concurrency 50), ``mode="batch"`` (jobs of 1,000 lines),
+   and ``mode="batch"`` with a deadline shorter than the jobs take (they are cancelled,
+   the rest runs online). Wall time, cost (genai-prices: batch lines at each provider's
+   batch rate), and the calls the server saw (online requests + batch API calls);
+   medians of `--runs`, runs interleaved.
 2. Memory: ``mode="batch"`` over lazy generators of 50,000 and `--rss-lines` requests
-   (jobs of 50,000), parent RSS peak while the lines are written and read back.
+   over the same providers (jobs of 50,000 lines at most), parent RSS peak while the
+   lines are written, sent and read back.
 
 Writes section "jobs" of BENCHMARKS.md (``--print-only``: only prints it).
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -35,17 +41,25 @@ from batch_stream_openai.testing import FakeOpenAIServer
 
 API_KEY = "sk-bench-0123456789"
 HERE = Path(__file__).resolve().parent
-JOB_SECONDS = 20.0
+JOB_SECONDS = 40.0
 LATENCY_S = 0.2
-DEADLINE_S = 12.0
+DEADLINE_S = 30.0
+MODELS = {
+    "openai": "gpt-4o-mini",
+    "anthropic": "anthropic/claude-haiku-4-5",
+    "gemini": "gemini/gemini-2.5-flash",
+}
 
 
-def requests(count: int, tag: str) -> Iterator[OpenAIRequest]:
+def requests(count: int, tag: str, models: list[str]) -> Iterator[OpenAIRequest]:
     for i in range(count):
-        yield OpenAIRequest("You are terse.", f"{tag} {i}", model="gpt-4o-mini", api="chat")
+        model = models[i % len(models)]
+        yield OpenAIRequest("You are terse.", f"{tag} {i}", model=model, api="chat")
 
 
-def one_run(server: FakeOpenAIServer, label: str, count: int, tag: str) -> dict[str, float]:
+def one_run(
+    server: FakeOpenAIServer, label: str, count: int, tag: str, models: list[str]
+) -> dict[str, float]:
     server.reset()
     options: dict[str, Any] = {}
     if label != "online":
@@ -54,33 +68,35 @@ def one_run(server: FakeOpenAIServer, label: str, count: int, tag: str) -> dict[
         options.update(deadline=DEADLINE_S, online_reserve=DEADLINE_S / 2)
     with BatchPool(max_concurrency=50, base_url=server.base_url, api_key=API_KEY) as pool:
         started = time.monotonic()
-        stream = pool.stream(requests(count, tag), **options)
+        stream = pool.stream(requests(count, tag, models), **options)
         done = sum(1 for _, value in stream if isinstance(value, str))
         wall = time.monotonic() - started
     if done != count:
         raise RuntimeError(f"{label}: {done} of {count} done: {stream.summary}")
     jobs = server.batch_jobs()
     online = server.stats().requests
+    calls = jobs["calls"] + jobs["message_calls"] + jobs["gemini_calls"]
+    made = len(jobs["jobs"]) - 1 + len(jobs["message_batches"]) + len(jobs["gemini_batches"])
     return {
         "wall": wall,
         "cost": stream.summary.cost_usd,
         "online": online,
-        "batch_calls": len(jobs["calls"]),
-        "jobs": len(jobs["jobs"]) - 1,
+        "batch_calls": len(calls),
+        "jobs": made,
     }
 
 
-def modes(server: FakeOpenAIServer, runs: int, count: int) -> str:
+def modes(server: FakeOpenAIServer, runs: int, count: int, models: list[str]) -> str:
     labels = ("online", "batch", "batch + deadline")
     samples: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
     for run in range(runs):
         for label in labels:
             tag = f"run {run} mode {labels.index(label)}"  # same length: same tokens
-            samples[label].append(one_run(server, label, count, tag))
+            samples[label].append(one_run(server, label, count, tag, models))
             print(f"run {run + 1} {label}: {samples[label][-1]}", file=sys.stderr)
     base = statistics.median(s["cost"] for s in samples["online"])
     lines = [
-        "| mode | wall s | cost USD | vs online | online requests | Batch API calls | jobs |",
+        "| mode | wall s | cost USD | vs online | online requests | batch API calls | jobs |",
         "|---|---|---|---|---|---|---|",
     ]
     for label, med in medians(samples).items():
@@ -98,10 +114,10 @@ RSS_RUN = textwrap.dedent(
     from memory import RssSampler, _mb
     from batch_stream_openai import BatchPool, OpenAIRequest
 
-    base_url, total = sys.argv[1], int(sys.argv[2])
+    base_url, total, models = sys.argv[1], int(sys.argv[2]), sys.argv[4].split(",")
     if __name__ == "__main__":
-        lazy = (OpenAIRequest("You are terse.", f"rss {i}", model="gpt-4o-mini", api="chat")
-                for i in range(total))
+        lazy = (OpenAIRequest("You are terse.", f"rss {i}", model=models[i % len(models)],
+                              api="chat") for i in range(total))
         with RssSampler(exclude=set()) as sampler:
             before = _mb(sampler.read())[0]
             started = time.monotonic()
@@ -114,7 +130,7 @@ RSS_RUN = textwrap.dedent(
 )
 
 
-def memory(server: FakeOpenAIServer, totals: list[int]) -> str:
+def memory(server: FakeOpenAIServer, totals: list[int], models: list[str]) -> str:
     """Parent RSS of a fresh process sending `total` requests in batch mode, per total."""
     server.configure(batch_seconds=2.0)
     rows = ["| lines | parent RSS before, MB | peak, MB | growth, MB | wall s |"]
@@ -122,6 +138,7 @@ def memory(server: FakeOpenAIServer, totals: list[int]) -> str:
     for total in totals:
         server.reset()
         command = [sys.executable, "-c", RSS_RUN, server.base_url, str(total), str(HERE)]
+        command.append(",".join(models))
         out = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=True)
         run = json.loads(out.stdout.strip().splitlines()[-1])
         assert run["done"] == total, run
@@ -138,24 +155,28 @@ def memory(server: FakeOpenAIServer, totals: list[int]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--rss-lines", type=int, default=200_000)
+    parser.add_argument("--providers", default="openai,anthropic,gemini")
     parser.add_argument("--print-only", action="store_true")
     args = parser.parse_args()
     command = " ".join(["python scripts/bench_jobs.py", *sys.argv[1:]])
+    models = [MODELS[name] for name in args.providers.split(",")]
     with FakeOpenAIServer() as server:
+        os.environ.update(server.sdk_environment(API_KEY))
         server.configure(latency=LATENCY_S, batch_seconds=JOB_SECONDS)
-        table = modes(server, args.runs, args.requests)
-        flat = memory(server, [50_000, args.rss_lines])
+        table = modes(server, args.runs, args.requests, models)
+        flat = memory(server, [50_000, args.rss_lines], models)
     section = "\n".join(
         [
-            "## K. Half price: the Batch API and a deadline",
+            "## K. Half price: batch jobs at every provider, and a deadline",
             "",
             f"`{command}` on {time.strftime('%Y-%m-%d')}, library at git `{git_revision()}`.",
-            f"{args.requests:,} chat requests (gpt-4o-mini); the bundled server answers online "
-            f"in {LATENCY_S * 1000:.0f} ms and finishes a Batch API job in {JOB_SECONDS:.0f} s "
-            f"(answering its lines as it goes); the deadline is {DEADLINE_S:.0f} s with "
-            f"`online_reserve={DEADLINE_S / 2:.0f}`. Medians of {args.runs} interleaved runs.",
+            f"{args.requests:,} chat requests split evenly over {', '.join(models)}; the "
+            f"bundled server answers online in {LATENCY_S * 1000:.0f} ms and finishes a batch "
+            f"job in {JOB_SECONDS:.0f} s (answering its lines as it goes); the deadline is "
+            f"{DEADLINE_S:.0f} s with `online_reserve={DEADLINE_S / 2:.0f}`. Medians of "
+            f"{args.runs} interleaved runs.",
             "",
             table,
             "",

@@ -27,7 +27,6 @@ from benchmarks_md import save_section
 from hypothesis import HealthCheck, Phase, given, settings
 
 from batch_stream_openai.testing import FakeOpenAIServer
-from tests.helpers import provider_environment
 from tests.model import SECRET_KEY, Scenario, describe, run_scenario, scenarios
 
 
@@ -44,7 +43,7 @@ def main() -> int:
     failures: list[str] = []
     started = time.monotonic()
     with FakeOpenAIServer(batch_seconds=0.2) as server:
-        os.environ.update(provider_environment(server, SECRET_KEY))
+        os.environ.update(server.sdk_environment(SECRET_KEY))
 
         @settings(
             max_examples=20,  # per call: the loop below goes on until the time is up

@@ -167,19 +167,6 @@ def answered_by_jobs(fake: FakeOpenAIServer) -> Counter[str]:
     return Counter(cid for job in jobs_of(fake) for cid in job["answered"])
 
 
-def provider_environment(fake: FakeOpenAIServer, key: str) -> dict[str, str]:
-    """The environment that points Anthropic's and Gemini's SDKs (and LiteLLM's online
-    calls) at the bundled server, with `key`."""
-    root = fake.base_url.removesuffix("/v1")
-    return {
-        "ANTHROPIC_BASE_URL": root,
-        "ANTHROPIC_API_KEY": key,
-        "GOOGLE_GEMINI_BASE_URL": root,  # the google-genai SDK's
-        "GEMINI_API_BASE": f"{root}/v1beta",  # LiteLLM's
-        "GEMINI_API_KEY": key,
-    }
-
-
 def gemini_batches_of(fake: FakeOpenAIServer) -> list[dict[str, Any]]:
     """The Gemini batches the server was asked to create."""
     return list(fake.batch_jobs()["gemini_batches"])

@@ -750,9 +750,8 @@ def test_batch_mode_sends_each_line_to_its_providers_batch_api_and_writes_openai
     pytest.importorskip("google.genai", reason="the [gemini] extra is not installed")
     from batch_stream_openai.testing import expected_answer
 
-    from .helpers import provider_environment
 
-    for name, value in provider_environment(fake, TEST_API_KEY).items():
+    for name, value in fake.sdk_environment(TEST_API_KEY).items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     fake.configure(batch_seconds=0.3)

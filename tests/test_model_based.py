@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from .helpers import provider_environment
 from .model import SECRET_KEY, Scenario, describe, run_scenario, scenarios
 
 _RUNS = itertools.count()
@@ -27,7 +26,7 @@ def quick_jobs(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
     # The other providers' SDKs on the bundled server, with the scenarios' key (checked
     # for leaks like the OpenAI one).
-    for name, value in provider_environment(server, SECRET_KEY).items():
+    for name, value in server.sdk_environment(SECRET_KEY).items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     yield server

@@ -211,6 +211,19 @@ class FakeOpenAIServer:
         """Return the recorded API requests (at most the last 100,000), oldest first."""
         return [RecordedRequest(**item) for item in self._control("GET", "requests")]
 
+    def sdk_environment(self, api_key: str) -> dict[str, str]:
+        """The environment variables that point Anthropic's and Gemini's SDKs (and
+        LiteLLM's online calls to those providers) at this server, with `api_key`: set
+        them (``os.environ.update``) before the batch starts."""
+        root = self.base_url.removesuffix("/v1")
+        return {
+            "ANTHROPIC_BASE_URL": root,
+            "ANTHROPIC_API_KEY": api_key,
+            "GOOGLE_GEMINI_BASE_URL": root,  # the google-genai SDK's
+            "GEMINI_API_BASE": f"{root}/v1beta",  # LiteLLM's
+            "GEMINI_API_KEY": api_key,
+        }
+
     def batch_jobs(self) -> dict[str, Any]:
         """The Batch API's record: ``{"jobs": [...], "calls": ["POST /v1/batches", ...]}``.
 

@@ -10,7 +10,7 @@ import pytest
 
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from ..helpers import TEST_API_KEY, provider_environment
+from ..helpers import TEST_API_KEY
 
 _BATCH_DEFAULTS = {
     "batch_seconds": 1.0,
@@ -44,7 +44,7 @@ def providers(jobs_fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch) -> F
     proxy."""
     pytest.importorskip("anthropic", reason="the [anthropic] extra is not installed")
     pytest.importorskip("google.genai", reason="the [gemini] extra is not installed")
-    for name, value in provider_environment(jobs_fake, TEST_API_KEY).items():
+    for name, value in jobs_fake.sdk_environment(TEST_API_KEY).items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)  # the SDK would prefer it
     return jobs_fake
