@@ -76,7 +76,9 @@ class GeminiBatches:
 
     name = "gemini"
     uploads = False
-    max_lines = 50_000
+    # The SDK holds a job's requests (and then its answers) as pydantic objects while it
+    # sends (reads) them, about 9 KB a line (scripts/bench_jobs.py): fewer bound memory.
+    max_lines = 20_000
     max_bytes = 19 * 2**20  # inline requests: 20 MB a batch, with a margin
 
     def __init__(self, timeout: float = 600.0) -> None:
