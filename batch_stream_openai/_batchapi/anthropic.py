@@ -24,10 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._wire.anthropic import chat_completion, messages_params
-from .._wire.bodies import http_call
 from ..errors import RequestError
-from ..request import CHAT_ENDPOINT
-from .provider import JobState, job_refusal, retrying, stainless_transient
+from .provider import JobState, chat_line, job_refusal, retrying, stainless_transient
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -82,14 +80,12 @@ class AnthropicBatches:
 
     @staticmethod
     def line(index: int, request: Any) -> tuple[str, str, bytes]:
-        endpoint, body = http_call(request)
-        if endpoint != CHAT_ENDPOINT:
-            raise ValueError(
-                f"Message Batches take chat requests; this one is for {endpoint} (use "
-                "api='chat', or mode='online')"
-            )
-        line = {"custom_id": str(index), "params": messages_params(body)}
-        return endpoint, str(body["model"]), json.dumps(line).encode() + b"\n"
+        return chat_line(
+            index,
+            request,
+            "Anthropic's Message Batches",
+            lambda body: {"custom_id": str(index), "params": messages_params(body)},
+        )
 
     def upload(self, path: Path) -> str:
         raise NotImplementedError("Message Batches take their requests inline")

@@ -24,11 +24,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from .._wire.bodies import http_call
 from .._wire.gemini import GEMINI_PREFIX, chat_completion, inline_request
 from ..errors import APIError, RequestError
-from ..request import CHAT_ENDPOINT
-from .provider import JobState, job_refusal, retrying
+from .provider import JobState, chat_line, job_refusal, retrying
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -92,14 +90,12 @@ class GeminiBatches:
 
     @staticmethod
     def line(index: int, request: Any) -> tuple[str, str, bytes]:
-        endpoint, body = http_call(request)
-        if endpoint != CHAT_ENDPOINT:
-            raise ValueError(
-                f"Gemini's batch mode takes chat requests here; this one is for {endpoint} "
-                "(use api='chat', or mode='online')"
-            )
-        line = {"key": str(index), "request": inline_request(body)}
-        return endpoint, str(body["model"]), json.dumps(line).encode() + b"\n"
+        return chat_line(
+            index,
+            request,
+            "Gemini's batch mode",
+            lambda body: {"key": str(index), "request": inline_request(body)},
+        )
 
     def upload(self, path: Path) -> str:
         raise NotImplementedError("batch mode's requests go inline")

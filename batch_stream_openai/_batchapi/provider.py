@@ -15,6 +15,7 @@ error of a model no batch route covers.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,10 +25,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from .._wire.anthropic import ANTHROPIC_PREFIX
+from .._wire.bodies import http_call
 from .._wire.config import Secret, mask_in
 from .._wire.gemini import GEMINI_PREFIX
 from ..errors import APIError, RequestError
-from ..request import openai_model_name
+from ..request import CHAT_ENDPOINT, openai_model_name
 
 if TYPE_CHECKING:
     from .journal import JobRecord
@@ -38,6 +40,7 @@ __all__ = [
     "JobState",
     "Providers",
     "batch_route_error",
+    "chat_line",
     "job_refusal",
     "missing_key",
     "provider_of",
@@ -119,6 +122,20 @@ class BatchProvider(Protocol):
     def refusal(self, error: Exception) -> RequestError:
         """An SDK error of a call (after the retries) as the error of each line it
         concerns, the key masked; anything else (a bug) is raised again."""
+
+
+def chat_line(
+    index: int, request: Any, api: str, shape: Callable[[dict[str, Any]], dict[str, Any]]
+) -> tuple[str, str, bytes]:
+    """`request` as a line of a job at `api`, which takes chat requests only: `shape`
+    makes the line of its chat body. ``(endpoint, model, line)``."""
+    endpoint, body = http_call(request)
+    if endpoint != CHAT_ENDPOINT:
+        raise ValueError(
+            f"{api} takes chat requests here; this one is for {endpoint} (use api='chat', "
+            "or mode='online')"
+        )
+    return endpoint, str(body["model"]), json.dumps(shape(body)).encode() + b"\n"
 
 
 def provider_of(model: str) -> str | None:
