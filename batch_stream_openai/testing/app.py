@@ -81,10 +81,12 @@ class _App:
             return await batch_route(self.state.jobs, request, path)
         if path.startswith("/v1/messages/batches"):
             return await message_batch_route(self.state.message_batches, request, path)
-        if is_gemini_path(path) and (
-            routed := await gemini_batch_route(self.state.gemini_batches, request, path)
-        ):
-            return routed
+        if is_gemini_path(path):
+            # `is not None`: an aiohttp response is a mapping, falsy while empty in older
+            # aiohttp (3.9, the oldest allowed, has __len__ and no __bool__).
+            routed = await gemini_batch_route(self.state.gemini_batches, request, path)
+            if routed is not None:
+                return routed
         state = self.state
         epoch = state.epoch
         state.requests += 1
