@@ -64,8 +64,8 @@ class AnthropicBatches:
 
     name = "anthropic"
     uploads = False
-    # The API takes 100,000; the parent holds a job's requests while creating it (about
-    # 6.5 KB a line, measured with scripts/bench_jobs.py), so fewer bound its memory.
+    # The API takes 100,000; the parent holds a job's requests while creating it, so
+    # fewer bound its memory (BENCHMARKS K: RSS follows the size of the job being read).
     max_lines = 20_000
     max_bytes = 250 * 2**20  # the API takes 256 MB a batch; a margin for the framing
 

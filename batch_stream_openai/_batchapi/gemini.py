@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._wire.gemini import GEMINI_PREFIX, chat_completion, inline_request
 from ..errors import APIError, RequestError
-from .provider import JobState, chat_line, job_refusal, retrying
+from .provider import FINAL, JobState, chat_line, job_refusal, retrying
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -75,7 +75,7 @@ class GeminiBatches:
     name = "gemini"
     uploads = False
     # The SDK holds a job's requests (and then its answers) as pydantic objects while it
-    # sends (reads) them, about 9 KB a line (scripts/bench_jobs.py): fewer bound memory.
+    # sends (reads) them: fewer lines bound the parent's memory (BENCHMARKS K).
     max_lines = 20_000
     max_bytes = 19 * 2**20  # inline requests: 20 MB a batch, with a margin
 
@@ -84,6 +84,7 @@ class GeminiBatches:
         self._timeout = timeout
         self._sdk: genai.Client | None = None
         self._retrying = retrying(_transient)
+        self._ended: dict[str, types.BatchJob] = {}  # final jobs, until downloaded
 
     def __repr__(self) -> str:
         return "<GeminiBatches>"
@@ -127,6 +128,8 @@ class GeminiBatches:
         if status == "in_progress" and time.time() - created > _WINDOW_S:
             self.cancel(batch_id)  # past its window: its lines go again
             status = "expired"
+        if status in FINAL:  # its answers came with it: `download` reads them from here
+            self._ended[batch_id] = job
         failure = None
         if status == "failed":
             message = f"the batch job {batch_id} failed ({job.error or 'no reason given'})"
@@ -134,7 +137,9 @@ class GeminiBatches:
         return JobState(status, created_at=created, failure=failure)
 
     def download(self, state: JobState, batch_id: str, folder: Path) -> None:
-        job = self._call(lambda sdk: sdk.batches.get(name=batch_id))
+        job = self._ended.pop(batch_id, None) or self._call(
+            lambda sdk: sdk.batches.get(name=batch_id)
+        )
         answers = (job.dest.inlined_responses if job.dest is not None else None) or []
         model = str(job.model or "")
         with open(folder / "output.jsonl", "wb") as output:

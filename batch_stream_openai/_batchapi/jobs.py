@@ -329,7 +329,7 @@ class Jobs:
             if reserved is not None:
                 spending.settle(reserved, result.cost_usd, result.error, output)
             elif result.error is None:  # a job of an earlier run: reserved by that run
-                spending.spent += result.cost_usd or 0.0
+                spending.charge(result.cost_usd or 0.0)
         error = result.error
         retryable = isinstance(error, APIError) and error.retryable
         if retryable and attempts <= self._options.max_retries:

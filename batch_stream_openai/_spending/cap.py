@@ -136,6 +136,11 @@ class Spending:
         if reservation.probe:
             self._probing.discard(reservation.model)
 
+    def charge(self, cost_usd: float) -> None:
+        """An answer this run made no reservation for (a job an earlier run created and
+        reserved): its cost counts, nothing is settled."""
+        self.spent += cost_usd
+
     def settle(
         self,
         reservation: Reservation,

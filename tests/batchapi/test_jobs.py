@@ -19,6 +19,8 @@ from batch_stream_openai import (
     run_batch,
     stream_batch,
 )
+from batch_stream_openai._policy.limits import token_estimate
+from batch_stream_openai._spending.prices import PriceTable
 from batch_stream_openai.testing import FakeOpenAIServer
 from batch_stream_openai.testing.answers import expected_embedding
 
@@ -291,3 +293,26 @@ def test_zero_is_not_taken_for_the_default(pool_options: dict[str, Any]) -> None
             pool.run([ask("x")], mode="batch", poll_interval=0)
         with pytest.raises(ValueError, match="batch_size must be >= 1"):
             pool.run([ask("x")], mode="batch", batch_size=0)
+
+
+def test_lines_a_cancelled_job_left_give_back_their_reservation_before_going_online(
+    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    # The cap holds the 8 lines at the batch price, and then 4 at a time online (twice the
+    # price), not both: lines held their batch reservation for ever, and the online ones,
+    # finding no room and nothing in flight online, waited for ever.
+    jobs_fake.configure(batch_seconds=30.0)
+    requests = [ask(f"cr{i}", max_output_tokens=64) for i in range(8)]
+    prompt_tokens, _ = token_estimate(requests[0])
+    batch_price = PriceTable().price("gpt-4o-mini", "batch")
+    assert batch_price is not None
+    per_line = batch_price.worst_case(prompt_tokens, 64)
+    with BatchPool(max_concurrency=4, workers=1, **pool_options) as pool:
+        stream = pool.stream(
+            requests, return_results=True, **FAST, deadline=8.0, online_reserve=7.0,
+            max_cost=9 * per_line,
+        )  # fmt: skip
+        results = each_once(stream)
+    assert [results[i].text for i in range(8)] == answers([f"cr{i}" for i in range(8)])
+    assert any(results[i].batch_id is None for i in range(8))  # some went online
+    assert stream.summary.cost_usd <= 9 * per_line
