@@ -71,8 +71,12 @@ ONLINE_FAULTS = (
 )
 # With another provider, these go there (the others stay OpenAI's: a mixed batch).
 ELSEWHERE_KINDS = frozenset({"chat", "pydantic", "schema", "tool", "raw"})
-PROVIDER_MODELS = {"anthropic": "anthropic/claude-haiku-4-5", "gemini": "gemini/gemini-2.5-flash"}
-PROVIDERS = ("openai", "anthropic", "gemini")
+PROVIDER_MODELS = {
+    "anthropic": "anthropic/claude-haiku-4-5",
+    "gemini": "gemini/gemini-2.5-flash",
+    "azure": "azure/gpt-4o-mini",  # through LiteLLM's batch functions
+}
+PROVIDERS = ("openai", *PROVIDER_MODELS)
 BATCH_FAULTS = ("", "[[status=503 times=1]]", "[[status=400]]")
 SCHEMA = {
     "type": "json_schema",
@@ -108,7 +112,7 @@ class Scenario:
     workers: int = 1
     metrics: bool = False  # metrics_port: served for Prometheus, scraped around the run
     crash: str = ""  # "", "worker" (one SIGKILL) or "parent" (killed mid-stream, run again)
-    provider: str = "openai"  # "anthropic", "gemini": prompt requests go there (batch mode)
+    provider: str = "openai"  # "anthropic", "gemini", "azure": prompts go there (batch mode)
     tag: str = field(default="", compare=False)  # makes prompts unique to this run
 
     def requests(self) -> list[Any]:

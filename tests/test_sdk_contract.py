@@ -31,7 +31,7 @@ from batch_stream_openai._wire.failures import to_request_error
 from batch_stream_openai._worker.sdk_headers import sdk_base_url, sdk_headers
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from .helpers import TEST_API_KEY, closed_port, sdk_error
+from .helpers import TEST_API_KEY, closed_port, sdk_error, wait_until
 
 
 @contextlib.contextmanager
@@ -291,7 +291,7 @@ def test_litellm_takes_our_arguments_and_answers_with_model_dump(
     with relied_on(
         "litellm",
         "acompletion(timeout=, num_retries=, max_retries=), model_dump() or suppress_debug_info",
-        "batch_stream_openai/providers.py (_complete_litellm, _import_litellm)",
+        "batch_stream_openai/_worker/providers.py (_complete_litellm), _wire/litellm.py",
     ):
         litellm.suppress_debug_info = True
         answer = asyncio.run(
@@ -307,3 +307,39 @@ def test_litellm_takes_our_arguments_and_answers_with_model_dump(
         data = answer.model_dump()
         assert data["choices"][0]["message"]["content"].startswith("echo: hi")
         assert data["usage"]["prompt_tokens"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_litellms_batch_functions_take_our_arguments_and_answer_like_the_openai_sdk(
+    fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if importlib.util.find_spec("litellm") is None:  # not imported here: it costs ~5 s
+        pytest.skip("the [litellm] extra is not installed")
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    fake.configure(batch_seconds=0.2)
+    params = {"custom_llm_provider": "hosted_vllm", "api_base": fake.base_url, "api_key": "k",
+              "max_retries": 0, "timeout": 10}  # fmt: skip
+    body = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
+    line = {"custom_id": "0", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    with relied_on(
+        "litellm",
+        "create_file / create_batch / retrieve_batch / list_batches / file_content / "
+        "file_delete / cancel_batch, or the openai-shaped objects they return",
+        "batch_stream_openai/_batchapi/litellm.py (_Files, _Batches, read by OpenAIBatches)",
+    ):
+        litellm.suppress_debug_info = True
+        data = io.BytesIO(json.dumps(line).encode() + b"\n")
+        uploaded = litellm.create_file(file=("in.jsonl", data), purpose="batch", **params)
+        job = litellm.create_batch(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+            completion_window="24h", metadata={"k": "v"}, **params,
+        )  # fmt: skip
+        assert [b.id for b in litellm.list_batches(limit=100, **params).data] == [job.id]
+        wait_until(lambda: litellm.retrieve_batch(job.id, **params).status == "completed")
+        done = litellm.retrieve_batch(job.id, **params)
+        assert done.metadata == {"k": "v"} and done.request_counts.completed == 1
+        assert b'"custom_id": "0"' in litellm.file_content(done.output_file_id, **params).content
+        assert litellm.file_delete(uploaded.id, **params).deleted
+        assert litellm.cancel_batch(job.id, **params).status == "completed"

@@ -34,11 +34,20 @@ def line_digest(line: bytes) -> bytes:
     return hashlib.sha256(line).digest()[:8]
 
 
-def batch_line(index: int, request: Any) -> tuple[str, str, bytes]:
-    """The request as an OpenAI Batch API input line: ``(endpoint, model, line)``."""
+def batch_line(
+    index: int, request: Any, *, prefix: str = "", versioned: bool = True
+) -> tuple[str, str, bytes]:
+    """The request as an OpenAI Batch API input line: ``(endpoint, model, line)``. The
+    line's model is the request's without `prefix` (a provider's, for its own API); an
+    API whose endpoints have no version (Azure's) is not `versioned`."""
     endpoint, body = http_call(request)
+    model = str(body.get("model"))
+    if prefix:
+        body = {**body, "model": model.removeprefix(prefix)}
+    if not versioned:
+        endpoint = endpoint.removeprefix("/v1")
     line = {"custom_id": str(index), "method": "POST", "url": endpoint, "body": body}
-    return endpoint, str(body.get("model")), json.dumps(line).encode() + b"\n"
+    return endpoint, model, json.dumps(line).encode() + b"\n"
 
 
 @dataclass

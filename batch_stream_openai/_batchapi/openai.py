@@ -41,6 +41,7 @@ class OpenAIBatches:
     """
 
     name = "openai"
+    api = "the OpenAI Batch API"  # how its refusals name it
     uploads = True
     max_lines = 50_000
     max_bytes = 190 * 2**20  # the API takes files up to 200 MB; a margin for the framing
@@ -55,8 +56,7 @@ class OpenAIBatches:
     def __repr__(self) -> str:
         return f"<OpenAIBatches {self._base_url}>"
 
-    @staticmethod
-    def line(index: int, request: Any) -> tuple[str, str, bytes]:
+    def line(self, index: int, request: Any) -> tuple[str, str, bytes]:
         return batch_line(index, request)
 
     def upload(self, path: Path) -> str:
@@ -121,7 +121,7 @@ class OpenAIBatches:
 
         if not isinstance(error, openai.APIError):
             raise error
-        return job_refusal(error, self.secret, "the OpenAI Batch API")
+        return job_refusal(error, self.secret, self.api)
 
     def _call(self, call: Callable[[openai.OpenAI], _T]) -> _T:
         return self._retrying(call, self._client())

@@ -10,11 +10,15 @@ error of a model no batch route covers.
 - `openai.py`: OpenAI's Batch API (files and ``/v1/batches``), through the openai SDK.
 - `anthropic.py`: Anthropic's Message Batches, through the anthropic SDK.
 - `gemini.py`: Gemini's batch mode (inline requests), through the google-genai SDK.
+- `litellm.py`: the Batch APIs LiteLLM speaks (Azure OpenAI's, an OpenAI-compatible
+  server's), through LiteLLM's batch functions.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.util
 import json
 import os
 from collections.abc import Callable
@@ -24,10 +28,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from .._wire.anthropic import ANTHROPIC_PREFIX
 from .._wire.bodies import http_call
 from .._wire.config import Secret, mask_in
-from .._wire.gemini import GEMINI_PREFIX
 from ..errors import APIError, RequestError
 from ..request import CHAT_ENDPOINT, openai_model_name
 
@@ -42,7 +44,7 @@ __all__ = [
     "batch_route_error",
     "chat_line",
     "job_refusal",
-    "missing_key",
+    "missing_setup",
     "provider_of",
     "retrying",
     "stainless_transient",
@@ -51,9 +53,46 @@ __all__ = [
 # A job's states once it will change no more (OpenAI's words, which every adapter speaks).
 FINAL = frozenset({"completed", "expired", "cancelled", "failed"})
 _RETRY_FOR_S = 600.0
-# The keys each provider's SDK reads (OpenAI's: the pool's `api_key`, checked apart).
-_KEYS = {"anthropic": ("ANTHROPIC_API_KEY",), "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY")}
-_API_NAMES = {"anthropic": "Anthropic's Message Batches", "gemini": "Gemini's batch mode"}
+
+
+@dataclass(frozen=True)
+class _Route:
+    """What one provider's batch route is called and needs before anything is sent."""
+
+    api: str  # how errors name it
+    package: str  # the SDK it goes through (an import name)
+    extra: str  # the extra that installs it
+    settings: tuple[tuple[str, ...], ...] = ()  # environment variables, each: one of these
+
+
+# Every batch route, by the prefix of its models (OpenAI's models have none): declared once.
+# OpenAI's key is the pool's `api_key`, checked apart.
+_ROUTES = {
+    "openai": _Route("the OpenAI Batch API", "openai", ""),
+    "anthropic": _Route(
+        "Anthropic's Message Batches", "anthropic", "anthropic", (("ANTHROPIC_API_KEY",),)
+    ),
+    "gemini": _Route(
+        "Gemini's batch mode", "google.genai", "gemini", (("GEMINI_API_KEY", "GOOGLE_API_KEY"),)
+    ),
+    "azure": _Route(
+        "Azure OpenAI's Batch API (through LiteLLM)",
+        "litellm",
+        "litellm",
+        (("AZURE_API_BASE",), ("AZURE_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_AD_TOKEN")),
+    ),
+    "hosted_vllm": _Route(
+        "your server's Batch API (through LiteLLM)",
+        "litellm",
+        "litellm",
+        (("HOSTED_VLLM_API_BASE",),),
+    ),
+}
+# The LiteLLM providers with a batch API that no route here takes yet, and why.
+_NOT_YET = {
+    "vertex_ai": "LiteLLM reads a Vertex AI job's answers from Cloud Storage",
+    "bedrock": "LiteLLM's Bedrock jobs go through S3",
+}
 
 
 @dataclass(frozen=True)
@@ -135,7 +174,11 @@ def chat_line(
             f"{api} takes chat requests here; this one is for {endpoint} (use api='chat', "
             "or mode='online')"
         )
-    return endpoint, str(body["model"]), json.dumps(shape(body)).encode() + b"\n"
+    try:
+        line = shape(body)
+    except (TypeError, AttributeError, KeyError, IndexError) as error:  # a malformed body
+        raise ValueError(f"{api} cannot take this request's body: {error!r}") from None
+    return endpoint, str(body["model"]), json.dumps(line).encode() + b"\n"
 
 
 def provider_of(model: str) -> str | None:
@@ -146,23 +189,32 @@ def provider_of(model: str) -> str | None:
     """
     if openai_model_name(model) is not None:
         return "openai"
-    if model.startswith(ANTHROPIC_PREFIX):
-        return "anthropic"
-    if model.startswith(GEMINI_PREFIX):
-        return "gemini"
-    return None
+    prefix, _, name = model.partition("/")
+    return prefix if name and prefix in _ROUTES else None
 
 
-def missing_key(index: int, model: str) -> str | None:
-    """Why request `index` cannot reach its provider's batch API for want of a key (the
-    SDKs read them from the environment), or None."""
-    names = _KEYS.get(provider_of(model) or "", ())
-    if not names or any(os.environ.get(name) for name in names):
+def missing_setup(index: int, model: str) -> str | None:
+    """Why request `index` cannot reach its provider's batch API for want of its SDK or of
+    a setting (the SDKs read their keys and endpoints from the environment), or None."""
+    route = _ROUTES.get(provider_of(model) or "")
+    if route is None:
         return None
-    return (
-        f"requests[{index}] (model {model!r}) goes to {_API_NAMES[provider_of(model) or '']}, "
-        f"which needs a key: set {' or '.join(names)}"
-    )
+    where = f"requests[{index}] (model {model!r}) goes to {route.api}, which needs"
+    if route.extra and not _installed(route.package):
+        return f"{where} {route.package}: pip install batch-stream-openai[{route.extra}]"
+    unset = [names for names in route.settings if not any(os.environ.get(n) for n in names)]
+    if not unset:
+        return None
+    named = [names[0] + (f" (or {', '.join(names[1:])})" if names[1:] else "") for names in unset]
+    return f"{where}: set {' and '.join(named)}"
+
+
+@functools.cache
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
 
 
 def batch_route_error(index: int, model: str) -> str | None:
@@ -170,11 +222,12 @@ def batch_route_error(index: int, model: str) -> str | None:
     if provider_of(model) is not None:
         return None
     provider = model.split("/", 1)[0] if "/" in model else "LiteLLM"
+    prefixes = ", ".join(f"'{name}/...'" for name in _ROUTES if name != "openai")
+    why = f" ({_NOT_YET[provider]})" if provider in _NOT_YET else ""
     return (
-        f"requests[{index}]: model {model!r} ({provider}) has no batch route: mode='batch' "
-        "takes OpenAI models, 'anthropic/...' and 'gemini/...' ones; send it with "
-        "mode='online' (or "
-        "mode='flex' for OpenAI models)"
+        f"requests[{index}]: model {model!r} ({provider}) has no batch route{why}: "
+        f"mode='batch' takes OpenAI models and {prefixes} ones; send it with mode='online' "
+        "(or mode='flex' for OpenAI models)"
     )
 
 
@@ -203,6 +256,10 @@ class Providers:
         return self._made[str(name)]
 
     def _make(self, name: str) -> BatchProvider:
+        if _ROUTES[name].package == "litellm":
+            from .litellm import LiteLLMBatches
+
+            return LiteLLMBatches(name)
         if name == "anthropic":
             from .anthropic import AnthropicBatches
 

@@ -333,8 +333,11 @@ class JobRoute:
         self._wake()
 
     def _fail_open(self, error: BaseException) -> None:
-        """The route cannot go on: every index it still owes yields `error`."""
+        """The route cannot go on: every index it still owes, and the rest of the input,
+        yields `error`."""
         message = self._providers.masked(f"the job route failed: {error!r}")
-        for index in self._jobs.give_up():
-            failed = RequestError(message, index=index)
-            self._give(index, Answered(Result(index, error=failed)))
+        owed = self._jobs.give_up()
+        while (item := self._next_input()) is not None and not self._stop.is_set():
+            owed.append(item[0])  # the rest of the input: each index comes back once
+        for index in owed:
+            self._give(index, Answered(Result(index, error=RequestError(message, index=index))))

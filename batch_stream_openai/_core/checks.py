@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import psutil
 
-from .._batchapi.provider import batch_route_error, missing_key
+from .._batchapi.provider import batch_route_error, missing_setup
 from .._spending.prices import PriceTable
 from ..request import EmbeddingRequest, OpenAIRequest, RawRequest
 
@@ -83,8 +83,8 @@ class RequestChecker:
         refused = batch_route_error(index, request.model)
         if refused is not None:
             raise ValueError(refused)
-        if (no_key := missing_key(index, request.model)) is not None:
-            raise ValueError(no_key)
+        if (unready := missing_setup(index, request.model)) is not None:
+            raise ValueError(unready)
 
     def check_price(self, index: int, request: object) -> None:
         if self.prices is None or not isinstance(request, _REQUEST_TYPES):

@@ -103,7 +103,8 @@ class PriceTable:
 
     Parameters:
         overrides: the caller's prices (`check_prices`), by model name. A batch or flex
-            request for a model given here is charged half, as OpenAI charges.
+            request for a model given here is charged half, as OpenAI charges; so is a
+            batch request whose batch price genai-prices does not list (Azure's).
     """
 
     def __init__(self, overrides: Mapping[str, Price] | None = None) -> None:
@@ -139,11 +140,18 @@ class PriceTable:
         name = model.removeprefix("openai/")
         own = self._overrides.get(model) or self._overrides.get(name)
         if own is not None:
-            if tier == "default":
-                return own
-            half = None if own.cached_input is None else own.cached_input / 2
-            return Price(own.input / 2, own.output / 2, half)
-        return _genai_price(name, tier)
+            return own if tier == "default" else _halved(own)
+        price = _genai_price(name, tier)
+        if tier == "batch" and price is not None and price == _genai_price(name, "default"):
+            # The table lists no batch price (Azure's, say): every batch API routed halves.
+            return _halved(price)
+        return price
+
+
+def _halved(price: Price) -> Price:
+    """A batch or flex price the table does not list: half, as every batch API charges."""
+    cached = None if price.cached_input is None else price.cached_input / 2
+    return Price(price.input / 2, price.output / 2, cached)
 
 
 _warming = threading.Lock()

@@ -8,6 +8,7 @@
 - `statuses.py`: what an error status says about trying again.
 - `failures.py`: SDK and HTTP failures as this library's picklable errors.
 - `sources.py`: items that stand in for requests (`Answered`, `PENDING`).
+- `litellm.py`: LiteLLM, imported on first use (quiet, its price map local).
 
 Pure and light: nothing here imports the SDK at import time or starts anything.
 """

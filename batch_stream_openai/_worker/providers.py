@@ -13,7 +13,6 @@ OpenAI path never pays for it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import urllib.parse
 import urllib.request
@@ -25,6 +24,7 @@ import aiohttp
 
 from .. import errors
 from .._wire.config import ClientConfig, mask_secret, maskable
+from .._wire.litellm import import_litellm
 from .._wire.statuses import parse_retry_after, retryable_status
 from ..request import CHAT_ENDPOINT, EMBEDDINGS_ENDPOINT, explain_route, openai_model_name
 from .sdk_headers import sdk_base_url, sdk_headers
@@ -34,7 +34,6 @@ __all__ = ["Answer", "Provider", "RateLimitHeaders"]
 # One answer as it came: its JSON, its x-request-id, the pause its headers ask.
 Answer = tuple[dict[str, Any], str | None, float]
 
-_LITELLM_EXTRA_HINT = "pip install batch-stream-openai[litellm]"
 # How much of an unexpected answer body an error message quotes.
 _QUOTED_BYTES = 200
 
@@ -255,17 +254,8 @@ class Provider:
         return data
 
     def _import_litellm(self, model: str) -> Any:
-        # Without this, importing litellm tries to download a model cost map.
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        try:
-            import litellm
-        except ImportError:
-            raise errors.ProviderNotInstalledError(
-                f"{explain_route(model)}, which is not installed: {_LITELLM_EXTRA_HINT}"
-            ) from None
-        litellm.suppress_debug_info = True
-        self._litellm = litellm
-        return litellm
+        self._litellm = import_litellm(explain_route(model))
+        return self._litellm
 
 
 def _proxy_for(url: str) -> str | None:

@@ -13,8 +13,9 @@ Example:
 True
 
 The server runs in its own process (`server.py`); its routes live in `app.py` (the Batch
-API's in `batches.py`, Anthropic's Messages and Message Batches in `anthropic.py`), and
-the ``[[...]]`` fault-injection directives in `directives.py`.
+API's in `batches.py`, Anthropic's Messages and Message Batches in `anthropic.py`,
+Gemini's in `gemini.py`, Azure OpenAI's paths in `azure.py`), and the ``[[...]]``
+fault-injection directives in `directives.py`.
 """
 
 from .directives import expected_answer

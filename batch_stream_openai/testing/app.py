@@ -31,6 +31,7 @@ from .answers import (
     tool_call_of,
 )
 from .anthropic import CHAT_PATH, MessageBatches, message_batch_route, messages_route
+from .azure import AZURE_PREFIX, azure_path
 from .batches import BatchJobs, batch_route
 from .directives import FAULT_KINDS, Directive, expected_answer, parse_directives
 from .faults import JSON, error_response, fault_response, slow_response
@@ -76,8 +77,13 @@ class _App:
         path = request.path
         if path.startswith("/_control/"):
             return await self._control(request, path)
+        if path.startswith(AZURE_PREFIX):
+            mapped = azure_path(request, path)
+            if not isinstance(mapped, str):
+                return mapped
+            path = mapped
         if path.startswith(("/v1/files", "/v1/batches")):
-            self.state.jobs.calls.append(f"{request.method} {path}")
+            self.state.jobs.calls.append(f"{request.method} {request.path}")
             return await batch_route(self.state.jobs, request, path)
         if path.startswith("/v1/messages/batches"):
             return await message_batch_route(self.state.message_batches, request, path)
@@ -101,7 +107,7 @@ class _App:
             except ValueError:
                 body = None
             record = {
-                "path": path,
+                "path": request.path,
                 "body": body if isinstance(body, dict) else {},
                 "headers": {k.lower(): v for k, v in request.headers.items()},
                 "received_at": time.time(),

@@ -36,6 +36,8 @@ __all__ = ["MAX_BATCH_BYTES", "MAX_BATCH_LINES", "BatchJobs", "batch_route"]
 MAX_BATCH_LINES = 50_000
 MAX_BATCH_BYTES = 200 * 2**20
 _ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
+# Azure OpenAI's jobs name their endpoints without the version.
+_AZURE_ENDPOINTS = {endpoint.removeprefix("/v1"): endpoint for endpoint in _ENDPOINTS}
 # Offline answer of one line: (status, JSON body). The app provides it.
 LineAnswer = Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]]]
 
@@ -122,7 +124,7 @@ class BatchJobs:
         endpoint = body.get("endpoint")
         if file is None:
             return 400, {"message": f"No such file: {body.get('input_file_id')!r}"}
-        if endpoint not in _ENDPOINTS:
+        if endpoint not in _ENDPOINTS and endpoint not in _AZURE_ENDPOINTS:
             return 400, {"message": f"Invalid endpoint {endpoint!r}"}
         if body.get("completion_window") != "24h":
             return 400, {"message": "completion_window must be '24h'"}
@@ -252,7 +254,8 @@ class BatchJobs:
     def _answer_lines(self, job: _Job, count: int) -> None:
         while len(job.answers) < count:
             line = job.lines[len(job.answers)]
-            status, body = self.answer_line(job.endpoint, line.get("body") or {})
+            path = _AZURE_ENDPOINTS.get(job.endpoint, job.endpoint)
+            status, body = self.answer_line(path, line.get("body") or {})
             job.answers.append(
                 {
                     "id": f"batch_req_{next(self._ids)}",

@@ -212,9 +212,10 @@ class FakeOpenAIServer:
         return [RecordedRequest(**item) for item in self._control("GET", "requests")]
 
     def sdk_environment(self, api_key: str) -> dict[str, str]:
-        """The environment variables that point Anthropic's and Gemini's SDKs (and
-        LiteLLM's online calls to those providers) at this server, with `api_key`: set
-        them (``os.environ.update``) before the batch starts."""
+        """The environment variables that point Anthropic's and Gemini's SDKs, and
+        LiteLLM (online, and its batch functions) for those providers, Azure OpenAI and
+        ``hosted_vllm/``, at this server, with `api_key`: set them
+        (``os.environ.update``) before the batch starts."""
         root = self.base_url.removesuffix("/v1")
         return {
             "ANTHROPIC_BASE_URL": root,
@@ -222,6 +223,11 @@ class FakeOpenAIServer:
             "GOOGLE_GEMINI_BASE_URL": root,  # the google-genai SDK's
             "GEMINI_API_BASE": f"{root}/v1beta",  # LiteLLM's
             "GEMINI_API_KEY": api_key,
+            "AZURE_API_BASE": root,  # LiteLLM's, for azure/ models (an Azure resource)
+            "AZURE_API_KEY": api_key,
+            "AZURE_API_VERSION": "2024-10-21",
+            "HOSTED_VLLM_API_BASE": self.base_url,  # LiteLLM's, for hosted_vllm/ models
+            "HOSTED_VLLM_API_KEY": api_key,
         }
 
     def batch_jobs(self) -> dict[str, Any]:

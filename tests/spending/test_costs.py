@@ -43,6 +43,18 @@ def test_the_callers_prices_win_and_batch_and_flex_are_half() -> None:
 
 
 @pytest.mark.fast
+def test_a_batch_price_the_table_does_not_list_is_half_and_a_listed_one_is_kept() -> None:
+    table = PriceTable()
+    azure, azure_batch = table.price("azure/gpt-4o-mini"), table.price("azure/gpt-4o-mini", "batch")
+    assert azure is not None and azure_batch is not None  # genai-prices lists no Azure batch
+    assert azure_batch == Price(azure.input / 2, azure.output / 2, (azure.cached_input or 0) / 2)
+    gemini = table.price("gemini/gemini-2.5-flash", "batch")  # listed: its cached rate is kept
+    default = table.price("gemini/gemini-2.5-flash")
+    assert gemini is not None and default is not None and gemini.input == default.input / 2
+    assert gemini.cached_input == default.cached_input
+
+
+@pytest.mark.fast
 def test_genai_prices_knows_openai_models() -> None:
     price = PriceTable().price("gpt-4o")
     assert price is not None and price.input > 0 and price.output > price.input

@@ -1,0 +1,166 @@
+"""mode="batch" through LiteLLM's batch functions: ``azure/...`` models to Azure OpenAI's
+Batch API, ``hosted_vllm/...`` ones to the Batch API of the server LiteLLM names, beside
+OpenAI's jobs (on the bundled server as an Azure resource and as that server), with the
+same guarantees; what LiteLLM's other batch providers need is refused before anything is
+sent."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batch_stream_openai import BatchPool, run_batch
+from batch_stream_openai._spending.prices import PriceTable, check_prices
+from batch_stream_openai.testing import FakeOpenAIServer
+
+from ..helpers import (
+    FAST,
+    SYSTEM,
+    TEST_API_KEY,
+    answered_by_jobs,
+    answers,
+    ask,
+    each_once,
+    jobs_of,
+    wait_until,
+)
+
+pytestmark = [
+    pytest.mark.timeout(90),
+    pytest.mark.skipif(
+        __import__("importlib.util").util.find_spec("litellm") is None,
+        reason="the [litellm] extra is not installed",
+    ),
+]
+
+GPT = "gpt-4o-mini"
+AZURE = "azure/gpt-4o-mini"  # a deployment named gpt-4o-mini
+VLLM = "hosted_vllm/llama"
+VLLM_PRICES = {VLLM: {"input": 0.2, "output": 0.2}}
+
+
+def calls(fake: FakeOpenAIServer, prefix: str) -> list[str]:
+    return [call for call in fake.batch_jobs()["calls"] if call.split(" ")[1].startswith(prefix)]
+
+
+def test_azure_and_server_models_go_to_their_batch_apis_through_litellm(
+    providers: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    users = [f"a{i}" for i in range(9)]
+    models = [(GPT, AZURE, VLLM)[i % 3] for i in range(9)]
+    requests = [ask(user, model=model) for user, model in zip(users, models, strict=True)]
+    with BatchPool(max_concurrency=4, workers=1, prices=VLLM_PRICES, **pool_options) as pool:
+        stream = pool.stream(requests, return_results=True, **FAST)
+        results = each_once(stream)
+    assert [results[i].text for i in range(9)] == answers(users)
+    lines = {
+        (job["first_line"]["url"], job["first_line"]["body"]["model"]) for job in jobs_of(providers)
+    }
+    # Azure's endpoint has no version and names the deployment; the server its own model.
+    assert {("/chat/completions", "gpt-4o-mini"), ("/v1/chat/completions", "llama")} <= lines
+    assert "POST /openai/batches" in calls(providers, "/openai/")
+    prices = PriceTable(check_prices(VLLM_PRICES))
+    for index, result in results.items():  # Azure's batch price is half, as OpenAI's
+        online = prices.cost(models[index], result.usage)
+        assert online is not None and result.cost_usd == pytest.approx(online / 2)
+        assert result.batch_id is not None
+    deleted = set(providers.batch_jobs()["jobs"][-1]["deleted_files"])
+    assert all(job["input_file_id"] in deleted for job in jobs_of(providers))
+    assert max(answered_by_jobs(providers).values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("model", "setting"), [(AZURE, "AZURE_API_BASE"), (VLLM, "HOSTED_VLLM_API_BASE")]
+)
+def test_without_the_endpoint_litellm_reads_the_batch_is_refused_before_anything_is_sent(
+    model: str,
+    setting: str,
+    providers: FakeOpenAIServer,
+    pool_options: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(setting)
+    with pytest.raises(ValueError, match=rf"requests\[1\] .*\(through LiteLLM\).* set {setting}"):
+        run_batch([ask("a"), ask("b", model=model)], **pool_options, **FAST)
+    assert providers.batch_jobs()["calls"] == []
+
+
+@pytest.mark.parametrize(
+    ("model", "why"),
+    [("vertex_ai/gemini-2.5-flash", "Cloud Storage"), ("bedrock/anthropic.claude-3-haiku", "S3")],
+)
+def test_litellms_other_batch_providers_are_refused_with_the_reason(
+    model: str, why: str, providers: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    with pytest.raises(ValueError, match=r"requests\[0\]: model .* has no batch route") as raised:
+        run_batch([ask("a", model=model)], **pool_options, **FAST)
+    assert why in str(raised.value) and "'azure/...'" in str(raised.value)
+    assert providers.batch_jobs()["calls"] == []
+
+
+WITHOUT_LITELLM = """
+import sys
+sys.modules["litellm"] = None  # as if the extra were not installed
+from batch_stream_openai import OpenAIRequest, run_batch
+try:
+    run_batch([OpenAIRequest("s", "u", model={model!r})], api_key="sk-x", mode="batch")
+except ValueError as error:
+    print(error)
+"""
+
+
+def test_without_litellm_the_batch_is_refused_naming_the_extra(
+    providers: FakeOpenAIServer,
+) -> None:
+    script = WITHOUT_LITELLM.format(model=AZURE)
+    printed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "requests[0]" in printed and "pip install batch-stream-openai[litellm]" in printed
+    assert providers.batch_jobs()["calls"] == []
+
+
+KILLED_RUN = """
+from batch_stream_openai import OpenAIRequest, stream_batch
+if __name__ == "__main__":
+    requests = [OpenAIRequest({system!r}, f"z{{i}}", model={model!r}) for i in range(10)]
+    stream = stream_batch(requests, max_concurrency=4, workers=1, base_url={base_url!r},
+                          api_key={api_key!r}, mode="batch", batch_size=5,
+                          poll_interval=0.05, journal={journal!r})
+    for index, value in stream:
+        print(index, flush=True)
+"""
+
+
+def test_a_rerun_after_a_kill_creates_no_azure_job_twice(
+    providers: FakeOpenAIServer, pool_options: dict[str, Any], tmp_path: Path
+) -> None:
+    providers.configure(batch_seconds=4.0)
+    journal = tmp_path / "jobs.journal"
+    script = KILLED_RUN.format(
+        system=SYSTEM, model=AZURE, base_url=providers.base_url, api_key=TEST_API_KEY,
+        journal=str(journal),
+    )  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, text=True
+    )
+    try:  # LiteLLM's import in the child's job thread takes ~5 s
+        wait_until(lambda: len(jobs_of(providers)) == 2, timeout=40, what="2 Azure jobs")
+        child.send_signal(signal.SIGKILL)
+        printed, _ = child.communicate(timeout=10)
+    finally:
+        child.kill()
+    assert printed == ""  # killed before any job finished
+    requests = [ask(f"z{i}", model=AZURE) for i in range(10)]
+    with BatchPool(max_concurrency=4, workers=1, **pool_options) as pool:
+        values = each_once(pool.stream(requests, **FAST, journal=journal))
+    assert [values[i] for i in range(10)] == answers([f"z{i}" for i in range(10)])
+    assert len(jobs_of(providers)) == 2
+    assert calls(providers, "/openai/batches").count("POST /openai/batches") == 2
+    assert max(answered_by_jobs(providers).values()) == 1
