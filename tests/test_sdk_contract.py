@@ -252,6 +252,38 @@ def test_the_batch_calls_and_fields_the_gemini_adapter_reads(fake: FakeOpenAISer
         sdk.batches.cancel(name=again.name)
 
 
+@pytest.mark.timeout(60)
+def test_the_file_calls_and_fields_the_gemini_adapter_reads(
+    fake: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    genai = pytest.importorskip("google.genai", reason="the [gemini] extra is not installed")
+    fake.configure(batch_seconds=0.2)
+    source = tmp_path / "upload.jsonl"
+    line = {"key": "0", "request": {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}}
+    source.write_text(json.dumps(line) + "\n")
+    with relied_on(
+        "google-genai",
+        "files upload/download(destination=)/delete, batches.create(src=a file name), "
+        "BatchJob.dest.file_name, or GenerateContentResponse.model_validate of the API's JSON",
+        "batch_stream_openai/_batchapi/gemini.py (GeminiBatches.upload, _answers)",
+    ):
+        options = genai.types.HttpOptions(
+            base_url=fake.base_url.removesuffix("/v1"), api_version="v1beta", timeout=10_000
+        )
+        sdk = genai.Client(api_key=TEST_API_KEY, http_options=options)
+        uploaded = sdk.files.upload(file=source, config={"mime_type": "jsonl"})
+        job = sdk.batches.create(model="gemini-2.5-flash", src=str(uploaded.name))
+        while (got := sdk.batches.get(name=job.name)).state.value == "JOB_STATE_RUNNING":
+            pass
+        assert got.dest is not None and got.dest.file_name
+        sdk.files.download(file=got.dest.file_name, destination=str(tmp_path / "out.jsonl"))
+        [answer] = [json.loads(text) for text in (tmp_path / "out.jsonl").read_text().splitlines()]
+        parsed = genai.types.GenerateContentResponse.model_validate(answer["response"])
+        dumped = parsed.model_dump(mode="json", exclude_none=True)
+        assert answer["key"] == "0" and dumped["usage_metadata"]["prompt_token_count"] > 0
+        sdk.files.delete(name=got.dest.file_name)
+
+
 @pytest.mark.timeout(30)
 def test_aiohttp_reports_a_refused_connection_with_its_host_and_port() -> None:
     port = closed_port()

@@ -1,14 +1,16 @@
 """Gemini's batch mode, through the google-genai SDK (a `BatchProvider`).
 
-A job's input lines are inline requests (``{"key", "request"}``, the request made from
-the chat body by `inline_request`), sent whole to ``batches.create`` with each line's key
-in its ``metadata`` and the job's key as its ``display_name`` (so a run that died before
-writing a job's id down finds it again by name). Inline requests take up to 20 MB a
-batch, so a job is cut there (more jobs, no file to upload). States are read in OpenAI's
-words; a job still running past its window (48 hours; python-genai #2974) is cancelled
-and read as ``expired``, so its lines go again. Each inline response is written as an
-OpenAI output line: a response as the Chat Completions answer LiteLLM would make of it,
-an error as its status.
+A job's input lines are ``{"key", "request"}`` (the request made from the chat body by
+`inline_request`). A job of up to 20 MB and 20,000 lines goes inline: its requests sent
+whole to ``batches.create``, each line's key in its ``metadata``, its answers inline in
+the finished job. A larger one goes as a JSONL file (the requests in the API's own form,
+`file_request`) uploaded through the File API, and its answers come back as a file,
+downloaded to disk and read line by line, so neither is ever held whole in memory. The
+job's key is its ``display_name`` (so a run that died before writing a job's id down
+finds it again by name). States are read in OpenAI's words; a job still running past
+its window (48 hours; python-genai #2974) is cancelled and read as ``expired``, so its
+lines go again. Each response is written as an OpenAI output line: a response as the
+Chat Completions answer LiteLLM would make of it, an error as its status.
 
 The SDK reads its key (``GEMINI_API_KEY`` or ``GOOGLE_API_KEY``) and endpoint
 (``GOOGLE_GEMINI_BASE_URL``) from the environment, and is imported when a batch first has
@@ -24,12 +26,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from .._wire.gemini import GEMINI_PREFIX, chat_completion, inline_request
+from .._wire.gemini import GEMINI_PREFIX, chat_completion, file_request, inline_request
 from ..errors import APIError, RequestError
 from .provider import FINAL, JobState, chat_line, job_refusal, retrying
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from google import genai
     from google.genai import types
@@ -54,6 +56,10 @@ _CODES = {3: ("INVALID_ARGUMENT", 400), 9: ("FAILED_PRECONDITION", 400),
           8: ("RESOURCE_EXHAUSTED", 429), 2: ("UNKNOWN", 500), 13: ("INTERNAL", 500),
           14: ("UNAVAILABLE", 503), 4: ("DEADLINE_EXCEEDED", 504)}  # fmt: skip
 _WINDOW_S = 48 * 3600.0
+# A job goes inline up to these (the API takes 20 MB inline; the SDK holds inline requests
+# and answers as pydantic objects, so fewer lines bound the parent's memory, BENCHMARKS K).
+_INLINE_BYTES = 19 * 2**20
+_INLINE_LINES = 20_000
 
 
 def _transient(error: BaseException) -> bool:
@@ -73,11 +79,9 @@ class GeminiBatches:
     """
 
     name = "gemini"
-    uploads = False
-    # The SDK holds a job's requests (and then its answers) as pydantic objects while it
-    # sends (reads) them: fewer lines bound the parent's memory (BENCHMARKS K).
-    max_lines = 20_000
-    max_bytes = 19 * 2**20  # inline requests: 20 MB a batch, with a margin
+    uploads = True  # a job larger than what goes inline
+    max_lines = 50_000
+    max_bytes = 190 * 2**20  # the API takes files up to 2 GB: smaller jobs run side by side
 
     def __init__(self, timeout: float = 600.0) -> None:
         self.secret = os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
@@ -98,14 +102,29 @@ class GeminiBatches:
             lambda body: {"key": str(index), "request": inline_request(body)},
         )
 
-    def upload(self, path: Path) -> str:
-        raise NotImplementedError("batch mode's requests go inline")
+    def upload(self, path: Path) -> str | None:
+        if _goes_inline(path):
+            return None
+        upload = path.with_name("upload.jsonl")
+        with open(path, "rb") as lines, open(upload, "wb") as converted:
+            for line in lines:
+                request = json.loads(line)
+                request["request"] = file_request(request["request"])
+                converted.write(json.dumps(request).encode() + b"\n")
+        key = path.parent.name  # the job's folder is named after its key
+        config: types.UploadFileConfigDict = {"mime_type": "jsonl", "display_name": key}
+        try:
+            return self._call(lambda sdk: str(sdk.files.upload(file=upload, config=config).name))
+        finally:
+            upload.unlink()
 
     def create(self, record: JobRecord, path: Path) -> str:
-        with open(path, "rb") as lines:
-            requests = [_with_key(json.loads(line)) for line in lines]
+        source: str | list[types.InlinedRequestDict] = str(record.file_id or "")
+        if not record.file_id:
+            with open(path, "rb") as lines:
+                requests = [_with_key(json.loads(line)) for line in lines]
+            source = cast("list[types.InlinedRequestDict]", requests)
         model = record.model.removeprefix(GEMINI_PREFIX)
-        source = cast("list[types.InlinedRequestDict]", requests)
         config: types.CreateBatchJobConfigDict = {"display_name": record.key}
         return self._call(
             lambda sdk: str(sdk.batches.create(model=model, src=source, config=config).name)
@@ -134,22 +153,49 @@ class GeminiBatches:
         if status == "failed":
             message = f"the batch job {batch_id} failed ({job.error or 'no reason given'})"
             failure = APIError(message, status_code=500)
-        return JobState(status, created_at=created, failure=failure)
+        responses = job.dest.file_name if job.dest is not None else None
+        return JobState(status, created_at=created, failure=failure, results=(responses,))
 
     def download(self, state: JobState, batch_id: str, folder: Path) -> None:
         job = self._ended.pop(batch_id, None) or self._call(
             lambda sdk: sdk.batches.get(name=batch_id)
         )
-        answers = (job.dest.inlined_responses if job.dest is not None else None) or []
         model = str(job.model or "")
         with open(folder / "output.jsonl", "wb") as output:
-            for answer in answers:
-                line = _output_line(answer.model_dump(mode="json", exclude_none=True), model)
-                if line is not None:
+            for answer in self._answers(job, folder):
+                if (line := _output_line(answer, model)) is not None:
                     output.write(json.dumps(line).encode() + b"\n")
+
+    def _answers(self, job: types.BatchJob, folder: Path) -> Iterator[dict[str, Any]]:
+        """A final job's answers, each as an inline response's fields (a key, and a
+        response or an error): from its responses file, downloaded and read line by line,
+        or from the job itself."""
+        from google.genai import types
+
+        name = job.dest.file_name if job.dest is not None else None
+        if name is None:
+            for answer in (job.dest.inlined_responses if job.dest is not None else None) or []:
+                yield answer.model_dump(mode="json", exclude_none=True)
+            return
+        responses = folder / "responses.jsonl"
+        self._call(lambda sdk: sdk.files.download(file=name, destination=str(responses)))
+        with open(responses, "rb") as lines:
+            for line in lines:
+                answer = json.loads(line)
+                if "response" in answer:  # the API's camelCase, as the SDK reads it
+                    parsed = types.GenerateContentResponse.model_validate(answer["response"])
+                    answer["response"] = parsed.model_dump(mode="json", exclude_none=True)
+                yield {**answer, "metadata": {"key": answer.get("key")}}
+        responses.unlink()
 
     def clean_up(self, record: JobRecord, state: JobState) -> None:
         self._call(lambda sdk: sdk.batches.delete(name=str(record.batch_id)))
+        for name in (record.file_id, *state.results):
+            if name:
+                self._delete_file(name)
+
+    def _delete_file(self, name: str) -> None:
+        self._call(lambda sdk: sdk.files.delete(name=name))
 
     def cancel(self, batch_id: str) -> None:
         self._call(lambda sdk: sdk.batches.cancel(name=batch_id))
@@ -173,6 +219,14 @@ class GeminiBatches:
             options = types.HttpOptions(api_version="v1beta", timeout=int(self._timeout * 1000))
             self._sdk = genai.Client(api_key=self.secret, http_options=options)
         return self._sdk
+
+
+def _goes_inline(path: Path) -> bool:
+    """Whether a job's input is small enough to go inline."""
+    if path.stat().st_size > _INLINE_BYTES:
+        return False
+    with open(path, "rb") as lines:
+        return sum(1 for _ in lines) <= _INLINE_LINES
 
 
 def _with_key(line: dict[str, Any]) -> dict[str, Any]:

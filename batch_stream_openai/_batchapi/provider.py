@@ -9,7 +9,7 @@ error of a model no batch route covers.
 
 - `openai.py`: OpenAI's Batch API (files and ``/v1/batches``), through the openai SDK.
 - `anthropic.py`: Anthropic's Message Batches, through the anthropic SDK.
-- `gemini.py`: Gemini's batch mode (inline requests), through the google-genai SDK.
+- `gemini.py`: Gemini's batch mode (inline requests, or a file), through the google-genai SDK.
 - `litellm.py`: the Batch APIs LiteLLM speaks (Azure OpenAI's, an OpenAI-compatible
   server's), through LiteLLM's batch functions.
 """
@@ -128,15 +128,15 @@ class BatchProvider(Protocol):
 
     name: str
     secret: str | None  # its key, masked wherever an error quotes it
-    uploads: bool  # the input is a file uploaded first (its id is the job's `file_id`)
+    uploads: bool  # the input may be a file uploaded first (its id is the job's `file_id`)
     max_lines: int
     max_bytes: int
 
     def line(self, index: int, request: Any) -> tuple[str, str, bytes]:
         """`request` as a line of a job's input: ``(endpoint, model, line)``."""
 
-    def upload(self, path: Path) -> str:
-        """Upload a job's input file; its id."""
+    def upload(self, path: Path) -> str | None:
+        """Upload a job's input file; its id (None: this input goes in the create call)."""
 
     def create(self, record: JobRecord, path: Path) -> str:
         """Create the job of `record` (input `path`, or its uploaded file); its id."""

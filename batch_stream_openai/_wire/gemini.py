@@ -29,13 +29,16 @@ from typing import Any
 
 from .anthropic import refuse_unknown
 
-__all__ = ["GEMINI_PREFIX", "chat_completion", "inline_request"]
+__all__ = ["GEMINI_PREFIX", "chat_completion", "file_request", "inline_request"]
 
 GEMINI_PREFIX = "gemini/"
 _CONFIG = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "seed": "seed"}
 _HANDLED = {*_CONFIG, "model", "messages", "max_tokens", "max_completion_tokens", "stop",
             "tools", "tool_choice", "response_format", "stream", "metadata", "user"}  # fmt: skip
 _MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+# The config fields a `GenerateContentRequest` has at its top level (the rest are its
+# ``generation_config``).
+_REQUEST_FIELDS = frozenset({"tools", "tool_config", "safety_settings", "cached_content"})
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter",
            "RECITATION": "content_filter", "PROHIBITED_CONTENT": "content_filter"}  # fmt: skip
 
@@ -55,6 +58,26 @@ def inline_request(body: dict[str, Any]) -> dict[str, Any]:
     config.update(_tooling(body))
     config.update(_output(body))
     return {"contents": contents, "config": config}
+
+
+def file_request(inline: dict[str, Any]) -> dict[str, Any]:
+    """An `inline_request` as the API's own ``GenerateContentRequest`` (a batch input
+    file's ``request``): the system instruction as content, the tools and tool config at
+    the top, the rest of the config as ``generation_config``.
+
+    >>> file_request({"contents": [], "config": {"system_instruction": "Be brief.",
+    ...                                          "temperature": 0.5}})
+    {'contents': [], 'system_instruction': {'parts': [{'text': 'Be brief.'}]}, \
+'generation_config': {'temperature': 0.5}}
+    """
+    config = dict(inline["config"])
+    request: dict[str, Any] = {"contents": inline["contents"]}
+    if system := config.pop("system_instruction", None):
+        request["system_instruction"] = {"parts": [{"text": system}]}
+    request.update({key: config.pop(key) for key in _REQUEST_FIELDS & config.keys()})
+    if config:
+        request["generation_config"] = config
+    return request
 
 
 def _tooling(body: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,8 @@ same prompt sent to Chat Completions would be (directives, waits, limits and fau
 A batch (``POST /v1beta/models/{model}:batchGenerateContent``) is ``RUNNING`` over
 `ServerSettings.batch_seconds`, then ``SUCCEEDED`` with an inline response (or an error)
 per request, each with the request's ``metadata`` (an error as a ``google.rpc.Status``,
-its code a gRPC code). ``batch_expire`` makes the next N
+its code a gRPC code); a batch of an uploaded file (`gemini_files.py`) answers in a file
+of ``{"key", "response"}`` lines instead. ``batch_expire`` makes the next N
 batches ``EXPIRED`` half way (no responses), ``batch_stuck`` the next N stay ``RUNNING``
 for ever, created two days ago (python-genai #2974); a cancelled one is ``CANCELLED``
 with what it had answered.
@@ -27,45 +28,27 @@ from typing import Any
 
 from aiohttp import web
 
+from .gemini_files import (
+    GeminiFiles,
+    gemini_error,
+    gemini_file_route,
+    gemini_json,
+    is_file_path,
+    rpc_status,
+)
 from .settings import ServerSettings
 
 __all__ = ["GeminiBatches", "gemini_batch_route", "generate_route", "is_gemini_path"]
 
 _CHAT_PATH = "/v1/chat/completions"
-_STATUS_NAMES = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    403: "PERMISSION_DENIED",
-    404: "NOT_FOUND",
-    429: "RESOURCE_EXHAUSTED",
-    500: "INTERNAL",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
 # A line's error is a google.rpc.Status: its code is a gRPC code.
 _GRPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 429: 8, 500: 13, 503: 14, 504: 4}
 _STUCK_AGE_S = 49 * 3600.0
-_JSON = "application/json"
 ChatAnswer = Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]]]
 
 
 def is_gemini_path(path: str) -> bool:
-    return path.startswith("/v1beta/")
-
-
-def gemini_error(status: int, message: str) -> web.Response:
-    return _json(_status(status, message), status)
-
-
-def _status(code: int, message: str) -> dict[str, Any]:
-    """A ``google.rpc.Status``, as the API's errors carry it."""
-    return {
-        "error": {"code": code, "message": message, "status": _STATUS_NAMES.get(code, "UNKNOWN")}
-    }
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=json.dumps(data).encode(), content_type=_JSON)
+    return path.startswith("/v1beta/") or is_file_path(path)
 
 
 def _keyless(request: web.BaseRequest) -> web.Response | None:
@@ -165,7 +148,7 @@ async def generate_route(
     data = json.loads(response.body or b"{}")
     if response.status != 200:
         return gemini_error(response.status, str((data.get("error") or {}).get("message")))
-    return _json(as_response(data))
+    return gemini_json(as_response(data))
 
 
 @dataclass
@@ -175,11 +158,13 @@ class _Batch:
     display_name: str
     created: float  # monotonic
     created_at: float  # epoch seconds
-    requests: list[dict[str, Any]]
+    requests: list[dict[str, Any]]  # {"request", "metadata"} inline; {"key", "request"} a file's
+    from_file: bool = False  # its requests came in a file: its responses go in one
     expires: bool = False
     stuck: bool = False
     cancelled: float | None = None  # monotonic
     responses: list[dict[str, Any]] | None = None  # once final
+    responses_file: str | None = None  # their file, for a batch from a file
     state: str = "BATCH_STATE_RUNNING"
 
 
@@ -189,6 +174,7 @@ class GeminiBatches:
 
     settings: ServerSettings
     answer: ChatAnswer
+    files: GeminiFiles = field(default_factory=GeminiFiles)
     _batches: dict[str, _Batch] = field(default_factory=dict)
     _created: list[_Batch] = field(default_factory=list)  # deleted ones too (for tests)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
@@ -196,10 +182,15 @@ class GeminiBatches:
 
     def create(self, model: str, body: Any) -> tuple[int, dict[str, Any]]:
         batch = body.get("batch") if isinstance(body, dict) else None
-        inline = ((batch or {}).get("inputConfig") or {}).get("requests") or {}
-        requests = inline.get("requests")
+        source = (batch or {}).get("inputConfig") or {}
+        requests = (source.get("requests") or {}).get("requests")
+        if (name := source.get("fileName")) is not None:
+            data = self.files.read(str(name))
+            if data is None:
+                return 404, rpc_status(404, f"File {name} was not found.")
+            requests = [json.loads(line) for line in data.splitlines() if line.strip()]
         if not isinstance(requests, list) or not requests:
-            return 400, _status(400, "batch.input_config.requests is empty")
+            return 400, rpc_status(400, "batch.input_config.requests is empty")
         settings = self.settings
         made = _Batch(
             f"{next(self._ids):016x}",
@@ -208,6 +199,7 @@ class GeminiBatches:
             time.monotonic(),
             time.time(),
             requests,
+            from_file=name is not None,
         )
         if settings.batch_expire >= 1:
             settings.batch_expire -= 1
@@ -252,16 +244,18 @@ class GeminiBatches:
             batches.append(
                 {
                     "id": f"batches/{batch.id}",
-                    "keys": [r.get("metadata", {}).get("key") for r in batch.requests],
-                    "answered": [r["metadata"]["key"] for r in done],
-                    "paid": [r["metadata"]["key"] for r in done if "response" in r],
+                    "keys": [_key(r) for r in batch.requests],
+                    "answered": [_key(r) for r in done],
+                    "paid": [_key(r) for r in done if "response" in r],
                     "state": batch.state,
                     "deleted": batch.id not in self._batches,
                     "model": batch.model,
                     "first_request": batch.requests[0].get("request"),
+                    "from_file": batch.from_file,
                 }
             )
-        return {"gemini_batches": batches, "gemini_calls": list(self.calls)}
+        files = {"gemini_files": self.files.names(), "gemini_deleted_files": self.files.deleted}
+        return {"gemini_batches": batches, "gemini_calls": list(self.calls), **files}
 
     def _advance(self, batch: _Batch) -> None:
         if batch.responses is not None or batch.stuck:
@@ -276,6 +270,9 @@ class GeminiBatches:
             batch.responses, batch.state = [], "BATCH_STATE_EXPIRED"
         elif not batch.expires and now >= batch.created + duration:
             batch.responses, batch.state = self._answered(batch.requests), "BATCH_STATE_SUCCEEDED"
+        if batch.from_file and batch.responses:  # a file of {"key", "response"} lines
+            data = b"".join(json.dumps(line).encode() + b"\n" for line in batch.responses)
+            batch.responses_file = self.files.put(data, f"responses of batches/{batch.id}")
 
     def _answered(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         answered = []
@@ -289,7 +286,8 @@ class GeminiBatches:
             else:
                 message = str((data.get("error") or {}).get("message", "error"))
                 line = {"error": {"code": _GRPC_CODES.get(status, 2), "message": message}}
-            answered.append({**line, "metadata": each.get("metadata") or {}})
+            named = {"key": each["key"]} if "key" in each else {"metadata": each.get("metadata")}
+            answered.append({**line, **named})
         return answered
 
     def _operation(self, batch: _Batch) -> dict[str, Any]:
@@ -306,8 +304,16 @@ class GeminiBatches:
         }
         if final:
             metadata["endTime"] = _time(time.time())
-            metadata["output"] = {"inlinedResponses": {"inlinedResponses": batch.responses}}
+            if batch.responses_file is not None:
+                metadata["output"] = {"responsesFile": batch.responses_file}
+            elif not batch.from_file:
+                metadata["output"] = {"inlinedResponses": {"inlinedResponses": batch.responses}}
         return {"name": f"batches/{batch.id}", "metadata": metadata, "done": final}
+
+
+def _key(request: dict[str, Any]) -> Any:
+    """A request's (or its response's) key: its own in a file, its metadata's inline."""
+    return request.get("key") or (request.get("metadata") or {}).get("key")
 
 
 def _time(epoch: float) -> str:
@@ -321,16 +327,19 @@ async def gemini_batch_route(
     method, rest = request.method, path.removeprefix("/v1beta/")
     if rest.startswith("models/") and rest.endswith(":generateContent"):
         return None
-    if (refusal := _keyless(request)) is not None:
+    uploading = "upload_id" in request.query  # the upload URL is the chunks' credential
+    if not uploading and (refusal := _keyless(request)) is not None:
         return refusal
     batches.calls.append(f"{method} {path}")
+    if is_file_path(path):
+        return await gemini_file_route(batches.files, request, path)
     found: dict[str, Any] | None = None
     if rest.startswith("models/") and rest.endswith(":batchGenerateContent") and method == "POST":
         status, found = batches.create(
             rest.removesuffix(":batchGenerateContent"), await request.json()
         )
         if status != 200:
-            return _json(found, status)
+            return gemini_json(found, status)
     elif rest == "batches" and method == "GET":
         found = batches.listing(
             int(request.query.get("pageSize", "50")), request.query.get("pageToken")
@@ -343,4 +352,4 @@ async def gemini_batch_route(
         found = batches.delete(rest.removeprefix("batches/"))
     if found is None:
         return gemini_error(404, f"No such object: {method} {path}")
-    return _json(found)
+    return gemini_json(found)

@@ -137,6 +137,25 @@ def test_a_gemini_job_past_its_window_is_cancelled_and_its_lines_go_again(
     assert {results[i].batch_id for i in range(4)} == {again["id"]}
 
 
+def test_a_gemini_job_over_the_inline_limit_goes_as_a_file_and_comes_back_as_one(
+    providers: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    # 5 prompts of 4.5 MB: 22.5 MB, over the 20 MB that may go inline.
+    users = [f"big{i} {'x' * 4_500_000}" for i in range(5)]
+    users[1] = f"[[status=400]] {users[1]}"
+    results = run_batch([ask(u, model=GEMINI) for u in users], return_results=True,
+                        **pool_options, **FAST)  # fmt: skip
+    texts = [result.text for i, result in enumerate(results) if i != 1]
+    assert texts == answers([u for i, u in enumerate(users) if i != 1])
+    error = results[1].error
+    assert isinstance(error, APIError) and error.status_code == 400 and error.index == 1
+    [batch] = gemini_batches_of(providers)
+    assert batch["from_file"] and batch["keys"] == ["0", "1", "2", "3", "4"] and batch["deleted"]
+    record = providers.batch_jobs()
+    assert record["gemini_files"] == [] and len(record["gemini_deleted_files"]) == 2
+    assert "POST /upload/v1beta/files" in record["gemini_calls"]
+
+
 @pytest.mark.parametrize("model", [CLAUDE, GEMINI])
 def test_a_deadline_cancels_the_batches_and_sends_the_rest_online(
     model: str, providers: FakeOpenAIServer, pool_options: dict[str, Any]

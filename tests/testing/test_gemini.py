@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
@@ -106,3 +107,33 @@ def test_a_call_without_a_key_is_refused(fake: FakeOpenAIServer) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=5)
     assert refused.value.code == 403
+
+
+def test_a_batch_of_an_uploaded_file_answers_in_a_file_of_keyed_lines(
+    gemini: Any, fake: FakeOpenAIServer, tmp_path: Any
+) -> None:
+    fake.configure(batch_seconds=0.3)
+    lines = [
+        {"key": key, "request": {"contents": [{"role": "user", "parts": [{"text": user}]}],
+                                 "generation_config": {"max_output_tokens": 64}}}
+        for key, user in (("a", "one"), ("b", "[[status=503]] busy"))
+    ]  # fmt: skip
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    uploaded = gemini.files.upload(file=source, config={"mime_type": "jsonl"})
+    assert uploaded.name.startswith("files/") and uploaded.size_bytes == source.stat().st_size
+    job = gemini.batches.create(model=MODEL, src=uploaded.name, config={"display_name": "f"})
+    done = ended(gemini, job.name)
+    assert done.state.value == "JOB_STATE_SUCCEEDED" and done.dest.inlined_responses is None
+    answers = [
+        json.loads(line) for line in gemini.files.download(file=done.dest.file_name).splitlines()
+    ]
+    assert [answer["key"] for answer in answers] == ["a", "b"]
+    text = answers[0]["response"]["candidates"][0]["content"]["parts"][0]["text"]
+    assert text == expected_answer("", "one") and answers[1]["error"]["code"] == 14
+    with pytest.raises(errors.ClientError):  # an uploaded file cannot be downloaded
+        gemini.files.download(file=uploaded.name)
+    gemini.files.delete(name=uploaded.name)
+    with pytest.raises(errors.ClientError) as raised:
+        gemini.files.get(name=uploaded.name)
+    assert raised.value.code == 404
