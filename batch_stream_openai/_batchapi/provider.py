@@ -90,8 +90,10 @@ _ROUTES = {
 }
 # The LiteLLM providers with a batch API that no route here takes yet, and why.
 _NOT_YET = {
-    "vertex_ai": "LiteLLM reads a Vertex AI job's answers from Cloud Storage",
-    "bedrock": "LiteLLM's Bedrock jobs go through S3",
+    "vertex_ai": "LiteLLM's Vertex AI jobs go through Cloud Storage; 'gemini/...' models "
+    "have Gemini's batch mode",
+    "bedrock": "LiteLLM cannot find a Bedrock job again after a crash (no listing, a random "
+    "name), so a re-run could pay for it twice",
 }
 
 

@@ -141,7 +141,7 @@ def build_batch(
             on_finish=None if route is None else route.finished,
             telemetry=telemetry,
         ),
-        deadline=mode.deadline if route is None else None,
+        deadline=mode.deadline,
     )
     cap = None if spending is None else spending.max_cost
     progress = ProgressBar(summary, total, cap) if options.get("progress") else None

@@ -13,6 +13,7 @@ from batch_stream_openai import (
     APIError,
     BatchPool,
     BudgetExceededError,
+    DeadlineExceededError,
     EmbeddingRequest,
     RawRequest,
     Result,
@@ -161,6 +162,22 @@ def test_a_deadline_cancels_the_jobs_and_sends_the_rest_online(
     by_batch = set(answered_by_jobs(jobs_fake))
     assert len(online) + len(by_batch) == 12  # every prompt answered exactly once
     assert all(results[i].batch_id is None for i in range(12) if str(i) not in by_batch)
+
+
+def test_what_runs_online_after_the_switch_and_is_not_done_by_the_deadline_yields_its_error(
+    jobs_fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    # Before: the deadline bound only online batches; past the switch to online, a request
+    # that never answered held the stream until its own timeout (here: the test's).
+    jobs_fake.configure(batch_seconds=20.0)
+    users = ["h0", "[[hang]] h1", "h2", "[[hang]] h3"]
+    started = time.monotonic()
+    with BatchPool(max_concurrency=4, workers=1, **pool_options) as pool:
+        results = stream_results(pool, [ask(u) for u in users], deadline=6.0, online_reserve=4.0)
+    assert time.monotonic() - started < 7.5
+    assert [results[i].text for i in (0, 2)] == answers(["h0", "h2"])
+    assert all(isinstance(results[i].error, DeadlineExceededError) for i in (1, 3))
+    assert any(call.endswith("/cancel") for call in jobs_fake.batch_jobs()["calls"])
 
 
 def test_a_line_is_written_as_the_batch_api_wants_it(

@@ -93,7 +93,7 @@ def test_without_the_endpoint_litellm_reads_the_batch_is_refused_before_anything
 
 @pytest.mark.parametrize(
     ("model", "why"),
-    [("vertex_ai/gemini-2.5-flash", "Cloud Storage"), ("bedrock/anthropic.claude-3-haiku", "S3")],
+    [("vertex_ai/gemini-2.5-flash", "'gemini/...'"), ("bedrock/anthropic.claude-3", "twice")],
 )
 def test_litellms_other_batch_providers_are_refused_with_the_reason(
     model: str, why: str, providers: FakeOpenAIServer, pool_options: dict[str, Any]
