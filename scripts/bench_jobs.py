@@ -211,8 +211,8 @@ def main() -> int:
             "Memory while writing and reading back the jobs of one batch, from a lazy",
             "generator over the same providers (the lines go to disk as they are read;",
             "Gemini's jobs above 20,000 lines go as a file; the parent imports LiteLLM for",
-            "Azure's jobs): at one job size the peak is the same for 4x the lines; it",
-            "follows the size of the jobs being read (the last row: the default 50,000):",
+            "Azure's jobs): the peak at one job size for 4x the lines, and at the default",
+            "job size of 50,000 lines (the last row):",
             "",
             flat,
         ]
