@@ -7,15 +7,14 @@ Both take OpenAI's input lines and give OpenAI's job states and output lines, so
 ``cancel_batch``) in place of the openai SDK's resources: the same journal, lookup by
 metadata after a crash, and clean-up. A line names the model without its prefix (an
 Azure deployment); Azure's endpoints have no ``/v1``. Endpoints and keys are the ones
-LiteLLM's online calls read: ``AZURE_API_BASE``, ``AZURE_API_KEY`` (``AZURE_API_VERSION``)
-as LiteLLM reads them; ``HOSTED_VLLM_API_BASE`` and ``HOSTED_VLLM_API_KEY``, passed on
-(LiteLLM's batch functions would read OpenAI's). LiteLLM is imported in the parent's job
-thread when the first such job is made.
+LiteLLM's online calls read (declared in `provider.py`): ``AZURE_API_BASE``,
+``AZURE_API_KEY`` (``AZURE_API_VERSION``) as LiteLLM reads them; ``HOSTED_VLLM_API_BASE``
+and ``HOSTED_VLLM_API_KEY``, passed on (LiteLLM's batch functions would read OpenAI's).
+LiteLLM is imported in the parent's job thread when the first such job is made.
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from .._wire.litellm import import_litellm
@@ -28,34 +27,33 @@ if TYPE_CHECKING:
 
 __all__ = ["LiteLLMBatches"]
 
-# {provider: (how refusals name it, its endpoint's variable, its key's variables)}
-_SETTINGS = {
-    "azure": ("Azure OpenAI's Batch API", None, ("AZURE_API_KEY", "AZURE_OPENAI_API_KEY")),
-    "hosted_vllm": ("your server's Batch API", "HOSTED_VLLM_API_BASE", ("HOSTED_VLLM_API_KEY",)),
-}
-
 
 class LiteLLMBatches(OpenAIBatches):
     """The Batch API of LiteLLM's `provider` (``"azure"`` or ``"hosted_vllm"``).
 
     Parameters:
         provider: LiteLLM's name for it (the models' prefix).
+        api: how its refusals name it.
+        key: its key, masked wherever an error quotes it.
+        endpoint: its endpoint, passed on with the key (None: LiteLLM reads its own).
         timeout: seconds one call may take.
     """
 
-    def __init__(self, provider: str, timeout: float = 600.0) -> None:
-        api, base_variable, key_variables = _SETTINGS[provider]
-        key = next((os.environ[v] for v in key_variables if os.environ.get(v)), None)
-        base_url = os.environ.get(base_variable) if base_variable else None
-        super().__init__(base_url or "", None, timeout)
-        self.name = provider
-        self.api = f"{api} (through LiteLLM)"
-        self.secret = key
+    def __init__(
+        self,
+        provider: str,
+        api: str,
+        key: str | None,
+        endpoint: str | None = None,
+        timeout: float = 600.0,
+    ) -> None:
+        super().__init__(endpoint or "", None, timeout)
+        self.name, self.api, self.secret = provider, api, key
         self._retrying = retrying(_transient)
         self._params: dict[str, Any] = {"custom_llm_provider": provider, "max_retries": 0}
         self._params["timeout"] = timeout
-        if base_variable:  # LiteLLM reads Azure's own variables
-            self._params.update(api_base=base_url, api_key=key)
+        if endpoint:
+            self._params.update(api_base=endpoint, api_key=key)
 
     def __repr__(self) -> str:
         return f"<LiteLLMBatches {self.name}>"

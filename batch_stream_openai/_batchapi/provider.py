@@ -63,6 +63,11 @@ class _Route:
     package: str  # the SDK it goes through (an import name)
     extra: str  # the extra that installs it
     settings: tuple[tuple[str, ...], ...] = ()  # environment variables, each: one of these
+    keys: tuple[str, ...] = ()  # the variables its key may be in (LiteLLM's routes)
+    endpoint: str | None = None  # the variable of its endpoint, passed on to LiteLLM
+
+
+_AZURE_KEYS = ("AZURE_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_AD_TOKEN")
 
 
 # Every batch route, by the prefix of its models (OpenAI's models have none): declared once.
@@ -75,17 +80,20 @@ _ROUTES = {
     "gemini": _Route(
         "Gemini's batch mode", "google.genai", "gemini", (("GEMINI_API_KEY", "GOOGLE_API_KEY"),)
     ),
-    "azure": _Route(
+    "azure": _Route(  # LiteLLM reads Azure's endpoint itself (and AZURE_API_VERSION)
         "Azure OpenAI's Batch API (through LiteLLM)",
         "litellm",
         "litellm",
-        (("AZURE_API_BASE",), ("AZURE_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_AD_TOKEN")),
+        (("AZURE_API_BASE",), _AZURE_KEYS),
+        keys=_AZURE_KEYS,
     ),
-    "hosted_vllm": _Route(
+    "hosted_vllm": _Route(  # LiteLLM's batch functions would read OpenAI's variables
         "your server's Batch API (through LiteLLM)",
         "litellm",
         "litellm",
         (("HOSTED_VLLM_API_BASE",),),
+        keys=("HOSTED_VLLM_API_KEY",),
+        endpoint="HOSTED_VLLM_API_BASE",
     ),
 }
 # The LiteLLM providers with a batch API that no route here takes yet, and why.
@@ -258,10 +266,13 @@ class Providers:
         return self._made[str(name)]
 
     def _make(self, name: str) -> BatchProvider:
-        if _ROUTES[name].package == "litellm":
+        route = _ROUTES[name]
+        if route.package == "litellm":
             from .litellm import LiteLLMBatches
 
-            return LiteLLMBatches(name)
+            key = next((os.environ[v] for v in route.keys if os.environ.get(v)), None)
+            endpoint = os.environ.get(route.endpoint) if route.endpoint else None
+            return LiteLLMBatches(name, route.api, key, endpoint)
         if name == "anthropic":
             from .anthropic import AnthropicBatches
 
