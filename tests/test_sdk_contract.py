@@ -310,15 +310,21 @@ def test_aiohttp_reports_a_refused_connection_with_its_host_and_port() -> None:
         assert f"127.0.0.1:{port}" in str(converted) and converted.retryable
 
 
-@pytest.mark.timeout(120)
-def test_litellm_takes_our_arguments_and_answers_with_model_dump(
-    fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if importlib.util.find_spec("litellm") is None:  # not imported here: it costs ~5 s
+@pytest.fixture
+def litellm(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """LiteLLM, imported in the test process (~5 s: only by the tests that need it)."""
+    if importlib.util.find_spec("litellm") is None:
         pytest.skip("the [litellm] extra is not installed")
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
+    return litellm
+
+
+@pytest.mark.timeout(120)
+def test_litellm_takes_our_arguments_and_answers_with_model_dump(
+    fake: FakeOpenAIServer, litellm: Any
+) -> None:
     body = {"model": "hosted_vllm/llama", "messages": [{"role": "user", "content": "hi"}]}
     with relied_on(
         "litellm",
@@ -343,13 +349,8 @@ def test_litellm_takes_our_arguments_and_answers_with_model_dump(
 
 @pytest.mark.timeout(120)
 def test_litellms_batch_functions_take_our_arguments_and_answer_like_the_openai_sdk(
-    fake: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+    fake: FakeOpenAIServer, litellm: Any
 ) -> None:
-    if importlib.util.find_spec("litellm") is None:  # not imported here: it costs ~5 s
-        pytest.skip("the [litellm] extra is not installed")
-    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
-
     fake.configure(batch_seconds=0.2)
     params = {"custom_llm_provider": "hosted_vllm", "api_base": fake.base_url, "api_key": "k",
               "max_retries": 0, "timeout": 10}  # fmt: skip

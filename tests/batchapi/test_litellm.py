@@ -6,11 +6,8 @@ sent."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import textwrap
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,14 +18,11 @@ from batch_stream_openai.testing import FakeOpenAIServer
 
 from ..helpers import (
     FAST,
-    SYSTEM,
-    TEST_API_KEY,
     answered_by_jobs,
     answers,
     ask,
     each_once,
     jobs_of,
-    wait_until,
 )
 
 pytestmark = [
@@ -124,43 +118,3 @@ def test_without_litellm_the_batch_is_refused_naming_the_extra(
     ).stdout
     assert "requests[0]" in printed and "pip install batch-stream-openai[litellm]" in printed
     assert providers.batch_jobs()["calls"] == []
-
-
-KILLED_RUN = """
-from batch_stream_openai import OpenAIRequest, stream_batch
-if __name__ == "__main__":
-    requests = [OpenAIRequest({system!r}, f"z{{i}}", model={model!r}) for i in range(10)]
-    stream = stream_batch(requests, max_concurrency=4, workers=1, base_url={base_url!r},
-                          api_key={api_key!r}, mode="batch", batch_size=5,
-                          poll_interval=0.05, journal={journal!r})
-    for index, value in stream:
-        print(index, flush=True)
-"""
-
-
-def test_a_rerun_after_a_kill_creates_no_azure_job_twice(
-    providers: FakeOpenAIServer, pool_options: dict[str, Any], tmp_path: Path
-) -> None:
-    providers.configure(batch_seconds=4.0)
-    journal = tmp_path / "jobs.journal"
-    script = KILLED_RUN.format(
-        system=SYSTEM, model=AZURE, base_url=providers.base_url, api_key=TEST_API_KEY,
-        journal=str(journal),
-    )  # fmt: skip
-    child = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE, text=True
-    )
-    try:  # LiteLLM's import in the child's job thread takes ~5 s
-        wait_until(lambda: len(jobs_of(providers)) == 2, timeout=40, what="2 Azure jobs")
-        child.send_signal(signal.SIGKILL)
-        printed, _ = child.communicate(timeout=10)
-    finally:
-        child.kill()
-    assert printed == ""  # killed before any job finished
-    requests = [ask(f"z{i}", model=AZURE) for i in range(10)]
-    with BatchPool(max_concurrency=4, workers=1, **pool_options) as pool:
-        values = each_once(pool.stream(requests, **FAST, journal=journal))
-    assert [values[i] for i in range(10)] == answers([f"z{i}" for i in range(10)])
-    assert len(jobs_of(providers)) == 2
-    assert calls(providers, "/openai/batches").count("POST /openai/batches") == 2
-    assert max(answered_by_jobs(providers).values()) == 1

@@ -302,10 +302,11 @@ if __name__ == "__main__":
 def test_a_rerun_after_a_kill_creates_no_job_twice_at_any_provider(
     providers: FakeOpenAIServer, pool_options: dict[str, Any], tmp_path: Path
 ) -> None:
-    providers.configure(batch_seconds=4.0)
+    # Jobs of 10 s: the child's first Azure job imports LiteLLM (~5 s) before any ends.
+    providers.configure(batch_seconds=10.0)
     journal = tmp_path / "jobs.journal"
-    users = [f"k{i}" for i in range(30)]
-    asked = [(user, (GPT, CLAUDE, GEMINI)[i % 3]) for i, user in enumerate(users)]
+    users = [f"k{i}" for i in range(40)]
+    asked = [(user, (GPT, CLAUDE, GEMINI, AZURE)[i % 4]) for i, user in enumerate(users)]
     script = KILLED_RUN.format(
         system=SYSTEM, asked=asked, base_url=providers.base_url, api_key=TEST_API_KEY,
         journal=str(journal),
@@ -318,8 +319,8 @@ def test_a_rerun_after_a_kill_creates_no_job_twice_at_any_provider(
         fake = providers
         return len(jobs_of(fake)), len(message_batches_of(fake)), len(gemini_batches_of(fake))
 
-    try:  # 10 lines of each: two jobs at each provider
-        wait_until(lambda: created() == (2, 2, 2), timeout=30, what="2 jobs at each provider")
+    try:  # 10 lines of each: two jobs at each provider (OpenAI's and Azure's counted together)
+        wait_until(lambda: created() == (4, 2, 2), timeout=45, what="2 jobs at each provider")
         child.send_signal(signal.SIGKILL)
         printed, _ = child.communicate(timeout=10)
     finally:
@@ -328,8 +329,9 @@ def test_a_rerun_after_a_kill_creates_no_job_twice_at_any_provider(
     with BatchPool(max_concurrency=4, workers=1, **pool_options) as pool:
         requests = [ask(user, model=model) for user, model in asked]
         values = each_once(pool.stream(requests, **FAST, journal=journal))
-    assert [values[i] for i in range(30)] == answers(users)
-    assert created() == (2, 2, 2) and creates(providers) == 2
+    assert [values[i] for i in range(40)] == answers(users)
+    assert created() == (4, 2, 2) and creates(providers) == 2
+    assert providers.batch_jobs()["calls"].count("POST /openai/batches") == 2
     paid = Counter(cid for b in message_batches_of(providers) + gemini_batches_of(providers)
                    for cid in b["paid"])  # fmt: skip
     assert max((paid + answered_by_jobs(providers)).values()) == 1
