@@ -96,9 +96,10 @@ option combinations that cannot act, each checked to be refused before anything 
 sent), {counts["failed"]} broke an invariant. Each scenario is a batch of 1-24 requests of
 every kind (chat, Responses, pydantic and JSON-schema output, tool calls, embeddings, raw
 bodies) with faults (429, 503, dropped connections, stragglers, 400s) under a drawn
-combination of cache, mode, journal, max_cost, a dead endpoint, fixed or auto
-concurrency, hedge, postprocess, workers, and a crash (a worker SIGKILLed once, or the
-parent killed mid-stream and the batch run again); its invariants are listed in
+combination of cache, mode (in batch mode, a provider: OpenAI, Anthropic, Gemini or
+Azure through LiteLLM), journal, max_cost, a dead endpoint, fixed or auto concurrency,
+hedge, postprocess, workers, and a crash (a worker SIGKILLed once, or the parent killed
+mid-stream and the batch run again); its invariants are listed in
 `tests/model.py`. The fast profile (30 fixed scenarios) runs in the test suite."""
 
 
