@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from .._wire.litellm import import_litellm
 from .lines import batch_line
 from .openai import OpenAIBatches
-from .provider import retrying
 
 if TYPE_CHECKING:
     import openai
@@ -49,7 +48,6 @@ class LiteLLMBatches(OpenAIBatches):
     ) -> None:
         super().__init__(endpoint or "", None, timeout)
         self.name, self.api, self.secret = provider, api, key
-        self._retrying = retrying(_transient)
         self._params: dict[str, Any] = {"custom_llm_provider": provider, "max_retries": 0}
         self._params["timeout"] = timeout
         if endpoint:
@@ -108,14 +106,3 @@ class _Batches:
 
     def list(self, *, limit: int) -> Any:
         return self._litellm.list_batches(limit=limit, **self._params)
-
-
-def _transient(error: BaseException) -> bool:
-    """A lost connection or a timeout, a 429, a 5xx: LiteLLM's errors are the openai SDK's
-    (its own `APIError` has a status without being an `APIStatusError`)."""
-    import openai
-
-    if isinstance(error, openai.APIConnectionError):
-        return True
-    status = getattr(error, "status_code", 0) or 0
-    return isinstance(error, openai.APIError) and (status == 429 or status >= 500)

@@ -316,14 +316,15 @@ def retrying(transient: Callable[[BaseException], bool]) -> Retrying:
 
 
 def stainless_transient(package: str) -> Callable[[BaseException], bool]:
-    """What is transient for the openai and anthropic SDKs (they name their errors alike):
-    a lost connection or a timeout, a 429, a 5xx."""
+    """What is transient for the openai and anthropic SDKs (they name their errors alike;
+    LiteLLM's are the openai SDK's, its own `APIError` with a status but no response): a
+    lost connection or a timeout, a 429, a 5xx."""
 
     def transient(error: BaseException) -> bool:
         sdk = importlib.import_module(package)
         if isinstance(error, sdk.APIConnectionError):  # timeouts included
             return True
-        status = getattr(error, "status_code", 0)
-        return isinstance(error, sdk.APIStatusError) and (status == 429 or status >= 500)
+        status = getattr(error, "status_code", 0) or 0
+        return isinstance(error, sdk.APIError) and (status == 429 or status >= 500)
 
     return transient

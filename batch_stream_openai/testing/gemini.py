@@ -23,7 +23,6 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +33,7 @@ from .gemini_files import (
     gemini_file_route,
     gemini_json,
     is_file_path,
+    rfc3339,
     rpc_status,
 )
 from .settings import ServerSettings
@@ -297,13 +297,13 @@ class GeminiBatches:
             "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
             "model": batch.model,
             "displayName": batch.display_name,
-            "createTime": _time(batch.created_at),
-            "updateTime": _time(time.time()),
+            "createTime": rfc3339(batch.created_at),
+            "updateTime": rfc3339(time.time()),
             "state": batch.state,
             "name": f"batches/{batch.id}",
         }
         if final:
-            metadata["endTime"] = _time(time.time())
+            metadata["endTime"] = rfc3339(time.time())
             if batch.responses_file is not None:
                 metadata["output"] = {"responsesFile": batch.responses_file}
             elif not batch.from_file:
@@ -314,10 +314,6 @@ class GeminiBatches:
 def _key(request: dict[str, Any]) -> Any:
     """A request's (or its response's) key: its own in a file, its metadata's inline."""
     return request.get("key") or (request.get("metadata") or {}).get("key")
-
-
-def _time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
 
 async def gemini_batch_route(

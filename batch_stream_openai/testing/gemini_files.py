@@ -29,6 +29,7 @@ __all__ = [
     "gemini_file_route",
     "gemini_json",
     "is_file_path",
+    "rfc3339",
     "rpc_status",
 ]
 
@@ -59,7 +60,7 @@ class _File:
     generated: bool = False  # made by the server (a batch's responses): downloadable
 
     def object(self) -> dict[str, Any]:
-        stamp = datetime.fromtimestamp(self.created_at, UTC).isoformat().replace("+00:00", "Z")
+        stamp = rfc3339(self.created_at)
         return {
             "name": self.name,
             "displayName": self.display_name,
@@ -177,6 +178,11 @@ async def _upload(files: GeminiFiles, request: web.BaseRequest) -> web.Response:
     status = {"X-Goog-Upload-Status": "final" if final else "active"}
     body = {"file": made.object()} if final else {}
     return web.Response(body=json.dumps(body).encode(), content_type=JSON, headers=status)
+
+
+def rfc3339(epoch: float) -> str:
+    """A timestamp as the API writes them (``2026-12-07T01:02:03.456Z``)."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
 
 def gemini_error(status: int, message: str) -> web.Response:
