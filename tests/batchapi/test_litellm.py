@@ -1,8 +1,8 @@
 """mode="batch" through LiteLLM's batch functions: ``azure/...`` models to Azure OpenAI's
 Batch API, ``hosted_vllm/...`` ones to the Batch API of the server LiteLLM names, beside
 OpenAI's jobs (on the bundled server as an Azure resource and as that server), with the
-same guarantees; what LiteLLM's other batch providers need is refused before anything is
-sent."""
+same guarantees; without LiteLLM installed, refused before anything is sent (the other
+refusals, with every provider's, in `test_providers.py`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from batch_stream_openai import BatchPool, run_batch
+from batch_stream_openai import BatchPool
 from batch_stream_openai._spending.prices import PriceTable, check_prices
 from batch_stream_openai.testing import FakeOpenAIServer
 
@@ -67,35 +67,6 @@ def test_azure_and_server_models_go_to_their_batch_apis_through_litellm(
     deleted = set(providers.batch_jobs()["jobs"][-1]["deleted_files"])
     assert all(job["input_file_id"] in deleted for job in jobs_of(providers))
     assert max(answered_by_jobs(providers).values()) == 1
-
-
-@pytest.mark.parametrize(
-    ("model", "setting"), [(AZURE, "AZURE_API_BASE"), (VLLM, "HOSTED_VLLM_API_BASE")]
-)
-def test_without_the_endpoint_litellm_reads_the_batch_is_refused_before_anything_is_sent(
-    model: str,
-    setting: str,
-    providers: FakeOpenAIServer,
-    pool_options: dict[str, Any],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv(setting)
-    with pytest.raises(ValueError, match=rf"requests\[1\] .*\(through LiteLLM\).* set {setting}"):
-        run_batch([ask("a"), ask("b", model=model)], **pool_options, **FAST)
-    assert providers.batch_jobs()["calls"] == []
-
-
-@pytest.mark.parametrize(
-    ("model", "why"),
-    [("vertex_ai/gemini-2.5-flash", "'gemini/...'"), ("bedrock/anthropic.claude-3", "twice")],
-)
-def test_litellms_other_batch_providers_are_refused_with_the_reason(
-    model: str, why: str, providers: FakeOpenAIServer, pool_options: dict[str, Any]
-) -> None:
-    with pytest.raises(ValueError, match=r"requests\[0\]: model .* has no batch route") as raised:
-        run_batch([ask("a", model=model)], **pool_options, **FAST)
-    assert why in str(raised.value) and "'azure/...'" in str(raised.value)
-    assert providers.batch_jobs()["calls"] == []
 
 
 WITHOUT_LITELLM = """

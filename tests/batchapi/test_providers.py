@@ -259,7 +259,11 @@ def test_a_malformed_raw_request_fails_alone_and_every_other_index_is_answered(
 
 
 @pytest.mark.parametrize(("model", "named"), [("mistral/mistral-large", "(mistral)"),
-                                              ("command-r", "(LiteLLM)")])  # fmt: skip
+                                              ("command-r", "(LiteLLM)"),
+                                              ("vertex_ai/gemini-2.5-flash",
+                                               "'gemini/...' models have Gemini's batch mode"),
+                                              ("bedrock/anthropic.claude-3",
+                                               "could pay for it twice")])  # fmt: skip
 def test_a_model_without_a_batch_route_is_refused_before_anything_is_sent(
     model: str, named: str, providers: FakeOpenAIServer, pool_options: dict[str, Any]
 ) -> None:
@@ -267,12 +271,15 @@ def test_a_model_without_a_batch_route_is_refused_before_anything_is_sent(
     with pytest.raises(ValueError, match=r"requests\[1\]: model .* has no batch route") as raised:
         run_batch(requests, **pool_options, **FAST)
     assert named in str(raised.value) and "mode='online'" in str(raised.value)
+    assert "'azure/...'" in str(raised.value)  # the routes there are, from their table
     assert creates(providers) == 0 and providers.batch_jobs()["calls"] == []
 
 
 @pytest.mark.parametrize(
-    ("model", "key"), [(CLAUDE, "ANTHROPIC_API_KEY"), (GEMINI, "GEMINI_API_KEY")]
-)
+    ("model", "key"),
+    [(CLAUDE, "ANTHROPIC_API_KEY"), (GEMINI, "GEMINI_API_KEY"), (AZURE, "AZURE_API_BASE"),
+     ("hosted_vllm/llama", "HOSTED_VLLM_API_BASE")],
+)  # fmt: skip
 def test_without_the_providers_key_the_batch_is_refused_before_anything_is_sent(
     model: str,
     key: str,
@@ -280,9 +287,12 @@ def test_without_the_providers_key_the_batch_is_refused_before_anything_is_sent(
     pool_options: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv(key)
-    with pytest.raises(ValueError, match=rf"requests\[0\] .* set {key}"):
+    monkeypatch.delenv(key)  # (LiteLLM's routes: the endpoint it must be given)
+    with pytest.raises(ValueError, match=rf"requests\[0\] .* set {key}") as raised:
         run_batch([ask("a", model=model)], **pool_options, **FAST)
+    litellm_route = model not in (CLAUDE, GEMINI)
+    assert ("(through LiteLLM)" in str(raised.value)) == litellm_route
+    assert providers.batch_jobs()["calls"] == []
     assert message_batches_of(providers) == [] and gemini_batches_of(providers) == []
 
 
