@@ -240,8 +240,9 @@ def test_the_batch_calls_and_fields_the_gemini_adapter_reads(fake: FakeOpenAISer
                                  config={"display_name": "k1"})  # fmt: skip
         listed = list(sdk.batches.list(config={"page_size": 100}))
         assert any(b.display_name == "k1" and b.name == job.name for b in listed)
-        while (got := sdk.batches.get(name=job.name)).state.value == "JOB_STATE_RUNNING":
-            pass
+        running = "JOB_STATE_RUNNING"
+        wait_until(lambda: sdk.batches.get(name=job.name).state.value != running, what="job")
+        got = sdk.batches.get(name=job.name)
         assert got.state.value == "JOB_STATE_SUCCEEDED" and got.create_time.timestamp() > 0
         [answer] = got.dest.inlined_responses
         dumped = answer.model_dump(mode="json", exclude_none=True)
@@ -273,8 +274,9 @@ def test_the_file_calls_and_fields_the_gemini_adapter_reads(
         sdk = genai.Client(api_key=TEST_API_KEY, http_options=options)
         uploaded = sdk.files.upload(file=source, config={"mime_type": "jsonl"})
         job = sdk.batches.create(model="gemini-2.5-flash", src=str(uploaded.name))
-        while (got := sdk.batches.get(name=job.name)).state.value == "JOB_STATE_RUNNING":
-            pass
+        running = "JOB_STATE_RUNNING"
+        wait_until(lambda: sdk.batches.get(name=job.name).state.value != running, what="job")
+        got = sdk.batches.get(name=job.name)
         assert got.dest is not None and got.dest.file_name
         sdk.files.download(file=got.dest.file_name, destination=str(tmp_path / "out.jsonl"))
         [answer] = [json.loads(text) for text in (tmp_path / "out.jsonl").read_text().splitlines()]
