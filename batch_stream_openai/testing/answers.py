@@ -120,9 +120,11 @@ def chat_payload(
     prompt_chars: int,
     shape: frozenset[str],
     tool: dict[str, Any] | None = None,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
-    """A Chat Completions answer; `shape` holds directive flags (refuse, no_text), and
-    `tool` a tool call to answer with instead of text."""
+    """A Chat Completions answer; `shape` holds directive flags (refuse, no_text),
+    `tool` a tool call to answer with instead of text, `cached_tokens` the prompt tokens
+    the prefix cache held."""
     prompt_tokens = tokens(prompt_chars)
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
     finish_reason = "stop"
@@ -151,7 +153,7 @@ def chat_payload(
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
         },
         "service_tier": body.get("service_tier") or "default",
@@ -197,9 +199,11 @@ def responses_payload(
     prompt_chars: int,
     shape: frozenset[str],
     tool: dict[str, Any] | None = None,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
     """A Responses answer; `shape` holds directive flags (refuse, incomplete, no_text),
-    and `tool` a tool call to answer with instead of text."""
+    `tool` a tool call to answer with instead of text, `cached_tokens` the prompt tokens
+    the prefix cache held."""
     now = time.time()
     output, text = _responses_output(n, text, shape, tool)
     input_tokens = tokens(prompt_chars)
@@ -235,7 +239,7 @@ def responses_payload(
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
             "total_tokens": input_tokens + output_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": cached_tokens},
             "output_tokens_details": {"reasoning_tokens": 0},
         },
         "user": None,

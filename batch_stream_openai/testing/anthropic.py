@@ -104,6 +104,7 @@ def as_message(chat: dict[str, Any]) -> dict[str, Any]:
     """A Chat Completions answer as the `Message` Anthropic's API gives."""
     choice = chat["choices"][0]
     usage = chat.get("usage") or {}
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
     stop = {"length": "max_tokens", "tool_calls": "tool_use"}.get(choice["finish_reason"])
     return {
         "id": f"msg_{chat['id'].rsplit('-', 1)[-1]}",
@@ -113,11 +114,12 @@ def as_message(chat: dict[str, Any]) -> dict[str, Any]:
         "content": _blocks(choice["message"]),
         "stop_reason": stop or "end_turn",
         "stop_sequence": None,
+        # Anthropic's input_tokens are those not read from the cache.
         "usage": {
-            "input_tokens": usage.get("prompt_tokens", 0),
+            "input_tokens": usage.get("prompt_tokens", 0) - cached,
             "output_tokens": usage.get("completion_tokens", 0),
             "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_read_input_tokens": cached,
         },
     }
 

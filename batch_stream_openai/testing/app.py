@@ -62,6 +62,7 @@ class _Plan:
     slow_body: float = 0.0
     shape: frozenset[str] = frozenset()  # refuse / incomplete / no_text / echo_auth
     bad_body: str | None = None
+    cached_tokens: int = 0  # of the prompt, those the prefix cache held
 
 
 class _App:
@@ -175,7 +176,9 @@ class _App:
         prompts: tuple[str, str, int],
         plan: _Plan,
     ) -> web.StreamResponse | None:
-        """Wait the request's latency (its service time), then answer as `plan` says."""
+        """Prefill what the prefix cache lacks and wait the request's latency (its
+        service time), then answer as `plan` says."""
+        await self._prefill(prompts, plan)
         if plan.latency > 0:
             await asyncio.sleep(plan.latency)
         if plan.fault is not None:
@@ -194,6 +197,21 @@ class _App:
         if plan.slow_body > 0:
             return await slow_response(request, data, headers, plan.slow_body)
         return web.Response(body=data, content_type=JSON, headers=headers)
+
+    async def _prefill(self, prompts: tuple[str, str, int], plan: _Plan) -> None:
+        """Read the prompt as a GPU server does: what its prefix cache holds is skipped
+        (and reported), the rest takes ``prefill_rate`` (`prefix_cache.py`)."""
+        settings = self.state.settings
+        if settings.prefix_cache <= 0 and settings.prefill_rate <= 0:
+            return
+        system, user, chars = prompts
+        cache = self.state.prefixes
+        cached, blocks = cache.lookup(f"{system}\n{user}", settings.prefix_cache)
+        plan.cached_tokens = min(cached, tokens(chars))
+        if settings.prefill_rate > 0:
+            await asyncio.sleep((tokens(chars) - plan.cached_tokens) / settings.prefill_rate)
+        if settings.prefix_cache > 0:
+            cache.store(blocks, settings.prefix_cache)
 
     def answer_line(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """How a Batch API line is answered: as it would be online (no waiting)."""
@@ -273,7 +291,7 @@ class _App:
             tool_call_of(body, expected_answer(system, user)) if "tool_call" in plan.shape else None
         )
         build = chat_payload if path == "/v1/chat/completions" else responses_payload
-        return build(next(self.state.ids), body, text, chars, plan.shape, tool)
+        return build(next(self.state.ids), body, text, chars, plan.shape, tool, plan.cached_tokens)
 
     def _rate_limit(self, prompt_chars: int) -> web.Response | None:
         """The 429 answer when the request is over the server's RPM/TPM budget, else None."""

@@ -123,6 +123,9 @@ def as_response(chat: dict[str, Any]) -> dict[str, Any]:
             "promptTokenCount": usage.get("prompt_tokens", 0),
             "candidatesTokenCount": usage.get("completion_tokens", 0),
             "totalTokenCount": usage.get("total_tokens", 0),
+            "cachedContentTokenCount": (usage.get("prompt_tokens_details") or {}).get(
+                "cached_tokens", 0
+            ),
         },
         "modelVersion": chat.get("model", ""),
         "responseId": str(chat.get("id", "")),

@@ -86,6 +86,12 @@ class ServerSettings:
             queue, so their latency grows with it (see `capacity.py`).
         queue_limit: With ``capacity``: requests that may wait (0: no limit); one more is
             answered 503.
+        prefix_cache: Prompt tokens the server keeps prefilled, like a GPU server's
+            prefix cache (0: none): a prompt starting with cached blocks skips their
+            prefill, and reports them as ``cached_tokens`` (see `prefix_cache.py`).
+        prefill_rate: Prompt tokens per second the server prefills (0: at once): a
+            request takes its uncached tokens / this, in its capacity slot, before its
+            latency (the decode).
     """
 
     latency: float = 0.0
@@ -100,6 +106,8 @@ class ServerSettings:
     flex_unavailable: float = 0.0
     capacity: float = 0.0
     queue_limit: float = 0.0
+    prefix_cache: float = 0.0
+    prefill_rate: float = 0.0
 
     def update(self, values: Mapping[str, Any]) -> None:
         """Validate and apply ``values`` (field name -> new value); all-or-nothing.

@@ -12,6 +12,7 @@ from .anthropic import MessageBatches
 from .batches import BatchJobs
 from .capacity import CapacityGate
 from .gemini import GeminiBatches
+from .prefix_cache import PrefixCache
 from .settings import ServerSettings
 
 __all__ = ["MAX_RECORDS", "Bucket", "ServerState"]
@@ -74,6 +75,7 @@ class ServerState:
         self.message_batches: MessageBatches  # Anthropic's, set by the app too
         self.gemini_batches: GeminiBatches  # Gemini's, set by the app too
         self.gate = CapacityGate()  # the capacity model, when `settings.capacity` is set
+        self.prefixes = PrefixCache()  # the prefix cache, when `settings.prefix_cache` is set
 
     def reset(self) -> None:
         # The epoch keeps requests that started before a reset out of the new counters.
@@ -87,3 +89,4 @@ class ServerState:
         self.message_batches = MessageBatches(self.settings, self.jobs.answer_line)
         self.gemini_batches = GeminiBatches(self.settings, self.jobs.answer_line)
         self.gate.reset()
+        self.prefixes.clear()

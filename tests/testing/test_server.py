@@ -41,7 +41,7 @@ pytestmark = pytest.mark.timeout(30)
 
 @pytest.fixture(autouse=True)
 def _clean(server: FakeOpenAIServer) -> None:
-    server.configure(latency=0.0, capacity=0, queue_limit=0)
+    server.configure(latency=0.0, capacity=0, queue_limit=0, prefix_cache=0, prefill_rate=0)
     server.reset()
 
 
@@ -286,6 +286,73 @@ def test_a_request_that_leaves_the_queue_as_its_slot_frees_up_leaves_no_trace() 
 def test_a_full_queue_answers_503(server: FakeOpenAIServer) -> None:
     server.configure(latency=0.3, capacity=1, queue_limit=1)
     assert sorted(_concurrently(server, 4)) == [200, 200, 503, 503]
+
+
+def _cached_tokens(client: openai.OpenAI, system: str, question: str) -> tuple[int, int]:
+    """(cached, prompt) tokens the server reported for one chat request."""
+    completion = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+    )
+    usage = completion.usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+    return usage.prompt_tokens_details.cached_tokens or 0, usage.prompt_tokens
+
+
+def test_the_prefix_cache_reports_the_blocks_it_held_and_evicts_the_least_recent(
+    server: FakeOpenAIServer, client: openai.OpenAI
+) -> None:
+    server.configure(prefix_cache=1024)  # 64 blocks of 16 tokens: two 400-token prefixes
+    first, second, third = ("Task %d. " % n + "few-shot example " * 94 for n in range(3))
+    assert _cached_tokens(client, first, "question 1") == (0, 404)  # a new prefix
+    cached, _ = _cached_tokens(client, first, "question 2")
+    assert 384 <= cached <= 400  # its whole blocks, the question is not among them
+    _cached_tokens(client, second, "question 1")
+    assert _cached_tokens(client, first, "question 3")[0] >= 384  # two prefixes fit
+    _cached_tokens(client, third, "question 1")  # evicts `second`, the least recent
+    assert _cached_tokens(client, second, "question 2")[0] == 0
+    server.reset()  # a reset empties the cache
+    assert _cached_tokens(client, first, "question 4")[0] == 0
+
+
+def test_prefill_of_uncached_tokens_takes_time_and_a_hit_skips_it(
+    server: FakeOpenAIServer, client: openai.OpenAI
+) -> None:
+    server.configure(prefix_cache=100_000, prefill_rate=4_000)  # 4,000 tokens a second
+    prefix = "A long document. " * 470  # ~2,000 tokens: ~0.5 s to prefill
+    start = time.monotonic()
+    _cached_tokens(client, prefix, "first question")
+    miss = time.monotonic() - start
+    start = time.monotonic()
+    cached, prompt = _cached_tokens(client, prefix, "second question")
+    hit = time.monotonic() - start
+    assert miss >= 0.45 and hit < 0.25 and prompt - 32 < cached < prompt  # whole blocks
+
+
+def test_the_anthropic_and_gemini_shapes_report_cache_reads(
+    server: FakeOpenAIServer,
+) -> None:
+    import anthropic
+
+    server.configure(prefix_cache=10_000)
+    system = "Shared instructions. " * 40
+    with anthropic.Anthropic(
+        base_url=server.base_url.removesuffix("/v1"), api_key="sk-test", max_retries=0
+    ) as claude:
+        usages = [
+            claude.messages.create(
+                model="claude-haiku-4-5",
+                max_tokens=50,
+                system=system,
+                messages=[{"role": "user", "content": f"question {n}"}],
+            ).usage
+            for n in range(2)
+        ]
+    assert usages[0].cache_read_input_tokens == 0
+    read = usages[1].cache_read_input_tokens
+    assert read is not None and read >= 192
+    # Anthropic counts the input it did not read from the cache apart.
+    assert usages[1].input_tokens == usages[0].input_tokens - read
 
 
 def test_big_answer_has_exact_length(client: openai.OpenAI) -> None:
