@@ -303,7 +303,7 @@ def test_the_prefix_cache_reports_the_blocks_it_held_and_evicts_the_least_recent
     server: FakeOpenAIServer, client: openai.OpenAI
 ) -> None:
     server.configure(prefix_cache=1024)  # 64 blocks of 16 tokens: two 400-token prefixes
-    first, second, third = ("Task %d. " % n + "few-shot example " * 94 for n in range(3))
+    first, second, third = (f"Task {n}. " + "few-shot example " * 94 for n in range(3))
     assert _cached_tokens(client, first, "question 1") == (0, 404)  # a new prefix
     cached, _ = _cached_tokens(client, first, "question 2")
     assert 384 <= cached <= 400  # its whole blocks, the question is not among them
