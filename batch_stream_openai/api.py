@@ -36,6 +36,7 @@ class BatchArguments(PerBatchOptions, total=False):
     workers: int | None
     base_url: str | Sequence[str] | None
     endpoint_concurrency: int | None
+    routing: str
     api_key: str | None
     timeout: float
     max_retries: int

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ._core.options import OPTIONS
+from ._policy.fleet import ROUTINGS
 from .api import stream_batch
 from .errors import BatchFileError, CacheError, PoolError
 from .request import OpenAIRequest
@@ -230,6 +231,8 @@ def _readers() -> dict[str, dict[str, Any]]:
         "concurrency": {"type": _concurrency},
         "prices": {"type": _prices},
         "mode": {"choices": ["online", "batch", "flex"]},
+        "routing": {"choices": list(ROUTINGS)},
+        "prompt_cache_key": {"choices": ["auto"]},
         "fraction": {"type": _number(float, 0, inclusive=False), "nargs": "?", "const": True},
     }
 

@@ -120,6 +120,8 @@ class PerBatchOptions(TypedDict, total=False):
     online_reserve: float | None
     flex_fallback: bool | None
     hedge: bool | float
+    group_prefixes: bool
+    prompt_cache_key: str | None
 
 
 class StreamOptions(PerBatchOptions, total=False):
@@ -156,6 +158,7 @@ class BatchPool:
         workers: int | None = None,
         base_url: str | Sequence[str] | None = None,
         endpoint_concurrency: int | None = None,
+        routing: str = "cache_aware",
         api_key: str | None = None,
         timeout: float = 600.0,
         max_retries: int = 5,
@@ -183,6 +186,7 @@ class BatchPool:
             settings.endpoint_urls,
             endpoint_concurrency,
             settings.max_concurrency if settings.auto_concurrency else None,
+            routing=settings.routing,
         )
         self._retries = RetrySchedule(settings.retry_policy())
         self._prices = PriceTable(settings.prices)

@@ -179,9 +179,12 @@ class BatchSummary:
         cached: results taken from the response cache; ``deduplicated``: of those, the
             ones that waited for an identical request of this batch instead.
         input_tokens, output_tokens: as the provider reported them (cached answers too).
+        cached_input_tokens: of the input tokens, those the provider read from its
+            prompt (prefix) cache; ``prompt_cache_rate`` is their share.
         cost_usd: what this batch spent; ``unpriced``: answers whose price is unknown
             (not in ``cost_usd``); ``saved_usd``: what the cached answers cost when they
-            were first paid for.
+            were first paid for; ``prompt_cache_saved_usd``: what the prompt cache's
+            cheaper input saved (for models with a cached-input price).
         jobs: ``mode="batch"``: the Batch API jobs by status (``{"in_progress": 2, ...}``,
             ``"done"`` for those read); ``job_lines``: (answered, total) lines of the
             jobs still open.
@@ -198,9 +201,11 @@ class BatchSummary:
     deduplicated: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
     cost_usd: float = 0.0
     unpriced: int = 0
     saved_usd: float = 0.0
+    prompt_cache_saved_usd: float = 0.0
     jobs: dict[str, int] = field(default_factory=dict)
     job_lines: tuple[int, int] = (0, 0)
     hedges: int = 0
@@ -219,6 +224,11 @@ class BatchSummary:
     @property
     def requests_per_s(self) -> float:
         return self.done / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def prompt_cache_rate(self) -> float:
+        """The share of the input tokens read from the provider's prompt cache."""
+        return self.cached_input_tokens / self.input_tokens if self.input_tokens else 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -242,6 +252,7 @@ class BatchSummary:
         if usage is not None:
             self.input_tokens += usage.input_tokens
             self.output_tokens += usage.output_tokens
+            self.cached_input_tokens += usage.cached_tokens
 
     def add_attempt(self, base_url: str, latency_s: float, ok: bool) -> None:
         """Count one attempt that `base_url` answered (or failed)."""
@@ -257,6 +268,10 @@ class BatchSummary:
     def finish(self) -> None:
         """The batch ended (its wall time stops)."""
         self.finished_at = time.monotonic()
+
+    def add_prompt_cache_saving(self, usd: float) -> None:
+        """Count what an answer's cached input tokens saved."""
+        self.prompt_cache_saved_usd += usd
 
     def add_hedge(self) -> None:
         """Count a hedge sent."""
@@ -290,6 +305,12 @@ class BatchSummary:
                 "endpoints: " + "; ".join(f"{url} {e}" for url, e in self.endpoints.items())
             )
         parts.append(f"{self.input_tokens + self.output_tokens} tokens")
+        if self.cached_input_tokens:
+            saved = self.prompt_cache_saved_usd
+            parts.append(
+                f"{self.prompt_cache_rate:.0%} of input from the prompt cache"
+                + (f" (${saved:.4f} saved)" if saved else "")
+            )
         cost = f"${self.cost_usd:.4f}"
         if self.unpriced:
             cost += f" (+{self.unpriced} unpriced)"

@@ -29,7 +29,7 @@ def server() -> Iterator[FakeOpenAIServer]:
 def fake(server: FakeOpenAIServer) -> Iterator[FakeOpenAIServer]:
     """The session server, with counters, records and settings reset for this test."""
     server.reset()
-    server.configure(latency=0.0, capacity=0, queue_limit=0)
+    server.configure(latency=0.0, capacity=0, queue_limit=0, prefix_cache=0, prefill_rate=0)
     yield server
 
 

@@ -26,6 +26,7 @@ from .._spending.admission import Admission
 from .._spending.cache import ResponseCache
 from .._spending.cap import Spending
 from .._spending.prices import PriceTable
+from .._wire.prefixes import prefix_key
 from .._wire.protocol import BatchOptions, Postprocess
 from ..results import BatchSummary
 from .checks import (
@@ -99,6 +100,9 @@ def build_batch(
     check_bool("return_results", rich)
     check_bool("progress", options.get("progress", False))
     hedge = check_hedge(options.get("hedge", False))
+    group = options.get("group_prefixes", True)
+    check_bool("group_prefixes", group)
+    cache_key = _check_prompt_cache_key(options.get("prompt_cache_key"))
     spending = _spending(options.get("max_cost"), parts.prices)
     checker = parts.checker if spending is None else parts.checker.with_prices(parts.prices)
     mode = BatchMode.check(options, parts.settings.max_retries, online_rate)
@@ -132,7 +136,7 @@ def build_batch(
     )
     dispatcher: Dispatcher[Worker] = Dispatcher(
         batch_id,
-        _intake(requests, route, check_item),
+        _intake(requests, route, check_item, group, parts.fleet, cache_key),
         _policies(parts, mode, admission, hedge, telemetry),
         Delivery(
             summary,
@@ -145,7 +149,7 @@ def build_batch(
     )
     cap = None if spending is None else spending.max_cost
     progress = ProgressBar(summary, total, cap) if options.get("progress") else None
-    message = _options_message(batch_id, postprocess, rich, mode, parts)
+    message = _options_message(batch_id, postprocess, rich, mode, parts, cache_key)
     loop = BatchLoop(dispatcher, parts.supervisor, message, admission, progress, telemetry)
     return Batch(loop, summary, route)
 
@@ -154,11 +158,32 @@ def _intake(
     requests: Iterable[Any],
     route: JobRoute | None,
     check_item: Callable[[int, object], None] | None,
+    group: bool,
+    fleet: Fleet,
+    prompt_cache_key: bool,
 ) -> Intake:
-    """The dispatcher's input: the caller's requests, or the Batch API route's items."""
-    if route is not None:
-        return Intake(route, indexed=True)
-    return Intake(requests, check_item=check_item)
+    """The dispatcher's input: the caller's requests, or the Batch API route's items;
+    with their prefix keys when the grouping, the endpoints or `prompt_cache_key` use
+    them."""
+    keyed = group or fleet.cache_aware or prompt_cache_key
+    return Intake(
+        requests if route is None else route,
+        indexed=route is not None,
+        check_item=check_item if route is None else None,
+        prefix_of=prefix_key if keyed else None,
+        group=group,
+        fits=fleet.fits if fleet.cache_aware else None,
+    )
+
+
+def _check_prompt_cache_key(value: object) -> bool:
+    """``prompt_cache_key``: None, or ``"auto"`` (True)."""
+    if value is not None and value != "auto":
+        raise ValueError(
+            f"prompt_cache_key must be 'auto' or None, got {value!r} (a key of your own "
+            "goes in the request's extra_body)"
+        )
+    return value == "auto"
 
 
 def _policies(
@@ -212,7 +237,12 @@ def _check_requests(
 
 
 def _options_message(
-    batch_id: int, postprocess: Postprocess | None, rich: bool, mode: BatchMode, parts: PoolParts
+    batch_id: int,
+    postprocess: Postprocess | None,
+    rich: bool,
+    mode: BatchMode,
+    parts: PoolParts,
+    prompt_cache_key: bool,
 ) -> BatchOptions:
     """What the workers are told of the batch before its first task."""
     blob = None
@@ -225,6 +255,7 @@ def _options_message(
         with_body=rich or parts.cache is not None or mode.mode == "batch",
         service_tier=mode.service_tier,
         timeout=mode.attempt_timeout(parts.settings.timeout),
+        prompt_cache_key=prompt_cache_key,
     )
 
 

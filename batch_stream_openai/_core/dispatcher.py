@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from .._observe.tally import State
 from .._policy.quarantine import MAX_CRASHES_PER_REQUEST, Quarantine
@@ -31,7 +31,7 @@ from .._wire.protocol import Cancel, Exit, Outcome
 from ..errors import DeadlineExceededError, RequestError, WorkerCrashedError
 from ..results import BatchSummary, Result, ResultPair
 from .delivery import Delivery
-from .intake import Intake
+from .intake import Intake, Item
 from .known import KnownAnswers
 from .ledger import Attempt, Entry, Ledger, Schedule
 from .sender import Policies, Sender, Sends
@@ -188,7 +188,7 @@ class Dispatcher(Generic[W]):
             capacity = self._sender.capacity()
             while self._ledger.slots < capacity and len(self._ledger) < capacity + _READ_AHEAD:
                 item = None if self._sender.refusal else self._intake.next()
-                if item is None or not self._admit(*item, innocent, sends, now):
+                if item is None or not self._admit(item, innocent, sends, now):
                     break
         if (refusal := self._sender.refusal) is not None:
             self._refuse_more(refusal)
@@ -224,16 +224,18 @@ class Dispatcher(Generic[W]):
         index = outcome.index
         other = self._ledger.end(index, attempt)  # the copy still running, if any
         self._quarantine.settled(worker, index)
+        self._intake.answered(entry.prefix)  # the rest of its group need not wait
         result = outcome.value()
         if entry.replay:
             self._finish(index, entry, result)
             return
-        self._admission.price(result, entry.model, entry.retry.standard)
+        saved = self._admission.price(result, entry.model, entry.retry.standard)
         if attempt.reserved is not None:
             self._admission.settle_cost(attempt.reserved, result)
         blamed = self._sender.ended(index, entry, attempt, result)
         error = result.error
         if error is None:
+            self.summary.add_prompt_cache_saving(saved)
             used = result.usage.total_tokens if result.usage is not None else None
             self._budget.on_answer(attempt.charge, used, outcome.pause_s)
             if other is not None:
@@ -285,26 +287,27 @@ class Dispatcher(Generic[W]):
         The requests in flight are given up too: the caller gets them as failed now.
         """
         self._intake.stop()
-        if (held := self._intake.take_held()) is not None:
-            self._finish(held[0], None, Result(held[0], error=describe(held[0])))
+        for unsent in self._intake.take_unsent():
+            self._finish(unsent.index, None, Result(unsent.index, error=describe(unsent.index)))
         self._give_up(describe)
         for index, entry in list(self._ledger.entries.items()):
             self._finish(index, entry, Result(index, error=describe(index)))
         self._schedule.clear()
 
-    def _admit(
-        self, index: int, request: Any, workers: Sequence[W], sends: Sends, now: float
-    ) -> bool:
+    def _admit(self, item: Item, workers: Sequence[W], sends: Sends, now: float) -> bool:
         """Take in one new request: answer it from the cache, park it behind an identical
         one, or send it. False when a budget holds it back (it is kept for later)."""
         self._read += 1
+        index, request, prefix = item.index, item.request, item.prefix
         answered, key = self._known.answer(index, request)
         if answered:
+            self._intake.answered(prefix)
             return True
         try:
             estimate = self._budget.counts_tokens or self._admission.caps_cost
-            entry = Entry.of(index, request, key, estimate)
+            entry = Entry.of(index, request, key, estimate, prefix)
         except RequestError as error:  # it cannot be pickled: that index fails alone
+            self._intake.answered(prefix)
             self._finish(index, None, Result(index, error=error))
             return True
         if self._admission.wait_for(key, index):
@@ -313,7 +316,7 @@ class Dispatcher(Generic[W]):
         reserved = self._sender.may_send(entry, now)
         if reserved is None:
             self._read -= 1  # read again later
-            self._intake.hold((index, request))
+            self._intake.hold(item)
             return False
         self._ledger.add(index, entry, counted=True)
         self._admission.claim(key, index)
@@ -349,7 +352,7 @@ class Dispatcher(Generic[W]):
         for _ in range(_READ_AHEAD):
             if (item := self._intake.next()) is None:
                 break
-            index, request = item
+            index, request = item.index, item.request
             if not self._known.answer(index, request)[0]:  # an answer is never refused
                 self._finish(index, None, Result(index, error=refusal(index)))
 
@@ -375,5 +378,6 @@ class Dispatcher(Generic[W]):
         """`index` is done: out of the ledger, its duplicates answered, to the caller."""
         if entry is not None:
             self._ledger.remove(index)
+            self._intake.answered(entry.prefix)
             self._known.duplicates(entry.key, index, result)
         self._delivery.deliver(index, entry, result)

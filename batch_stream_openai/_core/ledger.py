@@ -64,6 +64,7 @@ class Entry:
     replay: bool = False  # a cache hit sent to a worker only for `postprocess`
     routed: bool = False  # an OpenAI-routed request: its attempts go to the fleet
     operation: str = "chat"  # its ``gen_ai.operation.name`` (chat, embeddings, ...)
+    prefix: int | None = None  # its prompt's prefix key (`_wire/prefixes.py`), if keyed
     counted: bool = False  # counted against the concurrency (a request to send)
     attempts: int = 0  # attempts sent so far (retries, re-sends, failovers, hedges)
     crashes: int = 0  # workers that died while running it
@@ -74,24 +75,24 @@ class Entry:
     retry: Tries = field(default_factory=Tries)  # what the retry policy knows of it
 
     @classmethod
-    def of(cls, index: int, request: Any, key: bytes | None, estimate: bool) -> Entry:
+    def of(
+        cls, index: int, request: Any, key: bytes | None, estimate: bool, prefix: int | None
+    ) -> Entry:
         """The entry of request `index` (`estimate`: count its tokens, for `tpm` or the
         cost cap); raises ResultTransferError (for `index`) if it cannot be pickled."""
         payload = Task.pickle_payload(request, index)
         routed, operation = request.uses_openai_sdk, operation_of(request)
-        if not estimate:
-            return cls(payload, 0, request.model, key=key, routed=routed, operation=operation)
-        prompt_tokens, cap = token_estimate(request)
-        tokens = prompt_tokens + (cap or 0)
+        prompt_tokens, cap = token_estimate(request) if estimate else (0, None)
         return cls(
             payload,
-            tokens,
+            prompt_tokens + (cap or 0),
             request.model,
             prompt_tokens,
             cap,
             key,
             routed=routed,
             operation=operation,
+            prefix=prefix,
         )
 
     def new_attempt(self) -> int:

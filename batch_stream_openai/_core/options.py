@@ -53,6 +53,13 @@ def _auto_idle(options: Mapping[str, Any]) -> str | None:
     return _online_only(options) if options.get("max_concurrency") == "auto" else None
 
 
+def _routing_idle(options: Mapping[str, Any]) -> str | None:
+    urls = options.get("base_url")
+    if not isinstance(urls, (list, tuple)) or len(urls) < 2:
+        return "it is only for several endpoints (base_url=[...])"
+    return _online_only(options)
+
+
 def _backend_idle(backend: str) -> Idle:
     def idle(options: Mapping[str, Any]) -> str | None:
         given = options.get("backend", "process")
@@ -166,6 +173,21 @@ OPTIONS: tuple[Option, ...] = (
             "int>=1",
             "requests in flight to one endpoint at most (with several --base-url)",
             "N",
+        ),
+    ),
+    Option(
+        "routing",
+        "cache_aware",
+        "str = 'cache_aware'",
+        "with several endpoints, where requests go: 'cache_aware' (a prompt prefix to the "
+        "endpoint it went to lately, while loads are close) or 'least_loaded'",
+        pool=True,
+        idle=_routing_idle,
+        flag=Flag(
+            "--routing",
+            "routing",
+            "with several --base-url: cache_aware (default: a prompt prefix goes to the "
+            "endpoint that has it cached, while loads are close) or least_loaded",
         ),
     ),
     Option(
@@ -415,6 +437,29 @@ OPTIONS: tuple[Option, ...] = (
             "send a duplicate of a request that runs far longer than most; the first "
             "answer wins (at most FRACTION more requests, default 0.02)",
             "FRACTION",
+        ),
+    ),
+    Option(
+        "group_prefixes",
+        True,
+        "bool = True",
+        "send requests whose prompts start alike close together, the first of each prefix "
+        "first, so that the server's prompt cache holds it (within a bounded read-ahead)",
+        pool=False,
+        idle=_online_only,
+    ),
+    Option(
+        "prompt_cache_key",
+        None,
+        "str | None",
+        "'auto': give OpenAI one prompt_cache_key per prompt prefix, the same in every run "
+        "(a key set in extra_body is kept)",
+        pool=False,
+        idle=_online_only,
+        flag=Flag(
+            "--prompt-cache-key",
+            "prompt_cache_key",
+            "auto: give OpenAI one prompt_cache_key per prompt prefix, the same in every run",
         ),
     ),
 )

@@ -159,8 +159,9 @@ class Sender(Generic[W]):
         return worker
 
     def _where(self, entry: Entry, among: Sequence[W], hedge: bool) -> tuple[W, int | None]:
-        """The worker and the endpoint for `entry`'s next attempt: the least busy ones; a
-        hedge goes elsewhere than the copy it duplicates, where it can."""
+        """The worker and the endpoint for `entry`'s next attempt: the least busy worker,
+        the endpoint the fleet picks (where its prefix went, or the least busy); a hedge
+        goes elsewhere than the copy it duplicates, where it can."""
         busy = self._ledger.load
         if hedge:
             assert entry.running is not None
@@ -174,9 +175,9 @@ class Sender(Generic[W]):
         if not entry.routed:
             return worker, None
         fleet = self._fleet
-        target = fleet.pick(avoid)
+        target = fleet.pick(avoid, entry.prefix)
         assert target is not None  # `may_send` saw room
-        fleet.sent(target)
+        fleet.sent(target, entry.prefix)
         return worker, target
 
     def ended(self, index: int, entry: Entry, attempt: Attempt, result: Result) -> int | None:

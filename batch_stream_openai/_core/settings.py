@@ -17,6 +17,7 @@ import cloudpickle
 import psutil
 
 from .._backends import check_backend
+from .._policy.fleet import ROUTINGS
 from .._policy.retry import RetryPolicy
 from .._spending.prices import Price, check_prices
 from .._wire.config import ClientConfig, Secret, WorkerConfig
@@ -57,6 +58,7 @@ class PoolSettings:
     max_concurrency: int  # with "auto", its cap
     auto_concurrency: bool
     endpoint_concurrency: int | None
+    routing: str
     workers: int
     backend: str
     base_url: tuple[str, ...]  # () for OPENAI_BASE_URL or OpenAI's
@@ -82,6 +84,10 @@ class PoolSettings:
         auto, max_concurrency = _concurrency(given["max_concurrency"], given["max_concurrency_cap"])
         if given["endpoint_concurrency"] is not None:
             check_int("endpoint_concurrency", given["endpoint_concurrency"], minimum=1)
+        if given["routing"] not in ROUTINGS:
+            raise ValueError(
+                f"routing must be one of {', '.join(map(repr, ROUTINGS))}, got {given['routing']!r}"
+            )
         check_callable("postprocess", given["postprocess"])
         check_callable("initializer", given["initializer"])
         check_int("max_retries", given["max_retries"], minimum=0)
@@ -96,6 +102,7 @@ class PoolSettings:
             max_concurrency=max_concurrency,
             auto_concurrency=auto,
             endpoint_concurrency=given["endpoint_concurrency"],
+            routing=given["routing"],
             workers=workers,
             backend=backend,
             base_url=check_base_urls(given["base_url"]),

@@ -1,12 +1,19 @@
-"""The endpoints requests go to: least in flight first, failing ones set aside.
+"""The endpoints requests go to: where their prefix is cached, else the least busy.
 
 A pool sends OpenAI-routed requests to one or more OpenAI-compatible endpoints
 (``base_url=[...]``: replicas of a vLLM or SGLang server, say). The `Fleet`, in the
 parent, picks the endpoint of every attempt:
 
-- the one with the fewest requests in flight, ties taken in turn (round robin), among
-  those with room under their caps (`endpoint_concurrency`, and the limit
-  ``max_concurrency="auto"`` finds for each: `concurrency.py`);
+- with ``routing="cache_aware"`` (the default), an endpoint that was sent a request
+  with the same prefix recently (`_wire/prefixes.py`: it likely holds that prefix in
+  its cache), unless it has more than `margin` requests in flight beyond the least
+  busy one (as many as the endpoints have on average): then balance wins. Each
+  endpoint remembers its last `PREFIXES_PER_ENDPOINT` prefixes (least recently sent
+  forgotten first), and forgets them all when it is set aside (it may come back
+  with an empty cache);
+- else the one with the fewest requests in flight, ties taken in turn (round robin),
+  among those with room under their caps (`endpoint_concurrency`, and the limit
+  ``max_concurrency="auto"`` finds for each: `concurrency.py`); a new prefix goes there;
 - an endpoint that fails `FAILURES_TO_SET_ASIDE` times in a row (it refuses
   connections, times out, or answers 5xx) is set aside for a cool-down, which doubles
   on each failure after it (`COOL_DOWN_S` up to `MAX_COOL_DOWN_S`); what failed there
@@ -23,17 +30,39 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import APIConnectionError, APIError, APITimeoutError
 from .concurrency import GradientLimit
 
-__all__ = ["COOL_DOWN_S", "FAILURES_TO_SET_ASIDE", "MAX_COOL_DOWN_S", "Endpoint", "Fleet"]
+__all__ = [
+    "COOL_DOWN_S",
+    "FAILURES_TO_SET_ASIDE",
+    "MAX_COOL_DOWN_S",
+    "PREFIXES_PER_ENDPOINT",
+    "ROUTINGS",
+    "Endpoint",
+    "Fleet",
+    "margin",
+]
 
 FAILURES_TO_SET_ASIDE = 3
 COOL_DOWN_S = 1.0
 MAX_COOL_DOWN_S = 30.0
+ROUTINGS = ("cache_aware", "least_loaded")
+# Prefixes each endpoint remembers: far more than a GPU server's cache holds (a few
+# hundred prefixes of 2,000 tokens), a few hundred kB.
+PREFIXES_PER_ENDPOINT = 4096
+
+
+def margin(mean_in_flight: float) -> float:
+    """Requests in flight an endpoint holding the prefix may have beyond the least busy
+    one's and still be chosen: as many as the endpoints have on average, at least 4 (a
+    prefill saved is worth some queueing, not an endpoint left idle while one is
+    twice as busy as the others)."""
+    return max(4.0, mean_in_flight)
 
 
 @dataclass(eq=False)
@@ -55,6 +84,8 @@ class Endpoint:
     probing: bool = False  # its cool-down ended: one request tells whether it is back
     cool_down_s: float = COOL_DOWN_S  # the next cool-down's length
     set_aside: int = 0  # times it was set aside
+    # The prefixes sent to it lately (`cache_aware`): least recent first.
+    prefixes: OrderedDict[int, None] = field(default_factory=OrderedDict)
 
     def allowed(self) -> float:
         """Requests it may have in flight now."""
@@ -78,6 +109,9 @@ class Fleet:
     1
     >>> fleet.ended(target, latency_s=0.2, error=None)  # True: blame it for a failure
     False
+    >>> fleet.sent(fleet.pick(prefix=42), prefix=42)  # to endpoint 1: the least busy
+    >>> fleet.pick(prefix=42)  # where prefix 42 went, while the loads are close
+    1
 
     Parameters:
         urls: the endpoints' base URLs (one at least).
@@ -85,6 +119,8 @@ class Fleet:
         auto_cap: ``max_concurrency="auto"``: find each endpoint's limit, at most this
             (None: fixed concurrency).
         clock: monotonic seconds (injectable for tests).
+        routing: ``"cache_aware"`` (a prefix goes where it went lately) or
+            ``"least_loaded"``.
     """
 
     def __init__(
@@ -93,6 +129,7 @@ class Fleet:
         endpoint_concurrency: int | None = None,
         auto_cap: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        routing: str = "cache_aware",
     ) -> None:
         self.endpoints = [
             Endpoint(
@@ -107,6 +144,7 @@ class Fleet:
         self._next = 0  # where the round robin goes on
         # One endpoint without caps: always it, nothing to track.
         self._trivial = len(urls) == 1 and endpoint_concurrency is None and auto_cap is None
+        self.cache_aware = routing == "cache_aware" and len(urls) > 1
 
     def __repr__(self) -> str:
         states = ", ".join(f"{e.url}: {e.in_flight}/{e.allowed()}" for e in self.endpoints)
@@ -128,12 +166,17 @@ class Fleet:
             return True
         return any(e.in_flight < e.allowed() for e in self._usable(self._clock()))
 
-    def pick(self, avoid: Collection[int] = ()) -> int | None:
-        """The endpoint for the next attempt (not one of `avoid` if another has room);
+    def pick(self, avoid: Collection[int] = (), prefix: int | None = None) -> int | None:
+        """The endpoint for the next attempt (not one of `avoid` if another has room):
+        one that was sent `prefix` lately, if it is not too busy, else the least busy;
         None when every endpoint is full."""
         if self._trivial:
             return 0
-        best: tuple[bool, int, int] | None = None  # (in `avoid`, in flight, number)
+        if not self.cache_aware:
+            prefix = None
+        # (in `avoid`, in flight, number) of the least busy, and of the least busy warm one
+        least: tuple[bool, int, int] | None = None
+        warm: tuple[bool, int, int] | None = None
         count = len(self.endpoints)
         usable = self._usable(self._clock())
         for step in range(count):
@@ -141,13 +184,35 @@ class Fleet:
             endpoint = self.endpoints[number]
             if endpoint in usable and endpoint.in_flight < endpoint.allowed():
                 key = (number in avoid, endpoint.in_flight, number)
-                best = key if best is None or key[:2] < best[:2] else best
-        return None if best is None else best[2]
+                least = key if least is None or key[:2] < least[:2] else least
+                if prefix is not None and prefix in endpoint.prefixes:
+                    warm = key if warm is None or key[:2] < warm[:2] else warm
+        if least is None or warm is None or warm[0] > least[0]:
+            return None if least is None else least[2]
+        mean = sum(endpoint.in_flight for endpoint in usable) / len(usable)
+        return warm[2] if warm[1] <= least[1] + margin(mean) else least[2]
 
-    def sent(self, target: int) -> None:
-        """An attempt was sent to endpoint `target`."""
-        self.endpoints[target].in_flight += 1
+    def fits(self, prefix: int) -> bool:
+        """Whether a request with `prefix` would go to an endpoint that holds it (or no
+        endpoint holds it): the grouping prefers such requests (`_core/grouping.py`)."""
+        target = self.pick(prefix=prefix)
+        return (
+            target is None
+            or prefix in self.endpoints[target].prefixes
+            or not any(prefix in endpoint.prefixes for endpoint in self.endpoints)
+        )
+
+    def sent(self, target: int, prefix: int | None = None) -> None:
+        """An attempt (of a request with `prefix`) was sent to endpoint `target`."""
+        endpoint = self.endpoints[target]
+        endpoint.in_flight += 1
         self._next = (target + 1) % len(self.endpoints)
+        if prefix is not None and self.cache_aware:
+            prefixes = endpoint.prefixes
+            prefixes[prefix] = None
+            prefixes.move_to_end(prefix)
+            if len(prefixes) > PREFIXES_PER_ENDPOINT:
+                prefixes.popitem(last=False)
 
     def begin(self) -> None:
         """A batch starts: nothing of an earlier one is in flight any more."""
@@ -190,6 +255,7 @@ class Fleet:
         endpoint.cool_down_s = min(MAX_COOL_DOWN_S, endpoint.cool_down_s * 2)
         endpoint.probing = False
         endpoint.set_aside += 1
+        endpoint.prefixes.clear()  # it may come back with an empty cache
 
     def _usable(self, now: float) -> list[Endpoint]:
         """The endpoints to send to: those not set aside, and those whose cool-down

@@ -122,19 +122,23 @@ class Admission:
                 self.cache.put(key, answer)
         return self._duplicates.pop(key, [])
 
-    def price(self, result: Result, model: str, standard: bool) -> None:
+    def price(self, result: Result, model: str, standard: bool) -> float:
         """Set what `result` cost, a result just received from a worker (nothing else
         holds it yet): its usage at the price of `model` (or of the model the provider
         named, a dated name say), at the batch's tier (`standard`: sent at the standard
-        tier, flex having had no capacity). Each answer is priced once, here."""
+        tier, flex having had no capacity). Each answer is priced once, here. Returns
+        what its cached input tokens saved (USD)."""
         if self._prices is None or result.usage is None:
-            return
+            return 0.0
         tier = "default" if standard else self._tier
         cost = self._prices.cost(model, result.usage, tier)
         if cost is None and result.model is not None:
-            cost = self._prices.cost(result.model, result.usage, tier)
-        if cost is not None:
-            set_unshared(result, "cost_usd", cost)
+            model = result.model
+            cost = self._prices.cost(model, result.usage, tier)
+        if cost is None:
+            return 0.0
+        set_unshared(result, "cost_usd", cost)
+        return self._prices.cache_saving(model, result.usage, tier)
 
     def reserve_cost(
         self, model: str, prompt_tokens: int, output_cap: int | None

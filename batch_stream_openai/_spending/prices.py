@@ -52,6 +52,14 @@ class Price:
         )
         return dollars / 1e6
 
+    def cache_saving(self, usage: Usage) -> float:
+        """What reading `usage`'s cached input tokens from the prompt cache saved, in
+        USD (0 without a cached-input price)."""
+        if self.cached_input is None:
+            return 0.0
+        cached = min(usage.cached_tokens, usage.input_tokens)
+        return cached * (self.input - self.cached_input) / 1e6
+
     def worst_case(self, input_tokens: int, output_tokens: int) -> float:
         """The most a request of that many tokens can cost (no cached input), in USD."""
         return (input_tokens * self.input + output_tokens * self.output) / 1e6
@@ -135,6 +143,11 @@ class PriceTable:
             return None
         price = self.price(model, tier)
         return price.cost(usage) if price is not None else None
+
+    def cache_saving(self, model: str, usage: Usage, tier: str = "default") -> float:
+        """What `usage`'s cached input tokens saved, in USD (0 when the price is unknown)."""
+        price = self.price(model, tier) if usage.cached_tokens else None
+        return price.cache_saving(usage) if price is not None else 0.0
 
     def _look_up(self, model: str, tier: str) -> Price | None:
         name = model.removeprefix("openai/")

@@ -57,6 +57,8 @@ class BatchOptions:
             what the plain value and the accounting need.
         service_tier: sent in every body (``"flex"``), unless a task says `standard`.
         timeout: seconds an attempt may take, instead of the pool's `timeout`.
+        prompt_cache_key: give each OpenAI-routed request a ``prompt_cache_key`` of its
+            prefix (`prefixes.py`), unless its body has one.
     """
 
     batch_id: int
@@ -64,6 +66,7 @@ class BatchOptions:
     with_body: bool = False
     service_tier: str | None = None
     timeout: float | None = None
+    prompt_cache_key: bool = False
 
 
 @pickles_fast

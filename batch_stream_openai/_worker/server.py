@@ -26,6 +26,7 @@ from .._wire.answers import answer_result, reading_of
 from .._wire.bodies import http_call
 from .._wire.config import WorkerConfig
 from .._wire.failures import to_request_error
+from .._wire.prefixes import stable_cache_key
 from .._wire.protocol import (
     HEARTBEAT_INTERVAL_S,
     BatchOptions,
@@ -36,7 +37,7 @@ from .._wire.protocol import (
     Task,
 )
 from ..errors import PostprocessError, RequestError
-from ..request import AnyRequest
+from ..request import EMBEDDINGS_ENDPOINT, AnyRequest
 from ..results import Result
 from .providers import Provider
 
@@ -84,19 +85,23 @@ class RequestRunner:
         service_tier: str | None = None,
         timeout: float | None = None,
         target: int = 0,
+        prompt_cache_key: bool = False,
     ) -> tuple[Result, float]:
         """The attempt's `Result` (never raises), and the pause its answer's headers ask.
 
         `with_body` False leaves a successful answer's body out (only rich results and
         the cache need it, and it is the costliest part to send to the parent).
         `service_tier` goes into the body; `timeout` replaces the pool's; `target` is the
-        number of the base URL to send it to.
+        number of the base URL to send it to; `prompt_cache_key`: give the body its
+        prefix's key, unless it has a key of its own.
         """
         started = time.monotonic()
         try:
             endpoint, body = http_call(request)
             if service_tier is not None:
                 body = {**body, "service_tier": service_tier}
+            if prompt_cache_key:
+                body = _with_prompt_cache_key(request, endpoint, body)
             # The whole attempt is bounded, a server trickling its body byte by byte included.
             async with asyncio.timeout(timeout or self._timeout):
                 data, request_id, pause_s = await self._provider.complete(endpoint, body, target)
@@ -125,6 +130,17 @@ class RequestRunner:
         if result.error is not None:
             to_request_error(result.error, index=index, attempts=attempt, secret=None)
         return result, pause_s
+
+
+def _with_prompt_cache_key(
+    request: AnyRequest, endpoint: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """`body` with OpenAI's ``prompt_cache_key`` set to its prefix's stable key: not for
+    an embedding, a LiteLLM-routed model, or a body that names a key already."""
+    if endpoint == EMBEDDINGS_ENDPOINT or "prompt_cache_key" in body:
+        return body
+    key = stable_cache_key(request) if request.uses_openai_sdk else None
+    return body if key is None else {**body, "prompt_cache_key": key}
 
 
 def apply_postprocess(postprocess: Postprocess, index: int, answer: Any) -> Any:
@@ -226,6 +242,7 @@ class TaskServer:
                 None if task.standard else options.service_tier,
                 options.timeout,
                 task.endpoint,
+                options.prompt_cache_key,
             )
         if result.error is None and self._postprocess is not None:
             postprocess = await asyncio.wrap_future(self._postprocess)

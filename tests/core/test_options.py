@@ -77,6 +77,11 @@ def test_every_flag_of_the_command_line_sets_its_option() -> None:
         ({"max_concurrency_cap": 64}, "max_concurrency_cap", "max_concurrency='auto'"),
         ({"ray_address": "auto"}, "ray_address", "backend='ray'"),
         ({"backend": "thread", "start_method": "spawn"}, "start_method", "backend='process'"),
+        ({"routing": "least_loaded"}, "routing", "several endpoints"),
+        ({"base_url": "http://a/v1", "routing": "least_loaded"}, "routing", "several"),
+        ({"base_url": ["a", "b"], "mode": "batch", "routing": "least_loaded"}, "routing", "online"),
+        ({"mode": "batch", "group_prefixes": False}, "group_prefixes", "online"),
+        ({"mode": "batch", "prompt_cache_key": "auto"}, "prompt_cache_key", "online"),
     ],
 )
 def test_an_option_that_cannot_act_is_refused_naming_it(
@@ -97,6 +102,8 @@ def test_an_option_that_cannot_act_is_refused_naming_it(
         {"mode": "flex", "flex_fallback": False, "hedge": 0.05},
         {"max_concurrency": "auto", "max_concurrency_cap": 64},
         {"backend": "ray", "ray_address": "auto"},
+        {"base_url": ["http://a/v1", "http://b/v1"], "routing": "least_loaded"},
+        {"mode": "flex", "group_prefixes": False, "prompt_cache_key": "auto"},
     ],
 )
 def test_an_option_that_can_act_is_taken(given: dict[str, Any]) -> None:
