@@ -81,6 +81,11 @@ class PrefixGroups:
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def remembered(self) -> int:
+        """Prefixes remembered as answered (at most `WARM_MEMORY`)."""
+        return len(self._warm)
+
     def add(self, item: Item) -> None:
         """One more request read."""
         self.size += 1

@@ -153,6 +153,31 @@ def test_cost_per_result_and_in_the_summary_is_the_servers_usage_at_the_price(
     assert stream.summary.unpriced == 0 and "$" in str(stream.summary)
 
 
+def test_input_read_from_the_prompt_cache_is_priced_at_its_rate_and_the_saving_shown(
+    fake: FakeOpenAIServer, pool_options: dict[str, Any]
+) -> None:
+    fake.configure(prefix_cache=10_000)
+    few_shot = "Examples of the task. " * 50
+    requests = [OpenAIRequest(few_shot, f"q{i}", model="gpt-4o-mini", api="chat") for i in range(4)]
+    stream = stream_batch(
+        requests, prices=OWN, return_results=True, max_concurrency=1, **pool_options
+    )
+    results = dict(stream)
+    usages = [r.usage for r in results.values() if r.usage is not None]
+    assert len(usages) == 4 and sum(u.cached_tokens > 0 for u in usages) == 3
+    for result in results.values():
+        usage = result.usage
+        assert usage is not None
+        uncached = usage.input_tokens - usage.cached_tokens
+        expected = (uncached * 2.0 + usage.cached_tokens * 1.0 + usage.output_tokens * 8.0) / 1e6
+        assert result.cost_usd == pytest.approx(expected)
+    summary = stream.summary
+    cached = sum(u.cached_tokens for u in usages)
+    assert summary.cached_input_tokens == cached
+    assert summary.prompt_cache_saved_usd == pytest.approx(cached * (2.0 - 1.0) / 1e6)
+    assert f"{summary.prompt_cache_rate:.0%} of input from the prompt cache ($" in str(summary)
+
+
 def test_max_cost_holds_with_every_index_once_and_the_servers_own_records_agree(
     fake: FakeOpenAIServer, pool_options: dict[str, Any]
 ) -> None:
