@@ -42,7 +42,7 @@ def main() -> int:
     counts: collections.Counter[str] = collections.Counter()
     failures: list[str] = []
     started = time.monotonic()
-    with FakeOpenAIServer(batch_seconds=0.2) as server:
+    with FakeOpenAIServer(batch_seconds=0.2, prefix_cache=20_000) as server:
         os.environ.update(server.sdk_environment(SECRET_KEY))
 
         @settings(

@@ -4,8 +4,10 @@ server, with injected faults, and the invariants every run must keep.
 A `Scenario` is drawn by `scenarios()` (hypothesis): the requests (every kind, both APIs,
 a fault directive each), the options (`cache`, `mode`, `journal`, `max_cost`, several
 endpoints with one dead, fixed or ``"auto"`` concurrency, `hedge`, `postprocess`,
-`return_results`, workers, `metrics_port`) and a crash (a worker SIGKILLed once, or the whole parent
-killed mid-stream and the batch run again). `run_scenario` runs it and checks:
+`return_results`, workers, `metrics_port`, `routing`, `group_prefixes`,
+`prompt_cache_key`, prompts sharing a long prefix, read from the server's prefix cache)
+and a crash (a worker SIGKILLed once, or the whole parent killed mid-stream and the
+batch run again). `run_scenario` runs it and checks:
 
 - an option that cannot act is refused before anything is sent;
 - every index comes back exactly once (across a parent crash and its re-run, where the
@@ -60,6 +62,8 @@ METRICS_PORT = closed_port()
 # Long and real-looking: anything showing it is a leak.
 SECRET_KEY = "sk-model-test-3f1c9a7e5b2d4c6e8f0a"
 SYSTEM = "You are terse."
+# A few-shot block longer than a prefix key's reach: requests with it share one key.
+SHARED_SYSTEM = "You are terse. Answer like the examples. " * 30
 KINDS = ("chat", "responses", "pydantic", "schema", "tool", "embedding", "raw")
 ONLINE_FAULTS = (
     "",
@@ -113,7 +117,15 @@ class Scenario:
     metrics: bool = False  # metrics_port: served for Prometheus, scraped around the run
     crash: str = ""  # "", "worker" (one SIGKILL) or "parent" (killed mid-stream, run again)
     provider: str = "openai"  # "anthropic", "gemini", "azure": prompts go there (batch mode)
+    shared_prefix: bool = False  # the prompts start with one long few-shot block
+    routing: str = "cache_aware"
+    group_prefixes: bool = True
+    prompt_cache_key: bool = False
     tag: str = field(default="", compare=False)  # makes prompts unique to this run
+
+    @property
+    def system(self) -> str:
+        return SHARED_SYSTEM if self.shared_prefix else SYSTEM
 
     def requests(self) -> list[Any]:
         return [self.request(i) for i in range(len(self.kinds))]
@@ -139,7 +151,7 @@ class Scenario:
         elif kind == "tool":
             options["tools"] = [{"type": "function", "function": TOOL}]
             user += " [[tool_call]]"
-        return OpenAIRequest(SYSTEM, user, model=model, **options)
+        return OpenAIRequest(self.system, user, model=model, **options)
 
 
 @st.composite
@@ -155,6 +167,9 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     deadline = draw(st.sampled_from((None, None, 120.0)))
     # Online-only options in batch mode without a deadline are refused: drawn rarely.
     online = mode != "batch" or deadline is not None or draw(st.integers(0, 9)) == 0
+    endpoints = draw(st.sampled_from((1, 1, 2)))
+    # least_loaded with one endpoint is refused: drawn rarely.
+    several = endpoints == 2 or draw(st.integers(0, 19)) == 0
     return Scenario(
         kinds=tuple(kinds),
         faults=tuple(fault_list),
@@ -163,7 +178,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         journal=mode == "batch" and draw(st.booleans()),
         max_cost=draw(st.sampled_from((None, None, 0.0004, 0.01))),
         capped=draw(st.booleans()),
-        endpoints=draw(st.sampled_from((1, 1, 2))),
+        endpoints=endpoints,
         concurrency=draw(st.sampled_from((1, 4, 8, "auto") if online else (1, 4, 8))),
         hedge=online and draw(st.booleans()),
         deadline=deadline,
@@ -173,6 +188,12 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         metrics=draw(st.booleans()),
         crash=draw(st.sampled_from(crashes)),
         provider=draw(st.sampled_from(PROVIDERS)) if mode == "batch" else "openai",
+        shared_prefix=draw(st.booleans()),
+        routing=draw(st.sampled_from(("cache_aware", "least_loaded")))
+        if several
+        else "cache_aware",
+        group_prefixes=not online or draw(st.booleans()),
+        prompt_cache_key=online and draw(st.booleans()),
     )
 
 
@@ -205,6 +226,12 @@ def options_of(scenario: Scenario, server: FakeOpenAIServer, folder: Path) -> di
         options["deadline"] = scenario.deadline
     if scenario.metrics:
         options["metrics_port"] = METRICS_PORT
+    if scenario.routing != "cache_aware":
+        options["routing"] = scenario.routing
+    if not scenario.group_prefixes:
+        options["group_prefixes"] = False
+    if scenario.prompt_cache_key:
+        options["prompt_cache_key"] = "auto"
     if scenario.crash == "worker":
         options["postprocess"] = killing_once(folder / "killed")
     elif scenario.postprocess:
@@ -409,7 +436,7 @@ def expected_value(scenario: Scenario, index: int, result: Result) -> None:
     if kind == "embedding":
         assert result.embedding == expected_embedding(request.input), index
     elif kind in ("chat", "responses"):
-        assert result.text == expected_answer(SYSTEM, request.user_prompt), index
+        assert result.text == expected_answer(scenario.system, request.user_prompt), index
     elif kind == "pydantic":
         assert isinstance(result.parsed, Label), index
     elif kind == "schema":

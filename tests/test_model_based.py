@@ -22,7 +22,8 @@ def quick_jobs(
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[FakeOpenAIServer]:
-    server.configure(batch_seconds=0.2, latency=0.0, capacity=0, queue_limit=0)
+    # A prefix cache, as on a self-hosted server: answers report cached input tokens.
+    server.configure(batch_seconds=0.2, latency=0.0, capacity=0, queue_limit=0, prefix_cache=20_000)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
     # The other providers' SDKs on the bundled server, with the scenarios' key (checked
     # for leaks like the OpenAI one).
@@ -30,7 +31,7 @@ def quick_jobs(
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     yield server
-    server.configure(batch_seconds=1.0)
+    server.configure(batch_seconds=1.0, prefix_cache=0)
 
 
 @pytest.mark.timeout(600)
