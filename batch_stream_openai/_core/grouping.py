@@ -5,17 +5,20 @@ same prefix (`_wire/prefixes.py`) spread over a batch in the caller's order each
 evicted. `PrefixGroups` holds a bounded window of the input read ahead (`WINDOW`
 requests: memory stays flat) and gives out, in turn:
 
-1. the first request of a prefix not seen before (and a request without a prefix), in
-   the order read: its answer warms the server's cache for the rest of its group;
-2. the others of a group whose first was answered (warm), up to `BURST` of one group
-   in a row, the groups in turn: close together, so a cache holding the group sees
-   them while it still does, yet a few groups at once, so a group does not crowd one
-   endpoint of several (`fleet.py`'s routing sends a prefix where it went before).
-   With several endpoints, of the next `LOOK_AHEAD` groups in turn the first whose
-   endpoint has room for it goes (`fits`), so that no endpoint idles while another
-   would have to take a group it does not hold;
+1. the others of a group whose first was answered (warm: its prefix is in a cache
+   now), a group at a time, in the order they became warm, so that the cache sees them
+   all while it still holds the prefix. With several endpoints, a group whose endpoint
+   is too busy for it (`fits`: `fleet.py` would send it to one that lacks its prefix)
+   waits, and the first of the next `LOOK_AHEAD` groups that fits goes instead, so that
+   every endpoint works on its own prefixes;
+2. the first request of a prefix not seen before (and a request without a prefix), in
+   the order read: its answer warms a cache for the rest of its group;
 3. only when nothing else is there, the others of a group whose first is still
    running: never is a slot left idle to wait for a cache.
+
+Warm groups go before new ones: sending the first of every group first would have an
+LRU cache smaller than the groups see each of them again only after all the others,
+its worst case (BENCHMARKS.md, section N).
 
 Results still stream as they complete; `run_batch` still returns them in input order.
 """
@@ -28,14 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BURST", "LOOK_AHEAD", "WARM_MEMORY", "WINDOW", "Item", "PrefixGroups"]
+__all__ = ["LOOK_AHEAD", "WARM_MEMORY", "WINDOW", "Item", "PrefixGroups"]
 
 # Requests read ahead of those sent at most (besides the dispatcher's own read-ahead).
 WINDOW = 256
 # Prefixes remembered as answered, least recent forgotten first.
 WARM_MEMORY = 65_536
-# Requests of one group given out in a row, at most, before the next group's turn.
-BURST = 4
 # Groups in turn looked at for one that fits where its prefix is (several endpoints).
 LOOK_AHEAD = 8
 
@@ -70,8 +71,6 @@ class PrefixGroups:
         self._warm_waiting: OrderedDict[int, None] = OrderedDict()  # warm, with others
         self._cold_waiting: OrderedDict[int, None] = OrderedDict()  # first running
         self._started: set[int] = set()  # prefixes whose first is out, not yet answered
-        self._last: int | None = None  # the group of the request given out last
-        self._burst = 0  # requests of it given out in a row
         self._warm: OrderedDict[int, None] = OrderedDict()  # prefixes answered lately
         self.size = 0  # requests in the window
 
@@ -105,7 +104,7 @@ class PrefixGroups:
     def take(self, fits: Callable[[int], bool] | None = None) -> Item | None:
         """The request to send next (None: the window is empty); `fits(prefix)`: whether
         a request with `prefix` would go where its prefix is cached (None: always)."""
-        if self._firsts:
+        if self._firsts and not self._warm_waiting:
             self.size -= 1
             return self._firsts.popleft()
         waiting = self._warm_waiting or self._cold_waiting
@@ -114,19 +113,15 @@ class PrefixGroups:
         prefix = self._turn(waiting, fits)
         others = self._others[prefix]
         item = others.popleft()
-        self._burst = self._burst + 1 if prefix == self._last else 1
-        self._last = prefix
         if not others:
             del self._others[prefix], waiting[prefix]
-        elif self._burst >= BURST:
-            waiting.move_to_end(prefix)  # the next group's turn
         self.size -= 1
         return item
 
     @staticmethod
     def _turn(waiting: OrderedDict[int, None], fits: Callable[[int], bool] | None) -> int:
-        """The group to take from: the first in turn, or the first of the next few that
-        fits where its prefix is."""
+        """The group to take from: the first, or the first of the next few that fits
+        where its prefix is."""
         first = next(iter(waiting))
         if fits is None or fits(first):
             return first

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from batch_stream_openai import OpenAIRequest, run_batch, stream_batch
-from batch_stream_openai._core.grouping import BURST, WARM_MEMORY, WINDOW, Item, PrefixGroups
+from batch_stream_openai._core.grouping import WARM_MEMORY, WINDOW, Item, PrefixGroups
 from batch_stream_openai._core.intake import Intake
 from batch_stream_openai.testing import FakeOpenAIServer
 
@@ -41,13 +41,11 @@ def test_firsts_go_first_then_warm_groups_then_cold_ones_rather_than_nothing() -
 
 
 @pytest.mark.fast
-def test_warm_groups_go_in_bursts_and_in_turn() -> None:
-    groups = grouped([1, 2] + [1] * 6 + [2] * 6)
+def test_warm_groups_go_a_group_at_a_time_in_the_order_read() -> None:
+    groups = grouped([1, 2] + [2, 1] * 4)
     assert order(groups, 2) == [0, 1]
-    groups.answered(1), groups.answered(2)
-    ones, twos = list(range(2, 8)), list(range(8, 14))
-    expected = ones[:BURST] + twos[:BURST] + ones[BURST:] + twos[BURST:]
-    assert order(groups, 12) == expected
+    groups.answered(2), groups.answered(1)
+    assert order(groups, 8) == [2, 4, 6, 8, 3, 5, 7, 9]  # prefix 2's, then prefix 1's
 
 
 @pytest.mark.fast
@@ -131,9 +129,13 @@ def test_grouping_lets_a_small_prefix_cache_hit_and_results_keep_input_order(
         results = dict(stream)
         assert sorted(results) == list(range(24)) and all(r.ok for r in results.values())
         cached[group] = stream.summary.prompt_cache_rate
-        sent = [r.body["messages"][0]["content"][:7] for r in fake.requests()]
+        sent = [
+            (r.body["messages"][0]["content"][:7], r.body["messages"][1]["content"])
+            for r in fake.requests()
+        ]
     assert cached[False] == 0  # each prefix is evicted before it comes again
-    assert cached[True] > 0.5  # a burst of a group reads it cached
-    assert sent[:3] == ["Task 0.", "Task 1.", "Task 2."]  # the first of each goes first
+    assert cached[True] > 0.5  # the rest of a warm group goes while it is cached
+    firsts = {task: question for task, question in reversed(sent)}
+    assert firsts == {"Task 0.": "q0", "Task 1.": "q0", "Task 2.": "q0"}  # the first first
     values = run_batch(requests, **options)  # grouped, in input order all the same
     assert values == [r.text for _, r in sorted(results.items())]
