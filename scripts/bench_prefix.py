@@ -56,8 +56,10 @@ def text(seed: int, tokens: int) -> str:
     """~`tokens` tokens (4 characters each) of words, different for each seed."""
     rng = random.Random(seed)
     words: list[str] = []
-    while sum(len(w) + 1 for w in words) < tokens * 4:
+    size = 0
+    while size < tokens * 4:
         words.append(rng.choice(WORDS) + str(rng.randrange(100)))
+        size += len(words[-1]) + 1
     return " ".join(words)
 
 

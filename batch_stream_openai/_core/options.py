@@ -443,8 +443,8 @@ OPTIONS: tuple[Option, ...] = (
         "group_prefixes",
         True,
         "bool = True",
-        "send requests whose prompts start alike close together, the first of each prefix "
-        "first, so that the server's prompt cache holds it (within a bounded read-ahead)",
+        "send the requests whose prompts start alike together, once the first of them is "
+        "answered, while the server's prompt cache holds their prefix (bounded read-ahead)",
         pool=False,
         idle=_online_only,
     ),
