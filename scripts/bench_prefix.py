@@ -107,7 +107,7 @@ SETS: dict[str, Callable[[float], list[OpenAIRequest]]] = {
 # The variants each set runs (the first is the baseline of its ratios).
 RUNS_OF = {
     "few-shot eval": list(VARIANTS),
-    "document QA": ["least_loaded", "cache_aware + grouping (default)"],
+    "document QA": ["least_loaded", "cache_aware", "cache_aware + grouping (default)"],
     "no shared prefix": ["least_loaded", "cache_aware + grouping (default)"],
     "few-shot, one endpoint": ["no grouping", "grouping (default)"],
 }

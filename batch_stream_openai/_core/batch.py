@@ -172,7 +172,7 @@ def _intake(
         check_item=check_item if route is None else None,
         prefix_of=prefix_key if keyed else None,
         group=group,
-        fits=fleet.fits if fleet.cache_aware else None,
+        drain=len(fleet.urls) == 1,
     )
 
 

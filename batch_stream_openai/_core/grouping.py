@@ -2,15 +2,17 @@
 
 A server's prefix cache helps only while the prefix is still in it: requests with the
 same prefix (`_wire/prefixes.py`) spread over a batch in the caller's order each find it
-evicted. `PrefixGroups` holds a bounded window of the input read ahead (`WINDOW`
-requests: memory stays flat) and gives out, in turn:
+evicted, and requests of a new prefix sent together all miss it while the first is
+still being read. `PrefixGroups` holds a bounded window of the input read ahead
+(`WINDOW` requests: memory stays flat) and gives out, in turn:
 
-1. the others of a group whose first was answered (warm: its prefix is in a cache
-   now), a group at a time, in the order they became warm, so that the cache sees them
-   all while it still holds the prefix. With several endpoints, a group whose endpoint
-   is too busy for it (`fits`: `fleet.py` would send it to one that lacks its prefix)
-   waits, and the first of the next `LOOK_AHEAD` groups that fits goes instead, so that
-   every endpoint works on its own prefixes;
+1. the others of a group whose first was answered (its prefix is in a cache now), a
+   group at a time, in the order they became warm. With one endpoint (`drain`), a
+   request of a prefix answered before joins its group there too, so the cache sees a
+   group's requests together while it still holds the prefix. With several, such a
+   request keeps its place in the input's order (item 2): the endpoints' routing
+   (`fleet.py`) keeps each prefix on one of them, and draining a group would pile it on
+   that one (BENCHMARKS.md, section N);
 2. the first request of a prefix not seen before (and a request without a prefix), in
    the order read: its answer warms a cache for the rest of its group;
 3. only when nothing else is there, the others of a group whose first is still
@@ -18,27 +20,23 @@ requests: memory stays flat) and gives out, in turn:
 
 Warm groups go before new ones: sending the first of every group first would have an
 LRU cache smaller than the groups see each of them again only after all the others,
-its worst case (BENCHMARKS.md, section N).
+its worst case.
 
 Results still stream as they complete; `run_batch` still returns them in input order.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LOOK_AHEAD", "WARM_MEMORY", "WINDOW", "Item", "PrefixGroups"]
+__all__ = ["WARM_MEMORY", "WINDOW", "Item", "PrefixGroups"]
 
 # Requests read ahead of those sent at most (besides the dispatcher's own read-ahead).
 WINDOW = 256
 # Prefixes remembered as answered, least recent forgotten first.
 WARM_MEMORY = 65_536
-# Groups in turn looked at for one that fits where its prefix is (several endpoints).
-LOOK_AHEAD = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +49,8 @@ class Item:
 
 
 class PrefixGroups:
-    """The window's requests, by prefix (see the module docstring).
+    """The window's requests, by prefix (see the module docstring); `drain`: one
+    endpoint, the requests of a warm prefix go together.
 
     Example:
 
@@ -65,8 +64,9 @@ class PrefixGroups:
     [3, 2, 4]
     """
 
-    def __init__(self) -> None:
-        self._firsts: deque[Item] = deque()  # firsts of new prefixes, and unkeyed requests
+    def __init__(self, drain: bool = True) -> None:
+        self._drain = drain
+        self._firsts: deque[Item] = deque()  # firsts of new prefixes, and what need not wait
         self._others: dict[int, deque[Item]] = {}  # the rest of each group, in order
         self._warm_waiting: OrderedDict[int, None] = OrderedDict()  # warm, with others
         self._cold_waiting: OrderedDict[int, None] = OrderedDict()  # first running
@@ -89,44 +89,35 @@ class PrefixGroups:
         """One more request read."""
         self.size += 1
         prefix = item.prefix
-        if prefix is None or (prefix not in self._started and prefix not in self._warm):
-            if prefix is not None:
-                self._started.add(prefix)
-            self._firsts.append(item)
+        if prefix is not None and (
+            prefix in self._started or (self._drain and prefix in self._warm)
+        ):
+            others = self._others.get(prefix)
+            if others is None:
+                others = self._others[prefix] = deque()
+                waiting = self._cold_waiting if prefix in self._started else self._warm_waiting
+                waiting[prefix] = None
+            others.append(item)
             return
-        others = self._others.get(prefix)
-        if others is None:
-            others = self._others[prefix] = deque()
-            waiting = self._warm_waiting if prefix in self._warm else self._cold_waiting
-            waiting[prefix] = None
-        others.append(item)
+        if prefix is not None and prefix not in self._warm:
+            self._started.add(prefix)  # the first of its group
+        self._firsts.append(item)
 
-    def take(self, fits: Callable[[int], bool] | None = None) -> Item | None:
-        """The request to send next (None: the window is empty); `fits(prefix)`: whether
-        a request with `prefix` would go where its prefix is cached (None: always)."""
+    def take(self) -> Item | None:
+        """The request to send next (None: the window is empty)."""
         if self._firsts and not self._warm_waiting:
             self.size -= 1
             return self._firsts.popleft()
         waiting = self._warm_waiting or self._cold_waiting
         if not waiting:
             return None
-        prefix = self._turn(waiting, fits)
+        prefix = next(iter(waiting))
         others = self._others[prefix]
         item = others.popleft()
         if not others:
             del self._others[prefix], waiting[prefix]
         self.size -= 1
         return item
-
-    @staticmethod
-    def _turn(waiting: OrderedDict[int, None], fits: Callable[[int], bool] | None) -> int:
-        """The group to take from: the first, or the first of the next few that fits
-        where its prefix is."""
-        first = next(iter(waiting))
-        if fits is None or fits(first):
-            return first
-        later = itertools.islice(waiting, 1, LOOK_AHEAD)
-        return next((prefix for prefix in later if fits(prefix)), first)
 
     def drain(self) -> list[Item]:
         """Every request in the window, taken out of it."""

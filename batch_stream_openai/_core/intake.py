@@ -43,8 +43,8 @@ class Intake:
         prefix_of: the prefix key of a request (`_wire/prefixes.py`), or None: items
             get none.
         group: give the items out grouped by prefix, from a window read ahead.
-        fits: whether a request with a prefix would go where that prefix is cached
-            (`Fleet.fits`), for the grouping's choice of group; None: always.
+        drain: grouping for one endpoint: the requests of a warm prefix go together
+            (`grouping.py`).
     """
 
     def __init__(
@@ -55,13 +55,12 @@ class Intake:
         check_item: Callable[[int, object], None] | None = None,
         prefix_of: Callable[[Any], int | None] | None = None,
         group: bool = False,
-        fits: Callable[[int], bool] | None = None,
+        drain: bool = True,
     ) -> None:
         self._source: Iterator[Any] = iter(requests) if indexed else enumerate(requests)
         self._check_item = check_item
         self._prefix_of = prefix_of
-        self._groups = PrefixGroups() if group and prefix_of is not None else None
-        self._fits = fits
+        self._groups = PrefixGroups(drain) if group and prefix_of is not None else None
         self._held: Item | None = None
         self._read_all = False  # nothing more will be read from the source
         self._ahead = True  # read ahead: no read took `_SLOW_READ_S` yet
@@ -97,7 +96,7 @@ class Intake:
             if item is None:
                 break
             groups.add(item)
-        return groups.take(self._fits)
+        return groups.take()
 
     def answered(self, prefix: int | None) -> None:
         """A request with `prefix` was answered or failed: the others of its group need

@@ -192,16 +192,6 @@ class Fleet:
         mean = sum(endpoint.in_flight for endpoint in usable) / len(usable)
         return warm[2] if warm[1] <= least[1] + margin(mean) else least[2]
 
-    def fits(self, prefix: int) -> bool:
-        """Whether a request with `prefix` would go to an endpoint that holds it (or no
-        endpoint holds it): the grouping prefers such requests (`_core/grouping.py`)."""
-        target = self.pick(prefix=prefix)
-        return (
-            target is None
-            or prefix in self.endpoints[target].prefixes
-            or not any(prefix in endpoint.prefixes for endpoint in self.endpoints)
-        )
-
     def sent(self, target: int, prefix: int | None = None) -> None:
         """An attempt (of a request with `prefix`) was sent to endpoint `target`."""
         endpoint = self.endpoints[target]

@@ -49,19 +49,17 @@ def test_warm_groups_go_a_group_at_a_time_in_the_order_read() -> None:
 
 
 @pytest.mark.fast
-def test_a_group_whose_endpoint_is_busy_waits_for_one_that_fits() -> None:
-    groups = grouped([1, 2, 3, 1, 2, 3])
-    order(groups, 3)
-    for prefix in (1, 2, 3):
-        groups.answered(prefix)
-    assert [i.index for i in (groups.take(lambda p: p == 3), groups.take(lambda p: p == 2))] == [
-        5,
-        4,
-    ]
-    assert order(groups, 1) == [3]
-    groups = grouped([1, 1])
-    groups.take()
-    assert groups.take(lambda prefix: False) is not None  # none fits: the first in turn
+def test_with_several_endpoints_a_warm_prefix_keeps_its_place_in_the_input() -> None:
+    # The routing keeps each prefix on its endpoint: draining a group would pile it there.
+    for drain, expected in ((True, [3, 5, 4]), (False, [3, 4, 5])):
+        groups = PrefixGroups(drain)
+        for index, prefix in enumerate([1, 2, 3]):
+            groups.add(Item(index, None, prefix))
+        order(groups, 3)
+        groups.answered(1), groups.answered(2)
+        for index, prefix in ((3, 1), (4, 2), (5, 1)):
+            groups.add(Item(index, None, prefix))
+        assert order(groups, 3) == expected
 
 
 @pytest.mark.fast
