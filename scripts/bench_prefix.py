@@ -227,10 +227,10 @@ def main() -> int:
 
 def _row(name: str, label: str, table: dict[str, dict[str, float]]) -> str:
     m, base = table[f"{name}|{label}"], table[f"{name}|{RUNS_OF[name][0]}"]
-    cached_ratio = m["cached"] / base["cached"] if base["cached"] else float("nan")
+    cached_ratio = f"{m['cached'] / base['cached']:.2f}x" if base["cached"] else "n/a"
     return (
         f"| {name} | {label} | {m['wall']:.1f} | {base['wall'] / m['wall']:.2f}x faster | "
-        f"{m['cached']:.1%} | {cached_ratio:.2f}x | {m['cost']:.4f} | {m['cpu_ms']:.3f} |"
+        f"{m['cached']:.1%} | {cached_ratio} | {m['cost']:.4f} | {m['cpu_ms']:.3f} |"
     )
 
 
