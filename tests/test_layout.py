@@ -38,7 +38,7 @@ MAX_MODULE_LINES = 420
 MAX_CLASS_LINES = 330
 MAX_FUNCTION_LINES = 60  # the body, after its docstring
 # A declaration table (one entry per option, data rather than code) may be longer.
-DECLARATIONS = {"_core/options.py": 480}
+DECLARATIONS = {"_core/options.py": 520}
 
 
 def _modules() -> Iterator[tuple[Path, str]]:

@@ -358,8 +358,8 @@ class Dispatcher(Generic[W]):
 
     def _give_up_running(self) -> None:
         """The deadline passed: what runs is given up, and nothing more is sent."""
-        self._sender.refuse(self._too_late)
-        self._give_up(self._too_late)
+        self._sender.refuse(_too_late)
+        self._give_up(_too_late)
 
     def _give_up(self, describe: Callable[[int], RequestError]) -> None:
         """Every attempt running is given up: its request yields `describe(index)`."""
@@ -370,10 +370,6 @@ class Dispatcher(Generic[W]):
             self.abandoned = True
         self._quarantine.clear()
 
-    @staticmethod
-    def _too_late(index: int) -> DeadlineExceededError:
-        return DeadlineExceededError("not done by the batch's deadline", index=index)
-
     def _finish(self, index: int, entry: Entry | None, result: Result) -> None:
         """`index` is done: out of the ledger, its duplicates answered, to the caller."""
         if entry is not None:
@@ -381,3 +377,8 @@ class Dispatcher(Generic[W]):
             self._intake.answered(entry.prefix)
             self._known.duplicates(entry.key, index, result)
         self._delivery.deliver(index, entry, result)
+
+
+def _too_late(index: int) -> DeadlineExceededError:
+    """The error of a request not done by the batch's deadline."""
+    return DeadlineExceededError("not done by the batch's deadline", index=index)
