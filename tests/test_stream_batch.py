@@ -196,7 +196,8 @@ def test_max_concurrency_is_global_across_workers(
     assert stats.max_in_flight >= (limit + 1) // 2  # the limit is also used, not just obeyed
 
 
-def test_a_lazy_generator_is_read_lazily(pool_options: dict[str, Any]) -> None:
+@pytest.mark.parametrize("group", [False, True])
+def test_a_lazy_generator_is_read_lazily(pool_options: dict[str, Any], group: bool) -> None:
     pulled = 0
 
     def generate() -> Iterator[OpenAIRequest]:
@@ -205,11 +206,15 @@ def test_a_lazy_generator_is_read_lazily(pool_options: dict[str, Any]) -> None:
             pulled += 1
             yield ask(f"lazy {i}")
 
-    stream = stream_batch(generate(), max_concurrency=4, **pool_options)
-    first_index, _ = next(stream)
-    assert pulled <= 4 + 4  # the ledger's room plus the refill after the first results
-    assert first_index < 8
-    rest = [index for index, _ in stream]
+    with stream_batch(
+        generate(), max_concurrency=4, group_prefixes=group, **pool_options
+    ) as stream:
+        first_index, _ = next(stream)
+        # The ledger's room plus the refill after the first results; grouping reads two
+        # requests into its window for each one it gives out, until the window is full.
+        assert pulled <= (2 if group else 1) * (4 + 4)
+        assert first_index < 8
+        rest = [index for index, _ in stream]
     assert sorted([first_index, *rest]) == list(range(200))
 
 
