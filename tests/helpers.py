@@ -3,6 +3,7 @@ the worker processes a test started."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +223,13 @@ def each_once(pairs: Iterable[tuple[int, Any]]) -> dict[int, Any]:
         assert index not in seen, f"index {index} yielded twice"
         seen[index] = value
     return seen
+
+
+@contextlib.contextmanager
+def servers(count: int, **settings: float) -> Iterator[list[FakeOpenAIServer]]:
+    """`count` bundled servers, stopped (or the ones that replaced them) at the end."""
+    with contextlib.ExitStack() as stack:
+        started = [stack.enter_context(FakeOpenAIServer(**settings)) for _ in range(count)]
+        yield started
+        for server in started:
+            server.stop()

@@ -224,7 +224,6 @@ class Dispatcher(Generic[W]):
         index = outcome.index
         other = self._ledger.end(index, attempt)  # the copy still running, if any
         self._quarantine.settled(worker, index)
-        self._intake.answered(entry.prefix)  # the rest of its group need not wait
         result = outcome.value()
         if entry.replay:
             self._finish(index, entry, result)

@@ -131,14 +131,13 @@ class Admission:
         if self._prices is None or result.usage is None:
             return 0.0
         tier = "default" if standard else self._tier
-        cost = self._prices.cost(model, result.usage, tier)
-        if cost is None and result.model is not None:
-            model = result.model
-            cost = self._prices.cost(model, result.usage, tier)
-        if cost is None:
+        price = self._prices.price(model, tier)
+        if price is None and result.model is not None:
+            price = self._prices.price(result.model, tier)
+        if price is None:
             return 0.0
-        set_unshared(result, "cost_usd", cost)
-        return self._prices.cache_saving(model, result.usage, tier)
+        set_unshared(result, "cost_usd", price.cost(result.usage))
+        return price.cache_saving(result.usage)
 
     def reserve_cost(
         self, model: str, prompt_tokens: int, output_cap: int | None

@@ -144,11 +144,6 @@ class PriceTable:
         price = self.price(model, tier)
         return price.cost(usage) if price is not None else None
 
-    def cache_saving(self, model: str, usage: Usage, tier: str = "default") -> float:
-        """What `usage`'s cached input tokens saved, in USD (0 when the price is unknown)."""
-        price = self.price(model, tier) if usage.cached_tokens else None
-        return price.cache_saving(usage) if price is not None else 0.0
-
     def _look_up(self, model: str, tier: str) -> Price | None:
         name = model.removeprefix("openai/")
         own = self._overrides.get(model) or self._overrides.get(name)

@@ -18,10 +18,11 @@ from batch_stream_openai._policy.fleet import (
 )
 from batch_stream_openai.errors import APIConnectionError
 
-from ..helpers import TEST_API_KEY, closed_port
-from .test_fleet import URLS, servers
+from ..helpers import TEST_API_KEY, closed_port, servers
 
 pytestmark = pytest.mark.timeout(30)
+
+URLS = ["http://a:8000/v1", "http://b:8000/v1", "http://c:8000/v1"]
 
 
 def send(fleet: Fleet, prefix: int, avoid: Collection[int] = ()) -> int:
@@ -46,6 +47,20 @@ def test_a_prefix_stays_on_its_endpoint_while_loads_are_close_then_spills() -> N
     assert spilled in (0, 2)  # balance wins, and that endpoint is warm for prefix 2 now
     fleet.ended(1, 0.1, None)
     assert send(fleet, 2) == spilled
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("caps", [{"endpoint_concurrency": 3}, {"auto_cap": 64}])
+def test_an_endpoint_without_room_is_never_chosen_for_its_prefix(caps: dict[str, int]) -> None:
+    fleet = Fleet(URLS[:2], **caps)
+    allowed = int(fleet.endpoints[0].allowed())  # 3, or where "auto" starts
+    fleet.sent(0, 1)  # endpoint 0 holds prefix 1
+    fleet.withdrawn(0)
+    for _ in range(allowed - 1):
+        fleet.sent(1)  # endpoint 1 is busy with others: the loads stay close
+    taken = [send(fleet, 1) for _ in range(allowed + 1)]
+    assert taken == [0] * allowed + [1]  # up to its limit, then elsewhere
+    assert fleet.pick(prefix=1) is None  # both full: an answer will make room
 
 
 @pytest.mark.fast

@@ -3,7 +3,6 @@ probes), then real pools against two and three bundled servers, one of them kill
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from collections.abc import Collection, Iterator
 
@@ -14,7 +13,7 @@ from batch_stream_openai._policy.fleet import COOL_DOWN_S, FAILURES_TO_SET_ASIDE
 from batch_stream_openai.errors import APIConnectionError, APIError
 from batch_stream_openai.testing import FakeOpenAIServer
 
-from ..helpers import TEST_API_KEY, FakeClock, answers, ask, closed_port
+from ..helpers import TEST_API_KEY, FakeClock, answers, ask, closed_port, servers
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -114,16 +113,6 @@ def test_a_new_batch_starts_with_nothing_in_flight() -> None:
     assert fleet.pick() is None
     fleet.begin()
     assert fleet.pick() is not None
-
-
-@contextlib.contextmanager
-def servers(count: int, **settings: float) -> Iterator[list[FakeOpenAIServer]]:
-    """`count` bundled servers, stopped (or the ones that replaced them) at the end."""
-    with contextlib.ExitStack() as stack:
-        started = [stack.enter_context(FakeOpenAIServer(**settings)) for _ in range(count)]
-        yield started
-        for server in started:
-            server.stop()
 
 
 @pytest.mark.timeout(60)
