@@ -33,6 +33,7 @@ from .checks import (
     RequestChecker,
     check_bool,
     check_callable,
+    check_choice,
     check_hedge,
     check_positive,
     pickled_callable,
@@ -102,7 +103,8 @@ def build_batch(
     hedge = check_hedge(options.get("hedge", False))
     group = options.get("group_prefixes", True)
     check_bool("group_prefixes", group)
-    cache_key = _check_prompt_cache_key(options.get("prompt_cache_key"))
+    check_choice("prompt_cache_key", options.get("prompt_cache_key"), (None, "auto"))
+    cache_key = options.get("prompt_cache_key") == "auto"
     spending = _spending(options.get("max_cost"), parts.prices)
     checker = parts.checker if spending is None else parts.checker.with_prices(parts.prices)
     mode = BatchMode.check(options, parts.settings.max_retries, online_rate)
@@ -174,16 +176,6 @@ def _intake(
         group=group,
         drain=len(fleet.urls) == 1,
     )
-
-
-def _check_prompt_cache_key(value: object) -> bool:
-    """``prompt_cache_key``: None, or ``"auto"`` (True)."""
-    if value is not None and value != "auto":
-        raise ValueError(
-            f"prompt_cache_key must be 'auto' or None, got {value!r} (a key of your own "
-            "goes in the request's extra_body)"
-        )
-    return value == "auto"
 
 
 def _policies(

@@ -19,6 +19,7 @@ __all__ = [
     "check_base_urls",
     "check_bool",
     "check_callable",
+    "check_choice",
     "check_hedge",
     "check_int",
     "check_positive",
@@ -190,6 +191,12 @@ def check_positive(name: str, value: object) -> None:
 def check_bool(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def check_choice(name: str, value: object, choices: tuple[str | None, ...]) -> None:
+    """`value` is one of `choices`, or a ValueError naming `name` and them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 def check_callable(name: str, value: object) -> None:

@@ -22,7 +22,7 @@ from .._spending.cap import Spending
 from .._spending.prices import PriceTable
 from .._wire.config import Secret
 from ..results import BatchSummary
-from .checks import check_bool, check_int, check_positive
+from .checks import check_bool, check_choice, check_int, check_positive
 
 if TYPE_CHECKING:
     from .._batchapi.route import JobRoute
@@ -58,8 +58,7 @@ class BatchMode:
         """The options' route, or the exact error for the first bad one (an option that
         cannot act in the mode is refused before, by `options.refuse_idle`)."""
         mode = options.get("mode", "online")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+        check_choice("mode", mode, MODES)
         deadline = _deadline_of(options.get("deadline"))
         batch_size = _given_or(options, "batch_size", 50_000)
         check_int("batch_size", batch_size, minimum=1)

@@ -27,6 +27,7 @@ from .checks import (
     check_base_urls,
     check_bool,
     check_callable,
+    check_choice,
     check_int,
     check_positive,
     check_workers,
@@ -84,10 +85,7 @@ class PoolSettings:
         auto, max_concurrency = _concurrency(given["max_concurrency"], given["max_concurrency_cap"])
         if given["endpoint_concurrency"] is not None:
             check_int("endpoint_concurrency", given["endpoint_concurrency"], minimum=1)
-        if given["routing"] not in ROUTINGS:
-            raise ValueError(
-                f"routing must be one of {', '.join(map(repr, ROUTINGS))}, got {given['routing']!r}"
-            )
+        check_choice("routing", given["routing"], ROUTINGS)
         check_callable("postprocess", given["postprocess"])
         check_callable("initializer", given["initializer"])
         check_int("max_retries", given["max_retries"], minimum=0)

@@ -119,3 +119,23 @@ def test_refused_before_anything_starts(fake: FakeOpenAIServer) -> None:
             pool.run([ask("x")], mode="batch", hedge=0.1)
         assert pool.pids == []  # nothing started
     assert fake.stats().requests == 0
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (
+            {"routing": "nearest", "base_url": ["http://a:8000/v1", "http://b:8000/v1"]},
+            "routing must be one of 'cache_aware', 'least_loaded', got 'nearest'",
+        ),
+        ({"prompt_cache_key": "mine"}, "prompt_cache_key must be one of None, 'auto'"),
+        ({"group_prefixes": "yes"}, "group_prefixes must be True or False"),
+    ],
+)
+def test_a_bad_value_of_the_cache_options_is_named_before_anything_starts(
+    fake: FakeOpenAIServer, given: dict[str, Any], message: str
+) -> None:
+    options = {"base_url": fake.base_url, "api_key": "sk-test-0123456789", **given}
+    with pytest.raises((ValueError, TypeError), match=message):
+        stream_batch([ask("x")], **options)
+    assert fake.stats().requests == 0

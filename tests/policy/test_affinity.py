@@ -159,7 +159,9 @@ def test_with_two_replicas_each_prefix_is_served_by_one_of_them(routing: str) ->
     cached = [r.usage.cached_tokens for r in results.values() if r.usage is not None]
     assert len(cached) == 96 and summary.cached_input_tokens == sum(cached)
     if routing == "cache_aware":
-        assert Counter(spread)[1] >= 13  # a spill now and then, while loads even out
+        # A spill now and then, while loads even out: 12 to 16 of the 16 prefixes stayed
+        # on one endpoint in 10 runs (least_loaded spreads 13 or more of them).
+        assert Counter(spread)[1] >= 10
         # Each prefix is prefilled about once: 5 of its 6 requests read it cached.
         assert summary.prompt_cache_rate > 0.7
         assert "of input from the prompt cache" in str(summary)
